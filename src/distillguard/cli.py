@@ -1,0 +1,194 @@
+"""The one entry point: ``distillguard``.
+
+Errors the user can fix (bad input, bad options) print one line and exit 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from distillguard import __version__
+from distillguard.errors import BadInputError, DistillguardError, UsageError
+
+app = typer.Typer(help="Detect and deter adversarial distillation of language models served through an API.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+lab_app = typer.Typer(help="The traffic lab: simulated organic and extraction traffic.", no_args_is_help=True)
+app.add_typer(lab_app, name="lab")
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+def _progress() -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
+                    TextColumn("{task.completed:,} events"), TimeElapsedColumn(), console=err_console,
+                    transient=True, disable=not err_console.is_terminal)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(f"distillguard {__version__}")
+
+
+@lab_app.command("traffic")
+def lab_traffic(
+    out: Path = typer.Option(..., "--out", help="Directory for events.jsonl.gz, labels.jsonl and manifest.json."),
+    seed: int = typer.Option(1, "--seed", help="Random seed; the same seed gives the same traffic."),
+    accounts: int = typer.Option(150, "--accounts", min=0, help="Organic (casual) pseudo-user accounts."),
+    days: int = typer.Option(7, "--days", min=1, max=366, help="Days of traffic."),
+    start: str = typer.Option("2026-10-05", "--start", help="UTC start date, YYYY-MM-DD."),
+    campaigns: Optional[str] = typer.Option(
+        None, "--campaigns",
+        help="Comma-separated strategies to run (sweep,cot,rubric,agentic,replay,low_and_slow,hydra,mixed); "
+             "default: all. 'none' runs no campaign."),
+    batch_per_day: int = typer.Option(1500, "--batch-per-day", min=0, help="Requests/day of each batch-app hard negative."),
+) -> None:
+    """Simulate organic traffic (real ShareGPT conversations) and extraction campaigns."""
+    from distillguard.lab.campaigns import default_campaigns
+    from distillguard.lab.traffic import TrafficConfig, generate
+
+    specs = default_campaigns()
+    if campaigns is not None:
+        wanted = [c.strip() for c in campaigns.split(",") if c.strip()]
+        if wanted == ["none"]:
+            specs = []
+        else:
+            known = {s.strategy for s in specs}
+            unknown = [w for w in wanted if w not in known]
+            if unknown:
+                raise UsageError(f"--campaigns: unknown strategy '{unknown[0]}' (choose from {', '.join(sorted(known))})")
+            specs = [s for s in specs if s.strategy in wanted]
+    config = TrafficConfig(seed=seed, accounts=accounts, days=days, start=start, campaigns=tuple(specs),
+                           batch_per_day=batch_per_day)
+    with _progress() as progress:
+        task = progress.add_task("generating traffic", total=None)
+        summary = generate(config, out, progress=lambda n: progress.update(task, completed=n))
+    table = Table(title=f"lab traffic → {out}")
+    table.add_column("strategy")
+    table.add_column("accounts", justify="right")
+    for strategy, n in sorted(summary.by_kind.items()):
+        table.add_row(strategy, str(n))
+    console.print(table)
+    console.print(f"{summary.events:,} events from {summary.accounts:,} accounts → {summary.events_path}; "
+                  f"labels → {summary.labels_path}")
+
+
+@app.command()
+def ingest(
+    logs: List[Path] = typer.Argument(..., help="Event logs: JSON Lines (plain or .gz), Parquet, or a DuckDB store."),
+    db: Path = typer.Option(Path("events.duckdb"), "--db", help="DuckDB file to load into (created if missing)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad",
+                                  help="Quarantine bad lines to a side file and go on, instead of stopping."),
+    quarantine: Optional[Path] = typer.Option(None, "--quarantine",
+                                              help="Side file for bad lines (default: DB path + .quarantine.jsonl)."),
+    parquet: Optional[Path] = typer.Option(None, "--parquet", help="Also export the store as Parquet partitioned by day."),
+) -> None:
+    """Load events into a DuckDB store (idempotent on event id)."""
+    from distillguard.events.jsonl import Quarantine
+    from distillguard.store import EventStore
+    from distillguard.store.ingest import FileReport, ingest_paths
+
+    quarantine_path = quarantine or Path(str(db) + ".quarantine.jsonl")
+    sink = Quarantine(quarantine_path) if skip_bad else None
+    table = Table(title=f"ingest → {db}")
+    for col in ("source", "read", "new", "duplicates", "quarantined"):
+        table.add_column(col, justify="left" if col == "source" else "right")
+
+    def on_file(report: FileReport) -> None:
+        table.add_row(report.path, f"{report.read:,}", f"{report.inserted:,}", f"{report.duplicates:,}", f"{report.bad:,}")
+
+    try:
+        with EventStore(db) as store, err_console.status("ingesting…", spinner="dots"):
+            try:
+                report = ingest_paths(store, logs, quarantine=sink, on_file=on_file)
+            except BadInputError as exc:
+                if exc.line is not None and not skip_bad:
+                    raise DistillguardError(f"{exc} (nothing from this file was stored; --skip-bad quarantines "
+                                            f"bad lines and goes on)") from None
+                raise
+            total = store.count()
+            files = store.export_parquet(parquet) if parquet else []
+    finally:
+        if sink is not None:
+            sink.close()
+    console.print(table)
+    console.print(f"store holds {total:,} events")
+    if report.bad:
+        console.print(f"[yellow]{report.bad:,} bad line(s) quarantined → {quarantine_path}[/yellow]")
+    if parquet:
+        console.print(f"exported {len(files)} Parquet file(s) partitioned by day → {parquet}")
+
+
+@app.command()
+def export(
+    db: Path = typer.Option(..., "--db", help="DuckDB store."),
+    out: Path = typer.Option(..., "--out", help="Output directory (day=YYYY-MM-DD/ partitions)."),
+) -> None:
+    """Export the store as Parquet files partitioned by UTC day."""
+    from distillguard.store import EventStore
+
+    with EventStore(db, read_only=True) as store:
+        files = store.export_parquet(out)
+    console.print(f"{len(files)} Parquet file(s) → {out}")
+
+
+@app.command()
+def stats(
+    sources: List[Path] = typer.Argument(..., help="Event logs or a DuckDB store."),
+    fmt: str = typer.Option("table", "--format", help="table or json"),
+) -> None:
+    """Summarise event sources: events, accounts, time range, tokens, endpoints."""
+    import orjson
+
+    from distillguard.store import EventStore, SourceKind, source_kind
+    from distillguard.store.ingest import ingest_paths
+
+    if fmt not in ("table", "json"):
+        raise UsageError("--format must be 'table' or 'json'")
+    if len(sources) == 1 and source_kind(sources[0]) is SourceKind.DUCKDB:
+        store = EventStore(sources[0], read_only=True)
+    else:
+        store = EventStore(":memory:")
+        with err_console.status("reading…", spinner="dots"):
+            ingest_paths(store, sources)
+    with store:
+        summary = store.summary()
+        summary["endpoints"] = dict(store.run("SELECT endpoint, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC"))
+    if fmt == "json":
+        sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    table = Table(title="events")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, value in summary.items():
+        table.add_row(name, ", ".join(f"{k}: {v:,}" for k, v in value.items()) if isinstance(value, dict)
+                      else (f"{value:,}" if isinstance(value, int) else str(value)))
+    console.print(table)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("out/demo"), "--out", help="Working directory for the demo's files."),
+    seed: int = typer.Option(7, "--seed"),
+) -> None:
+    """The whole story end to end on embedded defaults."""
+    from distillguard.demo import run_demo
+
+    run_demo(out, seed=seed, console=console)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point: turns our errors into one line and exit code 2."""
+    try:
+        app(args=argv)
+    except DistillguardError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)

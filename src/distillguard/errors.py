@@ -1,0 +1,46 @@
+"""One error hierarchy for the whole package.
+
+Every edge converts these: the CLI prints one line and exits 2, HTTP layers answer 4xx.
+"""
+
+from __future__ import annotations
+
+
+class DistillguardError(Exception):
+    """Base class of every error distillguard raises on purpose."""
+
+    exit_code = 2
+
+
+class BadInputError(DistillguardError):
+    """Input that cannot be used: names the file, the line and the field when known."""
+
+    def __init__(self, message: str, *, source: str | None = None, line: int | None = None,
+                 field: str | None = None) -> None:
+        self.message = message
+        self.source = source
+        self.line = line
+        self.field = field
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        where = []
+        if self.source is not None:
+            where.append(str(self.source) + (f":{self.line}" if self.line is not None else ""))
+        if self.field is not None:
+            where.append(f"field '{self.field}'")
+        prefix = ", ".join(where)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class FieldError(ValueError):
+    """Raised while validating one record; the reader adds file and line."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"field '{field}': {message}")
+
+
+class UsageError(DistillguardError):
+    """A command was called with options that do not fit together."""

@@ -1,0 +1,1 @@
+"""The traffic lab: simulated organic and extraction traffic built on real conversations."""
