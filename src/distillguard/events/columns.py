@@ -2,7 +2,8 @@
 
 Record fields become columns of the same name (JSON objects as JSON text), plus a few derived
 columns the detectors read without re-parsing request bodies: ``prompt_text``, ``system_prompt``,
-``n_turns``, ``max_tokens``, ``logprobs``, ``has_tools``, ``response_text`` and the token counts.
+``n_turns``, ``max_tokens``, ``logprobs``, ``has_tools`` and the token counts. The output text is
+not duplicated into a column: it stays inside ``response`` (see :func:`response_text`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from distillguard.events.schema import Event, prompt_view, response_text
+from distillguard.events.schema import Event, prompt_view
 
 EVENT_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -34,7 +35,6 @@ EVENT_SCHEMA = pa.schema([
     ("max_tokens", pa.int64()),
     ("logprobs", pa.bool_()),
     ("has_tools", pa.bool_()),
-    ("response_text", pa.string()),
     ("request", pa.string()),              # JSON text
     ("response", pa.string()),             # JSON text (a string response is stored as a JSON string)
     ("identity", pa.string()),             # JSON text
@@ -80,7 +80,6 @@ class ColumnBuilder:
         c["max_tokens"].append(view.max_tokens)
         c["logprobs"].append(view.logprobs)
         c["has_tools"].append(view.has_tools)
-        c["response_text"].append(response_text(ev.response))
         c["request"].append(_DUMPS(ev.request).decode())
         c["response"].append(_json_or_none(ev.response))
         c["identity"].append(_json_or_none(ev.identity))
@@ -102,7 +101,7 @@ class ColumnBuilder:
         return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
 
 
-def batches_to_tables(events: Iterable[Event], batch_size: int = 50_000) -> Iterator[pa.Table]:
+def batches_to_tables(events: Iterable[Event], batch_size: int = 10_000) -> Iterator[pa.Table]:
     """Group a stream of events into Arrow tables of at most ``batch_size`` rows."""
     builder = ColumnBuilder()
     for ev in events:

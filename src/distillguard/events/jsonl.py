@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import io
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,11 @@ import orjson
 
 from distillguard.errors import BadInputError, FieldError
 from distillguard.events.schema import Event, event_from_obj
+
+try:
+    from isal import isal_zlib as _isal_zlib
+except ImportError:  # pragma: no cover - optional accelerator
+    _isal_zlib = None
 
 GZIP_MAGIC = b"\x1f\x8b"
 # A single line above this is refused rather than decoded (a runaway payload, or a binary file).
@@ -66,13 +70,58 @@ class Quarantine:
         self.close()
 
 
-def open_binary(path: str | Path) -> IO[bytes]:
-    """Open a file for reading bytes, transparently un-gzipping by magic number (not by name)."""
-    raw = open(path, "rb")
-    head = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
-    if head == GZIP_MAGIC:
-        return io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"), buffer_size=1 << 20)
-    return raw
+def _decompressor():
+    return (_isal_zlib if _isal_zlib is not None else zlib).decompressobj(31)
+
+
+class TruncatedInput(Exception):
+    """The compressed stream ended early; ``tail`` holds the undecodable remainder."""
+
+    def __init__(self, tail: bytes, reason: str) -> None:
+        self.tail = tail
+        self.reason = reason
+        super().__init__(reason)
+
+
+def iter_lines(path: str | Path, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """Lines of a file as bytes, un-gzipping by magic number (not by name), in bounded memory.
+
+    Lines keep their newline only for plain files (callers strip it). Gzip is decoded chunk by chunk (multi-member files too, ISA-L when installed), so the lines
+    before a truncated or corrupt tail are still delivered, then :class:`TruncatedInput` is raised.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+        fh.seek(0)
+        if head != GZIP_MAGIC:
+            yield from fh
+            return
+        decomp = _decompressor()
+        pending = b""
+        while True:
+            chunk = fh.read(chunk_size)
+            if not chunk:
+                break
+            problem = None
+            parts: list[bytes] = []
+            try:
+                parts.append(decomp.decompress(chunk))
+                while decomp.eof and decomp.unused_data:  # the next gzip member
+                    rest = decomp.unused_data
+                    if not rest.strip(b"\x00"):
+                        break  # zero padding after the last member, as gzip(1) accepts
+                    decomp = _decompressor()
+                    parts.append(decomp.decompress(rest))
+            except Exception as exc:  # zlib.error / isal error: corrupt data
+                problem = f"corrupt gzip data ({exc})"
+            lines = (pending + b"".join(parts)).split(b"\n")
+            pending = lines.pop()
+            yield from lines  # whatever decoded before the damage is still delivered
+            if problem is not None:
+                raise TruncatedInput(pending, problem)
+        if not decomp.eof:
+            raise TruncatedInput(pending, "gzip data ends before its end-of-stream marker (truncated file?)")
+        if pending:
+            yield pending
 
 
 def iter_jsonl(path: str | Path, *, quarantine: Quarantine | None = None, stats: ReadStats | None = None,
@@ -85,48 +134,49 @@ def iter_jsonl(path: str | Path, *, quarantine: Quarantine | None = None, stats:
     """
     source = str(path)
     stats = stats if stats is not None else ReadStats()
-    try:
-        fh = open_binary(path)
-    except FileNotFoundError:
-        raise BadInputError("no such file", source=source) from None
-    except IsADirectoryError:
-        raise BadInputError("is a directory, expected an event log file", source=source) from None
-    except PermissionError:
-        raise BadInputError("permission denied", source=source) from None
+    path_obj = Path(path)
+    if not path_obj.exists():
+        raise BadInputError("no such file", source=source)
+    if path_obj.is_dir():
+        raise BadInputError("is a directory, expected an event log file", source=source)
     lineno = 0
-    with fh:
-        try:
-            for lineno, line in enumerate(fh, 1):
-                stats.lines = lineno
-                if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
-                    line = line[3:]  # a UTF-8 byte-order mark written by some editors
-                if not line.strip():
-                    continue
-                problem: tuple[str | None, str] | None = None
-                if len(line) > max_line_bytes:
-                    problem = (None, f"line of {len(line):,} bytes exceeds the {max_line_bytes:,}-byte limit")
+    try:
+        for lineno, line in enumerate(iter_lines(path), 1):
+            stats.lines = lineno
+            if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]  # a UTF-8 byte-order mark written by some editors
+            if not line.strip():
+                continue
+            problem: tuple[str | None, str] | None = None
+            if len(line) > max_line_bytes:
+                problem = (None, f"line of {len(line):,} bytes exceeds the {max_line_bytes:,}-byte limit")
+            else:
+                try:
+                    obj = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    problem = (None, f"malformed JSON ({_short(exc)})")
                 else:
                     try:
-                        obj = orjson.loads(line)
-                    except orjson.JSONDecodeError as exc:
-                        problem = (None, f"malformed JSON ({_short(exc)})")
+                        event = event_from_obj(obj)
+                    except FieldError as exc:
+                        problem = (exc.field, exc.message)
                     else:
-                        try:
-                            event = event_from_obj(obj)
-                        except FieldError as exc:
-                            problem = (exc.field, exc.message)
-                        else:
-                            stats.events += 1
-                            yield event
-                            continue
-                field, message = problem
-                if quarantine is None:
-                    raise BadInputError(message, source=source, line=lineno, field=field)
-                stats.bad += 1
-                quarantine.add(source, lineno, field, message, line.rstrip(b"\r\n"))
-        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-            raise BadInputError(f"corrupt or truncated gzip data after line {lineno} ({exc})",
-                                source=source, line=lineno + 1) from None
+                        stats.events += 1
+                        yield event
+                        continue
+            field, message = problem
+            if quarantine is None:
+                raise BadInputError(message, source=source, line=lineno, field=field)
+            stats.bad += 1
+            quarantine.add(source, lineno, field, message, line.rstrip(b"\r\n"))
+    except TruncatedInput as exc:
+        if quarantine is None:
+            raise BadInputError(f"{exc.reason}; {lineno:,} whole line(s) before it", source=source,
+                                line=lineno + 1) from None
+        stats.bad += 1
+        quarantine.add(source, lineno + 1, None, exc.reason, exc.tail)
+    except PermissionError:
+        raise BadInputError("permission denied", source=source) from None
 
 
 def _short(exc: Exception) -> str:

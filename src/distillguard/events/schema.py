@@ -28,6 +28,7 @@ _OPTIONAL_STRINGS = ("key", "model", "ip", "user_agent")
 # Epoch seconds accepted: 1990-01-01 .. 2200-01-01. Anything outside is almost surely
 # milliseconds or garbage, and silently accepting it would put events decades off.
 _MIN_EPOCH, _MAX_EPOCH = 631152000.0, 7258118400.0
+_MAX_INT64 = 2**63 - 1
 
 
 @dataclass(slots=True)
@@ -98,7 +99,10 @@ def parse_ts(value: Any) -> float:
             raise FieldError("ts", f"not an RFC 3339 timestamp: {value[:40]!r}") from None
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=timezone.utc)
-        return dt.timestamp()
+        ts = dt.timestamp()
+        if not (_MIN_EPOCH <= ts <= _MAX_EPOCH):
+            raise FieldError("ts", f"timestamp {value[:40]!r} outside 1990..2200")
+        return ts
     raise FieldError("ts", f"expected an RFC 3339 string or epoch seconds, got {_type(value)}")
 
 
@@ -154,11 +158,14 @@ def event_from_obj(obj: Any) -> Event:
     if usage:
         for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
             value = usage.get(name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise FieldError(f"usage.{name}", f"expected a non-negative integer, got {value!r}")
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or not 0 <= value <= _MAX_INT64):
+                raise FieldError(f"usage.{name}", f"expected a non-negative integer, got {str(value)[:40]}")
     status = obj.get("status")
     if status is not None and (not isinstance(status, int) or isinstance(status, bool)):
         raise FieldError("status", f"expected an integer, got {_type(status)}")
+    if status is not None and not 0 <= status <= 999:
+        raise FieldError("status", f"expected an HTTP status code, got {str(status)[:40]}")
     event_id = obj.get("id")
     if event_id is None or event_id == "":
         event_id = derive_id(ts, account, request, response)
@@ -191,9 +198,12 @@ def _check_request(request: dict[str, Any], endpoint: str) -> None:
     prompt = request.get("prompt")
     if prompt is not None and not isinstance(prompt, (str, list)):
         raise FieldError("request.prompt", f"expected a string or an array, got {_type(prompt)}")
-    max_tokens = request.get("max_tokens", request.get("max_completion_tokens"))
-    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)):
-        raise FieldError("request.max_tokens", f"expected an integer, got {_type(max_tokens)}")
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = request.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise FieldError(f"request.{name}", f"expected an integer, got {_type(value)}")
+        if value is not None and not 0 <= value <= _MAX_INT64:
+            raise FieldError(f"request.{name}", f"out of range: {str(value)[:40]}")
 
 
 def content_text(content: Any) -> str:
@@ -237,13 +247,17 @@ def prompt_view(request: dict[str, Any]) -> PromptView:
         elif isinstance(prompt, list):
             prompt_text = "\n".join(p for p in prompt if isinstance(p, str))
         n_turns = 1 if prompt is not None else 0
-    max_tokens = request.get("max_tokens", request.get("max_completion_tokens"))
+    max_tokens = request.get("max_tokens")
+    if max_tokens is None:
+        max_tokens = request.get("max_completion_tokens")
     logprobs_value = request.get("logprobs")
     top_logprobs = request.get("top_logprobs")
     if isinstance(logprobs_value, int) and not isinstance(logprobs_value, bool):
         # Completions API: `logprobs: 5` asks for the top 5.
         top_logprobs = top_logprobs or logprobs_value
-    logprobs = bool(logprobs_value) or bool(top_logprobs)
+    # Only JSON true or a positive count asks for logprobs ("false" as a string does not).
+    logprobs = (logprobs_value is True or (isinstance(logprobs_value, int) and logprobs_value > 0)
+                or (isinstance(top_logprobs, int) and not isinstance(top_logprobs, bool) and top_logprobs > 0))
     return PromptView(
         prompt_text=prompt_text,
         system_prompt=system_prompt,
@@ -251,7 +265,7 @@ def prompt_view(request: dict[str, Any]) -> PromptView:
         n_messages=n_messages,
         max_tokens=max_tokens if isinstance(max_tokens, int) else None,
         logprobs=logprobs,
-        top_logprobs=top_logprobs if isinstance(top_logprobs, int) else None,
+        top_logprobs=top_logprobs if isinstance(top_logprobs, int) and not isinstance(top_logprobs, bool) else None,
         has_tools=bool(request.get("tools") or request.get("functions")),
     )
 

@@ -37,7 +37,7 @@ def source_kind(path: str | Path) -> SourceKind:
 
 
 def iter_event_tables(paths: Sequence[str | Path], *, quarantine: Quarantine | None = None,
-                      stats: ReadStats | None = None, batch_size: int = 50_000) -> Iterator[pa.Table]:
+                      stats: ReadStats | None = None, batch_size: int = 10_000) -> Iterator[pa.Table]:
     """Stream every source as Arrow tables of the event schema, in the order given."""
     kinds = [source_kind(p) for p in paths]  # fail on a bad path before reading anything
     for path, kind in zip(paths, kinds):
