@@ -22,10 +22,17 @@ _DUCK_TYPES = {
 }
 
 
+# Long JSON/text columns: DuckDB's default string compression barely shrinks them (the file
+# came out 1.5x the raw JSON); zstd makes it ~4x smaller for ~10% more ingest time.
+_ZSTD_COLUMNS = frozenset({"request", "response"})
+
+
 def _ddl() -> str:
     cols = []
     for f in EVENT_SCHEMA:
         decl = f"{f.name} {_DUCK_TYPES[f.type]}"
+        if f.name in _ZSTD_COLUMNS:
+            decl += " USING COMPRESSION zstd"
         if f.name in ("id", "ts", "account", "request"):
             decl += " NOT NULL"
         cols.append(decl)
