@@ -75,6 +75,7 @@ class PromptView:
     logprobs: bool
     top_logprobs: int | None
     has_tools: bool
+    temperature: float | None = None
 
 
 def format_ts(ts: float) -> str:
@@ -267,7 +268,14 @@ def prompt_view(request: dict[str, Any]) -> PromptView:
         logprobs=logprobs,
         top_logprobs=top_logprobs if isinstance(top_logprobs, int) and not isinstance(top_logprobs, bool) else None,
         has_tools=bool(request.get("tools") or request.get("functions")),
+        temperature=_number(request.get("temperature")),
     )
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
 
 
 def response_text(response: Any) -> str:

@@ -165,20 +165,37 @@ AGENT_GOALS = ("find why the unit tests in tests/test_api.py fail and fix the bu
                "refactor the payment module to remove the global state")
 
 
+CODE_CONSTRAINTS = ("without external libraries", "optimised for large inputs", "with full error handling",
+                    "that is thread-safe", "using only the standard library", "with logging and metrics",
+                    "following clean-architecture principles", "with property-based tests")
+
+
 @dataclass
 class AgenticPrompts:
-    """Coding and tool-use tasks at volume, with tool definitions in the request."""
+    """Coding and tool-use tasks at volume, with tool definitions in the request.
+
+    Tasks combine templates with real coding questions from public conversations, so the
+    campaign keeps asking new things (an agentic distiller wants diverse trajectories).
+    """
 
     ctx: LabContext
     family: int = 0
 
+    def __post_init__(self) -> None:
+        pool = self.ctx.public_by_area.get("coding", []) + self.ctx.public_by_area.get("technology", [])
+        self._questions = [self.ctx.public[i].turns[0][0][:800] for i in pool] or ["write a web scraper"]
+
     def __call__(self, rng: np.random.Generator) -> Prompt:
-        if rng.random() < 0.5:
-            text = (f"Write a {_pick(rng, LANGS)} function that {_pick(rng, CODE_TASKS)}. "
-                    f"Include type annotations, docstrings and unit tests.")
+        roll = rng.random()
+        if roll < 0.35:
+            text = (f"Write a {_pick(rng, LANGS)} function that {_pick(rng, CODE_TASKS)} "
+                    f"{_pick(rng, CODE_CONSTRAINTS)}. Include type annotations, docstrings and unit tests.")
             tools = None if rng.random() < 0.5 else TOOLS[:3]
+        elif roll < 0.7:
+            text = f"Using the available tools, {_pick(rng, AGENT_GOALS)} in the {_pick(rng, LANGS)} service. Plan first, then act."
+            tools = TOOLS
         else:
-            text = f"Using the available tools, {_pick(rng, AGENT_GOALS)}. Plan first, then act."
+            text = f"Task: {_pick(rng, self._questions)}\n\nSolve this as an agent: use the tools, run the code, and report."
             tools = TOOLS
         messages: list[dict[str, Any]] = [{"role": "system", "content": "You are an autonomous coding agent."}]
         messages.append({"role": "user", "content": text})

@@ -18,7 +18,7 @@ from distillguard.events.columns import EVENT_SCHEMA
 
 _DUCK_TYPES = {
     pa.string(): "VARCHAR", pa.timestamp("us"): "TIMESTAMP", pa.int32(): "INTEGER",
-    pa.int64(): "BIGINT", pa.bool_(): "BOOLEAN",
+    pa.int64(): "BIGINT", pa.bool_(): "BOOLEAN", pa.float64(): "DOUBLE",
 }
 
 
@@ -73,12 +73,24 @@ class EventStore:
         self.run(f"SET memory_limit = '{memory_limit}'")
         if not read_only:
             self.run(_ddl())
+            self._add_missing_columns()
         elif not self._has_events_table():
             raise BadInputError("DuckDB file has no 'events' table", source=self.path)
 
     def run(self, sql: str, params: list | None = None) -> list[tuple]:
         """Execute and fetch everything (DuckDB refuses new work while a result is unread)."""
         return self.con.execute(sql, params).fetchall()
+
+    def columns(self) -> list[str]:
+        return [r[0] for r in self.run(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'events' ORDER BY ordinal_position")]
+
+    def _add_missing_columns(self) -> None:
+        """Stores written by an older version gain the columns added since (as NULL)."""
+        present = set(self.columns())
+        for f in EVENT_SCHEMA:
+            if f.name not in present:
+                self.run(f"ALTER TABLE events ADD COLUMN {f.name} {_DUCK_TYPES[f.type]}")
 
     def _has_events_table(self) -> bool:
         rows = self.run("SELECT count(*) FROM information_schema.tables WHERE table_name = 'events'")

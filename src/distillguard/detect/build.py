@@ -1,0 +1,43 @@
+"""Building baselines: from a store of organic traffic, or from the lab's organic traffic."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from distillguard.detect.baseline import Baseline
+from distillguard.detect.engine import local_features
+from distillguard.detect.features import DEFAULT_MAX_TOKENS_CAP
+from distillguard.store import EventStore
+from distillguard.store.ingest import ingest_paths
+
+
+def build_from_store(store: EventStore, *, source: str, max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP,
+                     min_queries: int = 20, exclude: Iterable[str] = (),
+                     progress: Callable[[int, int], None] | None = None) -> Baseline:
+    features, _ = local_features(store, max_tokens_cap=max_tokens_cap, progress=progress)
+    excluded = set(exclude)
+    if excluded:
+        features = features[~features.index.isin(excluded)]
+    return Baseline(max_tokens_cap=max_tokens_cap, min_queries=min_queries, source=source).fit(features)
+
+
+def build_from_paths(paths: Sequence[str | Path], *, source: str, **kwargs) -> Baseline:
+    with tempfile.TemporaryDirectory(prefix="distillguard-baseline-") as tmp:
+        from distillguard.detect.scan import open_sources
+
+        with open_sources(paths, Path(tmp)) as store:
+            return build_from_store(store, source=source, **kwargs)
+
+
+def build_from_lab(*, seed: int = 1000, accounts: int = 3000, days: int = 14, **kwargs) -> Baseline:
+    """Fit on the lab's organic traffic (pseudo-users and hard negatives, no campaign)."""
+    from distillguard.lab.traffic import TrafficConfig, generate
+
+    with tempfile.TemporaryDirectory(prefix="distillguard-baseline-") as tmp:
+        summary = generate(TrafficConfig(seed=seed, accounts=accounts, days=days, campaigns=()), Path(tmp) / "lab")
+        with EventStore(Path(tmp) / "lab.duckdb") as store:
+            ingest_paths(store, [summary.events_path])
+            source = f"lab organic traffic (seed {seed}, {accounts} accounts, {days} days)"
+            return build_from_store(store, source=source, **kwargs)

@@ -1,0 +1,133 @@
+"""The local engine: per-account features and identities straight from the DuckDB store.
+
+Accounts are processed in hash partitions of about ``PARTITION_EVENTS`` events, so memory is
+bounded by one partition however large the store is.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from distillguard.detect.features import FEATURES, account_features
+from distillguard.detect.hydra import AccountIdentity
+from distillguard.store import EventStore
+
+PARTITION_EVENTS = 200_000
+_INPUT_COLUMNS = ("epoch(ts) AS t", "left(prompt_text, 4000) AS prompt", "left(system_prompt, 1000) AS system",
+                  "n_turns", "n_messages", "max_tokens", "logprobs", "has_tools", "temperature", "completion_tokens")
+
+
+def input_columns_sql(store: EventStore) -> str:
+    """The feature input columns; a column an older store lacks is read as NULL."""
+    present = set(store.columns())
+    return ", ".join(c if " AS " in c or c in present else f"NULL AS {c}" for c in _INPUT_COLUMNS)
+
+
+def _quote_list(values: list[str]) -> str:
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+def local_features(store: EventStore, *, max_tokens_cap: int,
+                   progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, dict[str, list[int]]]:
+    """Features of every account (rows indexed by account) and each account's template keys."""
+    total = store.count()
+    partitions = max(1, math.ceil(total / PARTITION_EVENTS))
+    columns = input_columns_sql(store)
+    rows: list[dict[str, Any]] = []
+    accounts: list[str] = []
+    template_keys: dict[str, list[int]] = {}
+    done = 0
+    for part in range(partitions):
+        where = f"WHERE hash(account) % {partitions} = {part}" if partitions > 1 else ""
+        frame = store.con.sql(f"SELECT account, {columns} FROM events {where}").df()
+        for account, group in frame.groupby("account", sort=True):
+            feats = account_features(group, max_tokens_cap=max_tokens_cap)
+            template_keys[str(account)] = feats.pop("template_keys")
+            rows.append(feats)
+            accounts.append(str(account))
+        done += len(frame)
+        if progress is not None:
+            progress(done, total)
+    features = pd.DataFrame(rows, index=pd.Index(accounts, name="account"), columns=list(FEATURES))
+    return features.sort_index(), template_keys
+
+
+def features_for(store: EventStore, accounts: list[str], *, max_tokens_cap: int) -> dict[str, Any]:
+    """Features of several accounts' traffic taken together (a cluster scored as one actor)."""
+    frame = store.con.sql(f"SELECT {input_columns_sql(store)} FROM events "
+                          f"WHERE account IN ({_quote_list(accounts)})").df()
+    feats = account_features(frame, max_tokens_cap=max_tokens_cap)
+    feats.pop("template_keys")
+    return feats
+
+
+def account_totals(store: EventStore) -> pd.DataFrame:
+    """Queries, tokens and first/last seen per account."""
+    return store.con.sql(
+        "SELECT account, count(*) AS queries, coalesce(sum(prompt_tokens), 0) AS prompt_tokens, "
+        "coalesce(sum(completion_tokens), 0) AS completion_tokens, min(ts) AS first_seen, max(ts) AS last_seen "
+        "FROM events GROUP BY account").df().set_index("account")
+
+
+def identities(store: EventStore, template_keys: dict[str, list[int]]) -> list[AccountIdentity]:
+    """Linkable attributes of every account (latest identity record, IP /24s, agent, active hours)."""
+    rows = store.con.sql("""
+        WITH ip AS (
+            SELECT account, regexp_extract(ip, '^(\\d+\\.\\d+\\.\\d+)\\.\\d+$', 1) AS prefix, count(*) AS n
+            FROM events WHERE ip IS NOT NULL GROUP BY ALL),
+        top_ip AS (
+            SELECT account, list(prefix ORDER BY n DESC)[1:3] AS prefixes FROM ip WHERE prefix <> '' GROUP BY account),
+        base AS (
+            SELECT account, arg_max(identity, ts) AS identity, mode(user_agent) AS user_agent,
+                   list(DISTINCT CAST(epoch(ts) // 3600 AS BIGINT))[1:2000] AS hours
+            FROM events GROUP BY account)
+        SELECT base.account, identity, user_agent, hours, prefixes
+        FROM base LEFT JOIN top_ip USING (account) ORDER BY base.account""").fetchall()
+    out = []
+    for account, identity_json, user_agent, hours, prefixes in rows:
+        ident = _identity_fields(identity_json)
+        out.append(AccountIdentity(
+            account=account, ip24=tuple(prefixes or ()), payment=ident.get("payment"), email=ident.get("email"),
+            org=ident.get("org"), user_agent=user_agent, created=ident.get("created_ts"),
+            active_hours=frozenset(int(h) for h in (hours or ())),
+            template_keys=tuple(template_keys.get(account, ()))))
+    return out
+
+
+def _identity_fields(identity_json: str | None) -> dict[str, Any]:
+    if not identity_json:
+        return {}
+    try:
+        data = orjson.loads(identity_json)
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    out: dict[str, Any] = {k: data[k] for k in ("payment", "email", "org") if isinstance(data.get(k), str)}
+    created = data.get("created")
+    if isinstance(created, (int, float)) and not isinstance(created, bool):
+        out["created_ts"] = float(created)
+    elif isinstance(created, str):
+        try:
+            out["created_ts"] = pd.Timestamp(created).timestamp()
+        except ValueError:
+            pass
+    return out
+
+
+def hourly_activity(store: EventStore, account: str) -> pd.DataFrame:
+    """Requests and output tokens per hour for one account (for reports)."""
+    return store.con.sql(
+        "SELECT date_trunc('hour', ts) AS hour, count(*) AS requests, coalesce(sum(completion_tokens), 0) AS tokens "
+        f"FROM events WHERE account = {_quote_list([account])} GROUP BY 1 ORDER BY 1").df()
+
+
+def np_nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

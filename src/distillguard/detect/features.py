@@ -1,0 +1,183 @@
+"""Per-account features: a pure function of one account's events.
+
+The same function runs in the local engine (DuckDB + pandas) and inside Spark's
+``groupBy(account).applyInPandas``, so both engines produce the same numbers.
+
+Input frame columns (``ACCOUNT_INPUT_COLUMNS``): ``t`` epoch seconds, ``prompt``, ``system``,
+``n_turns``, ``n_messages``, ``max_tokens``, ``logprobs``, ``has_tools``, ``temperature``,
+``completion_tokens``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from distillguard.detect import text as tx
+from distillguard.detect.minhash import band_keys, minhash_signatures, template_groups, template_shingles
+
+ACCOUNT_INPUT_COLUMNS = ("t", "prompt", "system", "n_turns", "n_messages", "max_tokens", "logprobs", "has_tools",
+                         "temperature", "completion_tokens")
+DEFAULT_MAX_TOKENS_CAP = 4096
+COVERAGE_SAMPLE = 300      # distinct prompts used for coverage statistics (evenly over time)
+BREADTH_SAMPLE = 40        # topic breadth is measured on windows of this many distinct prompts ...
+BREADTH_WINDOWS = 10       # ... averaged over up to this many consecutive windows
+NOVELTY_SIMILARITY = 0.35  # a prompt is "new ground" if no earlier prompt is this similar
+TEMPLATE_MIN_GROUP = 3
+
+# Numeric features, in a fixed order (the Spark output schema and the baseline both use it).
+FEATURES = (
+    "queries", "distinct_prompts", "span_days", "distinct_per_day", "output_tokens_per_day",
+    "cot_count", "grading_count", "identity_count", "datagen_count", "logprobs_count", "tools_count",
+    "open_loop_tools_count", "orphan_followup_count",
+    "near_cap_count", "single_turn_count", "templated_count", "impersonal_count",
+    "topic_entropy", "novelty_rate", "prada_w", "gap_cv", "regularity", "hour_entropy",
+    "top_area", "areas_seen", "repeat_share",
+)
+
+
+def _entropy_bits(counts: np.ndarray) -> float:
+    """Miller-Madow bias-corrected Shannon entropy (bits) of a histogram."""
+    total = counts.sum()
+    if total <= 1:
+        return 0.0
+    p = counts[counts > 0] / total
+    h = float(-(p * np.log2(p)).sum())
+    return h + (len(p) - 1) / (2.0 * total * math.log(2))
+
+
+def _even_sample(n: int, k: int) -> np.ndarray:
+    return np.arange(n) if n <= k else np.unique(np.linspace(0, n - 1, k).astype(np.int64))
+
+
+def _elicitation_text(prompts: list[str], systems: list[Any]) -> list[str]:
+    """Lowercased prompt plus system prompt, ends kept: demands sit before or after the payload."""
+    out = []
+    for p, s in zip(prompts, systems):
+        body = p if len(p) <= 2000 else p[:1500] + "\n" + p[-500:]
+        out.append((body + ("\n" + s[:500] if isinstance(s, str) and s else "")).lower())
+    return out
+
+
+def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP) -> dict[str, Any]:
+    """Numeric features of one account (see ``FEATURES``) plus its recurring template keys."""
+    frame = frame.sort_values("t", kind="stable")
+    t = frame["t"].to_numpy(dtype=np.float64)
+    prompts = [p if isinstance(p, str) else "" for p in frame["prompt"].tolist()]
+    systems = frame["system"].tolist()
+    n = len(prompts)
+    out: dict[str, Any] = {name: float("nan") for name in FEATURES}
+    out["queries"] = float(n)
+    if n == 0:
+        out["template_keys"] = []
+        return out
+
+    # Distinct prompts (first occurrence): re-asking the same thing harvests nothing new.
+    first_index: dict[str, int] = {}
+    for i, p in enumerate(prompts):
+        first_index.setdefault(p, i)
+    distinct_idx = np.fromiter(first_index.values(), dtype=np.int64, count=len(first_index))
+    span_days = max(1.0, (t[-1] - t[0]) / 86400.0)
+    completion = frame["completion_tokens"].to_numpy(dtype=np.float64)
+    out["distinct_prompts"] = float(len(distinct_idx))
+    # Deterministic re-asks (temperature 0, the same prompt again) return the same answer: an
+    # evaluation re-run, not harvesting. Repeats at temperature > 0 sample new outputs, so they count.
+    temperature = frame["temperature"].to_numpy(dtype=np.float64) if "temperature" in frame else np.full(n, np.nan)
+    is_first = np.zeros(n, dtype=bool)
+    is_first[distinct_idx] = True
+    out["repeat_share"] = float(np.sum(~is_first & (temperature == 0.0)) / n)
+    out["span_days"] = span_days
+    out["distinct_per_day"] = len(distinct_idx) / span_days
+    out["output_tokens_per_day"] = float(np.nansum(completion[distinct_idx])) / span_days
+
+    # Elicitation and usage cues (counts over all queries; rates are judged later).
+    cue_text = _elicitation_text(prompts, systems)
+    out["cot_count"] = float(tx.has(tx.COT_ELICITATION, cue_text).sum())
+    out["grading_count"] = float(tx.has(tx.GRADING, cue_text).sum())
+    out["identity_count"] = float(tx.has(tx.IDENTITY_PROBE, cue_text).sum())
+    out["datagen_count"] = float(tx.has(tx.DATA_GENERATION, cue_text).sum())
+    out["logprobs_count"] = float(frame["logprobs"].fillna(False).astype(bool).sum())
+    tools = frame["has_tools"].fillna(False).to_numpy(dtype=bool)
+    out["tools_count"] = float(tools.sum())
+    # Tools defined, yet nothing but the system prompt and user turns in the history: no tool
+    # result ever came back, so the tools were never really run (a one-shot trajectory).
+    has_system = np.fromiter((isinstance(x, str) for x in systems), dtype=bool, count=n)
+    n_messages = frame["n_messages"].fillna(0).to_numpy(dtype=np.int64)
+    n_turns = frame["n_turns"].fillna(1).to_numpy(dtype=np.int64)
+    out["open_loop_tools_count"] = float(np.sum(tools & (n_messages <= n_turns + has_system)))
+    max_tokens = frame["max_tokens"].to_numpy(dtype=np.float64)
+    out["near_cap_count"] = float(np.sum(max_tokens >= 0.9 * max_tokens_cap))
+    single = n_turns <= 1
+    out["single_turn_count"] = float(np.sum(single))
+    out["orphan_followup_count"] = float(np.sum(single & (n_messages <= 1 + has_system) & tx.followup_opening(prompts)))
+    out["impersonal_count"] = float(n - tx.human_style(prompts).sum())
+
+    # Template regularity: near-duplicate structure (MinHash + LSH over masked edge shingles).
+    signatures = minhash_signatures([template_shingles(p) for p in prompts])
+    keys = band_keys(signatures)
+    labels = template_groups(keys)
+    sizes = np.bincount(labels)
+    templated = sizes[labels] >= TEMPLATE_MIN_GROUP
+    templated &= (keys != 0).any(axis=1)
+    out["templated_count"] = float(templated.sum())
+    template_keys: list[int] = []
+    if templated.any():
+        # Band keys seen in at least 3 of the account's prompts: its recurring templates.
+        values, counts = np.unique(keys[templated].ravel(), return_counts=True)
+        keep = (counts >= TEMPLATE_MIN_GROUP) & (values != 0)
+        values, counts = values[keep], counts[keep]
+        template_keys = values[np.argsort(-counts, kind="stable")[:32]].view(np.int64).tolist()
+    out["template_keys"] = template_keys
+
+    # Coverage: breadth over capability areas, and how often prompts break new ground.
+    sample = distinct_idx[_even_sample(len(distinct_idx), COVERAGE_SAMPLE)]
+    sample_prompts = [prompts[i] for i in sample]
+    areas = tx.area_ids(sample_prompts)
+    area_counts = np.bincount(areas, minlength=len(tx.AREA_LIST)).astype(np.float64)
+    out["areas_seen"] = float((area_counts > 0).sum())
+    out["top_area"] = float(np.argmax(area_counts))
+    if len(distinct_idx) >= BREADTH_SAMPLE:
+        # Entropy grows with sample size, so breadth is judged on windows of a fixed size: the mean
+        # over windows of consecutive distinct prompts. Organic users revisit their interests, so
+        # their windows stay narrow even when their whole history is broad.
+        window_areas = tx.area_ids([prompts[i] for i in distinct_idx[: BREADTH_SAMPLE * BREADTH_WINDOWS]])
+        entropies = [_entropy_bits(np.bincount(window_areas[k:k + BREADTH_SAMPLE], minlength=len(tx.AREA_LIST))
+                                   .astype(np.float64))
+                     for k in range(0, len(window_areas) - BREADTH_SAMPLE + 1, BREADTH_SAMPLE)]
+        out["topic_entropy"] = float(np.mean(entropies))
+    if len(sample_prompts) >= 10:
+        drop = tx.frequent_words(sample_prompts)
+        emb = tx.hashed_embeddings(sample_prompts, drop=drop)
+        sims = emb @ emb.T
+        np.fill_diagonal(sims, -1.0)
+        earlier_best = np.array([sims[i, :i].max() for i in range(1, len(sample_prompts))])
+        out["novelty_rate"] = float(np.mean(earlier_best < NOVELTY_SIMILARITY))
+        # PRADA (Juuti et al. 2019): distances from each query to its nearest earlier query.
+        dists = np.sqrt(np.clip(2.0 - 2.0 * earlier_best, 0.0, None))
+        if len(dists) >= 20 and np.ptp(dists) > 1e-9:
+            out["prada_w"] = float(stats.shapiro(dists[:500]).statistic)
+
+    # Cadence: regular spacing, and activity round the clock.
+    if n >= 10:
+        gaps = np.diff(t)
+        mean_gap = gaps.mean()
+        if mean_gap > 0:
+            cv = float(gaps.std() / mean_gap)
+            out["gap_cv"] = cv
+            out["regularity"] = -math.log10(max(cv, 1e-3))
+        hours = ((t % 86400.0) // 3600.0).astype(np.int64)
+        out["hour_entropy"] = _entropy_bits(np.bincount(hours, minlength=24).astype(np.float64))
+    return out
+
+
+def features_frame(rows: list[dict[str, Any]], accounts: list[str]) -> pd.DataFrame:
+    """Assemble per-account feature dicts into one frame indexed by account."""
+    frame = pd.DataFrame(rows, index=pd.Index(accounts, name="account"))
+    for name in FEATURES:
+        if name not in frame:
+            frame[name] = np.nan
+    return frame

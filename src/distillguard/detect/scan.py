@@ -1,0 +1,200 @@
+"""`distillguard scan`: ranked accounts and clusters with calibrated p-values and reasons."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from distillguard.detect.baseline import Baseline, load_default
+from distillguard.detect.engine import account_totals, features_for, identities, local_features
+from distillguard.detect.hydra import find_clusters
+from distillguard.detect.scoring import Reason, Verdict, judge
+from distillguard.detect.text import AREA_LIST
+from distillguard.errors import UsageError
+from distillguard.store import EventStore, SourceKind, source_kind
+from distillguard.store.ingest import ingest_paths
+
+DEFAULT_PRICE_PER_MILLION = 10.0  # USD per million output tokens, for damage estimates
+
+
+@dataclass
+class ScanOptions:
+    baseline: Baseline | None = None
+    fpr: float = 0.001
+    allowlist: frozenset[str] = frozenset()
+    engine: str = "local"
+    price_per_million: float = DEFAULT_PRICE_PER_MILLION
+
+    def check(self) -> None:
+        if not 0.0 < self.fpr < 1.0:
+            raise UsageError("--fpr must be between 0 and 1")
+        if self.engine not in ("local", "spark"):
+            raise UsageError("--engine must be 'local' or 'spark'")
+        if self.price_per_million < 0:
+            raise UsageError("--price-per-million must be >= 0")
+
+
+@dataclass
+class AccountResult:
+    account: str
+    verdict: Verdict
+    queries: int
+    completion_tokens: int
+    prompt_tokens: int
+    first_seen: str
+    last_seen: str
+    top_area: str
+    cluster: str | None = None
+    cluster_flagged: bool = False
+
+    @property
+    def flagged(self) -> bool:
+        return self.verdict.flagged or self.cluster_flagged
+
+    def to_dict(self) -> dict[str, Any]:
+        reasons = [r.to_dict() for r in self.verdict.reasons]
+        if self.cluster_flagged and not self.verdict.flagged:
+            reasons.insert(0, {"signal": "hydra_cluster", "family": "cluster", "value": None, "p_value": None,
+                               "detail": f"member of flagged cluster {self.cluster}"})
+        return {"account": self.account, "score": round(self.verdict.score, 4),
+                "p_value": float(f"{self.verdict.p_value:.4g}"), "flagged": self.flagged,
+                "status": "flagged" if self.flagged else self.verdict.status, "cluster": self.cluster,
+                "queries": self.queries, "completion_tokens": self.completion_tokens,
+                "first_seen": self.first_seen, "last_seen": self.last_seen, "top_area": self.top_area,
+                "family_p": {k: float(f"{v:.4g}") for k, v in self.verdict.family_p.items()}, "reasons": reasons}
+
+
+@dataclass
+class ClusterResult:
+    cluster: str
+    accounts: tuple[str, ...]
+    verdict: Verdict
+    queries: int
+    completion_tokens: int
+    link_counts: dict[str, int]
+    confidence: float
+
+    def to_dict(self) -> dict[str, Any]:
+        links = ", ".join(f"{k} ({v} links)" for k, v in sorted(self.link_counts.items(), key=lambda kv: -kv[1]))
+        reasons = [{"signal": "linked_accounts", "family": "cluster", "value": len(self.accounts), "p_value": None,
+                    "detail": f"{len(self.accounts)} accounts linked by {links}"}]
+        reasons += [r.to_dict() for r in self.verdict.reasons]
+        return {"cluster": self.cluster, "accounts": list(self.accounts), "score": round(self.verdict.score, 4),
+                "p_value": float(f"{self.verdict.p_value:.4g}"), "flagged": self.verdict.flagged,
+                "queries": self.queries, "completion_tokens": self.completion_tokens,
+                "attribution_confidence": self.confidence, "links": self.link_counts, "reasons": reasons}
+
+
+@dataclass
+class ScanResult:
+    accounts: list[AccountResult]
+    clusters: list[ClusterResult]
+    calibration: dict[str, Any]
+    price_per_million: float
+    features: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
+
+    def summary(self) -> dict[str, Any]:
+        flagged = [a for a in self.accounts if a.flagged]
+        flagged_clusters = [c for c in self.clusters if c.verdict.flagged]
+        in_clusters = {acct for c in flagged_clusters for acct in c.accounts}
+        campaigns = len(flagged_clusters) + sum(1 for a in flagged if a.account not in in_clusters)
+        tokens = sum(a.completion_tokens for a in flagged)
+        areas: dict[str, int] = {}
+        for a in flagged:
+            areas[a.top_area] = areas.get(a.top_area, 0) + a.queries
+        return {"accounts_scanned": len(self.accounts), "campaigns": campaigns, "accounts_flagged": len(flagged),
+                "clusters_flagged": len(flagged_clusters), "queries_extracted": sum(a.queries for a in flagged),
+                "tokens_extracted": int(tokens),
+                "estimated_cost_usd": round(tokens / 1e6 * self.price_per_million, 2),
+                "price_per_million_tokens": self.price_per_million,
+                "capability_areas": dict(sorted(areas.items(), key=lambda kv: -kv[1])),
+                "attribution": {c.cluster: c.confidence for c in flagged_clusters}}
+
+    def to_dict(self, *, include_clear: bool = True) -> dict[str, Any]:
+        accounts = sorted(self.accounts, key=lambda a: (-a.flagged, a.verdict.p_value, a.account))
+        if not include_clear:
+            accounts = [a for a in accounts if a.flagged]
+        return {"accounts": [a.to_dict() for a in accounts],
+                "clusters": [c.to_dict() for c in sorted(self.clusters, key=lambda c: (-c.verdict.flagged,
+                                                                                      c.verdict.p_value))],
+                "summary": self.summary(), "calibration": self.calibration}
+
+
+def _iso(ts: Any) -> str:
+    return pd.Timestamp(ts).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def open_sources(paths: Sequence[str | Path], workdir: Path) -> EventStore:
+    """A read-only store for one DuckDB file, or a scratch store the logs are ingested into."""
+    if not paths:
+        raise UsageError("give at least one event log or DuckDB store")
+    if len(paths) == 1 and source_kind(paths[0]) is SourceKind.DUCKDB:
+        return EventStore(paths[0], read_only=True)
+    store = EventStore(workdir / "scan.duckdb")
+    ingest_paths(store, paths)
+    return store
+
+
+def scan_store(store: EventStore, options: ScanOptions,
+               progress: Callable[[str, int, int], None] | None = None) -> ScanResult:
+    options.check()
+    baseline = options.baseline or load_default()
+    if options.engine == "spark":
+        from distillguard.detect.spark_engine import spark_features
+
+        features, template_keys = spark_features(store, max_tokens_cap=baseline.max_tokens_cap)
+    else:
+        features, template_keys = local_features(
+            store, max_tokens_cap=baseline.max_tokens_cap,
+            progress=(lambda done, total: progress("features", done, total)) if progress else None)
+    return score_features(store, features, template_keys, baseline, options)
+
+
+def score_features(store: EventStore, features: pd.DataFrame, template_keys: dict[str, list[int]],
+                   baseline: Baseline, options: ScanOptions) -> ScanResult:
+    totals = account_totals(store)
+    verdicts = {acct: judge(row, baseline, options.fpr, authorised=acct in options.allowlist)
+                for acct, row in features.iterrows()}
+    results: dict[str, AccountResult] = {}
+    for acct, verdict in verdicts.items():
+        t = totals.loc[acct]
+        top = features.at[acct, "top_area"]
+        results[acct] = AccountResult(
+            account=acct, verdict=verdict, queries=int(t["queries"]), completion_tokens=int(t["completion_tokens"]),
+            prompt_tokens=int(t["prompt_tokens"]), first_seen=_iso(t["first_seen"]), last_seen=_iso(t["last_seen"]),
+            top_area=AREA_LIST[int(top)] if np.isfinite(top) else "unknown")
+    clusters = []
+    for cluster in find_clusters(identities(store, template_keys)):
+        members = list(cluster.accounts)
+        feats = features_for(store, members, max_tokens_cap=baseline.max_tokens_cap)
+        authorised = all(m in options.allowlist for m in members)
+        verdict = judge(feats, baseline, options.fpr, authorised=authorised)
+        queries = sum(results[m].queries for m in members)
+        tokens = sum(results[m].completion_tokens for m in members)
+        clusters.append(ClusterResult(cluster=cluster.cluster, accounts=cluster.accounts, verdict=verdict,
+                                      queries=queries, completion_tokens=tokens, link_counts=cluster.link_counts,
+                                      confidence=cluster.confidence))
+        for m in members:
+            results[m].cluster = cluster.cluster
+            results[m].cluster_flagged = verdict.flagged and m not in options.allowlist
+    calibration = {"baseline": baseline.source or "default", "baseline_accounts": baseline.accounts_,
+                   "target_fpr": options.fpr, "min_queries": baseline.min_queries,
+                   "method": "per-signal p-values (beta-binomial / empirical tail) -> family Bonferroni -> "
+                             "Fisher with Brown's correction, gated on harvest + (elicitation | coverage & automation)"}
+    return ScanResult(accounts=list(results.values()), clusters=clusters, calibration=calibration,
+                      price_per_million=options.price_per_million, features=features)
+
+
+def scan_paths(paths: Sequence[str | Path], options: ScanOptions,
+               progress: Callable[[str, int, int], None] | None = None) -> ScanResult:
+    with tempfile.TemporaryDirectory(prefix="distillguard-scan-") as tmp:
+        with open_sources(paths, Path(tmp)) as store:
+            return scan_store(store, options, progress)
+
+
+__all__ = ["ScanOptions", "ScanResult", "AccountResult", "ClusterResult", "Reason", "scan_paths", "scan_store"]

@@ -1,0 +1,142 @@
+"""From per-signal p-values to one calibrated decision per account, with its reasons.
+
+Extraction means pulling a lot of *new* output (harvest) that is either privileged
+(elicitation: reasoning traces, grades, agent trajectories, training data) or broad and
+automated (coverage together with automation). Busy legitimate traffic has some of these but
+not that conjunction: a batch application harvests in one narrow task, a researcher elicits
+at human volume, an evaluation re-runs a bounded set. So an account is flagged when
+
+* its harvest family is significant (p <= ``HARVEST_ALPHA``),
+* elicitation is significant, or coverage and automation both are (p <= ``FAMILY_ALPHA``),
+* most of its queries are not exact repeats of earlier ones (re-asking harvests nothing), and
+* Fisher's combination of the four family p-values, calibrated on organic accounts by Brown's
+  method, is at most the chosen false-positive rate.
+
+The rule only removes flags from the calibrated test, so the organic false-positive rate stays
+at or below ``fpr``; ``calibration`` in the scan output reports the rate measured on the baseline.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from distillguard.detect.baseline import Baseline
+from distillguard.detect.signals import AUTOMATION, COVERAGE, ELICITATION, FAMILIES, HARVEST, SIGNALS
+
+HARVEST_ALPHA = 1e-3
+FAMILY_ALPHA = 0.05
+REPEAT_LIMIT = 0.5
+REASON_ALPHA = 1e-2
+
+
+@dataclass(frozen=True)
+class Reason:
+    signal: str
+    family: str
+    value: float
+    p_value: float
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"signal": self.signal, "family": self.family, "value": _clean(self.value),
+                "p_value": _clean(self.p_value), "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The decision for one account (or one cluster scored as one actor)."""
+
+    p_value: float
+    flagged: bool
+    status: str                     # flagged | clear | insufficient_data | repeated_runs | authorised
+    family_p: dict[str, float]
+    reasons: tuple[Reason, ...]
+
+    @property
+    def score(self) -> float:
+        """Higher for more likely extraction: 1 - p, kept distinguishable near 1 by a log scale."""
+        return float(min(1.0, -math.log10(max(self.p_value, 1e-300)) / 12.0))
+
+
+def _clean(x: float) -> float | None:
+    if x is None or not np.isfinite(x):
+        return None
+    return float(f"{x:.6g}")
+
+
+def family_p_values(p: dict[str, float]) -> dict[str, float]:
+    """Bonferroni-adjusted minimum p-value within each family."""
+    out = {}
+    for family in FAMILIES:
+        members = [p[s.name] for s in SIGNALS if s.family == family]
+        out[family] = min(1.0, min(members) * len(members)) if members else 1.0
+    return out
+
+
+def fisher_statistic(family_p: dict[str, float]) -> float:
+    return float(-2.0 * sum(math.log(max(family_p[f], 1e-300)) for f in FAMILIES))
+
+
+def _detail(signal_name: str, row: pd.Series | dict[str, Any], baseline: Baseline) -> tuple[float, str]:
+    signal = next(s for s in SIGNALS if s.name == signal_name)
+    n = float(row["queries"])
+    raw = float(row.get(signal.feature, float("nan")))
+    ref = baseline.describe(signal)
+    if signal.kind == "rate":
+        rate = raw / n if n else float("nan")
+        return rate, f"{rate:.0%} of {int(n):,} prompts {signal.what}; organic mean {ref['organic_mean']:.1%}"
+    return raw, (f"{raw:,.2f} {signal.what}; organic median {ref['organic_median']:,.2f}, "
+                 f"99th percentile {ref['organic_p99']:,.2f}")
+
+
+def judge(row: pd.Series | dict[str, Any], baseline: Baseline, fpr: float, *, authorised: bool = False) -> Verdict:
+    """Score one account's features against the baseline."""
+    p = baseline.p_values(row)
+    fam = family_p_values(p)
+    combined = baseline.combined_p(fisher_statistic(fam))
+    reasons = []
+    for signal in SIGNALS:
+        if p[signal.name] <= REASON_ALPHA:
+            value, detail = _detail(signal.name, row, baseline)
+            reasons.append(Reason(signal.name, signal.family, value, p[signal.name], detail))
+    reasons.sort(key=lambda r: r.p_value)
+    queries = float(row["queries"])
+    repeat_share = float(row.get("repeat_share", 0.0) or 0.0)
+    evidence = fam[ELICITATION] <= FAMILY_ALPHA or (fam[COVERAGE] <= FAMILY_ALPHA and fam[AUTOMATION] <= FAMILY_ALPHA)
+    suspicious = fam[HARVEST] <= HARVEST_ALPHA and evidence and combined <= fpr
+    if queries < baseline.min_queries:
+        status, flagged = "insufficient_data", False
+    elif suspicious and repeat_share >= REPEAT_LIMIT:
+        status, flagged = "repeated_runs", False
+    elif suspicious and authorised:
+        status, flagged = "authorised", False
+    elif suspicious:
+        status, flagged = "flagged", True
+    else:
+        status, flagged = "clear", False
+    if status == "repeated_runs":
+        reasons.insert(0, Reason("repeated_runs", "info", repeat_share, 1.0,
+                                 f"{repeat_share:.0%} of queries repeat an earlier prompt exactly "
+                                 f"(benchmark-like re-runs harvest nothing new); not flagged"))
+    return Verdict(p_value=combined, flagged=flagged, status=status, family_p=fam, reasons=tuple(reasons))
+
+
+def judge_frame(features: pd.DataFrame, baseline: Baseline, fpr: float,
+                allowlist: Iterable[str] = ()) -> dict[str, Verdict]:
+    allowed = set(allowlist)
+    return {account: judge(row, baseline, fpr, authorised=account in allowed)
+            for account, row in features.iterrows()}
+
+
+@dataclass
+class Calibration:
+    baseline: str
+    target_fpr: float
+    baseline_accounts: int
+    baseline_flag_rate: float | None = None
+    notes: list[str] = field(default_factory=list)
