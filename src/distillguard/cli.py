@@ -22,6 +22,8 @@ app = typer.Typer(help="Detect and deter adversarial distillation of language mo
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 lab_app = typer.Typer(help="The traffic lab: simulated organic and extraction traffic.", no_args_is_help=True)
 app.add_typer(lab_app, name="lab")
+baseline_app = typer.Typer(help="The organic baseline that scan scores are calibrated against.", no_args_is_help=True)
+app.add_typer(baseline_app, name="baseline")
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -173,6 +175,133 @@ def stats(
         table.add_row(name, ", ".join(f"{k}: {v:,}" for k, v in value.items()) if isinstance(value, dict)
                       else (f"{value:,}" if isinstance(value, int) else str(value)))
     console.print(table)
+
+
+@baseline_app.command("build")
+def baseline_build(
+    sources: Optional[List[Path]] = typer.Argument(
+        None, help="Organic traffic: logs or a DuckDB store. Default: the lab's organic traffic."),
+    out: Path = typer.Option(Path("baseline.json"), "--out", help="Where to write the baseline."),
+    labels: Optional[Path] = typer.Option(None, "--labels",
+                                          help="labels.jsonl: keep only accounts labelled organic."),
+    seed: int = typer.Option(1000, "--seed", help="Lab seed (when no sources are given)."),
+    accounts: int = typer.Option(3000, "--accounts", min=50, help="Lab accounts (when no sources are given)."),
+    days: int = typer.Option(14, "--days", min=1, help="Lab days (when no sources are given)."),
+    max_tokens_cap: int = typer.Option(4096, "--max-tokens-cap", min=1, help="The model's output-token limit."),
+) -> None:
+    """Fit every signal on organic traffic and save the calibration."""
+    from distillguard.detect.build import build_from_lab, build_from_paths
+
+    with err_console.status("fitting the organic baseline…", spinner="dots"):
+        if sources:
+            exclude = _non_organic(labels) if labels else set()
+            baseline = build_from_paths(sources, source=", ".join(str(s) for s in sources),
+                                        max_tokens_cap=max_tokens_cap, exclude=exclude)
+        else:
+            baseline = build_from_lab(seed=seed, accounts=accounts, days=days, max_tokens_cap=max_tokens_cap)
+    baseline.save(out)
+    console.print(f"baseline of {baseline.accounts_:,} organic accounts ({baseline.source}) → {out}")
+
+
+def _non_organic(labels: Path) -> set[str]:
+    import orjson
+
+    try:
+        rows = [orjson.loads(line) for line in labels.read_bytes().splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise BadInputError("no such labels file", source=str(labels)) from None
+    except orjson.JSONDecodeError as exc:
+        raise BadInputError(f"labels file is not JSON Lines ({exc})", source=str(labels)) from None
+    return {r["account"] for r in rows if isinstance(r, dict) and r.get("kind") != "organic" and "account" in r}
+
+
+@app.command()
+def scan(
+    sources: List[Path] = typer.Argument(..., help="Event logs (JSON Lines, Parquet) or a DuckDB store."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Baseline file (default: the shipped one)."),
+    fpr: float = typer.Option(0.001, "--fpr", help="Target false-positive rate on organic accounts."),
+    fmt: str = typer.Option("table", "--format", help="table or json"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON result here."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Write an HTML report here."),
+    engine: str = typer.Option("local", "--engine", help="local (DuckDB + numpy) or spark"),
+    allowlist: Optional[Path] = typer.Option(None, "--allowlist",
+                                             help="File of authorised account ids, one per line."),
+    price: float = typer.Option(10.0, "--price-per-million", help="USD per million output tokens, for damage."),
+    fail_on_findings: bool = typer.Option(False, "--fail-on-findings", help="Exit 1 when anything is flagged."),
+    limit: int = typer.Option(25, "--limit", min=1, help="Rows in the table."),
+) -> None:
+    """Find extracting accounts and hydra clusters, calibrated against organic traffic."""
+    import orjson
+
+    from distillguard.detect.baseline import Baseline
+    from distillguard.detect.scan import ScanOptions, scan_paths
+
+    if fmt not in ("table", "json"):
+        raise UsageError("--format must be 'table' or 'json'")
+    allowed = _read_allowlist(allowlist) if allowlist else frozenset()
+    options = ScanOptions(baseline=Baseline.load(baseline) if baseline else None, fpr=fpr, allowlist=allowed,
+                          engine=engine, price_per_million=price)
+    options.check()
+    with _progress() as progress:
+        task = progress.add_task("scanning", total=None)
+        result = scan_paths(sources, options,
+                            progress=lambda stage, done, total: progress.update(task, completed=done, total=total))
+    data = result.to_dict()
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    if html:
+        from distillguard.report.scan_html import write_scan_html
+
+        write_scan_html(result, html)
+    if fmt == "json":
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        _print_scan(data, limit)
+        if out:
+            console.print(f"JSON → {out}")
+        if html:
+            console.print(f"HTML report → {html}")
+    if fail_on_findings and data["summary"]["accounts_flagged"]:
+        raise typer.Exit(1)
+
+
+def _read_allowlist(path: Path) -> frozenset[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadInputError("no such allowlist file", source=str(path)) from None
+    except UnicodeDecodeError:
+        raise BadInputError("allowlist is not UTF-8 text", source=str(path)) from None
+    return frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
+def _print_scan(data: dict, limit: int) -> None:
+    summary = data["summary"]
+    flagged = [a for a in data["accounts"] if a["flagged"]]
+    table = Table(title=f"flagged accounts ({len(flagged)} of {summary['accounts_scanned']:,})")
+    for col in ("account", "score", "p-value", "queries", "cluster", "strongest reason"):
+        table.add_column(col, justify="right" if col in ("score", "p-value", "queries") else "left")
+    for a in flagged[:limit]:
+        reasons = a["reasons"][0]["detail"] if a["reasons"] else ""
+        reasons = reasons if len(reasons) <= 90 else reasons[:89] + "…"
+        table.add_row(a["account"], f"{a['score']:.2f}", f"{a['p_value']:.1e}", f"{a['queries']:,}",
+                      a["cluster"] or "", escape(reasons))
+    console.print(table)
+    if data["clusters"]:
+        ctable = Table(title="clusters (linked accounts scored as one actor)")
+        for col in ("cluster", "accounts", "flagged", "p-value", "queries", "confidence", "links"):
+            ctable.add_column(col)
+        for c in data["clusters"][:limit]:
+            ctable.add_row(c["cluster"], str(len(c["accounts"])), "yes" if c["flagged"] else "no",
+                           f"{c['p_value']:.1e}", f"{c['queries']:,}", f"{c['attribution_confidence']:.2f}",
+                           ", ".join(f"{k}:{v}" for k, v in c["links"].items()))
+        console.print(ctable)
+    console.print(
+        f"[bold]{summary['campaigns']}[/bold] campaign(s), {summary['accounts_flagged']} account(s), "
+        f"{summary['queries_extracted']:,} queries, {summary['tokens_extracted']:,} output tokens extracted "
+        f"(≈ ${summary['estimated_cost_usd']:,.2f} at ${summary['price_per_million_tokens']}/M tokens); "
+        f"calibrated at FPR {data['calibration']['target_fpr']}")
 
 
 @app.command()

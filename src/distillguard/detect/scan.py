@@ -20,6 +20,22 @@ from distillguard.store import EventStore, SourceKind, source_kind
 from distillguard.store.ingest import ingest_paths
 
 DEFAULT_PRICE_PER_MILLION = 10.0  # USD per million output tokens, for damage estimates
+PLOTTED_ACCOUNTS = 50
+
+
+def evidence_series(store: EventStore, account: str, points: int = 60) -> dict[str, list]:
+    """Hour-of-day histogram and coverage growth (distinct prompts vs queries) for one account."""
+    quoted = "'" + account.replace("'", "''") + "'"
+    hours = dict(store.run(f"SELECT hour(ts), count(*) FROM events WHERE account = {quoted} GROUP BY 1"))
+    rows = store.run(f"SELECT prompt_text FROM events WHERE account = {quoted} ORDER BY ts")
+    seen: set[str] = set()
+    growth = []
+    step = max(1, len(rows) // points)
+    for i, (prompt,) in enumerate(rows, 1):
+        seen.add(prompt)
+        if i % step == 0 or i == len(rows):
+            growth.append([i, len(seen)])
+    return {"hour_histogram": [int(hours.get(h, 0)) for h in range(24)], "coverage_growth": growth}
 
 
 @dataclass
@@ -51,6 +67,7 @@ class AccountResult:
     top_area: str
     cluster: str | None = None
     cluster_flagged: bool = False
+    plots: dict[str, list] = field(default_factory=dict)  # evidence series for reports (flagged accounts)
 
     @property
     def flagged(self) -> bool:
@@ -182,6 +199,9 @@ def score_features(store: EventStore, features: pd.DataFrame, template_keys: dic
         for m in members:
             results[m].cluster = cluster.cluster
             results[m].cluster_flagged = verdict.flagged and m not in options.allowlist
+    flagged = sorted((r for r in results.values() if r.flagged), key=lambda r: r.verdict.p_value)
+    for r in flagged[:PLOTTED_ACCOUNTS]:
+        r.plots = evidence_series(store, r.account)
     calibration = {"baseline": baseline.source or "default", "baseline_accounts": baseline.accounts_,
                    "target_fpr": options.fpr, "min_queries": baseline.min_queries,
                    "method": "per-signal p-values (beta-binomial / empirical tail) -> family Bonferroni -> "
