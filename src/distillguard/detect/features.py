@@ -11,6 +11,7 @@ Input frame columns (``ACCOUNT_INPUT_COLUMNS``): ``t`` epoch seconds, ``prompt``
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -150,8 +151,10 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
                      for k in range(0, len(window_areas) - BREADTH_SAMPLE + 1, BREADTH_SAMPLE)]
         out["topic_entropy"] = float(np.mean(entropies))
     if len(sample_prompts) >= 10:
-        drop = tx.frequent_words(sample_prompts)
-        emb = tx.hashed_embeddings(sample_prompts, drop=drop)
+        if os.environ.get("DISTILLGUARD_EMBEDDER", "hashing") == "minilm":
+            emb = tx.minilm_embeddings(sample_prompts)
+        else:
+            emb = tx.hashed_embeddings(sample_prompts, drop=tx.frequent_words(sample_prompts))
         sims = emb @ emb.T
         np.fill_diagonal(sims, -1.0)
         earlier_best = np.array([sims[i, :i].max() for i in range(1, len(sample_prompts))])
