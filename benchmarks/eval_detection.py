@@ -1,18 +1,22 @@
 """Detection quality on lab traffic the detectors were not tuned on.
 
-Usage: .venv/bin/python benchmarks/eval_detection.py [--seeds 2001,2002] [--accounts 400] [--days 7]
-       [--families 3,4] [--baseline PATH] [--fpr 0.001]
+Usage: .venv/bin/python benchmarks/eval_detection.py [--seeds 2001,2002,2003] [--accounts 400] [--days 7]
+       [--family 3] [--baseline PATH] [--fpr 0.001]
 
-For each seed: generate lab traffic whose campaigns use the given wording families (the defaults
-differ from the families used while tuning), scan it with the (shipped) baseline, and compare
-with labels.jsonl. Prints per-strategy recall (accounts with >= 200 queries), hydra recall at
-cluster level, mixed recall, false-positive rate per organic kind, and queries-until-flag.
+Tuning used seed 1000 (the shipped baseline), seeds 1-7 and the default campaign parameters
+(wording families 0-2). Here every seed is new and campaigns use other wording families,
+volumes, schedules and mixes. For each seed: generate, ingest, scan with the shipped baseline,
+compare with labels.jsonl. Prints per-strategy recall (accounts with >= 200 queries), hydra
+recall at cluster level, mixed recall, false-positive rate per organic kind, and
+queries-until-flag per strategy (the first N of the campaign's queries, in time order, that
+already get it flagged).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -20,12 +24,19 @@ from pathlib import Path
 import orjson
 
 from distillguard.detect.baseline import Baseline, load_default
-from distillguard.detect.scan import ScanOptions, scan_paths
+from distillguard.detect.engine import input_columns_sql
+from distillguard.detect.features import account_features
+from distillguard.detect.scan import ScanOptions, scan_store
+from distillguard.detect.scoring import judge
 from distillguard.lab.campaigns import CampaignSpec
 from distillguard.lab.traffic import TrafficConfig, generate
+from distillguard.store import EventStore
+from distillguard.store.ingest import ingest_paths
+
+CHECKPOINTS = (25, 50, 75, 100, 150, 200, 300, 400, 600, 800, 1200, 1600, 2400, 3200, 4800)
 
 
-def campaigns_for(seed: int, family: int) -> tuple[CampaignSpec, ...]:
+def campaigns_for(family: int) -> tuple[CampaignSpec, ...]:
     """Campaign parameters not used while tuning: other wording families, volumes and schedules."""
     return (
         CampaignSpec("sweep", per_day=350, family=family, schedule="office"),
@@ -43,85 +54,88 @@ def campaigns_for(seed: int, family: int) -> tuple[CampaignSpec, ...]:
     )
 
 
+def queries_until_flag(store: EventStore, accounts: list[str], baseline: Baseline, fpr: float) -> int | None:
+    """Smallest checkpoint N such that the first N queries (of these accounts, in time order) are flagged."""
+    quoted = ", ".join("'" + a.replace("'", "''") + "'" for a in accounts)
+    frame = store.con.sql(f"SELECT {input_columns_sql(store)} FROM events WHERE account IN ({quoted}) "
+                          f"ORDER BY ts").df()
+    for n in CHECKPOINTS:
+        if n > len(frame):
+            break
+        feats = account_features(frame.head(n), max_tokens_cap=baseline.max_tokens_cap)
+        if judge(feats, baseline, fpr).flagged:
+            return n
+    feats = account_features(frame, max_tokens_cap=baseline.max_tokens_cap)
+    return len(frame) if judge(feats, baseline, fpr).flagged else None
+
+
 def evaluate(seed: int, family: int, accounts: int, days: int, baseline: Baseline, fpr: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        summary = generate(TrafficConfig(seed=seed, accounts=accounts, days=days,
-                                         campaigns=campaigns_for(seed, family)), Path(tmp))
+        summary = generate(TrafficConfig(seed=seed, accounts=accounts, days=days, campaigns=campaigns_for(family)),
+                           Path(tmp))
         labels = [orjson.loads(line) for line in summary.labels_path.read_bytes().splitlines()]
-        t0 = time.perf_counter()
-        result = scan_paths([summary.events_path], ScanOptions(baseline=baseline, fpr=fpr))
-        elapsed = time.perf_counter() - t0
-    by_account = {a.account: a for a in result.accounts}
-    rows = []
-    for label in labels:
-        acct = by_account.get(label["account"])
-        if acct is None:
-            continue
-        rows.append({"strategy": label["strategy"], "kind": label["kind"], "campaign": label["campaign"],
-                     "account": label["account"], "queries": acct.queries, "flagged": acct.flagged,
-                     "cluster": acct.cluster, "cluster_flagged": acct.cluster_flagged,
-                     "own": acct.verdict.flagged})
-    return {"rows": rows, "seconds": elapsed, "events": summary.events}
+        with EventStore(Path(tmp) / "e.duckdb") as store:
+            ingest_paths(store, [summary.events_path])
+            t0 = time.perf_counter()
+            result = scan_store(store, ScanOptions(baseline=baseline, fpr=fpr))
+            elapsed = time.perf_counter() - t0
+            by_account = {a.account: a for a in result.accounts}
+            rows = []
+            for label in labels:
+                acct = by_account.get(label["account"])
+                if acct is not None:
+                    rows.append({**label, "seed": seed, "queries": acct.queries, "flagged": acct.flagged,
+                                 "cluster_flagged": acct.cluster_flagged})
+            until: dict[str, list[int | None]] = collections.defaultdict(list)
+            members: dict[str, list[str]] = collections.defaultdict(list)
+            for label in labels:
+                if label["kind"] == "extraction" and label["account"] in by_account:
+                    members[label["campaign"]].append(label["account"])
+            for campaign, accts in members.items():
+                strategy = next(l["strategy"] for l in labels if l["campaign"] == campaign)
+                until[strategy].append(queries_until_flag(store, accts, baseline, fpr))
+    return {"rows": rows, "seconds": elapsed, "events": summary.events, "until": until}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seeds", default="2001,2002")
-    parser.add_argument("--families", default="3")
+    parser.add_argument("--seeds", default="2001,2002,2003")
+    parser.add_argument("--family", type=int, default=3)
     parser.add_argument("--accounts", type=int, default=400)
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--baseline", type=Path)
     parser.add_argument("--fpr", type=float, default=0.001)
     args = parser.parse_args()
     baseline = Baseline.load(args.baseline) if args.baseline else load_default()
-    all_rows = []
+    rows: list[dict] = []
+    until: dict[str, list[int | None]] = collections.defaultdict(list)
     for seed in (int(s) for s in args.seeds.split(",")):
-        for family in (int(f) for f in args.families.split(",")):
-            out = evaluate(seed, family, args.accounts, args.days, baseline, args.fpr)
-            print(f"seed {seed} family {family}: {out['events']:,} events scanned in {out['seconds']:.1f} s",
-                  flush=True)
-            all_rows += out["rows"]
-    stats: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for r in all_rows:
-        s = stats[r["strategy"]]
-        s["accounts"] += 1
-        s["flagged"] += r["flagged"]
-        if r["kind"] == "extraction" and r["strategy"] not in ("hydra",) and r["queries"] >= 200:
-            s["eligible"] += 1
-            s["caught"] += r["flagged"]
-    print("\n| strategy | kind | accounts | flagged | recall (>=200 queries) / FPR |")
-    print("|---|---|---:|---:|---:|")
-    for strategy, s in sorted(stats.items()):
-        kind = next(r["kind"] for r in all_rows if r["strategy"] == strategy)
+        out = evaluate(seed, args.family, args.accounts, args.days, baseline, args.fpr)
+        print(f"seed {seed}: {out['events']:,} events scanned in {out['seconds']:.1f} s", flush=True)
+        rows += out["rows"]
+        for k, v in out["until"].items():
+            until[k] += v
+    print(f"\n| strategy | kind | accounts | flagged | metric | queries until flag (median, max) |")
+    print("|---|---|---:|---:|---:|---:|")
+    for strategy in sorted({r["strategy"] for r in rows}):
+        group = [r for r in rows if r["strategy"] == strategy]
+        kind = group[0]["kind"]
+        flagged = sum(r["flagged"] for r in group)
         if kind == "organic":
-            metric = f"FPR {s['flagged'] / s['accounts']:.4f}"
+            metric = f"FPR {flagged / len(group):.4f}"
         elif strategy == "hydra":
-            metric = "see clusters"
+            campaigns = collections.defaultdict(list)
+            for r in group:
+                campaigns[(r["seed"], r["campaign"])].append(r)
+            caught = sum(all(r["cluster_flagged"] for r in members) for members in campaigns.values())
+            metric = f"cluster recall {caught}/{len(campaigns)}"
         else:
-            metric = f"recall {s['caught'] / s['eligible']:.3f}" if s["eligible"] else "n/a"
-        print(f"| {strategy} | {kind} | {s['accounts']} | {s['flagged']} | {metric} |")
-    campaigns = collections.defaultdict(list)
-    for r in all_rows:
-        if r["strategy"] == "hydra":
-            campaigns[(r["campaign"], id(r) and r["campaign"])].append(r)
-    hydra_total = hydra_caught = 0
-    for rows in campaigns.values():
-        pass
-    hydra_campaigns = collections.defaultdict(list)
-    for r in all_rows:
-        if r["strategy"] == "hydra":
-            hydra_campaigns[r["campaign"] + "@" + str(id(all_rows))].append(r)
-    hydra_by_seed = collections.defaultdict(list)
-    for r in all_rows:
-        if r["strategy"] == "hydra":
-            hydra_by_seed[r["campaign"]].append(r)
-    print("\nhydra campaigns (cluster level):")
-    for name, rows in hydra_by_seed.items():
-        flagged = sum(r["flagged"] for r in rows)
-        print(f"  {name}: {flagged}/{len(rows)} member accounts flagged "
-              f"({sum(r['cluster_flagged'] for r in rows)} via a flagged cluster)")
-        hydra_total += 1
-        hydra_caught += flagged >= 0.5 * len(rows)
+            eligible = [r for r in group if r["queries"] >= 200]
+            metric = f"recall {sum(r['flagged'] for r in eligible)}/{len(eligible)}"
+        ql = [q for q in until.get(strategy, []) if q is not None]
+        missed = sum(q is None for q in until.get(strategy, []))
+        qtext = (f"{statistics.median(ql):,.0f}, {max(ql):,}" if ql else "–") + (f" ({missed} never)" if missed else "")
+        print(f"| {strategy} | {kind} | {len(group)} | {flagged} | {metric} | {qtext if kind != 'organic' else ''} |")
 
 
 if __name__ == "__main__":

@@ -280,18 +280,19 @@ def _print_scan(data: dict, limit: int) -> None:
     summary = data["summary"]
     flagged = [a for a in data["accounts"] if a["flagged"]]
     table = Table(title=f"flagged accounts ({len(flagged)} of {summary['accounts_scanned']:,})")
-    for col in ("account", "score", "p-value", "queries", "cluster", "strongest reason"):
-        table.add_column(col, justify="right" if col in ("score", "p-value", "queries") else "left")
+    for col in ("account", "score", "p-value", "queries", "cluster"):
+        table.add_column(col, justify="right" if col in ("score", "p-value", "queries") else "left", no_wrap=True)
+    table.add_column("strongest reason", no_wrap=True, overflow="ellipsis", max_width=60)
     for a in flagged[:limit]:
         reasons = a["reasons"][0]["detail"] if a["reasons"] else ""
-        reasons = reasons if len(reasons) <= 90 else reasons[:89] + "…"
         table.add_row(a["account"], f"{a['score']:.2f}", f"{a['p_value']:.1e}", f"{a['queries']:,}",
                       a["cluster"] or "", escape(reasons))
     console.print(table)
     if data["clusters"]:
         ctable = Table(title="clusters (linked accounts scored as one actor)")
-        for col in ("cluster", "accounts", "flagged", "p-value", "queries", "confidence", "links"):
-            ctable.add_column(col)
+        for col in ("cluster", "accounts", "flagged", "p-value", "queries", "confidence"):
+            ctable.add_column(col, no_wrap=True)
+        ctable.add_column("links", overflow="fold", ratio=1)
         for c in data["clusters"][:limit]:
             ctable.add_row(c["cluster"], str(len(c["accounts"])), "yes" if c["flagged"] else "no",
                            f"{c['p_value']:.1e}", f"{c['queries']:,}", f"{c['attribution_confidence']:.2f}",

@@ -64,5 +64,39 @@ def run_demo(out: Path, *, seed: int = 7, console: Console | None = None) -> dic
     for line in (out / "damaged.quarantine.jsonl").read_bytes().splitlines():
         rec = orjson.loads(line)
         console.print(f"  line {rec['line']}: field {rec['field']!r}: {rec['error']}")
+
+    console.rule("[bold]4. Scan[/bold]: per-account signals calibrated against organic traffic, hydra clusters")
+    from distillguard.detect.scan import ScanOptions, scan_store
+    from distillguard.report.scan_html import write_scan_html
+
+    with EventStore(db, read_only=True) as store:
+        result = scan_store(store, ScanOptions())
+    truth = {r["account"]: r for r in labels}
+    table = Table(title="flagged accounts (ground truth shown for the demo only)")
+    for col in ("account", "truth", "p-value", "queries", "cluster"):
+        table.add_column(col, no_wrap=True, min_width=len(col))
+    table.add_column("strongest reason", no_wrap=True, overflow="ellipsis", max_width=60)
+    flagged = sorted((a for a in result.accounts if a.flagged), key=lambda a: a.verdict.p_value)
+    shown_clusters: set[str] = set()
+    for a in flagged:
+        if a.cluster and a.cluster in shown_clusters:
+            continue  # one row per cluster is enough here
+        if a.cluster:
+            shown_clusters.add(a.cluster)
+        reason = a.to_dict()["reasons"][0]["detail"] if a.verdict.reasons or a.cluster_flagged else ""
+        table.add_row(a.account, truth[a.account]["strategy"], f"{a.verdict.p_value:.1e}", f"{a.queries:,}",
+                      a.cluster or "", reason[:80])
+    console.print(table)
+    organic_flagged = [a for a in flagged if truth[a.account]["kind"] == "organic"]
+    extraction = [r["account"] for r in labels if r["kind"] == "extraction"]
+    caught = sum(1 for acct in extraction if any(a.account == acct for a in flagged))
+    s = result.summary()
+    console.print(f"caught {caught}/{len(extraction)} extraction accounts; {len(organic_flagged)} organic accounts "
+                  f"flagged (of {sum(1 for r in labels if r['kind'] == 'organic')}); "
+                  f"{s['campaigns']} campaigns, {s['tokens_extracted']:,} output tokens extracted "
+                  f"(≈ ${s['estimated_cost_usd']:,.2f})")
+    write_scan_html(result, out / "scan.html")
+    console.print(f"HTML report → {out / 'scan.html'}")
     return {"events": summary.events, "inserted": first.inserted, "duplicates_second": again.read - again.inserted,
-            "quarantined": report.bad}
+            "quarantined": report.bad, "caught": caught, "extraction_accounts": len(extraction),
+            "organic_flagged": len(organic_flagged)}
