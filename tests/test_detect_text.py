@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from distillguard.detect import text as tx
+from distillguard.taxonomy import AREAS
 
 # Ordinary organic requests: none asks for reasoning traces, grades, identity or training data.
 ORGANIC = [
@@ -156,7 +157,7 @@ def test_has_only_reads_the_first_limit_characters():
     assert tx.has(tx.COT_ELICITATION, [prompt], limit=len(prompt))[0]
 
 
-def test_bug_anchor_hit_cap_misses_identity_probe_after_many_yous():
+def test_regression_anchor_hit_cap_misses_identity_probe_after_many_yous():
     """BUG: _anchored_search stops after 12 occurrences of each anchor word, so a cue whose only
     anchor is a common word ("you") is missed when that word appears 12+ times earlier."""
     prompt = "thank you for your help yesterday, you were great. " * 20 + "by the way, who trained you?"
@@ -165,7 +166,7 @@ def test_bug_anchor_hit_cap_misses_identity_probe_after_many_yous():
     assert tx.has(tx.IDENTITY_PROBE, [prompt])[0]
 
 
-def test_bug_grading_anchor_list_lacks_more():
+def test_regression_grading_anchor_list_lacks_more():
     """BUG: GRADING matches "which response is more ...", but none of its anchor words occurs in
     that phrase ("more"/"which" are not anchors), so has() always answers False for it."""
     prompt = "which response is more helpful to the user?"
@@ -173,7 +174,7 @@ def test_bug_grading_anchor_list_lacks_more():
     assert tx.has(tx.GRADING, [prompt])[0]
 
 
-def test_bug_identity_anchor_list_lacks_model_question_without_you():
+def test_regression_identity_anchor_list_lacks_model_question_without_you():
     """BUG: IDENTITY_PROBE matches "what model is this", but its anchors ("you", "cutoff",
     "system prompt", ...) do not occur in it, so has() answers False."""
     prompts = ["what model is this?", "what llm is this, honestly", "what version is this"]
@@ -226,7 +227,7 @@ def test_area_ids_on_clear_texts():
     ]
     ids = tx.area_ids(texts)
     assert ids.tolist() == [area("coding"), area("law"), area("lifestyle"), area("general")]
-    assert tx.AREA_LIST[-1] == "general" and len(tx.AREA_LIST) == len(tx.AREAS) + 1
+    assert tx.AREA_LIST[-1] == "general" and len(tx.AREA_LIST) == len(AREAS) + 1
 
 
 def test_area_ids_is_case_insensitive_and_reads_only_the_first_limit_chars():
@@ -236,9 +237,9 @@ def test_area_ids_is_case_insensitive_and_reads_only_the_first_limit_chars():
     assert tx.area_ids([late], limit=len(late))[0] == area("coding")
 
 
-def test_bug_area_ids_never_matches_c_plus_plus_keyword():
-    """BUG: the coding keyword 'c++' is wrapped in \\b...\\b; after '+' a word boundary needs a
-    following word character, so 'c++' followed by a space, '?' or end of text never matches."""
+def test_area_ids_matches_c_plus_plus_keyword():
+    """Regression: the coding keyword 'c++' once sat inside \\b...\\b, and after '+' a word
+    boundary needs a following word character, so 'c++ ' / 'c++?' / a final 'c++' never matched."""
     assert tx.area_ids(["how do templates work in c++ ?"])[0] == area("coding")
 
 

@@ -52,16 +52,40 @@ AREA_NAMES: tuple[str, ...] = tuple(AREAS) + (GENERAL,)
 
 
 @lru_cache(maxsize=1)
-def _patterns() -> list[tuple[str, re.Pattern[str]]]:
-    return [(area, re.compile(r"\b(?:" + "|".join(words) + r")\b")) for area, words in AREAS.items()]
+def _lookup() -> tuple[dict[str, int], dict[str, int]]:
+    """Single-word and two-word keywords -> area index."""
+    single: dict[str, int] = {}
+    double: dict[str, int] = {}
+    for index, keywords in enumerate(AREAS.values()):
+        for word in keywords:
+            word = word.replace("\\", "")
+            (double if " " in word else single).setdefault(word, index)
+    return single, double
+
+
+_WORD = re.compile(r"[a-z+#&]+")
+
+
+def area_index(text: str, limit: int = 600) -> int:
+    """Index into ``AREA_NAMES`` of the area with the most keyword hits in the first ``limit`` chars.
+
+    Ties go to the area listed first; no hit means ``general``. Word and two-word lookups, a
+    few microseconds a prompt (the detectors call it on every prompt they sample).
+    """
+    single, double = _lookup()
+    words = _WORD.findall(text[:limit].lower())
+    counts: dict[int, int] = {}
+    for j, word in enumerate(words):
+        area = single.get(word)
+        if area is None and j + 1 < len(words):
+            area = double.get(word + " " + words[j + 1])
+        if area is not None:
+            counts[area] = counts.get(area, 0) + 1
+    if not counts:
+        return len(AREAS)
+    return max(sorted(counts), key=lambda a: counts[a])
 
 
 def classify_area(text: str) -> str:
-    """The capability area with the most keyword hits in ``text`` (``general`` when none)."""
-    sample = text[:3000].lower()
-    best, best_hits = GENERAL, 0
-    for area, pattern in _patterns():
-        hits = len(pattern.findall(sample))
-        if hits > best_hits:
-            best, best_hits = area, hits
-    return best
+    """The capability area of ``text`` (``general`` when no keyword hits)."""
+    return AREA_NAMES[area_index(text, limit=3000)]

@@ -176,7 +176,7 @@ class Baseline:
             "brown": {"c": self.brown_c_, "k": self.brown_k_},
             "rates": {k: {"alpha": v.alpha, "beta": v.beta, "mean": v.mean, "accounts": v.accounts}
                       for k, v in self.rate_fits_.items()},
-            "values": {k: {"values": np.round(v.values, 6).tolist(), "tail_start": v.tail_start,
+            "values": {k: {"values": v.values.tolist(), "tail_start": v.tail_start,
                            "tail_scale": v.tail_scale} for k, v in self.value_fits_.items()},
         }
 
@@ -190,6 +190,10 @@ class Baseline:
             data = orjson.loads(Path(path).read_bytes())
         except FileNotFoundError:
             raise BadInputError("no such baseline file", source=str(path)) from None
+        except IsADirectoryError:
+            raise BadInputError("is a directory, expected a baseline file", source=str(path)) from None
+        except PermissionError:
+            raise BadInputError("permission denied", source=str(path)) from None
         except orjson.JSONDecodeError as exc:
             raise BadInputError(f"baseline is not JSON ({exc})", source=str(path)) from None
         return cls.from_dict(data, source=str(path))
@@ -206,8 +210,8 @@ class Baseline:
                                          float(v["tail_scale"])) for k, v in data["values"].items()}
             b.brown_c_, b.brown_k_ = float(data["brown"]["c"]), float(data["brown"]["k"])
             b.accounts_, b.created_ = int(data["accounts"]), str(data.get("created", ""))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadInputError(f"baseline file is incomplete ({exc})", source=source) from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BadInputError(f"baseline file is incomplete or malformed ({type(exc).__name__}: {exc})", source=source) from None
         missing = [s.name for s in SIGNALS if s.name not in b.rate_fits_ and s.name not in b.value_fits_]
         if missing:
             raise BadInputError(f"baseline lacks signal(s) {', '.join(missing)}; rebuild it", source=source)

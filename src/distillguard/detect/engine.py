@@ -7,7 +7,10 @@ bounded by one partition however large the store is.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import orjson
@@ -18,6 +21,7 @@ from distillguard.detect.hydra import AccountIdentity
 from distillguard.store import EventStore
 
 PARTITION_EVENTS = 200_000
+PARALLEL_MIN_EVENTS = 100_000  # below this, starting worker processes costs more than it saves
 _INPUT_COLUMNS = ("epoch(ts) AS t", "left(prompt_text, 4000) AS prompt", "left(system_prompt, 1000) AS system",
                   "n_turns", "n_messages", "max_tokens", "logprobs", "has_tools", "temperature", "completion_tokens")
 
@@ -32,27 +36,61 @@ def _quote_list(values: list[str]) -> str:
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
 
 
-def local_features(store: EventStore, *, max_tokens_cap: int,
+def _features_of_groups(groups: list[tuple[str, pd.DataFrame]], max_tokens_cap: int) -> list[tuple[str, dict]]:
+    """Worker task: features of several accounts (module-level so a process pool can pickle it)."""
+    return [(account, account_features(frame, max_tokens_cap=max_tokens_cap)) for account, frame in groups]
+
+
+def _chunks(frame: pd.DataFrame, target_events: int) -> Iterator[list[tuple[str, pd.DataFrame]]]:
+    chunk: list[tuple[str, pd.DataFrame]] = []
+    size = 0
+    for account, group in frame.groupby("account", sort=True):
+        chunk.append((str(account), group))
+        size += len(group)
+        if size >= target_events:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def local_features(store: EventStore, *, max_tokens_cap: int, workers: int | None = None,
                    progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, dict[str, list[int]]]:
-    """Features of every account (rows indexed by account) and each account's template keys."""
+    """Features of every account (rows indexed by account) and each account's template keys.
+
+    DuckDB streams one hash partition of accounts at a time (bounded memory); the per-account
+    work, pure Python text processing, runs in a process pool on every core for large stores.
+    """
     total = store.count()
     partitions = max(1, math.ceil(total / PARTITION_EVENTS))
     columns = input_columns_sql(store)
+    if workers is None:
+        workers = (os.cpu_count() or 1) if total >= PARALLEL_MIN_EVENTS else 1
     rows: list[dict[str, Any]] = []
     accounts: list[str] = []
     template_keys: dict[str, list[int]] = {}
     done = 0
-    for part in range(partitions):
-        where = f"WHERE hash(account) % {partitions} = {part}" if partitions > 1 else ""
-        frame = store.con.sql(f"SELECT account, {columns} FROM events {where}").df()
-        for account, group in frame.groupby("account", sort=True):
-            feats = account_features(group, max_tokens_cap=max_tokens_cap)
-            template_keys[str(account)] = feats.pop("template_keys")
-            rows.append(feats)
-            accounts.append(str(account))
-        done += len(frame)
-        if progress is not None:
-            progress(done, total)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) if workers > 1 else None
+    try:
+        for part in range(partitions):
+            where = f"WHERE hash(account) % {partitions} = {part}" if partitions > 1 else ""
+            frame = store.con.sql(f"SELECT account, {columns} FROM events {where}").df()
+            chunks = list(_chunks(frame, max(1000, len(frame) // (4 * workers))))
+            if pool is None:
+                results = (_features_of_groups(chunk, max_tokens_cap) for chunk in chunks)
+            else:
+                results = pool.map(_features_of_groups, chunks, [max_tokens_cap] * len(chunks))
+            for batch in results:
+                for account, feats in batch:
+                    template_keys[account] = feats.pop("template_keys")
+                    rows.append(feats)
+                    accounts.append(account)
+            done += len(frame)
+            if progress is not None:
+                progress(done, total)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     features = pd.DataFrame(rows, index=pd.Index(accounts, name="account"), columns=list(FEATURES))
     return features.sort_index(), template_keys
 

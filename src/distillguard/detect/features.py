@@ -59,7 +59,7 @@ def _elicitation_text(prompts: list[str], systems: list[Any]) -> list[str]:
     """Lowercased prompt plus system prompt, ends kept: demands sit before or after the payload."""
     out = []
     for p, s in zip(prompts, systems):
-        body = p if len(p) <= 2000 else p[:1500] + "\n" + p[-500:]
+        body = p if len(p) <= 1200 else p[:800] + "\n" + p[-400:]
         out.append((body + ("\n" + s[:500] if isinstance(s, str) and s else "")).lower())
     return out
 
@@ -101,8 +101,8 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
     out["grading_count"] = float(tx.has(tx.GRADING, cue_text).sum())
     out["identity_count"] = float(tx.has(tx.IDENTITY_PROBE, cue_text).sum())
     out["datagen_count"] = float(tx.has(tx.DATA_GENERATION, cue_text).sum())
-    out["logprobs_count"] = float(frame["logprobs"].fillna(False).astype(bool).sum())
-    tools = frame["has_tools"].fillna(False).to_numpy(dtype=bool)
+    out["logprobs_count"] = float(np.sum(frame["logprobs"].to_numpy(dtype=object) == True))  # noqa: E712 (None-safe)
+    tools = frame["has_tools"].to_numpy(dtype=object) == True  # noqa: E712 (None-safe)
     out["tools_count"] = float(tools.sum())
     # Tools defined, yet nothing but the system prompt and user turns in the history: no tool
     # result ever came back, so the tools were never really run (a one-shot trajectory).

@@ -10,7 +10,7 @@ structure, Jaccard above about 0.45 with 16 bands of 4 rows).
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -78,17 +78,36 @@ def _reduce_min(reduced: np.ndarray, owner: np.ndarray, values: np.ndarray) -> N
     reduced[idx] = np.minimum(reduced[idx], mins)
 
 
-def template_shingles(text: str, edge: int = 16, hashfunc: Callable[[str], int] = stable_hash) -> list[int]:
+_TOKEN_HASHES: dict[str, int] = {}
+
+
+def _token_hash(token: str) -> int:
+    h = _TOKEN_HASHES.get(token)
+    if h is None:
+        if len(_TOKEN_HASHES) > 500_000:  # bounded: a scan of rare tokens must not grow it forever
+            _TOKEN_HASHES.clear()
+        h = _TOKEN_HASHES[token] = stable_hash(token)
+    return h
+
+
+def template_shingles(text: str, edge: int = 16, edge_chars: int = 300) -> list[int]:
     """Hashed 3-token shingles of a prompt's first and last ``edge`` masked tokens.
 
     Templates live at the edges (instruction before the payload, format demands after it);
-    the payload in the middle varies and would drown the shared structure.
+    the payload in the middle varies and would drown the shared structure. Only the first and
+    last ``edge_chars`` characters are tokenised, and a shingle's hash combines its tokens'
+    cached hashes arithmetically, so long prompts cost no more than short ones.
     """
-    toks = tokens(text)
-    if len(toks) < 3:
+    if len(text) <= 2 * edge_chars:
+        toks = tokens(text)
+        picked = toks if len(toks) <= 2 * edge else toks[:edge] + ["…"] + toks[-edge:]
+    else:
+        picked = tokens(text[:edge_chars])[:edge] + ["…"] + tokens(text[-edge_chars:])[-edge:]
+    if len(picked) < 3:
         return []
-    picked = toks if len(toks) <= 2 * edge else toks[:edge] + ["…"] + toks[-edge:]
-    return sorted({hashfunc(" ".join(picked[i:i + 3])) for i in range(len(picked) - 2)})
+    h = [_token_hash(t) for t in picked]
+    return sorted({(h[i] * 0x9E3779B1 + h[i + 1] * 0x85EBCA77 + h[i + 2]) & 0xFFFFFFFF
+                   for i in range(len(h) - 2)})
 
 
 def band_keys(signatures: np.ndarray, bands: int = BANDS, rows: int = ROWS) -> np.ndarray:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import re
 import zlib
-from functools import lru_cache
 
 import numpy as np
 
-from distillguard.taxonomy import AREAS, GENERAL
+from distillguard.taxonomy import AREA_NAMES, area_index
 
 _FLAGS = 0  # cue texts are lowercased once, which is faster than IGNORECASE
 
@@ -62,8 +61,9 @@ _ANCHORS.update({
                               "<think", "justify", "internal", "before"),
     GRADING.pattern: ("rate", "score", "grade", "evaluat", "assess", "judge", "rank", "scale", "rubric", "better",
                       "best", "response a", "response b", "answer a", "answer b", "output a", "output b",
-                      "assistant a", "assistant b", "[a]", "[b]", "preference", "reward"),
-    IDENTITY_PROBE.pattern: ("you", "cutoff", "cut-off", "system prompt", "instructions"),
+                      "assistant a", "assistant b", "[a]", "[b]", "preference", "reward", "which", "what"),
+    IDENTITY_PROBE.pattern: ("you", "cutoff", "cut-off", "system prompt", "instructions", "model", "llm",
+                             "version", "company", "your architecture", "your parameters", "your training"),
     DATA_GENERATION.pattern: ("generat", "create", "write", "produce", "give me", "list", "training", "fine",
                               "instruction", "jsonl", "synthetic"),
 })
@@ -95,13 +95,19 @@ def has(pattern: re.Pattern[str], texts: list[str], limit: int = 4000) -> np.nda
     return np.fromiter((_anchored_search(search, t[:limit], anchors) for t in texts), dtype=bool, count=len(texts))
 
 
-def _anchored_search(search, text: str, anchors: tuple[str, ...], before: int = 100, after: int = 160,
+def _anchored_search(search, text: str, anchors: tuple[str, ...], before: int = 80, after: int = 140,
                      max_hits: int = 12) -> bool:
-    """Run the regex only in windows around anchor words (a full scan costs ~50 us a prompt)."""
+    """Run the regex only in windows around anchor words (a full scan costs ~50 us a prompt).
+
+    Every match contains an anchor, so this finds what a full search finds; a text with very
+    many anchor hits gets one full search instead of many windows.
+    """
     for anchor in anchors:
         start = text.find(anchor)
         hits = 0
-        while start != -1 and hits < max_hits:
+        while start != -1:
+            if hits == max_hits:
+                return search(text) is not None
             if search(text, max(0, start - before), start + after) is not None:
                 return True
             start = text.find(anchor, start + 1)
@@ -115,43 +121,28 @@ def followup_opening(texts: list[str], max_chars: int = 300) -> np.ndarray:
     return np.fromiter((len(t) <= max_chars and match(t) is not None for t in texts), dtype=bool, count=len(texts))
 
 
+_HUMAN_WORDS = frozenset({"i", "i'm", "im", "i've", "i'd", "my", "me", "mine", "we", "we're", "our", "please", "pls",
+                          "plz", "thanks", "thank", "thx", "hi", "hello", "hey", "u", "ur", "gonna", "wanna",
+                          "dont", "cant", "idk", "lol"})
+_LOWER_WORD = re.compile(r"[a-z']+")
+
+
 def human_style(texts: list[str]) -> np.ndarray:
-    """Does each prompt carry a mark of a person typing (see ``HUMAN_MARKERS``)?"""
-    search = HUMAN_MARKERS.search
-    return np.fromiter((search(t[:600]) is not None for t in texts), dtype=bool, count=len(texts))
+    """Does each prompt carry a mark of a person typing (the words of ``HUMAN_MARKERS``)?
+
+    A set intersection over the first 600 characters' words: four times faster than the regex.
+    """
+    words = _LOWER_WORD.findall
+    return np.fromiter((not _HUMAN_WORDS.isdisjoint(words(t[:600].lower())) for t in texts), dtype=bool,
+                       count=len(texts))
 
 
-@lru_cache(maxsize=1)
-def _area_lookup() -> tuple[re.Pattern[str], dict[str, int]]:
-    words: dict[str, int] = {}
-    for index, (_, keywords) in enumerate(AREAS.items()):
-        for word in keywords:
-            words.setdefault(word.replace("\\", ""), index)
-    alternation = "|".join(sorted((re.escape(w) for w in words), key=len, reverse=True))
-    return re.compile(r"\b(?:" + alternation + r")\b"), words
-
-
-AREA_LIST: tuple[str, ...] = tuple(AREAS) + (GENERAL,)
+AREA_LIST: tuple[str, ...] = AREA_NAMES
 
 
 def area_ids(texts: list[str], limit: int = 600) -> np.ndarray:
-    """Capability area index of each text (``len(AREAS)`` means general), by keyword majority.
-
-    One alternation regex over the first ``limit`` characters: a few microseconds a prompt.
-    """
-    pattern, lookup = _area_lookup()
-    general = len(AREAS)
-    out = np.full(len(texts), general, dtype=np.int16)
-    counts = np.zeros(general, dtype=np.int32)
-    for i, text in enumerate(texts):
-        hits = pattern.findall(text[:limit].lower())
-        if not hits:
-            continue
-        counts[:] = 0
-        for hit in hits:
-            counts[lookup[hit]] += 1
-        out[i] = int(np.argmax(counts))
-    return out
+    """Capability area index of each text (``len(AREAS)`` means general); see taxonomy.area_index."""
+    return np.fromiter((area_index(t, limit) for t in texts), dtype=np.int16, count=len(texts))
 
 
 def tokens(text: str, limit: int = 2000) -> list[str]:

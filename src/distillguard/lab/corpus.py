@@ -20,7 +20,7 @@ import orjson
 from distillguard.errors import DistillguardError
 from distillguard.taxonomy import classify_area
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _CHUNK_ID = re.compile(r"^(?P<base>.+)_(?P<index>\d+)$")
 
 
