@@ -28,6 +28,8 @@ def child_scan(db: str, engine: str) -> dict:
     events = int(result.features["queries"].sum())
     samples = int(sum(min(int(d), 300) for d in result.features["distinct_prompts"] if d >= 10))
     return {"seconds": elapsed, "events": events, "accounts": len(result.accounts),
+            "flagged_accounts": [a.account for a in result.accounts if a.flagged],
+            "scanned_accounts": [a.account for a in result.accounts],
             "flagged": sum(a.flagged for a in result.accounts), "clusters": len(result.clusters),
             "coverage_samples": samples, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -49,6 +51,20 @@ def main() -> None:
     print(f"scan ({args.engine}, hashing features): {r['events']:,} events, {r['accounts']:,} accounts in "
           f"{r['seconds']:.1f} s = {r['events'] / r['seconds']:,.0f} events/s; peak RSS {r['peak_rss_mb']:,.0f} MB; "
           f"{r['flagged']} flagged, {r['clusters']} clusters")
+
+    labels_path = Path(args.db).parent / "lab" / "labels.jsonl"
+    if labels_path.exists():
+        import collections
+
+        labels = [json.loads(line) for line in labels_path.read_text().splitlines() if line.strip()]
+        flagged = set(r["flagged_accounts"])
+        scanned = set(r["scanned_accounts"])
+        kinds = collections.defaultdict(lambda: [0, 0])
+        for row in (row for row in labels if row["account"] in scanned):
+            kinds[row["strategy"]][0] += 1
+            kinds[row["strategy"]][1] += row["account"] in flagged
+        print("ground truth (labels.jsonl): " + ", ".join(
+            f"{k} {flagged_n}/{n} flagged" for k, (n, flagged_n) in sorted(kinds.items())))
 
     from distillguard.detect.text import minilm_embeddings
     from distillguard.store import EventStore

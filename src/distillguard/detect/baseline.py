@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
@@ -38,9 +37,16 @@ class RateFit:
     accounts: int
 
     def p_value(self, count: float, n: float) -> float:
-        if not n or not np.isfinite(count) or count <= 0:
-            return 1.0
-        return float(stats.betabinom.sf(int(round(count)) - 1, int(n), self.alpha, self.beta))
+        return float(self.p_values(np.array([count], dtype=np.float64), np.array([n], dtype=np.float64))[0])
+
+    def p_values(self, counts: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """P(an organic account of this volume has at least this count), vectorised."""
+        out = np.ones(len(counts), dtype=np.float64)
+        ok = np.isfinite(counts) & (counts > 0) & (n > 0)
+        if ok.any():
+            k = np.round(counts[ok]).astype(np.int64)
+            out[ok] = stats.betabinom.sf(k - 1, n[ok].astype(np.int64), self.alpha, self.beta)
+        return out
 
 
 @dataclass
@@ -52,13 +58,21 @@ class ValueFit:
     tail_scale: float
 
     def p_value(self, x: float) -> float:
-        if not np.isfinite(x) or self.values.size == 0:
-            return 1.0
+        return float(self.p_values(np.array([x], dtype=np.float64))[0])
+
+    def p_values(self, x: np.ndarray) -> np.ndarray:
+        """Upper-tail p-values of values ``x``, vectorised."""
+        out = np.ones(len(x), dtype=np.float64)
         n = self.values.size
-        if x <= self.tail_start:
-            at_least = n - int(np.searchsorted(self.values, x, side="left"))
-            return min(1.0, (1 + at_least) / (n + 1))
-        return float((1.0 - TAIL_QUANTILE) * math.exp(-(x - self.tail_start) / self.tail_scale))
+        ok = np.isfinite(x)
+        if n == 0 or not ok.any():
+            return out
+        body = ok & (x <= self.tail_start)
+        at_least = n - np.searchsorted(self.values, x[body], side="left")
+        out[body] = np.minimum(1.0, (1 + at_least) / (n + 1))
+        tail = ok & (x > self.tail_start)
+        out[tail] = (1.0 - TAIL_QUANTILE) * np.exp(-(x[tail] - self.tail_start) / self.tail_scale)
+        return out
 
     def quantile(self, q: float) -> float:
         return float(np.quantile(self.values, q)) if self.values.size else float("nan")
@@ -131,8 +145,8 @@ class Baseline:
         from distillguard.detect.scoring import family_p_values, fisher_statistic
 
         eligible = features[features["queries"] >= self.min_queries]
-        stats_t = np.array([fisher_statistic(family_p_values(self.p_values(row)))
-                            for _, row in eligible.iterrows()])
+        p_frame = self.p_value_frame(eligible)
+        stats_t = np.array([fisher_statistic(family_p_values(p)) for p in p_frame.to_dict("records")])
         # The bulk defines the null; the top 1% (busy legitimate apps with astronomically small
         # automation p-values) would otherwise inflate the variance and blunt every test. Those
         # accounts are kept from flags by the evidence rule in scoring, not by this fit.
@@ -146,17 +160,25 @@ class Baseline:
 
     def p_values(self, row: pd.Series | dict[str, Any]) -> dict[str, float]:
         """One p-value per signal for one account's features."""
-        n = float(row["queries"])
-        out: dict[str, float] = {}
+        frame = pd.DataFrame([{k: row[k] for k in row.keys()}]) if not isinstance(row, pd.DataFrame) else row
+        return self.p_value_frame(frame).iloc[0].to_dict()
+
+    def p_value_frame(self, features: pd.DataFrame) -> pd.DataFrame:
+        """P-values of every signal for every account (rows as in ``features``), vectorised."""
+        n = features["queries"].to_numpy(dtype=np.float64)
+        out = {}
         for signal in SIGNALS:
-            value = float(row.get(signal.feature, float("nan"))) if signal.feature else float("nan")
-            if n < signal.min_queries:
-                out[signal.name] = 1.0
-            elif signal.kind == "rate":
-                out[signal.name] = self.rate_fits_[signal.name].p_value(value, n)
+            if signal.feature in features:
+                value = features[signal.feature].to_numpy(dtype=np.float64)
             else:
-                out[signal.name] = self.value_fits_[signal.name].p_value(value)
-        return out
+                value = np.full(len(features), np.nan)
+            if signal.kind == "rate":
+                p = self.rate_fits_[signal.name].p_values(value, n)
+            else:
+                p = self.value_fits_[signal.name].p_values(value)
+            p[n < signal.min_queries] = 1.0
+            out[signal.name] = p
+        return pd.DataFrame(out, index=features.index)
 
     def combined_p(self, statistic: float) -> float:
         return float(stats.chi2.sf(statistic / self.brown_c_, self.brown_k_))

@@ -13,7 +13,7 @@ import pandas as pd
 from distillguard.detect.baseline import Baseline, load_default
 from distillguard.detect.engine import account_totals, features_for, identities, local_features
 from distillguard.detect.hydra import find_clusters
-from distillguard.detect.scoring import Reason, Verdict, judge
+from distillguard.detect.scoring import Reason, Verdict, judge, judge_frame
 from distillguard.detect.text import AREA_LIST
 from distillguard.errors import UsageError
 from distillguard.store import EventStore, SourceKind, source_kind
@@ -175,8 +175,7 @@ def scan_store(store: EventStore, options: ScanOptions,
 def score_features(store: EventStore, features: pd.DataFrame, template_keys: dict[str, list[int]],
                    baseline: Baseline, options: ScanOptions) -> ScanResult:
     totals = account_totals(store)
-    verdicts = {acct: judge(row, baseline, options.fpr, authorised=acct in options.allowlist)
-                for acct, row in features.iterrows()}
+    verdicts = judge_frame(features, baseline, options.fpr, options.allowlist)
     results: dict[str, AccountResult] = {}
     for acct, verdict in verdicts.items():
         t = totals.loc[acct]

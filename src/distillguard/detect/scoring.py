@@ -94,9 +94,11 @@ def _detail(signal_name: str, row: pd.Series | dict[str, Any], baseline: Baselin
                  f"99th percentile {ref['organic_p99']:,.2f}")
 
 
-def judge(row: pd.Series | dict[str, Any], baseline: Baseline, fpr: float, *, authorised: bool = False) -> Verdict:
-    """Score one account's features against the baseline."""
-    p = baseline.p_values(row)
+def judge(row: pd.Series | dict[str, Any], baseline: Baseline, fpr: float, *, authorised: bool = False,
+          p: dict[str, float] | None = None) -> Verdict:
+    """Score one account's features against the baseline (``p``: its p-values, if computed already)."""
+    if p is None:
+        p = baseline.p_values(row)
     fam = family_p_values(p)
     combined = baseline.combined_p(fisher_statistic(fam))
     reasons = []
@@ -129,8 +131,10 @@ def judge(row: pd.Series | dict[str, Any], baseline: Baseline, fpr: float, *, au
 def judge_frame(features: pd.DataFrame, baseline: Baseline, fpr: float,
                 allowlist: Iterable[str] = ()) -> dict[str, Verdict]:
     allowed = set(allowlist)
-    return {account: judge(row, baseline, fpr, authorised=account in allowed)
-            for account, row in features.iterrows()}
+    p_frame = baseline.p_value_frame(features)
+    rows = features.to_dict("index")
+    return {account: judge(rows[account], baseline, fpr, authorised=account in allowed, p=p)
+            for account, p in zip(p_frame.index, p_frame.to_dict("records"))}
 
 
 @dataclass

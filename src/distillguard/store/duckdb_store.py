@@ -145,6 +145,10 @@ class EventStore:
         """
         result = IngestResult()
         added: list[str] = []
+        # DuckDB checkpoints (and zstd-compresses) whenever its WAL passes 16 MB, every few
+        # thousand of our ~4 KB rows; one checkpoint per ingest is a third cheaper overall.
+        if self.path != ":memory:":
+            self.run("SET checkpoint_threshold = '1GB'")
         pending: queue.Queue[pa.Table | None] = queue.Queue(maxsize=2)
         failure: list[BaseException] = []
 
@@ -190,6 +194,8 @@ class EventStore:
             if atomic:
                 self.delete_ids(added)
             raise error
+        if self.path != ":memory:":
+            self.run("CHECKPOINT")
         return result
 
     def iter_tables(self, batch_size: int = 10_000, where: str | None = None) -> Iterator[pa.Table]:
