@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ def child_scan(db: str, engine: str) -> dict:
     from distillguard.detect.scan import ScanOptions, scan_paths
 
     t0 = time.perf_counter()
-    result = scan_paths([db], ScanOptions(engine=engine))
+    result = scan_paths([db], ScanOptions(engine=engine, workers=os.cpu_count() or 1))
     elapsed = time.perf_counter() - t0
     events = int(result.features["queries"].sum())
     samples = int(sum(min(int(d), 300) for d in result.features["distinct_prompts"] if d >= 10))

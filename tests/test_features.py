@@ -261,7 +261,10 @@ def test_topic_entropy_higher_for_many_areas_than_one():
     assert narrow["top_area"] == float(tx.AREA_LIST.index("coding"))
 
 
-def test_novelty_rate_low_for_revisited_payloads_high_for_new_ground():
+def test_novelty_rate_low_for_revisited_payloads_high_for_new_ground(monkeypatch):
+    import distillguard.detect.features as features_module
+
+    monkeypatch.setattr(features_module, "EMBEDDING_MIN_DISTINCT", 10)  # the statistic itself, on few prompts
     # Three payloads, each asked four times with one extra word: after the first round every
     # prompt has a very similar earlier one. (Template words shared by >= 30% are dropped first.)
     payloads = ["volcano eruption lava magma", "mortgage interest rate loan", "sourdough starter flour yeast"]

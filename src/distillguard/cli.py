@@ -5,6 +5,7 @@ Errors the user can fix (bad input, bad options) print one line and exit 2; neve
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -229,6 +230,8 @@ def scan(
     price: float = typer.Option(10.0, "--price-per-million", help="USD per million output tokens, for damage."),
     fail_on_findings: bool = typer.Option(False, "--fail-on-findings", help="Exit 1 when anything is flagged."),
     limit: int = typer.Option(25, "--limit", min=1, help="Rows in the table."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1,
+                                          help="Processes for feature extraction (default: every core)."),
 ) -> None:
     """Find extracting accounts and hydra clusters, calibrated against organic traffic."""
     import orjson
@@ -240,7 +243,7 @@ def scan(
         raise UsageError("--format must be 'table' or 'json'")
     allowed = _read_allowlist(allowlist) if allowlist else frozenset()
     options = ScanOptions(baseline=Baseline.load(baseline) if baseline else None, fpr=fpr, allowlist=allowed,
-                          engine=engine, price_per_million=price)
+                          engine=engine, price_per_million=price, workers=workers or (os.cpu_count() or 1))
     options.check()
     with _progress() as progress:
         task = progress.add_task("scanning", total=None)

@@ -54,7 +54,7 @@ def _chunks(frame: pd.DataFrame, target_events: int) -> Iterator[list[tuple[str,
         yield chunk
 
 
-def local_features(store: EventStore, *, max_tokens_cap: int, workers: int | None = None,
+def local_features(store: EventStore, *, max_tokens_cap: int, workers: int = 1,
                    progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, dict[str, list[int]]]:
     """Features of every account (rows indexed by account) and each account's template keys.
 
@@ -64,8 +64,9 @@ def local_features(store: EventStore, *, max_tokens_cap: int, workers: int | Non
     total = store.count()
     partitions = max(1, math.ceil(total / PARTITION_EVENTS))
     columns = input_columns_sql(store)
-    if workers is None:
-        workers = (os.cpu_count() or 1) if total >= PARALLEL_MIN_EVENTS else 1
+    # Worker processes are spawned, which re-imports the caller's __main__: library callers
+    # opt in (scripts need the usual `if __name__ == "__main__":` guard); the CLI always does.
+    workers = max(1, workers or 1) if total >= PARALLEL_MIN_EVENTS else 1
     rows: list[dict[str, Any]] = []
     accounts: list[str] = []
     template_keys: dict[str, list[int]] = {}

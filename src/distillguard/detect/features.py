@@ -27,6 +27,7 @@ DEFAULT_MAX_TOKENS_CAP = 4096
 COVERAGE_SAMPLE = 300      # distinct prompts used for coverage statistics (evenly over time)
 BREADTH_SAMPLE = 40        # topic breadth is measured on windows of this many distinct prompts ...
 BREADTH_WINDOWS = 10       # ... averaged over up to this many consecutive windows
+EMBEDDING_MIN_DISTINCT = 50  # novelty and PRADA statistics need at least this many distinct prompts
 NOVELTY_SIMILARITY = 0.35  # a prompt is "new ground" if no earlier prompt is this similar
 TEMPLATE_MIN_GROUP = 3
 
@@ -134,23 +135,25 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
         template_keys = values[np.argsort(-counts, kind="stable")[:32]].view(np.int64).tolist()
     out["template_keys"] = template_keys
 
-    # Coverage: breadth over capability areas, and how often prompts break new ground.
-    sample = distinct_idx[_even_sample(len(distinct_idx), COVERAGE_SAMPLE)]
-    sample_prompts = [prompts[i] for i in sample]
-    areas = tx.area_ids(sample_prompts)
+    # Coverage: breadth over capability areas. Areas are read once, for the first
+    # BREADTH_SAMPLE * BREADTH_WINDOWS distinct prompts; breadth is the mean entropy over windows
+    # of BREADTH_SAMPLE consecutive distinct prompts, since entropy grows with sample size and
+    # organic users revisit their interests (their windows stay narrow even when their whole
+    # history is broad).
+    head = distinct_idx[: BREADTH_SAMPLE * BREADTH_WINDOWS]
+    areas = tx.area_ids([prompts[i] for i in head])
     area_counts = np.bincount(areas, minlength=len(tx.AREA_LIST)).astype(np.float64)
     out["areas_seen"] = float((area_counts > 0).sum())
     out["top_area"] = float(np.argmax(area_counts))
-    if len(distinct_idx) >= BREADTH_SAMPLE:
-        # Entropy grows with sample size, so breadth is judged on windows of a fixed size: the mean
-        # over windows of consecutive distinct prompts. Organic users revisit their interests, so
-        # their windows stay narrow even when their whole history is broad.
-        window_areas = tx.area_ids([prompts[i] for i in distinct_idx[: BREADTH_SAMPLE * BREADTH_WINDOWS]])
-        entropies = [_entropy_bits(np.bincount(window_areas[k:k + BREADTH_SAMPLE], minlength=len(tx.AREA_LIST))
+    if len(head) >= BREADTH_SAMPLE:
+        entropies = [_entropy_bits(np.bincount(areas[k:k + BREADTH_SAMPLE], minlength=len(tx.AREA_LIST))
                                    .astype(np.float64))
-                     for k in range(0, len(window_areas) - BREADTH_SAMPLE + 1, BREADTH_SAMPLE)]
+                     for k in range(0, len(areas) - BREADTH_SAMPLE + 1, BREADTH_SAMPLE)]
         out["topic_entropy"] = float(np.mean(entropies))
-    if len(sample_prompts) >= 10:
+    # How often prompts break new ground, and PRADA's distance statistic: informational, so only
+    # for accounts with enough distinct prompts for them to mean something.
+    if len(distinct_idx) >= EMBEDDING_MIN_DISTINCT:
+        sample_prompts = [prompts[i] for i in distinct_idx[_even_sample(len(distinct_idx), COVERAGE_SAMPLE)]]
         if os.environ.get("DISTILLGUARD_EMBEDDER", "hashing") == "minilm":
             emb = tx.minilm_embeddings(sample_prompts)
         else:
@@ -161,7 +164,7 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
         out["novelty_rate"] = float(np.mean(earlier_best < NOVELTY_SIMILARITY))
         # PRADA (Juuti et al. 2019): distances from each query to its nearest earlier query.
         dists = np.sqrt(np.clip(2.0 - 2.0 * earlier_best, 0.0, None))
-        if len(dists) >= 20 and np.ptp(dists) > 1e-9:
+        if np.ptp(dists) > 1e-9:
             out["prada_w"] = float(stats.shapiro(dists[:500]).statistic)
 
     # Cadence: regular spacing, and activity round the clock.

@@ -45,6 +45,7 @@ class ScanOptions:
     allowlist: frozenset[str] = frozenset()
     engine: str = "local"
     price_per_million: float = DEFAULT_PRICE_PER_MILLION
+    workers: int = 1  # processes for feature extraction on large inputs (the CLI uses every core)
 
     def check(self) -> None:
         if not 0.0 < self.fpr < 1.0:
@@ -167,7 +168,7 @@ def scan_store(store: EventStore, options: ScanOptions,
         features, template_keys = spark_features(store, max_tokens_cap=baseline.max_tokens_cap)
     else:
         features, template_keys = local_features(
-            store, max_tokens_cap=baseline.max_tokens_cap,
+            store, max_tokens_cap=baseline.max_tokens_cap, workers=options.workers,
             progress=(lambda done, total: progress("features", done, total)) if progress else None)
     return score_features(store, features, template_keys, baseline, options)
 

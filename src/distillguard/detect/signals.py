@@ -54,6 +54,6 @@ SIGNALS: tuple[Signal, ...] = (
     Signal("logprobs_requests", AUTOMATION, "rate", "logprobs_count", "ask for logprobs"),
     Signal("regular_cadence", AUTOMATION, "value", "regularity", "(-log10 of the inter-arrival CV)", 10),
     Signal("round_the_clock", AUTOMATION, "value", "hour_entropy", "bits of hour-of-day entropy", 10),
-    Signal("prada_normality", INFO, "value", "prada_w", "Shapiro-Wilk W of nearest-earlier-query distances", 20),
+    Signal("prada_normality", INFO, "value", "prada_w", "Shapiro-Wilk W of nearest-earlier-query distances", 50),
 )
 SIGNAL_BY_NAME = {s.name: s for s in SIGNALS}
