@@ -36,6 +36,16 @@ def _quote_list(values: list[str]) -> str:
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
 
 
+def _one_blas_thread() -> None:
+    """Worker initializer: one BLAS thread per process, or the pool oversubscribes the cores."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+        pass
+
+
 def _features_of_groups(groups: list[tuple[str, pd.DataFrame]], max_tokens_cap: int) -> list[tuple[str, dict]]:
     """Worker task: features of several accounts (module-level so a process pool can pickle it)."""
     return [(account, account_features(frame, max_tokens_cap=max_tokens_cap)) for account, frame in groups]
@@ -71,7 +81,8 @@ def local_features(store: EventStore, *, max_tokens_cap: int, workers: int = 1,
     accounts: list[str] = []
     template_keys: dict[str, list[int]] = {}
     done = 0
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) if workers > 1 else None
+    pool = (ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_one_blas_thread)
+            if workers > 1 else None)
     try:
         for part in range(partitions):
             where = f"WHERE hash(account) % {partitions} = {part}" if partitions > 1 else ""
