@@ -27,7 +27,7 @@ def child_scan(db: str, engine: str) -> dict:
     result = scan_paths([db], ScanOptions(engine=engine, workers=os.cpu_count() or 1))
     elapsed = time.perf_counter() - t0
     events = int(result.features["queries"].sum())
-    samples = int(sum(min(int(d), 300) for d in result.features["distinct_prompts"] if d >= 10))
+    samples = int(sum(min(int(d), 300) for d in result.features["distinct_prompts"] if d >= 50))
     return {"seconds": elapsed, "events": events, "accounts": len(result.accounts),
             "flagged_accounts": [a.account for a in result.accounts if a.flagged],
             "scanned_accounts": [a.account for a in result.accounts],

@@ -136,6 +136,14 @@ def main() -> None:
         missed = sum(q is None for q in until.get(strategy, []))
         qtext = (f"{statistics.median(ql):,.0f}, {max(ql):,}" if ql else "–") + (f" ({missed} never)" if missed else "")
         print(f"| {strategy} | {kind} | {len(group)} | {flagged} | {metric} | {qtext if kind != 'organic' else ''} |")
+    mixed = [r for r in rows if r["strategy"] == "mixed"]
+    if mixed:
+        print("\nmixed resellers by campaign: " + ", ".join(
+            f"{name} ({next(r.get('content') for r in mixed if r['campaign'] == name)} "
+            f"{next(r.get('extraction_share') for r in mixed if r['campaign'] == name):.0%}) "
+            f"{sum(r['flagged'] for r in mixed if r['campaign'] == name)}/"
+            f"{sum(1 for r in mixed if r['campaign'] == name)}"
+            for name in sorted({r['campaign'] for r in mixed})))
 
 
 if __name__ == "__main__":
