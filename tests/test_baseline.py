@@ -13,7 +13,7 @@ import pytest
 from distillguard.detect.baseline import (BASELINE_VERSION, TAIL_QUANTILE, Baseline, RateFit, ValueFit,
                                           default_baseline_path, fit_rate, fit_value, load_default)
 from distillguard.detect.features import FEATURES
-from distillguard.detect.signals import SIGNALS
+from distillguard.detect.signals import SIGNAL_BY_NAME, SIGNALS
 from distillguard.errors import BadInputError
 
 # Organic rate of each counted property (per prompt), for synthetic organic accounts.
@@ -177,7 +177,7 @@ def test_fit_covers_every_signal(fitted, organic):
 
 
 def test_fit_value_signals_use_only_accounts_with_enough_queries(fitted, organic):
-    usable = organic["queries"] >= 20
+    usable = organic["queries"] >= SIGNAL_BY_NAME["prada_normality"].min_queries
     assert fitted.value_fits_["prada_normality"].values.size == int(organic.loc[usable, "prada_w"].notna().sum())
     assert fitted.value_fits_["regular_cadence"].values.size == int((organic["queries"] >= 10).sum())
 
