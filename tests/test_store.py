@@ -9,6 +9,8 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
+import distillguard.store.ingest as ingest_module
+
 import distillguard.store.ingest as ingest_mod
 from distillguard.errors import BadInputError
 from distillguard.events.columns import EVENT_SCHEMA, batches_to_tables, events_from_table
@@ -342,27 +344,27 @@ def test_strict_failure_mid_file_rolls_back_that_file(db, write_jsonl, make_even
     first = write_jsonl("first.jsonl", [make_event(100 + i) for i in range(3)])
     lines = [make_event(i) for i in range(7)] + ['{"ts": 1791201600, "account": 5, "request": {}}'] + [make_event(50)]
     bad = write_jsonl("bad.jsonl", lines)
-    inserted_batches = []
-    original = EventStore.insert_table
+    delivered = []
+    original = ingest_module.iter_event_tables
 
-    def spy(self, table):
-        ids = original(self, table)
-        inserted_batches.append(len(ids))
-        return ids
+    def spy(*args, **kwargs):
+        for table in original(*args, **kwargs):
+            delivered.append(table.num_rows)
+            yield table
 
-    monkeypatch.setattr(EventStore, "insert_table", spy)
+    monkeypatch.setattr(ingest_module, "iter_event_tables", spy)
     with EventStore(db) as store:
         with pytest.raises(BadInputError) as info:
             ingest_paths(store, [first, bad])
     assert info.value.source == str(bad) and info.value.line == 8 and info.value.field == "account"
     # batches of the bad file did reach DuckDB before the failure, so this is a real rollback test
-    assert sum(inserted_batches) > 3
+    assert sum(delivered) > 3 + 3
     with EventStore(db, read_only=True) as store:
         ids = {r[0] for r in store.run("SELECT id FROM events")}
     assert ids == {event_from_obj(make_event(100 + i)).id for i in range(3)}
     # the store is still usable and the fixed file loads fully afterwards
     fixed = write_jsonl("bad.jsonl", [make_event(i) for i in range(7)] + [make_event(50)])
-    monkeypatch.setattr(EventStore, "insert_table", original)
+    monkeypatch.setattr(ingest_module, "iter_event_tables", original)
     with EventStore(db) as store:
         assert ingest_paths(store, [fixed]).inserted == 8
     assert stored_count(db) == 11

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import gc
-import queue
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from distillguard.errors import BadInputError
 from distillguard.events.columns import EVENT_SCHEMA
@@ -108,94 +105,62 @@ class EventStore:
     def count(self) -> int:
         return int(self.run("SELECT count(*) FROM events")[0][0])
 
-    def insert_table(self, table: pa.Table) -> list[str]:
-        """Insert rows whose id is new; returns the ids inserted.
+    def ingest(self, tables: Iterable[pa.Table]) -> IngestResult:
+        """Insert a stream of tables as ONE streaming INSERT statement.
 
-        The anti-join skips ids already stored (it costs half of what a PRIMARY KEY index costs on
-        every insert). ``DISTINCT ON`` drops ids repeated inside the batch, but it hashes whole
-        rows, so it runs only when the batch really repeats an id.
-        """
-        unique = pc.count_distinct(table.column("id")).as_py() == table.num_rows
-        source = "_incoming" if unique else "(SELECT DISTINCT ON (id) * FROM _incoming)"
-        self.con.register("_incoming", table)
-        try:
-            rows = self.run(f"INSERT INTO events SELECT * FROM {source} AS incoming "
-                            f"WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = incoming.id) RETURNING id")
-        finally:
-            self.con.unregister("_incoming")
-        return [r[0] for r in rows]
-
-    def delete_ids(self, ids: list[str]) -> None:
-        """Remove events by id (used to undo a failed ingest)."""
-        for start in range(0, len(ids), 50_000):
-            self.con.register("_undo", pa.table({"id": pa.array(ids[start:start + 50_000], pa.string())}))
-            try:
-                self.run("DELETE FROM events WHERE id IN (SELECT id FROM _undo)")
-            finally:
-                self.con.unregister("_undo")
-
-    def ingest(self, tables: Iterable[pa.Table], *, atomic: bool = True) -> IngestResult:
-        """Insert a stream of tables; parsing (the caller's iterator) overlaps with DuckDB's work.
-
-        DuckDB releases the GIL while it executes, so inserting batch k on a worker thread runs
-        in parallel with Python parsing batch k+1. The queue is bounded, so memory stays bounded.
-        With ``atomic``, a failure (a bad line in strict mode) removes the rows this call added.
-        That is done by id rather than with one long transaction, whose uncommitted rows DuckDB
-        would hold in memory (4 GB for 700k events).
+        DuckDB pulls the batches from the caller's iterator while its own threads compress and
+        write full row groups straight into the file (no write-ahead log, no checkpoint pass):
+        2-3x faster than inserting batch by batch, with memory bounded by the pipeline. One
+        statement is atomic: if the iterator fails (a bad line in strict mode), nothing from this
+        call is stored. Repeated ids inside the input are dropped here (a set of this input's ids), ids already
+        stored by the anti-join.
         """
         result = IngestResult()
-        added: list[str] = []
-        # DuckDB checkpoints (and zstd-compresses) whenever its WAL passes 16 MB, every few
-        # thousand of our ~4 KB rows; one checkpoint per ingest is a third cheaper overall.
-        if self.path != ":memory:":
-            self.run("SET checkpoint_threshold = '1GB'")
-        pending: queue.Queue[pa.Table | None] = queue.Queue(maxsize=2)
+        seen: set[str] = set()
         failure: list[BaseException] = []
 
-        def worker() -> None:
-            while True:
-                table = pending.get()
-                if table is None:
-                    return
-                if failure:
-                    continue
-                try:
-                    ids = self.insert_table(table)
-                except BaseException as exc:  # re-raised on the caller's thread below
-                    failure.append(exc)
-                    continue
-                if atomic:
-                    added.extend(ids)
-                result.inserted += len(ids)
-                result.duplicates += table.num_rows - len(ids)
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                for table in tables:
+                    result.read += table.num_rows
+                    ids = table.column("id").to_pylist()
+                    keep = []
+                    for i, event_id in enumerate(ids):
+                        if event_id not in seen:
+                            seen.add(event_id)
+                            keep.append(i)
+                    if len(keep) < len(ids):
+                        table = table.take(pa.array(keep, pa.int64()))
+                    yield from table.to_batches()
+            except BaseException as exc:  # re-raised below, after DuckDB has undone the statement
+                failure.append(exc)
+                raise
 
-        thread = threading.Thread(target=worker, name="duckdb-ingest", daemon=True)
-        thread.start()
+        reader = pa.RecordBatchReader.from_batches(EVENT_SCHEMA, batches())
         # Parsing allocates millions of short-lived dicts; the cyclic GC would rescan them for
         # nothing (they hold no cycles), costing ~15% of ingest time.
         gc_was_enabled = gc.isenabled()
         gc.disable()
-        interrupted: BaseException | None = None
+        self.con.register("_incoming", reader)
         try:
-            for table in tables:
-                if failure:
-                    break
-                result.read += table.num_rows
-                pending.put(table)
-        except BaseException as exc:  # a bad line in strict mode, or Ctrl-C
-            interrupted = exc
+            rows = self.run("INSERT INTO events SELECT * FROM _incoming AS incoming "
+                            "WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = incoming.id)")
+        except (duckdb.Error, pa.ArrowException) as exc:
+            if failure:
+                raise failure[0] from None
+            raise BadInputError(f"the store refused the events ({exc})", source=self.path) from None
+        except BaseException:
+            if failure:
+                raise failure[0] from None
+            raise
         finally:
-            pending.put(None)
-            thread.join()
+            self.con.unregister("_incoming")
             if gc_was_enabled:
                 gc.enable()
-        error = interrupted or (failure[0] if failure else None)
-        if error is not None:
-            if atomic:
-                self.delete_ids(added)
-            raise error
-        if self.path != ":memory:":
-            self.run("CHECKPOINT")
+        if failure:
+            raise failure[0]
+        result.inserted = int(rows[0][0]) if rows else 0
+        result.duplicates = result.read - result.inserted
         return result
 
     def iter_tables(self, batch_size: int = 10_000, where: str | None = None) -> Iterator[pa.Table]:

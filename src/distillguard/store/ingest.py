@@ -43,13 +43,13 @@ class IngestReport:
 
 def ingest_paths(store: EventStore, paths: Sequence[str | Path], *, quarantine: Quarantine | None = None,
                  on_file: Callable[[FileReport], None] | None = None) -> IngestReport:
-    """Ingest each source; a strict failure undoes that file's rows, so nothing is half-loaded."""
+    """Ingest each source, one atomic statement per file: a strict failure stores nothing of that file."""
     kinds = [source_kind(p) for p in paths]  # every path checked before anything is written
     report = IngestReport()
     for path, kind in zip(paths, kinds):
         file_report = FileReport(path=str(path), kind=kind.value)
         stats = ReadStats()
-        result = store.ingest(iter_event_tables([path], quarantine=quarantine, stats=stats), atomic=True)
+        result = store.ingest(iter_event_tables([path], quarantine=quarantine, stats=stats))
         file_report.read, file_report.inserted, file_report.bad = result.read, result.inserted, stats.bad
         report.files.append(file_report)
         if on_file is not None:
