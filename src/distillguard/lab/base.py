@@ -117,6 +117,26 @@ def make_identity(rng: np.random.Generator, account: str, ctx: LabContext, *, bu
                     ips=ips, user_agent=user_agent)
 
 
+def account_name(seed: int, actor: str) -> str:
+    """Opaque account id: nothing in it tells how the account was simulated."""
+    return "acct_" + hashlib.blake2b(f"account/{seed}/{actor}".encode(), digest_size=6).hexdigest()
+
+
+class Actor:
+    """Base of every lab actor: its name, random generator, account id and event factory.
+
+    Everything an actor draws comes from ``rng``, derived from (seed, name) alone, so an actor's
+    traffic does not depend on which other actors exist.
+    """
+
+    def __init__(self, ctx: "LabContext", name: str) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.rng = rng_for(ctx.seed, name)
+        self.account = account_name(ctx.seed, name)
+        self.factory = EventFactory(ctx.seed, name)
+
+
 class EventFactory:
     """Builds OpenAI-shaped event dicts for one actor (ids unique and deterministic)."""
 

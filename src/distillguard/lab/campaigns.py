@@ -14,8 +14,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from distillguard.errors import UsageError
-from distillguard.lab.base import (DAY, EventFactory, LabContext, make_identity, random_ip, rng_for)
-from distillguard.lab.organic import OrganicUser, account_name
+from distillguard.lab.base import DAY, Actor, LabContext, account_name, make_identity, random_ip
+from distillguard.lab.organic import OrganicUser
 from distillguard.lab.prompts import GENERATORS, Prompt
 
 CONTENT_STRATEGIES = tuple(GENERATORS)
@@ -91,21 +91,17 @@ def bot_times(rng: np.random.Generator, start: float, end: float, per_day: int, 
     return ts
 
 
-class SingleAccountCampaign:
+class SingleAccountCampaign(Actor):
     """One account running one content strategy (sweep, cot, rubric, agentic, replay, low_and_slow)."""
 
     def __init__(self, ctx: LabContext, spec: CampaignSpec) -> None:
-        self.ctx = ctx
+        super().__init__(ctx, f"campaign/{spec.name}")
         self.spec = spec
-        self.name = f"campaign/{spec.name}"
-        rng = rng_for(ctx.seed, self.name)
-        self.rng = rng
-        self.account = account_name(ctx.seed, self.name)
+        rng = self.rng
         self.ident = make_identity(rng, self.account, ctx, user_agent=BOT_AGENTS[int(rng.integers(len(BOT_AGENTS)))],
                                    created=ctx.start - float(rng.uniform(1, 60)) * DAY)
         self.prompts = GENERATORS[spec.content](ctx, family=spec.family)
         self.tz = float(rng.choice([-5, 1, 8, 3]))
-        self.factory = EventFactory(ctx.seed, self.name)
 
     def labels(self) -> list[dict[str, Any]]:
         return [{"account": self.account, "kind": "extraction", "campaign": self.spec.name,
@@ -136,15 +132,13 @@ class SingleAccountCampaign:
             yield self.request(float(ts), self.prompts(self.rng))
 
 
-class HydraCampaign:
+class HydraCampaign(Actor):
     """One campaign split across many small accounts sharing templates, infrastructure and timing."""
 
     def __init__(self, ctx: LabContext, spec: CampaignSpec) -> None:
-        self.ctx = ctx
+        super().__init__(ctx, f"campaign/{spec.name}")
         self.spec = spec
-        self.name = f"campaign/{spec.name}"
-        rng = rng_for(ctx.seed, self.name)
-        self.rng = rng
+        rng = self.rng
         prefixes = [f"{int(rng.integers(11, 223))}.{int(rng.integers(256))}.{int(rng.integers(256))}"
                     for _ in range(int(rng.integers(2, 4)))]
         cards = ["card_" + hashlib.blake2b(f"{self.name}/card/{i}".encode(), digest_size=6).hexdigest()
@@ -162,7 +156,6 @@ class HydraCampaign:
                                   user_agent=agent, created=burst + float(rng.uniform(0, 7200)))
             self.members.append(ident)
         self.prompts = GENERATORS[spec.content](ctx, family=spec.family)
-        self.factory = EventFactory(ctx.seed, self.name)
 
     def labels(self) -> list[dict[str, Any]]:
         return [{"account": m.account, "kind": "extraction", "campaign": self.spec.name, "strategy": "hydra",
@@ -195,21 +188,17 @@ class HydraCampaign:
 RESELLER_SYSTEM = "You are ChatPal, a friendly assistant. Be helpful and concise."
 
 
-class MixedCampaign:
+class MixedCampaign(Actor):
     """A reseller account: organic customer traffic with a share of extraction hidden inside."""
 
     def __init__(self, ctx: LabContext, spec: CampaignSpec) -> None:
-        self.ctx = ctx
+        super().__init__(ctx, f"campaign/{spec.name}")
         self.spec = spec
-        self.name = f"campaign/{spec.name}"
-        rng = rng_for(ctx.seed, self.name)
-        self.rng = rng
-        self.account = account_name(ctx.seed, self.name)
+        rng = self.rng
         self.ident = make_identity(rng, self.account, ctx, business=True, user_agent="OpenAI/NodeJS 4.96.0")
         # The reseller's genuine customers, whose conversations it relays.
         self.customers = [OrganicUser(ctx, i, "casual", name=f"{self.name}/customer/{i}") for i in range(12)]
         self.prompts = GENERATORS[spec.content](ctx, family=spec.family)
-        self.factory = EventFactory(ctx.seed, self.name)
 
     def labels(self) -> list[dict[str, Any]]:
         return [{"account": self.account, "kind": "extraction", "campaign": self.spec.name, "strategy": "mixed",

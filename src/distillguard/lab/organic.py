@@ -7,15 +7,14 @@ benchmark, power users, and an academic researcher probing capabilities.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import math
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from distillguard.lab.base import (DAY, EventFactory, LabContext, TIMEZONES, TZ_WEIGHTS, history_messages,
-                                   human_session_starts, make_identity, rng_for, think_time)
+from distillguard.lab.base import (DAY, Actor, LabContext, TIMEZONES, TZ_WEIGHTS, history_messages,
+                                   human_session_starts, make_identity, think_time)
 
 SYSTEM_PROMPTS = (
     "You are a helpful assistant.",
@@ -23,11 +22,6 @@ SYSTEM_PROMPTS = (
     "You are an assistant for our internal knowledge base. Be accurate and cite sources when you can.",
     "Respond in a friendly, casual tone.",
 )
-
-
-def account_name(seed: int, actor: str) -> str:
-    """Opaque account id: nothing in it tells how the account was simulated."""
-    return "acct_" + hashlib.blake2b(f"account/{seed}/{actor}".encode(), digest_size=6).hexdigest()
 
 
 def ordered_by_day(day_batches: Iterable[tuple[float, list[dict[str, Any]]]]) -> Iterator[dict[str, Any]]:
@@ -65,16 +59,13 @@ def sessions_in_order(ctx: LabContext, starts: list[float],
     return ordered_by_day(by_day())
 
 
-class OrganicUser:
+class OrganicUser(Actor):
     """A person (or a small app) using the API for their own work: persistent interests, real chats."""
 
     def __init__(self, ctx: LabContext, index: int, kind: str = "casual", name: str | None = None) -> None:
-        self.ctx = ctx
+        super().__init__(ctx, name or f"organic/{kind}/{index}")
         self.kind = kind
-        self.name = name or f"organic/{kind}/{index}"
-        rng = rng_for(ctx.seed, self.name)
-        self.rng = rng
-        self.account = account_name(ctx.seed, self.name)
+        rng = self.rng
         self.ident = make_identity(rng, self.account, ctx)
         self.tz = float(rng.choice(TIMEZONES, p=TZ_WEIGHTS))
         areas = sorted(ctx.organic_by_area)
@@ -93,7 +84,6 @@ class OrganicUser:
         self.max_tokens = int(rng.choice([256, 512, 1024, 2048, 4096])) if rng.random() < 0.35 else None
         self.temperature = round(float(rng.uniform(0.2, 1.0)), 2) if rng.random() < 0.5 else None
         self.logprobs = rng.random() < 0.02
-        self.factory = EventFactory(ctx.seed, self.name)
 
     def labels(self) -> list[dict[str, Any]]:
         strategy = "power_user" if self.kind == "power" else "organic"
@@ -142,15 +132,12 @@ BATCH_TASKS = (
 )
 
 
-class BatchApp:
+class BatchApp(Actor):
     """A legitimate application: one narrow templated task over its own data, at high volume."""
 
     def __init__(self, ctx: LabContext, index: int, per_day: int = 1500) -> None:
-        self.ctx = ctx
-        self.name = f"organic/batch_app/{index}"
-        rng = rng_for(ctx.seed, self.name)
-        self.rng = rng
-        self.account = account_name(ctx.seed, self.name)
+        super().__init__(ctx, f"organic/batch_app/{index}")
+        rng = self.rng
         self.ident = make_identity(rng, self.account, ctx, business=True, user_agent="OpenAI/Python 1.82.0")
         self.template, system, self.max_tokens = BATCH_TASKS[index % len(BATCH_TASKS)]
         self.system = system.format(org=self.ident.org or "Acme")
@@ -159,7 +146,6 @@ class BatchApp:
         # Its own data: customer text about its product line (a narrow slice of areas).
         areas = [a for a in ("technology", "coding", "business") if a in ctx.organic_by_area]
         self.payload_pool = [i for a in areas for i in ctx.organic_by_area[a]]
-        self.factory = EventFactory(ctx.seed, self.name)
 
     def labels(self) -> list[dict[str, Any]]:
         return [{"account": self.account, "kind": "organic", "campaign": None, "strategy": "batch_app"}]
@@ -184,15 +170,12 @@ class BatchApp:
                                         temperature=0.0)
 
 
-class EvalRun:
+class EvalRun(Actor):
     """A legitimate evaluation: a fixed benchmark set, broad but bounded, re-run a few times."""
 
     def __init__(self, ctx: LabContext, index: int, items: int = 400, runs: int = 3) -> None:
-        self.ctx = ctx
-        self.name = f"organic/eval_run/{index}"
-        rng = rng_for(ctx.seed, self.name)
-        self.rng = rng
-        self.account = account_name(ctx.seed, self.name)
+        super().__init__(ctx, f"organic/eval_run/{index}")
+        rng = self.rng
         self.ident = make_identity(rng, self.account, ctx, business=True, user_agent="OpenAI/Python 1.54.3")
         # The benchmark: questions spread over every area (public material), fixed once.
         picks = rng.choice(len(ctx.public), size=min(items, len(ctx.public)), replace=False)
@@ -200,7 +183,6 @@ class EvalRun:
         self.areas = [ctx.public[int(i)].area for i in picks]
         self.run_days = sorted(int(d) for d in rng.choice(ctx.days, size=min(runs, ctx.days), replace=False))
         self.logprobs = bool(rng.random() < 0.5)
-        self.factory = EventFactory(ctx.seed, self.name)
 
     def labels(self) -> list[dict[str, Any]]:
         return [{"account": self.account, "kind": "organic", "campaign": None, "strategy": "eval_run"}]
@@ -234,21 +216,17 @@ RESEARCH_PROBES = (
 )
 
 
-class Researcher:
+class Researcher(Actor):
     """An academic probing capabilities by hand: identity, reasoning, refusals, follow-ups."""
 
     def __init__(self, ctx: LabContext, index: int) -> None:
-        self.ctx = ctx
-        self.name = f"organic/researcher/{index}"
-        rng = rng_for(ctx.seed, self.name)
-        self.rng = rng
-        self.account = account_name(ctx.seed, self.name)
+        super().__init__(ctx, f"organic/researcher/{index}")
+        rng = self.rng
         uni = ("stanford.edu", "ox.ac.uk", "ethz.ch", "mit.edu", "tsinghua.edu.cn", "uni-tuebingen.de")
         self.ident = make_identity(rng, self.account, ctx,
                                    email=f"j.doe{int(rng.integers(1, 99))}@{uni[int(rng.integers(len(uni)))]}",
                                    user_agent="OpenAI/Python 1.82.0")
         self.tz = float(rng.choice(TIMEZONES, p=TZ_WEIGHTS))
-        self.factory = EventFactory(ctx.seed, self.name)
 
     def labels(self) -> list[dict[str, Any]]:
         return [{"account": self.account, "kind": "organic", "campaign": None, "strategy": "researcher"}]
