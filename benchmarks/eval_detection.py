@@ -69,10 +69,18 @@ def queries_until_flag(store: EventStore, accounts: list[str], baseline: Baselin
     return len(frame) if judge(feats, baseline, fpr).flagged else None
 
 
-def evaluate(seed: int, family: int, accounts: int, days: int, baseline: Baseline, fpr: float) -> dict:
+def evaluate(seed: int, family: int, accounts: int, days: int, baseline: Baseline, fpr: float,
+             hard_negatives: int = 0) -> dict:
+    extra = {}
+    if hard_negatives:
+        # Many hard negatives (and no campaign) to measure each kind's false-positive rate.
+        extra = {"batch_apps": hard_negatives, "eval_runs": hard_negatives, "researchers": hard_negatives,
+                 "batch_per_day": 300, "campaigns": ()}
     with tempfile.TemporaryDirectory() as tmp:
-        summary = generate(TrafficConfig(seed=seed, accounts=accounts, days=days, campaigns=campaigns_for(family)),
-                           Path(tmp))
+        config = TrafficConfig(seed=seed, accounts=accounts, days=days, campaigns=campaigns_for(family))
+        if extra:
+            config = TrafficConfig(**{**config.__dict__, **extra})
+        summary = generate(config, Path(tmp))
         labels = [orjson.loads(line) for line in summary.labels_path.read_bytes().splitlines()]
         with EventStore(Path(tmp) / "e.duckdb") as store:
             ingest_paths(store, [summary.events_path])
@@ -105,12 +113,14 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--baseline", type=Path)
     parser.add_argument("--fpr", type=float, default=0.001)
+    parser.add_argument("--hard-negatives", type=int, default=0,
+                        help="run N accounts of each hard-negative kind and no campaign (FPR per kind)")
     args = parser.parse_args()
     baseline = Baseline.load(args.baseline) if args.baseline else load_default()
     rows: list[dict] = []
     until: dict[str, list[int | None]] = collections.defaultdict(list)
     for seed in (int(s) for s in args.seeds.split(",")):
-        out = evaluate(seed, args.family, args.accounts, args.days, baseline, args.fpr)
+        out = evaluate(seed, args.family, args.accounts, args.days, baseline, args.fpr, args.hard_negatives)
         print(f"seed {seed}: {out['events']:,} events scanned in {out['seconds']:.1f} s", flush=True)
         rows += out["rows"]
         for k, v in out["until"].items():
