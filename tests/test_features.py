@@ -315,3 +315,13 @@ def test_features_frame_indexes_by_account_and_adds_missing_columns():
     assert list(out.index) == ["a", "b"] and out.index.name == "account"
     assert set(FEATURES) <= set(out.columns)
     assert out.at["a", "cot_count"] == 1.0 and math.isnan(out.at["b", "cot_count"])
+
+
+def test_exact_repeats_are_not_a_template():
+    # One prompt asked ten times (an evaluation re-run, or sampling at temperature > 0) is
+    # repetition, not a template wrapped around varying payloads.
+    prompts = ["Explain how vaccines train the immune system, in plain words for a teenager."] * 10
+    prompts += [f"what is a good name for my {pet}?" for pet in ("cat", "parrot", "goldfish")]
+    out = account_features(frame(prompts))
+    assert out["templated_count"] == 0
+    assert out["template_keys"] == []

@@ -118,18 +118,22 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
     out["orphan_followup_count"] = float(np.sum(single & (n_messages <= 1 + has_system) & tx.followup_opening(prompts)))
     out["impersonal_count"] = float(n - tx.human_style(prompts).sum())
 
-    # Template regularity: near-duplicate structure (MinHash + LSH over masked edge shingles).
-    signatures = minhash_signatures([template_shingles(p) for p in prompts])
+    # Template regularity: near-duplicate structure (MinHash + LSH over masked edge shingles)
+    # among *distinct* prompts, so re-sending one prompt is not mistaken for a template; a
+    # query counts as templated when its prompt is in a group of TEMPLATE_MIN_GROUP or more.
+    distinct_prompts = [prompts[i] for i in distinct_idx]
+    signatures = minhash_signatures([template_shingles(p) for p in distinct_prompts])
     keys = band_keys(signatures)
     labels = template_groups(keys)
     sizes = np.bincount(labels)
-    templated = sizes[labels] >= TEMPLATE_MIN_GROUP
-    templated &= (keys != 0).any(axis=1)
-    out["templated_count"] = float(templated.sum())
+    templated_distinct = (sizes[labels] >= TEMPLATE_MIN_GROUP) & (keys != 0).any(axis=1)
+    position = {p: k for k, p in enumerate(distinct_prompts)}
+    query_distinct = np.fromiter((position[p] for p in prompts), dtype=np.int64, count=n)
+    out["templated_count"] = float(templated_distinct[query_distinct].sum())
     template_keys: list[int] = []
-    if templated.any():
-        # Band keys seen in at least 3 of the account's prompts: its recurring templates.
-        values, counts = np.unique(keys[templated].ravel(), return_counts=True)
+    if templated_distinct.any():
+        # Band keys seen in at least 3 of the account's distinct prompts: its recurring templates.
+        values, counts = np.unique(keys[templated_distinct].ravel(), return_counts=True)
         keep = (counts >= TEMPLATE_MIN_GROUP) & (values != 0)
         values, counts = values[keep], counts[keep]
         template_keys = values[np.argsort(-counts, kind="stable")[:32]].view(np.int64).tolist()
