@@ -321,7 +321,10 @@ def test_exact_repeats_are_not_a_template():
     # One prompt asked ten times (an evaluation re-run, or sampling at temperature > 0) is
     # repetition, not a template wrapped around varying payloads.
     prompts = ["Explain how vaccines train the immune system, in plain words for a teenager."] * 10
-    prompts += [f"what is a good name for my {pet}?" for pet in ("cat", "parrot", "goldfish")]
+    prompts += ["my sourdough is flat, what went wrong", "fix: TypeError in pandas merge", "haiku about rain"]
     out = account_features(frame(prompts))
     assert out["templated_count"] == 0
     assert out["template_keys"] == []
+    # ... whereas three distinct prompts sharing a wrapper are one
+    pets = [f"what is a good name for my {pet}? it is very playful" for pet in ("cat", "parrot", "goldfish")]
+    assert account_features(frame(prompts + pets))["templated_count"] == 3
