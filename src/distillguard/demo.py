@@ -73,9 +73,9 @@ def run_demo(out: Path, *, seed: int = 7, console: Console | None = None) -> dic
         result = scan_store(store, ScanOptions())
     truth = {r["account"]: r for r in labels}
     table = Table(title="flagged accounts (ground truth shown for the demo only)")
-    for col in ("account", "truth", "p-value", "queries", "cluster"):
-        table.add_column(col, no_wrap=True, min_width=len(col))
-    table.add_column("strongest reason", no_wrap=True, overflow="ellipsis", max_width=60)
+    for col in ("truth", "queries", "cluster"):
+        table.add_column(col, no_wrap=True, min_width=max(len(col), 12 if col == "truth" else 0))
+    table.add_column("strongest reason", overflow="fold")
     flagged = sorted((a for a in result.accounts if a.flagged), key=lambda a: a.verdict.p_value)
     shown_clusters: set[str] = set()
     for a in flagged:
@@ -84,8 +84,7 @@ def run_demo(out: Path, *, seed: int = 7, console: Console | None = None) -> dic
         if a.cluster:
             shown_clusters.add(a.cluster)
         reason = a.to_dict()["reasons"][0]["detail"] if a.verdict.reasons or a.cluster_flagged else ""
-        table.add_row(a.account, truth[a.account]["strategy"], f"{a.verdict.p_value:.1e}", f"{a.queries:,}",
-                      a.cluster or "", reason[:80])
+        table.add_row(truth[a.account]["strategy"], f"{a.queries:,}", a.cluster or "", reason)
     console.print(table)
     organic_flagged = [a for a in flagged if truth[a.account]["kind"] == "organic"]
     extraction = [r["account"] for r in labels if r["kind"] == "extraction"]

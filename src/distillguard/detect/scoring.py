@@ -90,8 +90,13 @@ def _detail(signal_name: str, row: pd.Series | dict[str, Any], baseline: Baselin
     if signal.kind == "rate":
         rate = raw / n if n else float("nan")
         return rate, f"{rate:.0%} of {int(n):,} prompts {signal.what}; organic mean {ref['organic_mean']:.1%}"
-    return raw, (f"{raw:,.2f} {signal.what}; organic median {ref['organic_median']:,.2f}, "
-                 f"99th percentile {ref['organic_p99']:,.2f}")
+    return raw, (f"{_num(raw)} {signal.what}; organic median {_num(ref['organic_median'])}, "
+                 f"99th percentile {_num(ref['organic_p99'])}")
+
+
+def _num(x: float) -> str:
+    """Numbers as a reader wants them: no decimals once they are large."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:,.2f}"
 
 
 def judge(row: pd.Series | dict[str, Any], baseline: Baseline, fpr: float, *, authorised: bool = False,
