@@ -466,3 +466,21 @@ def test_cli_baseline_build_missing_labels(small_lab):
                                      "--out", work / "x.json", cwd=work))
     assert "labels" in line
     assert not (work / "x.json").exists()
+
+
+def test_templated_substream_in_a_reseller_is_flagged_on_its_own(tmp_path):
+    """A reseller's organic customer traffic with 10 % sweep prompts hidden inside: the account as
+    a whole is busy but unremarkable; its templated sub-stream, judged alone, is extraction."""
+    from distillguard.lab.campaigns import CampaignSpec
+
+    config = TrafficConfig(seed=41, accounts=0, days=4, batch_apps=0, eval_runs=0, researchers=0, power_users=0,
+                           campaigns=(CampaignSpec("mixed", per_day=450, extraction_share=0.10, content="sweep",
+                                                   family=3),))
+    summary = generate(config, tmp_path / "lab")
+    result = scan_paths([summary.events_path], ScanOptions())
+    (reseller,) = result.accounts
+    assert reseller.flagged
+    lead = reseller.to_dict()["reasons"][0]
+    assert lead["signal"] == "templated_substream"
+    assert "sub-stream" in lead["detail"] and 0.05 < lead["value"] < 0.2
+    assert reseller.verdict.p_value <= 0.001

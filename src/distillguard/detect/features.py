@@ -32,7 +32,7 @@ NOVELTY_SIMILARITY = 0.35  # a prompt is "new ground" if no earlier prompt is th
 TEMPLATE_MIN_GROUP = 3
 
 # Numeric features, in a fixed order (the Spark output schema and the baseline both use it).
-FEATURES = (
+BASE_FEATURES = (
     "queries", "distinct_prompts", "span_days", "distinct_per_day", "output_tokens_per_day",
     "cot_count", "grading_count", "identity_count", "datagen_count", "logprobs_count", "tools_count",
     "open_loop_tools_count", "orphan_followup_count",
@@ -40,6 +40,13 @@ FEATURES = (
     "topic_entropy", "novelty_rate", "prada_w", "gap_cv", "regularity", "hour_entropy",
     "top_area", "areas_seen", "repeat_share",
 )
+# The same features for an account's largest templated sub-stream (extraction hidden in a busy,
+# otherwise organic account, such as a reseller's), judged as if it were an account of its own.
+SUBSTREAM_PREFIX = "sub_"
+SUBSTREAM_MIN_QUERIES = 200      # accounts this busy are searched for a sub-stream
+SUBSTREAM_MIN_SIZE = 20          # queries in the sub-stream
+SUBSTREAM_MAX_SHARE = 0.8        # above this the sub-stream is the account, judged as such already
+FEATURES = BASE_FEATURES + tuple(SUBSTREAM_PREFIX + f for f in BASE_FEATURES) + ("substream_share",)
 
 
 def _entropy_bits(counts: np.ndarray) -> float:
@@ -65,7 +72,8 @@ def _elicitation_text(prompts: list[str], systems: list[Any]) -> list[str]:
     return out
 
 
-def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP) -> dict[str, Any]:
+def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP,
+                     substreams: bool = True) -> dict[str, Any]:
     """Numeric features of one account (see ``FEATURES``) plus its recurring template keys."""
     frame = frame.sort_values("t", kind="stable")
     t = frame["t"].to_numpy(dtype=np.float64)
@@ -181,6 +189,19 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
             out["regularity"] = -math.log10(max(cv, 1e-3))
         hours = ((t % 86400.0) // 3600.0).astype(np.int64)
         out["hour_entropy"] = _entropy_bits(np.bincount(hours, minlength=24).astype(np.float64))
+
+    # The largest templated sub-stream, as an account of its own.
+    if substreams and n >= SUBSTREAM_MIN_QUERIES and templated_distinct.any():
+        query_group = labels[query_distinct]
+        templated_queries = templated_distinct[query_distinct]
+        groups, counts = np.unique(query_group[templated_queries], return_counts=True)
+        best = groups[np.argmax(counts)]
+        mask = query_group == best
+        if SUBSTREAM_MIN_SIZE <= mask.sum() <= SUBSTREAM_MAX_SHARE * n:
+            sub = account_features(frame.iloc[np.flatnonzero(mask)], max_tokens_cap=max_tokens_cap, substreams=False)
+            for name in BASE_FEATURES:
+                out[SUBSTREAM_PREFIX + name] = sub[name]
+            out["substream_share"] = float(mask.sum() / n)
     return out
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from distillguard.detect.baseline import Baseline
+from distillguard.detect.features import BASE_FEATURES, SUBSTREAM_PREFIX
 from distillguard.detect.signals import AUTOMATION, COVERAGE, ELICITATION, FAMILIES, HARVEST, SIGNALS
 
 HARVEST_ALPHA = 1e-3
@@ -130,7 +131,30 @@ def judge(row: pd.Series | dict[str, Any], baseline: Baseline, fpr: float, *, au
         reasons.insert(0, Reason("repeated_runs", "info", repeat_share, 1.0,
                                  f"{repeat_share:.0%} of queries repeat an earlier prompt exactly "
                                  f"(benchmark-like re-runs harvest nothing new); not flagged"))
-    return Verdict(p_value=combined, flagged=flagged, status=status, family_p=fam, reasons=tuple(reasons))
+    verdict = Verdict(p_value=combined, flagged=flagged, status=status, family_p=fam, reasons=tuple(reasons))
+    if status == "clear":
+        verdict = _judge_substream(row, baseline, fpr, authorised, verdict)
+    return verdict
+
+
+def _judge_substream(row: Any, baseline: Baseline, fpr: float, authorised: bool, verdict: Verdict) -> Verdict:
+    """Judge the account's largest templated sub-stream as an account of its own.
+
+    Two tests per account now, so each runs at half the false-positive budget.
+    """
+    sub_queries = row.get(SUBSTREAM_PREFIX + "queries", float("nan"))
+    if sub_queries is None or not np.isfinite(sub_queries):
+        return verdict
+    sub_row = {name: row.get(SUBSTREAM_PREFIX + name, float("nan")) for name in BASE_FEATURES}
+    sub = judge(sub_row, baseline, fpr / 2.0, authorised=authorised)
+    if sub.status not in ("flagged", "authorised"):
+        return verdict
+    share = float(row.get("substream_share", float("nan")))
+    lead = Reason("templated_substream", "substream", share, min(1.0, 2.0 * sub.p_value),
+                  f"a templated sub-stream of {int(sub_queries):,} queries ({share:.0%} of this account's traffic) "
+                  f"is flagged on its own:")
+    return Verdict(p_value=min(1.0, 2.0 * sub.p_value), flagged=sub.flagged, status=sub.status,
+                   family_p=sub.family_p, reasons=(lead,) + sub.reasons)
 
 
 def judge_frame(features: pd.DataFrame, baseline: Baseline, fpr: float,
