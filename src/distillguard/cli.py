@@ -322,7 +322,7 @@ def demo(
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: turns our errors into one line and exit code 2."""
     try:
-        app(args=argv)
+        app(args=argv, prog_name="distillguard")
     except DistillguardError as exc:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
