@@ -281,6 +281,9 @@ def _read_allowlist(path: Path) -> frozenset[str]:
 
 def _print_scan(data: dict, limit: int) -> None:
     summary = data["summary"]
+    if not summary["accounts_scanned"]:
+        console.print("No events in the input: nothing to scan.")
+        return
     flagged = [a for a in data["accounts"] if a["flagged"]]
     table = Table(title=f"flagged accounts ({len(flagged)} of {summary['accounts_scanned']:,})")
     for col in ("account", "score", "p-value", "queries", "cluster"):
