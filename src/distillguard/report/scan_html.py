@@ -25,6 +25,15 @@ def _e(x: Any) -> str:
     return html.escape(str(x))
 
 
+def _p(p: float) -> str:
+    """A p-value for people: below double precision it is just 'below 1e-300'."""
+    return "&lt; 1e-300" if p <= 0 else f"{p:.1e}"
+
+
+def _p_phrase(p: float) -> str:
+    return "p &lt; 1e-300" if p <= 0 else f"p = {p:.1e}"
+
+
 def _bars(values: list[int], width: int = 320, height: int = 90, label: str = "") -> str:
     peak = max(values) or 1
     bw = width / max(1, len(values))
@@ -78,7 +87,7 @@ def render_scan_html(result: ScanResult) -> str:
         for c in data["clusters"]:
             verdict = '<span class=flag>flagged</span>' if c["flagged"] else '<span class=ok>clear</span>'
             parts.append(f"<tr><td>{_e(c['cluster'])}<td>{len(c['accounts'])}<td>{verdict}<td class=num>"
-                         f"{c['p_value']:.1e}<td class=num>{c['queries']:,}<td class=num>{c['attribution_confidence']:.2f}"
+                         f"{_p(c['p_value'])}<td class=num>{c['queries']:,}<td class=num>{c['attribution_confidence']:.2f}"
                          f"<td>{'<br>'.join(_e(r['detail']) for r in c['reasons'][:4])}</tr>")
         parts.append("</table>")
     else:
@@ -91,10 +100,11 @@ def render_scan_html(result: ScanResult) -> str:
     for a in flagged:
         p = plots.get(a["account"], {})
         parts.append(f"<div class=acct id='{_e(a['account'])}'><b>{_e(a['account'])}</b> — score {a['score']:.2f}, "
-                     f"p = {a['p_value']:.1e}, {a['queries']:,} queries, {a['completion_tokens']:,} output tokens, "
+                     f"{_p_phrase(a['p_value'])}, {a['queries']:,} queries, {a['completion_tokens']:,} output tokens, "
                      f"{_e(a['first_seen'])} → {_e(a['last_seen'])}"
                      + (f", cluster {_e(a['cluster'])}" if a["cluster"] else "") + "<ul>")
-        parts += [f"<li>{_e(r['detail'])}" + (f" <small>(p = {r['p_value']:.1e})</small>" if r["p_value"] else "")
+        parts += [f"<li>{_e(r['detail'])}" + (f" <small>({_p_phrase(r['p_value'])})</small>"
+                                                 if r["p_value"] is not None and r["signal"] != "repeated_runs" else "")
                   for r in a["reasons"][:8]]
         parts.append("</ul><div class=plots>")
         if p:
@@ -106,7 +116,7 @@ def render_scan_html(result: ScanResult) -> str:
                  "p-value<th class=num>queries<th>strongest evidence</tr>")
     for a in others:
         detail = a["reasons"][0]["detail"] if a["reasons"] else ""
-        parts.append(f"<tr><td>{_e(a['account'])}<td>{_e(a['status'])}<td class=num>{a['p_value']:.1e}"
+        parts.append(f"<tr><td>{_e(a['account'])}<td>{_e(a['status'])}<td class=num>{_p(a['p_value'])}"
                      f"<td class=num>{a['queries']:,}<td>{_e(detail)}</tr>")
     parts.append("</table></html>")
     return "\n".join(parts)
