@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
-import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import orjson
 import pandas as pd
 
-from distillguard.detect.features import FEATURES, account_features
+from distillguard.detect.features import account_features, features_frame
 from distillguard.detect.hydra import AccountIdentity
 from distillguard.store import EventStore
 
@@ -103,7 +101,7 @@ def local_features(store: EventStore, *, max_tokens_cap: int, workers: int = 1,
     finally:
         if pool is not None:
             pool.shutdown()
-    features = pd.DataFrame(rows, index=pd.Index(accounts, name="account"), columns=list(FEATURES))
+    features = features_frame(rows, accounts)
     return features.sort_index(), template_keys
 
 
@@ -168,16 +166,3 @@ def _identity_fields(identity_json: str | None) -> dict[str, Any]:
         except ValueError:
             pass
     return out
-
-
-def hourly_activity(store: EventStore, account: str) -> pd.DataFrame:
-    """Requests and output tokens per hour for one account (for reports)."""
-    return store.con.sql(
-        "SELECT date_trunc('hour', ts) AS hour, count(*) AS requests, coalesce(sum(completion_tokens), 0) AS tokens "
-        f"FROM events WHERE account = {_quote_list([account])} GROUP BY 1 ORDER BY 1").df()
-
-
-def np_nan_to_none(value: Any) -> Any:
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value

@@ -206,9 +206,6 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
 
 
 def features_frame(rows: list[dict[str, Any]], accounts: list[str]) -> pd.DataFrame:
-    """Assemble per-account feature dicts into one frame indexed by account."""
-    frame = pd.DataFrame(rows, index=pd.Index(accounts, name="account"))
-    for name in FEATURES:
-        if name not in frame:
-            frame[name] = np.nan
-    return frame
+    """Assemble per-account feature dicts into one frame indexed by account, columns in
+    ``FEATURES`` order (a feature absent from every row is NaN)."""
+    return pd.DataFrame(rows, index=pd.Index(accounts, name="account"), columns=list(FEATURES))

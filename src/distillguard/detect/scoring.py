@@ -19,7 +19,7 @@ at or below ``fpr``; ``calibration`` in the scan output reports the rate measure
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -164,12 +164,3 @@ def judge_frame(features: pd.DataFrame, baseline: Baseline, fpr: float,
     rows = features.to_dict("index")
     return {account: judge(rows[account], baseline, fpr, authorised=account in allowed, p=p)
             for account, p in zip(p_frame.index, p_frame.to_dict("records"))}
-
-
-@dataclass
-class Calibration:
-    baseline: str
-    target_fpr: float
-    baseline_accounts: int
-    baseline_flag_rate: float | None = None
-    notes: list[str] = field(default_factory=list)
