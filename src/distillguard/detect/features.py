@@ -63,13 +63,14 @@ def _even_sample(n: int, k: int) -> np.ndarray:
     return np.arange(n) if n <= k else np.unique(np.linspace(0, n - 1, k).astype(np.int64))
 
 
-def _elicitation_text(prompts: list[str], systems: list[Any]) -> list[str]:
+def elicitation_text(prompt: str, system: Any) -> str:
     """Lowercased prompt plus system prompt, ends kept: demands sit before or after the payload."""
-    out = []
-    for p, s in zip(prompts, systems):
-        body = p if len(p) <= 1200 else p[:800] + "\n" + p[-400:]
-        out.append((body + ("\n" + s[:500] if isinstance(s, str) and s else "")).lower())
-    return out
+    body = prompt if len(prompt) <= 1200 else prompt[:800] + "\n" + prompt[-400:]
+    return (body + ("\n" + system[:500] if isinstance(system, str) and system else "")).lower()
+
+
+def _elicitation_text(prompts: list[str], systems: list[Any]) -> list[str]:
+    return [elicitation_text(p, s) for p, s in zip(prompts, systems)]
 
 
 def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP,

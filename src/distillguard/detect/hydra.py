@@ -57,7 +57,7 @@ def email_pattern(email: str | None) -> str | None:
     return _DIGITS.sub("#", local) + "@" + domain
 
 
-def _attributes(ident: AccountIdentity) -> Iterable[tuple[str, Any]]:
+def attributes(ident: AccountIdentity) -> Iterable[tuple[str, Any]]:
     for prefix in ident.ip24:
         yield "ip24", prefix
     if ident.payment:
@@ -79,7 +79,7 @@ def link_graph(identities: list[AccountIdentity]) -> nx.Graph:
     """Accounts as nodes; an edge where shared evidence weighs at least ``EDGE_WEIGHT``."""
     by_value: dict[tuple[str, Any], list[int]] = defaultdict(list)
     for i, ident in enumerate(identities):
-        for attr in set(_attributes(ident)):
+        for attr in set(attributes(ident)):
             by_value[attr].append(i)
     shared: dict[tuple[int, int], set[str]] = defaultdict(set)
     for (kind, _), members in by_value.items():
@@ -88,21 +88,29 @@ def link_graph(identities: list[AccountIdentity]) -> nx.Graph:
                 shared[(a, b)].add(kind)
     graph = nx.Graph()
     for (a, b), kinds in shared.items():
-        strong = sum(1 for k in kinds if k in STRONG)
-        if strong == 0:
-            continue
-        weight = sum(STRONG.get(k, 0.0) + WEAK.get(k, 0.0) for k in kinds)
-        if strong < 2 and weight + WEAK["sync"] < EDGE_WEIGHT_ONE_STRONG:
-            continue
-        hours_a, hours_b = identities[a].active_hours, identities[b].active_hours
-        if hours_a and hours_b:
-            overlap = len(hours_a & hours_b) / len(hours_a | hours_b)
-            if overlap >= SYNC_JACCARD:
-                kinds = kinds | {"sync"}
-                weight += WEAK["sync"]
-        if strong >= 2 or weight >= EDGE_WEIGHT_ONE_STRONG:
-            graph.add_edge(identities[a].account, identities[b].account, weight=weight, kinds=sorted(kinds))
+        edge = edge_evidence(kinds, identities[a].active_hours, identities[b].active_hours)
+        if edge is not None:
+            graph.add_edge(identities[a].account, identities[b].account, weight=edge[0], kinds=edge[1])
     return graph
+
+
+def edge_evidence(kinds: set[str], hours_a: frozenset[int], hours_b: frozenset[int]) -> tuple[float, list[str]] | None:
+    """The link between two accounts sharing attribute ``kinds``: (weight, kinds) or None.
+
+    The one edge rule, used by the batch scan and by the gateway's live clustering.
+    """
+    strong = sum(1 for k in kinds if k in STRONG)
+    if strong == 0:
+        return None
+    weight = sum(STRONG.get(k, 0.0) + WEAK.get(k, 0.0) for k in kinds)
+    if strong < 2 and weight + WEAK["sync"] < EDGE_WEIGHT_ONE_STRONG:
+        return None
+    if hours_a and hours_b and len(hours_a & hours_b) / len(hours_a | hours_b) >= SYNC_JACCARD:
+        kinds = kinds | {"sync"}
+        weight += WEAK["sync"]
+    if strong >= 2 or weight >= EDGE_WEIGHT_ONE_STRONG:
+        return weight, sorted(kinds)
+    return None
 
 
 @dataclass(frozen=True)

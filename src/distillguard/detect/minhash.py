@@ -69,6 +69,17 @@ def minhash_signatures(shingle_sets: Sequence[Sequence[int]], num_perm: int = NU
     return out
 
 
+def signature_one(shingles: Sequence[int], num_perm: int = NUM_PERM, seed: int = 1) -> np.ndarray:
+    """The MinHash signature of one shingle set (what :func:`minhash_signatures` gives for a
+    one-element list, without its batching machinery: the gateway's per-request path)."""
+    if not shingles:
+        return np.full(num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
+    a, b = permutations(num_perm, seed)
+    with np.errstate(over="ignore"):
+        mixed = _fmix32(np.asarray(shingles, dtype=np.uint32))
+        return (mixed[:, None] * a[None, :] + b[None, :]).min(axis=0)
+
+
 def _reduce_min(reduced: np.ndarray, owner: np.ndarray, values: np.ndarray) -> None:
     """reduced[o] = min(reduced[o], values of rows owned by o); owners are sorted."""
     boundaries = np.flatnonzero(np.diff(owner)) + 1

@@ -61,7 +61,7 @@ class Verdict:
     @property
     def score(self) -> float:
         """Higher for more likely extraction: 1 - p, kept distinguishable near 1 by a log scale."""
-        return float(min(1.0, -math.log10(max(self.p_value, 1e-300)) / 12.0))
+        return float(min(1.0, max(0.0, -math.log10(max(self.p_value, 1e-300)) / 12.0)))
 
 
 def _clean(x: float) -> float | None:

@@ -36,6 +36,10 @@ def _ddl() -> str:
     return "CREATE TABLE IF NOT EXISTS events (" + ", ".join(cols) + ")"
 
 
+_API_KEYS_DDL = ("CREATE TABLE IF NOT EXISTS api_keys (key_sha256 VARCHAR PRIMARY KEY, account VARCHAR NOT NULL, "
+                 "identity VARCHAR, created TIMESTAMP, revoked BOOLEAN)")
+
+
 @dataclass
 class IngestResult:
     read: int = 0        # rows offered
@@ -70,6 +74,7 @@ class EventStore:
         self.run(f"SET memory_limit = '{memory_limit}'")
         if not read_only:
             self.run(_ddl())
+            self.run(_API_KEYS_DDL)
             self._add_missing_columns()
         elif not self._has_events_table():
             raise BadInputError("DuckDB file has no 'events' table", source=self.path)
@@ -101,6 +106,20 @@ class EventStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- API keys (the gateway maps a key to its account; only a SHA-256 of the key is kept) -------
+    def api_keys(self) -> list[tuple[str, str, str | None]]:
+        """(key_sha256, account, identity JSON) of every key not revoked."""
+        if not self.run("SELECT count(*) FROM information_schema.tables WHERE table_name = 'api_keys'")[0][0]:
+            return []
+        return self.run("SELECT key_sha256, account, identity FROM api_keys WHERE NOT revoked ORDER BY created")
+
+    def put_api_key(self, key_sha256: str, account: str, identity: str | None = None) -> None:
+        self.run("INSERT OR REPLACE INTO api_keys VALUES (?, ?, ?, now(), false)", [key_sha256, account, identity])
+
+    def revoke_api_key(self, key_sha256: str) -> bool:
+        rows = self.run("UPDATE api_keys SET revoked = true WHERE key_sha256 = ? AND NOT revoked", [key_sha256])
+        return bool(rows and rows[0][0])
 
     def count(self) -> int:
         return int(self.run("SELECT count(*) FROM events")[0][0])

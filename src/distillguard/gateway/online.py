@@ -1,0 +1,287 @@
+"""Online scoring: the scan's signals, kept per account in bounded sketches, updated per request.
+
+Each request is read once (:func:`read_request`: cues, style, area, template band keys, a prompt
+hash); the account's :class:`AccountState` folds it into fixed-size counters and sketches:
+
+* a Bloom filter of prompt hashes (repeats, and the distinct-prompt count from its fill),
+* a ring of the band keys of the last ``RING`` distinct prompts (templates: a prompt is templated
+  when it shares a band with two or more of them, as in the batch scan's groups of three),
+* topic-breadth windows of ``BREADTH_SAMPLE`` distinct prompts, hour-of-day and inter-arrival
+  moments (Welford).
+
+:meth:`AccountState.features` rebuilds the scan's feature row (``BASE_FEATURES``), so the live
+verdict is the batch verdict's test, against the same baseline, at the same false-positive rate.
+State is a few numpy arrays and one bytearray: under 8 KB an account, whatever its traffic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+from array import array
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from distillguard.detect import text as tx
+from distillguard.detect.baseline import Baseline
+from distillguard.detect.features import (BREADTH_SAMPLE, BREADTH_WINDOWS, TEMPLATE_MIN_GROUP, _entropy_bits,
+                                          elicitation_text)
+from distillguard.detect.minhash import band_keys, signature_one, template_shingles
+from distillguard.detect.scoring import Verdict, judge
+from distillguard.events.schema import PromptView
+
+N_AREAS = len(tx.AREA_LIST)
+BLOOM_BITS = 16384          # 2 KB
+BLOOM_HASHES = 3
+RING = 32                   # distinct prompts whose template bands are remembered
+N_BANDS = 16
+
+# Slots of the counter vector.
+_NAMES = ("queries", "distinct_seen", "repeats0", "out_tokens_distinct", "cot", "grading", "identity", "datagen",
+          "logprobs", "tools", "open_loop_tools", "orphan_followup", "near_cap", "single_turn", "templated",
+          "impersonal", "gap_n", "gap_mean", "gap_m2", "first_t", "last_t", "windows", "window_entropy_sum",
+          "window_fill", "areas_distinct", "ring_next", "ring_fill")
+S = {name: i for i, name in enumerate(_NAMES)}
+_HOURS = len(_NAMES)
+_AREAS = _HOURS + 24
+_WINDOW = _AREAS + N_AREAS
+_SIZE = _WINDOW + N_AREAS
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What one request contributes to its account's state (computed once per request)."""
+
+    prompt_hash: int
+    bloom_bits: tuple[int, ...]
+    keys: np.ndarray          # (N_BANDS,) uint32 template band keys (0: too short to be a template)
+    cot: bool
+    grading: bool
+    identity: bool
+    datagen: bool
+    logprobs: bool
+    tools: bool
+    open_loop_tools: bool
+    orphan_followup: bool
+    near_cap: bool
+    single_turn: bool
+    impersonal: bool
+    temperature0: bool
+    area: int
+
+
+def read_request(view: PromptView, max_tokens_cap: int) -> RequestFacts:
+    prompt = view.prompt_text or ""
+    digest = hashlib.blake2b(prompt.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    h = int.from_bytes(digest, "little")
+    bits = tuple((h >> (20 * i)) % BLOOM_BITS for i in range(BLOOM_HASHES))
+    cue = elicitation_text(prompt, view.system_prompt)
+    cues = [bool(tx.has(pattern, [cue])[0]) for pattern in
+            (tx.COT_ELICITATION, tx.GRADING, tx.IDENTITY_PROBE, tx.DATA_GENERATION)]
+    keys = band_keys(signature_one(template_shingles(prompt))[None, :])[0]
+    keys32 = (keys ^ (keys >> np.uint64(32))).astype(np.uint32)
+    keys32[keys == 0] = 0
+    has_system = view.system_prompt is not None
+    single = view.n_turns <= 1
+    followup = bool(tx.followup_opening([prompt])[0])
+    return RequestFacts(
+        prompt_hash=h, bloom_bits=bits, keys=keys32, cot=cues[0], grading=cues[1], identity=cues[2],
+        datagen=cues[3], logprobs=view.logprobs, tools=view.has_tools,
+        open_loop_tools=view.has_tools and view.n_messages <= view.n_turns + has_system,
+        orphan_followup=single and view.n_messages <= 1 + has_system and followup,
+        near_cap=view.max_tokens is not None and view.max_tokens >= 0.9 * max_tokens_cap,
+        single_turn=single, impersonal=not bool(tx.human_style([prompt])[0]),
+        temperature0=view.temperature == 0.0, area=tx.area_index(prompt))
+
+
+# Counters a request adds one to when its fact holds (fact name == slot name).
+_FLAG_SLOTS = tuple((name, S[name]) for name in ("cot", "grading", "identity", "datagen", "logprobs", "tools",
+                                                 "open_loop_tools", "orphan_followup", "near_cap", "single_turn",
+                                                 "impersonal"))
+_Q, _GAP_N, _GAP_MEAN, _GAP_M2, _FIRST, _LAST = (S[k] for k in ("queries", "gap_n", "gap_mean", "gap_m2", "first_t",
+                                                                 "last_t"))
+
+
+class AccountState:
+    """Bounded per-account state; ``update`` per request, ``features`` rebuilds the scan's row.
+
+    Counters live in an ``array('d')`` (compact like numpy, but fast for the scalar updates a
+    request makes); the template ring is a small numpy matrix compared in one operation.
+    """
+
+    __slots__ = ("v", "bloom", "ring", "verdict", "elevated", "scored_at", "template_keys", "attrs")
+
+    def __init__(self) -> None:
+        self.v = array("d", bytes(8 * _SIZE))
+        self.bloom = bytearray(BLOOM_BITS // 8)
+        self.ring = np.zeros((RING, N_BANDS), dtype=np.uint32)
+        self.verdict: Verdict | None = None
+        self.elevated = False         # the last verdict passes at a looser false-positive rate
+        self.scored_at = 0.0          # query count at the last full verdict
+        self.template_keys: tuple[int, ...] = ()   # recurring template bands (for hydra links)
+        self.attrs: frozenset[int] = frozenset()   # hashed link attributes (hydra)
+
+    @property
+    def queries(self) -> int:
+        return int(self.v[_Q])
+
+    def _bloom_add(self, bits: tuple[int, ...]) -> bool:
+        """Add to the Bloom filter; True when the prompt was (probably) seen before."""
+        bloom = self.bloom
+        seen = True
+        for b in bits:
+            byte, mask = b >> 3, 1 << (b & 7)
+            if not bloom[byte] & mask:
+                seen = False
+                bloom[byte] |= mask
+        return seen
+
+    def update(self, facts: RequestFacts, ts: float) -> tuple[bool, tuple[int, ...]]:
+        """Fold one request in. Returns whether the prompt was seen before, and the template bands
+        that just became recurring in this account (for hydra links)."""
+        v = self.v
+        n = v[_Q]
+        if n == 0:
+            v[_FIRST] = ts
+        else:
+            gap = max(0.0, ts - v[_LAST])
+            k = v[_GAP_N] + 1
+            delta = gap - v[_GAP_MEAN]
+            v[_GAP_MEAN] += delta / k
+            v[_GAP_M2] += delta * (gap - v[_GAP_MEAN])
+            v[_GAP_N] = k
+        if ts > v[_LAST]:
+            v[_LAST] = ts
+        v[_Q] = n + 1
+        v[_HOURS + int((ts % 86400.0) // 3600.0)] += 1
+        for name, slot in _FLAG_SLOTS:
+            if getattr(facts, name):
+                v[slot] += 1
+        seen = self._bloom_add(facts.bloom_bits)
+        if seen and facts.temperature0:
+            v[S["repeats0"]] += 1
+        new_recurring: tuple[int, ...] = ()
+        keys = facts.keys
+        if keys.any():
+            fill = int(v[S["ring_fill"]])
+            ring = self.ring[:fill]
+            matches = ((ring == keys[None, :]) & (keys[None, :] != 0)).any(axis=1)
+            matched = int(matches.sum())
+            # A new prompt joins a group of TEMPLATE_MIN_GROUP with that many minus one earlier
+            # prompts; a repeat finds its own first copy in the ring too.
+            if matched >= (TEMPLATE_MIN_GROUP if seen else TEMPLATE_MIN_GROUP - 1):
+                v[S["templated"]] += 1
+            if not seen:
+                if matched + 1 >= TEMPLATE_MIN_GROUP:
+                    per_band = (ring[matches] == keys[None, :]).sum(axis=0) + 1
+                    recurring = keys[(per_band >= TEMPLATE_MIN_GROUP) & (keys != 0)].tolist()
+                    fresh = tuple(sorted(set(recurring) - set(self.template_keys)))
+                    if fresh:
+                        self.template_keys = (self.template_keys + fresh)[-8:]
+                        new_recurring = fresh
+                slot = int(v[S["ring_next"]])
+                self.ring[slot] = keys
+                v[S["ring_next"]] = (slot + 1) % RING
+                v[S["ring_fill"]] = min(RING, fill + 1)
+        if not seen:
+            v[S["distinct_seen"]] += 1
+            if v[S["areas_distinct"]] < BREADTH_SAMPLE * BREADTH_WINDOWS:
+                v[S["areas_distinct"]] += 1
+                v[_AREAS + facts.area] += 1
+                v[_WINDOW + facts.area] += 1
+                v[S["window_fill"]] += 1
+                if v[S["window_fill"]] >= BREADTH_SAMPLE:
+                    window = np.frombuffer(v, dtype=np.float64)[_WINDOW:_WINDOW + N_AREAS]
+                    v[S["window_entropy_sum"]] += _entropy_bits(window.copy())
+                    v[S["windows"]] += 1
+                    window[:] = 0
+                    v[S["window_fill"]] = 0
+        return seen, new_recurring
+
+    def add_output(self, completion_tokens: int, repeat: bool) -> None:
+        """Output tokens of an answered request (counted toward harvest when the prompt was new)."""
+        if not repeat and completion_tokens > 0:
+            self.v[S["out_tokens_distinct"]] += completion_tokens
+
+    def distinct_estimate(self) -> float:
+        """Distinct prompts: the Bloom filter's fill-based estimate (exact count while sparse)."""
+        counted = self.v[S["distinct_seen"]]
+        if counted <= 500:
+            return counted
+        fraction = min(_popcount(self.bloom) / BLOOM_BITS, 1.0 - 1e-9)
+        return max(counted, -BLOOM_BITS / BLOOM_HASHES * math.log(1.0 - fraction))
+
+    def features(self) -> dict[str, float]:
+        return features_of(np.frombuffer(self.v, dtype=np.float64), self.distinct_estimate())
+
+    def memory_bytes(self) -> int:
+        """Bytes held by this state (the containers and what they hold)."""
+        return (sys.getsizeof(self) + sys.getsizeof(self.v) + sys.getsizeof(self.bloom)
+                + sys.getsizeof(self.ring) + sys.getsizeof(self.template_keys) + 32 * len(self.template_keys)
+                + sys.getsizeof(self.attrs) + 32 * len(self.attrs))
+
+
+def _popcount(bits: bytearray) -> int:
+    return int.from_bytes(bits, "little").bit_count()
+
+
+def features_of(v: np.ndarray, distinct: float) -> dict[str, float]:
+    """The scan's feature row (``BASE_FEATURES``) from a counter vector."""
+    nan = float("nan")
+    n = float(v[S["queries"]])
+    span_days = max(1.0, (v[S["last_t"]] - v[S["first_t"]]) / 86400.0)
+    out = {"queries": n, "distinct_prompts": distinct, "span_days": span_days,
+           "distinct_per_day": distinct / span_days,
+           "output_tokens_per_day": float(v[S["out_tokens_distinct"]]) / span_days,
+           "repeat_share": float(v[S["repeats0"]]) / n if n else 0.0}
+    for feature, slot in (("cot_count", "cot"), ("grading_count", "grading"), ("identity_count", "identity"),
+                          ("datagen_count", "datagen"), ("logprobs_count", "logprobs"), ("tools_count", "tools"),
+                          ("open_loop_tools_count", "open_loop_tools"), ("orphan_followup_count", "orphan_followup"),
+                          ("near_cap_count", "near_cap"), ("single_turn_count", "single_turn"),
+                          ("templated_count", "templated"), ("impersonal_count", "impersonal")):
+        out[feature] = float(v[S[slot]])
+    windows = v[S["windows"]]
+    out["topic_entropy"] = float(v[S["window_entropy_sum"]] / windows) if windows else nan
+    areas = v[_AREAS:_AREAS + N_AREAS]
+    out["areas_seen"] = float((areas > 0).sum())
+    out["top_area"] = float(np.argmax(areas))
+    out["novelty_rate"] = nan
+    out["prada_w"] = nan
+    out["gap_cv"] = out["regularity"] = out["hour_entropy"] = nan
+    if n >= 10:
+        gap_n, mean = v[S["gap_n"]], v[S["gap_mean"]]
+        if mean > 0 and gap_n > 0:
+            cv = math.sqrt(max(v[S["gap_m2"]] / gap_n, 0.0)) / mean
+            out["gap_cv"] = cv
+            out["regularity"] = -math.log10(max(cv, 1e-3))
+        out["hour_entropy"] = _entropy_bits(v[_HOURS:_HOURS + 24].copy())
+    return out
+
+
+def merged_features(states: list[AccountState]) -> dict[str, float]:
+    """Features of several accounts taken as one actor (hydra clusters).
+
+    Counters add; topic breadth is the windows' mean over members; cadence is not mergeable from
+    per-account moments, so the cluster is judged without it (a conservative choice).
+    """
+    v = np.sum([np.frombuffer(s.v, dtype=np.float64) for s in states], axis=0)
+    v[S["first_t"]] = min(s.v[S["first_t"]] for s in states)
+    v[S["last_t"]] = max(s.v[S["last_t"]] for s in states)
+    v[S["gap_n"]] = 0
+    union = 0
+    for s in states:
+        union |= int.from_bytes(s.bloom, "little")
+    set_bits = union.bit_count()
+    fraction = min(set_bits / BLOOM_BITS, 1.0 - 1e-9)
+    distinct = max(min(float(v[S["distinct_seen"]]), -BLOOM_BITS / BLOOM_HASHES * math.log(1.0 - fraction)),
+                   max(s.distinct_estimate() for s in states))
+    out = features_of(v, distinct)
+    out["gap_cv"] = out["regularity"] = float("nan")
+    return out
+
+
+def verdict_for(features: dict[str, Any], baseline: Baseline, fpr: float, authorised: bool) -> Verdict:
+    return judge(features, baseline, fpr, authorised=authorised)

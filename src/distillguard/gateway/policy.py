@@ -1,0 +1,286 @@
+"""Policy: from an account's live risk to an action, with a reason code and an explanation.
+
+Actions, weakest to strongest: ``allow``, ``modify`` (strip ``logprobs``/``top_logprobs`` or
+reasoning fields, shorten ``max_tokens``, route to a watermark cohort), ``throttle`` (token
+buckets per account and per cluster, on requests and on tokens) and ``block``. The first rule
+whose condition holds applies; manual actions from the admin API come first, the allowlist
+exempts an account from everything but manual blocks. In ``shadow`` mode decisions are made
+and logged but never acted on.
+
+Reason codes are stable strings a client or an analyst can match on; every non-allow decision
+also carries a sentence a person can read.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from distillguard.detect.scoring import Verdict
+from distillguard.gateway.scorer import Assessment
+
+CONDITIONS = ("flagged", "cluster_flagged", "elevated", "any")
+ACTIONS = ("block", "throttle", "strip_logprobs", "strip_reasoning", "cap_max_tokens", "cohort")
+_RANK = {"allow": 0, "modify": 1, "throttle": 2, "block": 3}
+
+
+@dataclass(frozen=True)
+class Limits:
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {"requests_per_minute": self.requests_per_minute, "tokens_per_minute": self.tokens_per_minute}
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    when: str                                   # one of CONDITIONS
+    actions: tuple[str, ...]
+    limits: Limits = Limits()
+    max_tokens: int | None = None
+    cohort: str | None = None
+
+
+DEFAULT_RULES = (
+    Rule("flagged", "flagged", ("block",)),
+    Rule("cluster_flagged", "cluster_flagged", ("block",)),
+    Rule("elevated", "elevated", ("throttle", "strip_logprobs", "strip_reasoning", "cap_max_tokens", "cohort"),
+         limits=Limits(requests_per_minute=30, tokens_per_minute=30_000), max_tokens=1024, cohort="watch"),
+)
+
+
+@dataclass
+class PolicyConfig:
+    mode: str = "enforce"                      # enforce | shadow
+    fail: str = "open"                         # open | closed: what an internal error does
+    limits: Limits = Limits()                  # everyone (None: unlimited)
+    cluster_limits: Limits = Limits()          # every hydra cluster, summed over its members
+    rules: tuple[Rule, ...] = DEFAULT_RULES
+    cohorts: int = 8                           # default watermark cohorts (by account hash)
+
+
+@dataclass
+class Decision:
+    action: str = "allow"
+    codes: list[str] = field(default_factory=list)
+    explanation: str = ""
+    strip_logprobs: bool = False
+    strip_reasoning: bool = False
+    max_tokens: int | None = None
+    cohort: str | None = None
+    retry_after: float | None = None
+    enforced: bool = True
+    rule: str | None = None
+    _buckets: list = field(default_factory=list, repr=False)   # request buckets consulted
+
+    def escalate(self, action: str) -> None:
+        if _RANK[action] > _RANK[self.action]:
+            self.action = action
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"action": self.action, "enforced": self.enforced}
+        if self.codes:
+            out["codes"] = self.codes
+        if self.explanation:
+            out["explanation"] = self.explanation
+        if self.rule:
+            out["rule"] = self.rule
+        if self.cohort:
+            out["cohort"] = self.cohort
+        if self.max_tokens is not None:
+            out["max_tokens"] = self.max_tokens
+        if self.retry_after is not None:
+            out["retry_after_s"] = round(self.retry_after, 2)
+        return out
+
+
+class TokenBucket:
+    """Rate per minute with a burst of one minute's worth; ``charge`` may run it into debt."""
+
+    __slots__ = ("rate", "capacity", "level", "stamp")
+
+    def __init__(self, per_minute: float, now: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, float(per_minute))
+        self.level = self.capacity
+        self.stamp = now
+
+    def _refill(self, now: float) -> None:
+        if now > self.stamp:
+            self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+            self.stamp = now
+
+    def wait(self, cost: float, now: float) -> float:
+        """Seconds until ``cost`` fits (0 if it fits now)."""
+        self._refill(now)
+        if self.level >= cost or self.level >= self.capacity:
+            return 0.0
+        return (min(cost, self.capacity) - self.level) / self.rate if self.rate > 0 else math.inf
+
+    def take(self, cost: float, now: float) -> None:
+        self._refill(now)
+        self.level -= cost
+
+
+@dataclass
+class ManualAction:
+    action: str                       # block | throttle | allow
+    reason: str
+    limits: Limits = Limits()
+    set_at: float = 0.0
+    expires_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "reason": self.reason, "limits": self.limits.to_dict(),
+                "set_at": self.set_at, "expires_at": self.expires_at}
+
+
+def _top_reasons(verdict: Verdict, k: int = 2) -> str:
+    details = [r.detail for r in verdict.reasons if r.family != "info"][:k]
+    return "; ".join(details)
+
+
+class Policy:
+    def __init__(self, config: PolicyConfig, allowlist: set[str] | None = None) -> None:
+        self.config = config
+        self.allowlist = allowlist if allowlist is not None else set()
+        self.manual: dict[str, ManualAction] = {}
+        self._buckets: dict[tuple[str, str, str], TokenBucket] = {}
+
+    def cohort_of(self, account: str) -> str:
+        """Default watermark cohort: a stable hash of the account."""
+        return f"cohort-{zlib.crc32(account.encode('utf-8', 'surrogatepass')) % max(1, self.config.cohorts)}"
+
+    # -- throttling ---------------------------------------------------------------------------
+    def _bucket(self, scope: str, name: str, what: str, per_minute: float, now: float) -> TokenBucket:
+        key = (scope, name, what)
+        bucket = self._buckets.get(key)
+        if bucket is None or abs(bucket.capacity - max(1.0, per_minute)) > 1e-9:
+            bucket = self._buckets[key] = TokenBucket(per_minute, now)
+        return bucket
+
+    def _check_limits(self, decision: Decision, scope: str, name: str, limits: Limits, now: float,
+                      tokens_wanted: float) -> None:
+        for what, per_minute, cost in (("requests", limits.requests_per_minute, 1.0),
+                                       ("tokens", limits.tokens_per_minute, tokens_wanted)):
+            if per_minute is None:
+                continue
+            bucket = self._bucket(scope, name, what, per_minute, now)
+            wait = bucket.wait(cost, now)
+            if what == "requests":
+                decision._buckets.append(bucket)
+            if wait > 0:
+                decision.escalate("throttle")
+                decision.codes.append(f"rate_limit_{scope}_{what}")
+                decision.retry_after = max(decision.retry_after or 0.0, wait)
+                if not decision.explanation:
+                    decision.explanation = (f"{scope} {name!r} is limited to {per_minute:g} {what} per minute; "
+                                            f"retry in {wait:.1f} s")
+
+    def charge_tokens(self, account: str, cluster: str | None, tokens: float, now: float | None = None) -> None:
+        """Count an answered request's tokens against the token buckets that exist for it (they
+        may go into debt: the next request waits until the debt is paid)."""
+        now = time.monotonic() if now is None else now
+        for scope, name in (("account", account), ("cluster", cluster)):
+            if name is None:
+                continue
+            bucket = self._buckets.get((scope, name, "tokens"))
+            if bucket is not None:
+                bucket.take(float(tokens), now)
+
+    # -- the decision -------------------------------------------------------------------------
+    def decide(self, a: Assessment, *, now: float | None = None, tokens_wanted: float = 0.0) -> Decision:
+        """The action for one request; ``tokens_wanted`` is checked against token buckets (by
+        default 0: a token bucket refuses only while it is in debt from answered requests)."""
+        now = time.monotonic() if now is None else now
+        d = Decision(cohort=self.cohort_of(a.account), enforced=self.config.mode != "shadow")
+        manual = self.manual.get(a.account)
+        if manual is not None and manual.expires_at is not None and manual.expires_at < time.time():
+            self.manual.pop(a.account, None)
+            manual = None
+        if manual is not None and manual.action == "block":
+            d.escalate("block")
+            d.codes.append("manual_block")
+            d.explanation = f"account {a.account!r} is blocked by an operator: {manual.reason}"
+            d.rule = "manual"
+            return d
+        if a.account in self.allowlist:
+            d.codes.append("authorised")
+            return d
+        if manual is not None and manual.action == "allow":
+            return d
+        if manual is not None and manual.action == "throttle":
+            d.rule = "manual"
+            self._check_limits(d, "account", a.account, manual.limits, now, tokens_wanted)
+            if d.action == "throttle":
+                d.codes.insert(0, "manual_throttle")
+                d.explanation = f"an operator limits this account ({manual.reason}); " + d.explanation
+                return self._admit(d, now)
+        self._check_limits(d, "account", a.account, self.config.limits, now, tokens_wanted)
+        if a.cluster is not None:
+            self._check_limits(d, "cluster", a.cluster, self.config.cluster_limits, now, tokens_wanted)
+        for rule in self.config.rules:
+            if self._holds(rule.when, a):
+                self._apply(rule, d, a, now, tokens_wanted)
+                break
+        return self._admit(d, now)
+
+    def _admit(self, d: Decision, now: float) -> Decision:
+        """A request that goes through takes one token from each request bucket it was checked
+        against (refused ones take nothing: being throttled does not extend the wait)."""
+        if d.action not in ("throttle", "block") or not d.enforced:
+            for bucket in d._buckets:
+                bucket.take(1.0, now)
+        return d
+
+    @staticmethod
+    def _holds(when: str, a: Assessment) -> bool:
+        if when == "any":
+            return True
+        if when == "flagged":
+            return a.verdict.flagged
+        if when == "cluster_flagged":
+            return a.cluster_verdict is not None and a.cluster_verdict.flagged
+        if when == "elevated":
+            return a.elevated
+        return False
+
+    def _apply(self, rule: Rule, d: Decision, a: Assessment, now: float, tokens_wanted: float) -> None:
+        d.rule = rule.name
+        code = {"flagged": "extraction_flagged", "cluster_flagged": "cluster_flagged",
+                "elevated": "elevated_risk"}.get(rule.when, rule.name)
+        verdict = a.cluster_verdict if rule.when == "cluster_flagged" and a.cluster_verdict else a.verdict
+        why = _top_reasons(verdict)
+        subject = (f"account {a.account!r}" if rule.when != "cluster_flagged"
+                   else f"account {a.account!r} belongs to cluster {a.cluster} ({a.cluster_size} accounts, "
+                        f"attribution confidence {a.cluster_confidence:.0%})")
+        p_text = f"p = {verdict.p_value:.1e}" if verdict.p_value > 0 else "p < 1e-300"
+        if "block" in rule.actions:
+            d.escalate("block")
+            d.codes.insert(0, code)
+            d.explanation = f"{subject} is flagged for model extraction ({p_text}): {why}"
+            return
+        modified = False
+        if "throttle" in rule.actions:
+            self._check_limits(d, "account", a.account, rule.limits, now, tokens_wanted)
+        if "strip_logprobs" in rule.actions:
+            d.strip_logprobs = modified = True
+        if "strip_reasoning" in rule.actions:
+            d.strip_reasoning = modified = True
+        if "cap_max_tokens" in rule.actions and rule.max_tokens:
+            d.max_tokens = rule.max_tokens
+            modified = True
+        if "cohort" in rule.actions and rule.cohort:
+            d.cohort = rule.cohort
+            modified = True
+        if modified:
+            d.escalate("modify")
+        if d.action != "allow":
+            d.codes.insert(0, code)
+            lead = f"{subject} shows elevated extraction risk ({p_text}): {why}"
+            d.explanation = lead + ("; " + d.explanation if d.explanation else "")

@@ -1,0 +1,304 @@
+"""The gateway's live risk: per-account online state, hydra links across accounts, verdicts.
+
+``LiveScorer.observe`` is called once per request. It folds the request into the account's
+bounded state (:mod:`distillguard.gateway.online`), links the account to others that share
+infrastructure, identity or templates (the batch scan's edge rule,
+:func:`distillguard.detect.hydra.edge_evidence`), and returns the account's verdict and, when it
+belongs to a cluster of ``MIN_CLUSTER`` or more, the cluster's verdict (the members' states
+merged and judged as one actor).
+
+Verdicts are the batch scan's test (:func:`distillguard.detect.scoring.judge`) at the same
+false-positive rate. A full verdict costs a few hundred microseconds, so it is recomputed on a
+schedule: every query while harvest is significant and the account is young, then as traffic
+grows (1% steps while harvesting, 10% otherwise). Harvest itself is checked on every query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from distillguard.detect.baseline import Baseline
+from distillguard.detect.hydra import CREATED_BUCKET_S, MAX_GROUP, MIN_CLUSTER, edge_evidence, email_pattern
+from distillguard.detect.scoring import HARVEST_ALPHA, Verdict, judge
+from distillguard.detect.signals import HARVEST, SIGNALS
+from distillguard.gateway.online import _HOURS, AccountState, RequestFacts, merged_features
+
+_KINDS = ("template", "payment", "ip24", "email_pattern", "org", "user_agent", "created_burst")
+_KIND_BITS = 3
+_HARVEST_SIGNALS = tuple(s for s in SIGNALS if s.family == HARVEST)
+YOUNG = 200     # queries during which a harvesting account is re-judged on every query
+ELEVATED_FACTOR = 10.0
+
+
+def _attr(kind: str, value: Any) -> int:
+    digest = hashlib.blake2b(f"{kind}\x00{value}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return (int.from_bytes(digest, "little") >> _KIND_BITS << _KIND_BITS) | _KINDS.index(kind)
+
+
+def _kind(attr: int) -> str:
+    return _KINDS[attr & ((1 << _KIND_BITS) - 1)]
+
+
+def ip24(ip: str | None) -> str | None:
+    """The /24 (IPv4) or /48 (IPv6) network of a client address."""
+    if not ip:
+        return None
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    prefix = 24 if addr.version == 4 else 48
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+
+
+INSUFFICIENT = Verdict(p_value=1.0, flagged=False, status="insufficient_data", family_p={}, reasons=())
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What the policy reads for one request."""
+
+    account: str
+    queries: int
+    verdict: Verdict
+    elevated: bool                  # passes the test at ELEVATED_FACTOR x the false-positive rate
+    cluster: str | None = None
+    cluster_size: int = 0
+    cluster_verdict: Verdict | None = None
+    cluster_confidence: float = 0.0
+    repeat: bool = False            # the prompt was seen before in this account
+
+
+class _Cluster:
+    __slots__ = ("name", "members", "verdict", "scored_at", "edges", "strong")
+
+    def __init__(self, name: str, members: set[str]) -> None:
+        self.name = name
+        self.members = members
+        self.verdict: Verdict | None = None
+        self.scored_at = 0.0
+        self.edges = 0
+        self.strong = 0.0
+
+
+class LiveScorer:
+    def __init__(self, baseline: Baseline, fpr: float, *, allowlist: set[str] | None = None,
+                 max_tokens_cap: int | None = None) -> None:
+        self.baseline = baseline
+        self.fpr = fpr
+        self.allowlist = allowlist if allowlist is not None else set()
+        self.max_tokens_cap = max_tokens_cap or baseline.max_tokens_cap
+        self.accounts: dict[str, AccountState] = {}
+        self._by_attr: dict[int, list[str]] = {}
+        self._parent: dict[str, str] = {}          # union-find over linked accounts
+        self._clusters: dict[str, _Cluster] = {}   # root -> cluster (components of MIN_CLUSTER+)
+        self._cluster_seq = 0
+        self.lock = threading.Lock()
+
+    # -- per request -----------------------------------------------------------------------
+    def observe(self, account: str, facts: RequestFacts, ts: float, *, ip: str | None = None,
+                user_agent: str | None = None, identity: dict[str, Any] | None = None) -> Assessment:
+        with self.lock:
+            state = self.accounts.get(account)
+            if state is None:
+                state = self.accounts[account] = AccountState()
+            repeat, new_templates = state.update(facts, ts)
+            fresh = self._new_attrs(state, ip, user_agent, identity, new_templates)
+            if fresh:
+                self._link(account, state, fresh)
+            verdict, elevated = self._account_verdict(account, state)
+            cluster = self._cluster_of(account)
+            cluster_verdict = None
+            if cluster is not None:
+                cluster_verdict = self._cluster_verdict(cluster)
+            return Assessment(account=account, queries=state.queries, verdict=verdict, elevated=elevated,
+                              cluster=cluster.name if cluster else None,
+                              cluster_size=len(cluster.members) if cluster else 0,
+                              cluster_verdict=cluster_verdict,
+                              cluster_confidence=self._confidence(cluster) if cluster else 0.0, repeat=repeat)
+
+    def add_output(self, account: str, completion_tokens: int, repeat: bool) -> None:
+        with self.lock:
+            state = self.accounts.get(account)
+            if state is not None:
+                state.add_output(completion_tokens, repeat)
+
+    # -- verdicts --------------------------------------------------------------------------
+    def _harvest_p(self, features: dict[str, float]) -> float:
+        ps = [self.baseline.value_fits_[s.name].p_value(features[s.feature]) for s in _HARVEST_SIGNALS]
+        return min(1.0, min(ps) * len(ps))
+
+    def _due(self, queries: float, scored_at: float, verdict: Verdict | None, harvesting: bool) -> bool:
+        if verdict is None or verdict.status == "insufficient_data":
+            return True
+        if harvesting and not verdict.flagged:
+            step = 1.0 if queries <= YOUNG else 0.01 * queries
+        else:
+            step = max(1.0, 0.1 * queries)
+        return queries - scored_at >= step
+
+    def _judge(self, features: dict[str, float], authorised: bool) -> tuple[Verdict, bool]:
+        verdict = judge(features, self.baseline, self.fpr, authorised=authorised)
+        elevated = verdict.flagged or verdict.status == "authorised"
+        if not elevated and verdict.family_p:
+            loose = judge(features, self.baseline, self.fpr * ELEVATED_FACTOR, authorised=authorised) \
+                if verdict.p_value <= self.fpr * ELEVATED_FACTOR else None
+            elevated = loose is not None and loose.status in ("flagged", "authorised")
+        return verdict, elevated
+
+    def _account_verdict(self, account: str, state: AccountState) -> tuple[Verdict, bool]:
+        queries = state.queries
+        if queries < self.baseline.min_queries:
+            return INSUFFICIENT, False
+        features = state.features()
+        harvesting = self._harvest_p(features) <= HARVEST_ALPHA * ELEVATED_FACTOR
+        cached = state.verdict
+        if self._due(queries, state.scored_at, cached, harvesting):
+            verdict, elevated = self._judge(features, account in self.allowlist)
+            state.verdict, state.elevated, state.scored_at = verdict, elevated, float(queries)
+            return verdict, elevated
+        return cached, state.elevated
+
+    def _cluster_verdict(self, cluster: _Cluster) -> Verdict:
+        states = [self.accounts[m] for m in cluster.members if m in self.accounts]
+        total = float(sum(s.queries for s in states))
+        if total < self.baseline.min_queries:
+            return INSUFFICIENT
+        features = None
+        if cluster.verdict is not None and not cluster.verdict.flagged:
+            features = merged_features(states)
+            harvesting = self._harvest_p(features) <= HARVEST_ALPHA * ELEVATED_FACTOR
+        else:
+            harvesting = False
+        if self._due(total, cluster.scored_at, cluster.verdict, harvesting):
+            features = features or merged_features(states)
+            authorised = all(m in self.allowlist for m in cluster.members)
+            cluster.verdict = judge(features, self.baseline, self.fpr, authorised=authorised)
+            cluster.scored_at = total
+        return cluster.verdict
+
+    # -- hydra links -------------------------------------------------------------------------
+    def _new_attrs(self, state: AccountState, ip: str | None, user_agent: str | None,
+                   identity: dict[str, Any] | None, templates: tuple[int, ...]) -> list[int]:
+        candidates = []
+        net = ip24(ip)
+        if net:
+            candidates.append(_attr("ip24", net))
+        if user_agent:
+            candidates.append(_attr("user_agent", user_agent[:200]))
+        if identity:
+            if identity.get("payment"):
+                candidates.append(_attr("payment", identity["payment"]))
+            pattern = email_pattern(identity.get("email"))
+            if pattern:
+                candidates.append(_attr("email_pattern", pattern))
+            if identity.get("org"):
+                candidates.append(_attr("org", str(identity["org"]).lower()))
+            created = identity.get("created")
+            if isinstance(created, (int, float)) and not isinstance(created, bool):
+                candidates.append(_attr("created_burst", int(created // CREATED_BUCKET_S)))
+        for key in templates:
+            candidates.append(_attr("template", key))
+        fresh = [a for a in candidates if a not in state.attrs]
+        if fresh:
+            # Bounded: a few network prefixes and the most recent recurring templates.
+            kept = sorted(state.attrs | set(fresh), key=lambda a: _kind(a) == "template")
+            state.attrs = frozenset(kept[-24:])
+        return fresh
+
+    def _link(self, account: str, state: AccountState, fresh: list[int]) -> None:
+        hours = state_hours(state)
+        for attr in fresh:
+            members = self._by_attr.setdefault(attr, [])
+            if len(members) > MAX_GROUP:       # too common to link anything (a shared office, a popular SDK)
+                continue
+            if account not in members:
+                members.append(account)
+            if len(members) > MAX_GROUP:
+                continue
+            for other in members:
+                if other == account or self._find(other) == self._find(account):
+                    continue
+                other_state = self.accounts.get(other)
+                if other_state is None:
+                    continue
+                shared = state.attrs & other_state.attrs
+                kinds = {_kind(a) for a in shared if len(self._by_attr.get(a, ())) <= MAX_GROUP}
+                edge = edge_evidence(kinds, hours, state_hours(other_state))
+                if edge is not None:
+                    self._union(account, other, edge[1])
+
+    def _find(self, account: str) -> str:
+        parent = self._parent
+        root = account
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while parent.get(account, account) != root:     # path compression
+            parent[account], account = root, parent[account]
+        return root
+
+    def _union(self, a: str, b: str, kinds: list[str]) -> None:
+        ra, rb = self._find(a), self._find(b)
+        ca, cb = self._clusters.pop(ra, None), self._clusters.pop(rb, None)
+        members_a = ca.members if ca else {a}
+        members_b = cb.members if cb else {b}
+        if len(members_a) < len(members_b):
+            ra, rb, ca, cb, members_a, members_b = rb, ra, cb, ca, members_b, members_a
+        self._parent[rb] = ra
+        self._parent.setdefault(ra, ra)
+        members = members_a | members_b
+        cluster = ca or cb
+        if cluster is None or len(members) < MIN_CLUSTER:
+            cluster = cluster or _Cluster("", members)
+        cluster.members = members
+        cluster.edges += 1 + (cb.edges if cb and cb is not cluster else 0)
+        cluster.strong += sum(1 for k in kinds if k in ("template", "payment", "ip24", "email_pattern"))
+        if not cluster.name and len(members) >= MIN_CLUSTER:
+            self._cluster_seq += 1
+            cluster.name = f"live-c{self._cluster_seq}"
+        cluster.verdict, cluster.scored_at = None, 0.0    # new members: judge afresh
+        self._clusters[ra] = cluster
+
+    def _cluster_of(self, account: str) -> _Cluster | None:
+        if account not in self._parent:
+            return None
+        cluster = self._clusters.get(self._find(account))
+        if cluster is None or len(cluster.members) < MIN_CLUSTER:
+            return None
+        return cluster
+
+    @staticmethod
+    def _confidence(cluster: _Cluster) -> float:
+        n = len(cluster.members)
+        density = min(1.0, cluster.edges / max(1.0, n * (n - 1) / 2.0))
+        mean_strong = cluster.strong / max(1, cluster.edges)
+        return round(min(0.99, 1.0 - 0.5 ** (mean_strong + 2.0 * density)), 3)
+
+    # -- views for the admin API ------------------------------------------------------------
+    def clusters(self) -> list[dict[str, Any]]:
+        with self.lock:
+            out = []
+            for cluster in self._clusters.values():
+                if len(cluster.members) < MIN_CLUSTER:
+                    continue
+                v = cluster.verdict
+                out.append({"cluster": cluster.name, "accounts": sorted(cluster.members),
+                            "confidence": self._confidence(cluster),
+                            "flagged": bool(v and v.flagged), "status": v.status if v else "unscored",
+                            "score": round(v.score, 4) if v else 0.0,
+                            "reasons": [r.to_dict() for r in v.reasons[:5]] if v else []})
+            return sorted(out, key=lambda c: (-c["score"], c["cluster"]))
+
+    def cluster_name(self, account: str) -> str | None:
+        with self.lock:
+            cluster = self._cluster_of(account)
+            return cluster.name if cluster else None
+
+
+def state_hours(state: AccountState) -> frozenset[int]:
+    """Hours of the day (UTC) in which the account has sent anything (the sync link)."""
+    return frozenset(h for h in range(24) if state.v[_HOURS + h] > 0)
