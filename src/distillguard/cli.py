@@ -312,6 +312,65 @@ def _print_scan(data: dict, limit: int) -> None:
 
 
 @app.command()
+def gateway(
+    upstream: Optional[str] = typer.Option(None, "--upstream", help="Base URL of the OpenAI-compatible model server."),
+    config: Optional[Path] = typer.Option(None, "--config", help="gateway.toml (see docs/gateway.md)."),
+    db: Optional[Path] = typer.Option(None, "--db", help="DuckDB store the log is loaded into (default events.duckdb)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port to listen on (default 8080)."),
+    host: Optional[str] = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1)."),
+    keys: Optional[Path] = typer.Option(None, "--keys", help="JSON object mapping API keys to accounts."),
+    admin_token: Optional[str] = typer.Option(None, "--admin-token", envvar="DISTILLGUARD_ADMIN_TOKEN",
+                                              help="Bearer token for /admin/... (else the admin API is off)."),
+    log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Directory of the durable event log."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="enforce, or shadow (decide and log, never act)."),
+    fail: Optional[str] = typer.Option(None, "--fail", help="open or closed: what an internal policy error does."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Baseline file (default: the shipped one)."),
+    fpr: Optional[float] = typer.Option(None, "--fpr", help="Target false-positive rate of the live flag."),
+) -> None:
+    """The enforcing gateway: an OpenAI-compatible proxy that logs, scores and acts with reasons."""
+    import uvicorn
+
+    from distillguard.gateway.app import Gateway, build_app
+    from distillguard.gateway.config import load_config
+    from distillguard.gateway.server import uvicorn_config
+
+    cfg = load_config(config, upstream=upstream, db=db, port=port, host=host, keys=keys, admin_token=admin_token,
+                      baseline=baseline, fpr=fpr)
+    if log_dir is not None:
+        cfg.log.dir = log_dir
+    if mode is not None:
+        cfg.policy.mode = mode
+    if fail is not None:
+        cfg.policy.fail = fail
+    cfg.validate()
+    gw = Gateway(cfg)
+    err_console.print(f"distillguard gateway on http://{cfg.host}:{cfg.port} → {cfg.upstream} "
+                      f"(mode {cfg.policy.mode}, fail-{cfg.policy.fail}, {len(gw.keys)} keys, log {cfg.log.dir}, "
+                      f"sink {cfg.log.sink}{'' if not gw.recovered else f', recovered {gw.recovered:,} events'})")
+    if gw._admin_token is None:
+        err_console.print("admin API off (no --admin-token / DISTILLGUARD_ADMIN_TOKEN)")
+    uvicorn.Server(uvicorn_config(build_app(gw), cfg.host, cfg.port, log_level="warning")).run()
+
+
+@app.command()
+def serve(
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
+    delay_ms: float = typer.Option(0.0, "--delay-ms", min=0.0, help="Wait this long before answering (generation time)."),
+    text: Optional[str] = typer.Option(None, "--text", help="The fixed completion text."),
+) -> None:
+    """Reference OpenAI-compatible model server (fixed-completion backend)."""
+    import uvicorn
+
+    from distillguard.gateway.server import uvicorn_config
+    from distillguard.serve.fixed import DEFAULT_TEXT, FixedCompletionServer
+
+    app_ = FixedCompletionServer(text=text or DEFAULT_TEXT, delay_s=delay_ms / 1000.0)
+    err_console.print(f"fixed-completion model server on http://{host}:{port} (delay {delay_ms:g} ms)")
+    uvicorn.Server(uvicorn_config(app_, host, port, log_level="warning")).run()
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("out/demo"), "--out", help="Working directory for the demo's files."),
     seed: int = typer.Option(7, "--seed"),

@@ -34,9 +34,9 @@ from distillguard.detect.scoring import Verdict, judge
 from distillguard.events.schema import PromptView
 
 N_AREAS = len(tx.AREA_LIST)
-BLOOM_BITS = 16384          # 2 KB
-BLOOM_HASHES = 3
-RING = 32                   # distinct prompts whose template bands are remembered
+BLOOM_BITS = 8192           # 1 KB
+BLOOM_HASHES = 4
+RING = 24                   # distinct prompts whose template bands are remembered (1.5 KB)
 N_BANDS = 16
 
 # Slots of the counter vector.
@@ -77,7 +77,7 @@ def read_request(view: PromptView, max_tokens_cap: int) -> RequestFacts:
     prompt = view.prompt_text or ""
     digest = hashlib.blake2b(prompt.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     h = int.from_bytes(digest, "little")
-    bits = tuple((h >> (20 * i)) % BLOOM_BITS for i in range(BLOOM_HASHES))
+    bits = tuple((h >> (16 * i)) & (BLOOM_BITS - 1) for i in range(BLOOM_HASHES))
     cue = elicitation_text(prompt, view.system_prompt)
     cues = [bool(tx.has(pattern, [cue])[0]) for pattern in
             (tx.COT_ELICITATION, tx.GRADING, tx.IDENTITY_PROBE, tx.DATA_GENERATION)]
@@ -180,8 +180,8 @@ class AccountState:
                     recurring = keys[(per_band >= TEMPLATE_MIN_GROUP) & (keys != 0)].tolist()
                     fresh = tuple(sorted(set(recurring) - set(self.template_keys)))
                     if fresh:
-                        self.template_keys = (self.template_keys + fresh)[-8:]
-                        new_recurring = fresh
+                        self.template_keys = (self.template_keys + fresh[:2])[-4:]
+                        new_recurring = fresh[:2]
                 slot = int(v[S["ring_next"]])
                 self.ring[slot] = keys
                 v[S["ring_next"]] = (slot + 1) % RING

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from distillguard.detect.baseline import Baseline
-from distillguard.detect.hydra import CREATED_BUCKET_S, MAX_GROUP, MIN_CLUSTER, edge_evidence, email_pattern
+from distillguard.detect.hydra import (CREATED_BUCKET_S, EDGE_WEIGHT_ONE_STRONG, MAX_GROUP, MIN_CLUSTER, STRONG, WEAK,
+                                      edge_evidence, email_pattern)
 from distillguard.detect.scoring import HARVEST_ALPHA, Verdict, judge
 from distillguard.detect.signals import HARVEST, SIGNALS
 from distillguard.gateway.online import _HOURS, AccountState, RequestFacts, merged_features
@@ -93,7 +94,8 @@ class LiveScorer:
         self.allowlist = allowlist if allowlist is not None else set()
         self.max_tokens_cap = max_tokens_cap or baseline.max_tokens_cap
         self.accounts: dict[str, AccountState] = {}
-        self._by_attr: dict[int, list[str]] = {}
+        self._by_attr: dict[int, list[str]] = {}   # attribute -> accounts (up to MAX_GROUP)
+        self._too_common: set[int] = set()           # attributes shared by more than MAX_GROUP accounts
         self._parent: dict[str, str] = {}          # union-find over linked accounts
         self._clusters: dict[str, _Cluster] = {}   # root -> cluster (components of MIN_CLUSTER+)
         self._cluster_seq = 0
@@ -207,30 +209,56 @@ class LiveScorer:
         if fresh:
             # Bounded: a few network prefixes and the most recent recurring templates.
             kept = sorted(state.attrs | set(fresh), key=lambda a: _kind(a) == "template")
-            state.attrs = frozenset(kept[-24:])
+            state.attrs = frozenset(kept[-16:])
         return fresh
 
     def _link(self, account: str, state: AccountState, fresh: list[int]) -> None:
-        hours = state_hours(state)
+        """Index the account's new attributes and test it against every account sharing one.
+
+        Each other account is tested once per call, whatever it shares. Every edge needs a strong
+        kind, so a new weak attribute only brings in accounts that already share a strong one.
+        """
+        too_common = self._too_common
+        candidates: set[str] = set()
+        weak: list[int] = []
         for attr in fresh:
-            members = self._by_attr.setdefault(attr, [])
-            if len(members) > MAX_GROUP:       # too common to link anything (a shared office, a popular SDK)
+            if attr in too_common:             # shared too widely to link anything (an office, a popular SDK)
                 continue
+            members = self._by_attr.setdefault(attr, [])
             if account not in members:
                 members.append(account)
             if len(members) > MAX_GROUP:
+                too_common.add(attr)
+                del self._by_attr[attr]
+            elif _kind(attr) in STRONG:
+                candidates.update(members)
+            else:
+                weak.append(attr)
+        if weak:
+            near: set[str] = set()
+            for attr in state.attrs:
+                if _kind(attr) in STRONG:
+                    near.update(self._by_attr.get(attr, ()))
+            for attr in weak:
+                candidates.update(m for m in self._by_attr.get(attr, ()) if m in near)
+        candidates.discard(account)
+        hours = None
+        for other in candidates:
+            if self._find(other) == self._find(account):
                 continue
-            for other in members:
-                if other == account or self._find(other) == self._find(account):
-                    continue
-                other_state = self.accounts.get(other)
-                if other_state is None:
-                    continue
-                shared = state.attrs & other_state.attrs
-                kinds = {_kind(a) for a in shared if len(self._by_attr.get(a, ())) <= MAX_GROUP}
-                edge = edge_evidence(kinds, hours, state_hours(other_state))
-                if edge is not None:
-                    self._union(account, other, edge[1])
+            other_state = self.accounts.get(other)
+            if other_state is None:
+                continue
+            shared = (state.attrs & other_state.attrs) - too_common
+            if len(shared) < 2:              # no edge rests on one shared attribute (see hydra.edge_evidence)
+                continue
+            kinds = {_kind(a) for a in shared}
+            if not _may_link(kinds):
+                continue
+            hours = hours if hours is not None else state_hours(state)
+            edge = edge_evidence(kinds, hours, state_hours(other_state))
+            if edge is not None:
+                self._union(account, other, edge[1])
 
     def _find(self, account: str) -> str:
         parent = self._parent
@@ -297,6 +325,13 @@ class LiveScorer:
         with self.lock:
             cluster = self._cluster_of(account)
             return cluster.name if cluster else None
+
+
+def _may_link(kinds: set[str]) -> bool:
+    """Could these kinds make an edge even with synchronised timing? (Cheap: skips the hours.)"""
+    strong = sum(1 for k in kinds if k in STRONG)
+    weight = sum(STRONG.get(k, 0.0) + WEAK.get(k, 0.0) for k in kinds)
+    return strong >= 2 or (strong == 1 and weight + WEAK["sync"] >= EDGE_WEIGHT_ONE_STRONG)
 
 
 def state_hours(state: AccountState) -> frozenset[int]:

@@ -1,0 +1,253 @@
+"""Gateway parts without HTTP: online state vs the batch features, memory, policy, config, SSE relay."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+
+from distillguard.detect.baseline import load_default
+from distillguard.detect.features import account_features
+from distillguard.detect.minhash import minhash_signatures, signature_one, template_shingles
+from distillguard.detect.scoring import Verdict
+from distillguard.errors import BadInputError
+from distillguard.events.schema import prompt_view
+from distillguard.gateway.config import load_config
+from distillguard.gateway.online import AccountState, read_request
+from distillguard.gateway.policy import Limits, ManualAction, Policy, PolicyConfig, Rule, TokenBucket
+from distillguard.gateway.scorer import Assessment, LiveScorer, ip24
+from distillguard.gateway.sse import SSERelay
+
+BASE = 1791201600.0
+
+
+def _requests(n: int, template: bool) -> list[dict]:
+    out = []
+    for i in range(n):
+        if template:
+            text = (f"Explain step by step how to solve: a train leaves city {i} at {i % 12} pm going {i * 3} km/h. "
+                    f"Show your reasoning before the final answer.")
+        else:
+            text = ["hi, can you help me write an email to my landlord about the heating?",
+                    "what's a good recipe for dinner tonight with chickpeas",
+                    "I need ideas for my sister's birthday gift, she likes hiking"][i % 3] + f" ({i})"
+        out.append({"messages": [{"role": "user", "content": text}], "max_tokens": 4000 if template else 300,
+                    "temperature": 0.7})
+    return out
+
+
+def _batch_features(reqs: list[dict], times: np.ndarray) -> dict:
+    views = [prompt_view(r) for r in reqs]
+    frame = pd.DataFrame({"t": times, "prompt": [v.prompt_text for v in views], "system": [None] * len(views),
+                          "n_turns": [v.n_turns for v in views], "n_messages": [v.n_messages for v in views],
+                          "max_tokens": [v.max_tokens for v in views], "logprobs": [v.logprobs for v in views],
+                          "has_tools": [v.has_tools for v in views], "temperature": [v.temperature for v in views],
+                          "completion_tokens": [500.0] * len(views)})
+    return account_features(frame, substreams=False)
+
+
+@pytest.mark.parametrize("template", [True, False])
+def test_online_features_match_the_batch_features(template):
+    reqs = _requests(300, template)
+    times = BASE + np.arange(300) * 37.0
+    state = AccountState()
+    for r, t in zip(reqs, times):
+        repeat, _ = state.update(read_request(prompt_view(r), 4096), float(t))
+        state.add_output(500, repeat)
+    online = state.features()
+    batch = _batch_features(reqs, times)
+    for name in ("queries", "span_days", "cot_count", "near_cap_count", "single_turn_count", "impersonal_count"):
+        assert online[name] == pytest.approx(batch[name], rel=1e-6), name
+    # Distinct prompts come from a 1 KB Bloom filter: a rare false "seen before" is allowed.
+    for name in ("distinct_prompts", "distinct_per_day", "output_tokens_per_day"):
+        assert online[name] == pytest.approx(batch[name], rel=0.01), name
+    assert abs(online["areas_seen"] - batch["areas_seen"]) <= 1
+    assert online["topic_entropy"] == pytest.approx(batch["topic_entropy"], abs=0.05)
+    assert online["hour_entropy"] == pytest.approx(batch["hour_entropy"], rel=1e-6)
+    assert online["gap_cv"] == pytest.approx(batch["gap_cv"], abs=1e-6)
+    # Templates: online looks back over the last 24 distinct prompts; the batch over everything.
+    assert online["templated_count"] <= batch["templated_count"]
+    assert online["templated_count"] >= (0.95 * batch["templated_count"] if template else 0)
+
+
+def test_repeats_and_distinct_estimate():
+    state = AccountState()
+    req = {"messages": [{"role": "user", "content": "same question again"}], "temperature": 0}
+    facts = read_request(prompt_view(req), 4096)
+    assert state.update(facts, BASE)[0] is False
+    assert all(state.update(facts, BASE + i)[0] for i in range(1, 10))
+    assert state.features()["repeat_share"] == pytest.approx(0.9)
+    assert state.features()["distinct_prompts"] == 1
+    many = AccountState()
+    for i in range(3000):
+        f = read_request(prompt_view({"messages": [{"role": "user", "content": f"distinct prompt {i} x{i * i}"}]}), 4096)
+        many.update(f, BASE + i)
+    assert many.features()["distinct_prompts"] == pytest.approx(3000, rel=0.05)
+
+
+def test_memory_per_account_is_under_8_kb():
+    import tracemalloc
+
+    baseline = load_default()
+    scorer = LiveScorer(baseline, 1e-3)
+    n_accounts = 1000
+    facts = [[read_request(prompt_view({"messages": [{"role": "user", "content": f"Explain step by step: task {a}-{j} "
+                                                                                f"with {a * j} items"}]}), 4096)
+              for j in range(5)] for a in range(n_accounts)]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for a in range(n_accounts):
+        for j in range(5):
+            scorer.observe(f"account-{a:05d}", facts[a][j], BASE + a + j, ip=f"10.{a // 250}.{a % 250}.1",
+                           user_agent="sdk/1.0", identity={"email": f"user{a}@example.com", "payment": f"card-{a}"})
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    per_account = used / n_accounts
+    assert per_account <= 8192, per_account
+    assert AccountState().memory_bytes() <= 8192
+
+
+def test_signature_one_equals_the_batch_minhash():
+    for text in ("Explain step by step: 12 + 7", "a b", "", "x" * 5000 + " the end of a long prompt"):
+        shingles = template_shingles(text)
+        assert (signature_one(shingles) == minhash_signatures([shingles])[0]).all()
+
+
+def test_fast_p_values_equal_the_frame_p_values():
+    baseline = load_default()
+    state = AccountState()
+    for i, r in enumerate(_requests(150, True)):
+        state.update(read_request(prompt_view(r), 4096), BASE + i * 20)
+    row = state.features()
+    fast = baseline.p_values(row)
+    frame = baseline.p_value_frame(pd.DataFrame([row])).iloc[0].to_dict()
+    assert fast.keys() == frame.keys()
+    for k in fast:
+        assert fast[k] == pytest.approx(frame[k], rel=1e-9, abs=1e-300), k
+
+
+def test_live_scorer_flags_a_harvester_and_links_a_hydra():
+    scorer = LiveScorer(load_default(), 1e-3)
+    reqs = _requests(200, True)
+    flagged_at = None
+    for i, r in enumerate(reqs):
+        a = scorer.observe("harvester", read_request(prompt_view(r), 4096), BASE + i * 30)
+        scorer.add_output("harvester", 900, a.repeat)
+        if a.verdict.flagged and flagged_at is None:
+            flagged_at = i + 1
+    assert flagged_at is not None and flagged_at <= 100
+    # Three accounts on one payment method and one /24, each mild: one live cluster.
+    for k in range(3):
+        a = scorer.observe(f"h{k}", read_request(prompt_view(reqs[k]), 4096), BASE + k, ip=f"198.51.100.{k + 1}",
+                           identity={"payment": "card-4242", "email": f"dev{1000 + k}@mailbox.io"})
+    assert a.cluster is not None and a.cluster_size == 3
+    assert [c["accounts"] for c in scorer.clusters()] == [["h0", "h1", "h2"]]
+
+
+def test_ip24():
+    assert ip24("203.0.113.77") == "203.0.113.0/24"
+    assert ip24("2001:db8::1") == "2001:db8::/48"
+    assert ip24("not an ip") is None and ip24(None) is None
+
+
+def _assessment(flagged=False, elevated=False, cluster_flagged=False, account="acct") -> Assessment:
+    v = Verdict(p_value=1e-9 if flagged else 0.5, flagged=flagged, status="flagged" if flagged else "clear",
+                family_p={}, reasons=())
+    cv = Verdict(p_value=1e-8, flagged=True, status="flagged", family_p={}, reasons=()) if cluster_flagged else None
+    return Assessment(account=account, queries=100, verdict=v, elevated=elevated or flagged,
+                      cluster="c1" if cluster_flagged else None, cluster_size=4 if cluster_flagged else 0,
+                      cluster_verdict=cv, cluster_confidence=0.9)
+
+
+def test_policy_actions_and_codes():
+    policy = Policy(PolicyConfig())
+    assert policy.decide(_assessment()).action == "allow"
+    d = policy.decide(_assessment(flagged=True))
+    assert d.action == "block" and d.codes == ["extraction_flagged"] and "flagged for model extraction" in d.explanation
+    d = policy.decide(_assessment(cluster_flagged=True))
+    assert d.action == "block" and d.codes == ["cluster_flagged"] and "cluster c1 (4 accounts" in d.explanation
+    d = policy.decide(_assessment(elevated=True))
+    assert d.action in ("modify", "throttle") and d.strip_logprobs and d.max_tokens == 1024 and d.cohort == "watch"
+    assert d.codes[0] == "elevated_risk"
+    allow = Policy(PolicyConfig(), allowlist={"acct"})
+    d = allow.decide(_assessment(flagged=True))
+    assert d.action == "allow" and d.codes == ["authorised"]
+    allow.manual["acct"] = ManualAction("block", "abuse report")
+    assert allow.decide(_assessment()).codes == ["manual_block"]      # manual blocks beat the allowlist
+    shadow = Policy(PolicyConfig(mode="shadow"))
+    d = shadow.decide(_assessment(flagged=True))
+    assert d.action == "block" and d.enforced is False
+
+
+def test_rate_limits_per_account_and_cluster():
+    policy = Policy(PolicyConfig(limits=Limits(requests_per_minute=3), cluster_limits=Limits(requests_per_minute=5)))
+    actions = [policy.decide(_assessment(), now=100.0).action for _ in range(4)]
+    assert actions == ["allow", "allow", "allow", "throttle"]
+    d = policy.decide(_assessment(), now=100.0)
+    assert d.codes == ["rate_limit_account_requests"] and 0 < d.retry_after <= 20.0
+    assert policy.decide(_assessment(), now=120.0).action == "allow"         # refilled
+    tokens = Policy(PolicyConfig(limits=Limits(tokens_per_minute=1000)))
+    assert tokens.decide(_assessment(), now=0.0).action == "allow"
+    tokens.charge_tokens("acct", None, 5000, now=0.0)                        # into debt
+    d = tokens.decide(_assessment(), now=1.0)
+    assert d.action == "throttle" and d.codes == ["rate_limit_account_tokens"]
+
+
+def test_token_bucket():
+    bucket = TokenBucket(60, now=0.0)
+    for _ in range(60):
+        assert bucket.wait(1, 0.0) == 0
+        bucket.take(1, 0.0)
+    assert bucket.wait(1, 0.0) == pytest.approx(1.0)
+    assert bucket.wait(1, 1.0) == 0
+
+
+def test_config_errors_name_the_key(tmp_path):
+    def load(text):
+        path = tmp_path / "g.toml"
+        path.write_text(text)
+        return load_config(path, upstream="http://127.0.0.1:1")
+
+    assert load('port = 9000\n[policy]\nmode = "shadow"\n').policy.mode == "shadow"
+    cfg = load('[[policy.rules]]\nwhen = "elevated"\nactions = ["throttle"]\nrequests_per_minute = 5\n')
+    assert cfg.policy.rules[0].limits == Limits(requests_per_minute=5.0)
+    for text, field in [('port = "x"', "port"), ('bogus = 1', "bogus"), ('[policy]\nmode = "loud"', "policy.mode"),
+                        ('[[policy.rules]]\nwhen = "sometimes"\nactions = ["block"]', "policy.rules[0].when"),
+                        ('[[policy.rules]]\nwhen = "any"\nactions = ["explode"]', "policy.rules[0].actions"),
+                        ('[[policy.rules]]\nwhen = "any"\nactions = ["cap_max_tokens"]', "policy.rules[0].max_tokens"),
+                        ('[policy.limits]\nrequests_per_minute = -1', "policy.limits.requests_per_minute"),
+                        ('[log]\nsink = "s3"', "log.sink")]:
+        with pytest.raises(BadInputError) as info:
+            load(text)
+        assert info.value.field == field, text
+    with pytest.raises(BadInputError, match="TOML"):
+        load("port = = 1")
+    with pytest.raises(BadInputError, match="upstream"):
+        load_config(None, upstream="not a url")
+
+
+def test_keys_file_errors(tmp_path):
+    from distillguard.gateway.keys import KeyRing
+
+    ring = KeyRing()
+    for text in ("[]", '{"sk-1": 5}', '{"sk-1": {"email": "x"}}', '{"sk-1": ""}', "{oops"):
+        (tmp_path / "k.json").write_text(text)
+        with pytest.raises(BadInputError):
+            ring.load_file(tmp_path / "k.json")
+    (tmp_path / "k.json").write_text('{"sk-live-1": "a", "sk-live-2": {"account": "b", "org": "Acme"}}')
+    assert ring.load_file(tmp_path / "k.json") == 2
+    assert ring.lookup("sk-live-2").identity == {"org": "Acme"} and ring.lookup("sk-nope") is None
+
+
+def test_sse_relay_holds_done_and_reassembles():
+    relay = SSERelay()
+    parts = [b'data: {"choices": [{"delta": {"content": "Hel"}}]}\n', b'\ndata: {"choices": [{"delta": {"conte',
+             b'nt": "lo"}, "finish_reason": "stop"}]}\r\n\r\n', b"data: [DONE]\n\n"]
+    sent = b"".join(relay.feed(p) for p in parts)
+    assert b"[DONE]" not in sent and sent.count(b"data:") == 2
+    assert relay.done and relay.text == "Hello" and relay.tail() == b"data: [DONE]\n\n"
+    assert relay.assembled("m")["choices"][0]["finish_reason"] == "stop"
+    relay = SSERelay(strip_reasoning=lambda o: o["choices"][0]["delta"].pop("reasoning_content", None) is not None)
+    out = relay.feed(b'data: {"choices": [{"delta": {"content": "a", "reasoning_content": "secret"}}]}\n\n')
+    assert b"secret" not in out and orjson.loads(out[6:])["choices"][0]["delta"] == {"content": "a"}
