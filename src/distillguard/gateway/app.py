@@ -10,6 +10,7 @@ for its fsync before the client sees the end of the answer.
 from __future__ import annotations
 
 import hmac
+import itertools
 import logging
 import os
 import time
@@ -41,6 +42,7 @@ from distillguard.gateway.wal import DurableLog
 
 log = logging.getLogger("distillguard.gateway")
 _JSON = "application/json"
+POOL_SHARDS = 16
 _REASONING_REQUEST_FIELDS = ("reasoning_effort", "reasoning", "include_reasoning", "thinking")
 
 
@@ -131,21 +133,32 @@ class Gateway:
         self.metrics.gauges(backlog=self.log.backlog, unloaded_bytes=self.loader.pending_bytes,
                             accounts=lambda: len(self.scorer.accounts), loaded=lambda: self.loader.loaded)
         self.transport = transport
-        self.client: httpx.AsyncClient | None = None
+        self.clients: list[httpx.AsyncClient] = []
         self.upstream = config.upstream.rstrip("/")
         self._admin_token = config.admin_token or os.environ.get("DISTILLGUARD_ADMIN_TOKEN") or None
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
-        limits = httpx.Limits(max_connections=self.config.max_connections,
-                              max_keepalive_connections=self.config.max_connections)
+        # httpcore's pool does work proportional to its size on every request and response, so
+        # one pool of hundreds of connections spends milliseconds of CPU per request. Several
+        # small pools, used in turn, keep each pool's bookkeeping short (same total connections).
+        shards = max(1, min(POOL_SHARDS, self.config.max_connections // 8))
+        per_shard = max(1, self.config.max_connections // shards)
+        limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
         timeout = httpx.Timeout(self.config.timeout_s, connect=self.config.connect_timeout_s)
-        self.client = httpx.AsyncClient(limits=limits, timeout=timeout, transport=self.transport)
+        self.clients = [httpx.AsyncClient(limits=limits, timeout=timeout, transport=self.transport)
+                        for _ in range(shards)]
+        self._next_client = itertools.cycle(self.clients)
         self.loader.start()
 
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The next upstream client (round robin over the pool shards)."""
+        return next(self._next_client)
+
     async def stop(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
+        for client in self.clients:
+            await client.aclose()
         self.log.close()
         self.loader.stop(final_load=True)
         self.sink.close()

@@ -38,7 +38,7 @@ class LogConfig:
     parquet_dir: Path | None = None
     replica: str = "gw"
     segment_mb: float = 64.0
-    load_interval_s: float = 1.0
+    load_interval_s: float = 2.0
     keep_segments: bool = False
     fsync: bool = True
 

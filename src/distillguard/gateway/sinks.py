@@ -61,8 +61,11 @@ class DuckDBSink:
         table = _tables(records, origin, self.quarantine)
         if table is None:
             return 0
+        # A replayed event has the ts it had the first time: only rows at or after this batch's
+        # earliest ts can be its duplicates.
+        since = table.column("ts").cast("int64").to_numpy().min() / 1e6
         with self.lock:
-            return self.store.ingest([table]).inserted
+            return self.store.ingest([table], since=float(since)).inserted
 
     def close(self) -> None:
         with self.lock:
@@ -119,6 +122,7 @@ class Loader:
         self.current_segment = current_segment
         self.keep_segments = keep_segments
         self.interval_s = interval_s
+        self.max_slice_bytes = 64 << 20     # one sink write per pass, up to this much
         self.loaded = 0           # records handed to the sink by this loader
         self.inserted = 0         # ... of which new to it
         self.torn = 0             # torn tails skipped (crash mid-write: never acknowledged)
@@ -174,7 +178,7 @@ class Loader:
                 if seq > self.segment:
                     self.segment, self.offset = seq, 0
                 while True:
-                    lines, new_offset = read_complete_lines(path, self.offset)
+                    lines, new_offset = read_complete_lines(path, self.offset, self.max_slice_bytes)
                     if new_offset == self.offset:
                         break
                     records = [line for line in lines if line]
