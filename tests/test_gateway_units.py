@@ -151,11 +151,13 @@ def test_ip24():
     assert ip24("not an ip") is None and ip24(None) is None
 
 
-def _assessment(flagged=False, elevated=False, cluster_flagged=False, account="acct") -> Assessment:
+def _assessment(flagged=False, elevated=False, cluster_flagged=False, account="acct", elicitation=True,
+                queries=100) -> Assessment:
+    family = {"harvest": 1e-6, "coverage": 1e-3, "elicitation": 1e-5 if elicitation else 0.5, "automation": 1e-3}
     v = Verdict(p_value=1e-9 if flagged else 0.5, flagged=flagged, status="flagged" if flagged else "clear",
-                family_p={}, reasons=())
-    cv = Verdict(p_value=1e-8, flagged=True, status="flagged", family_p={}, reasons=()) if cluster_flagged else None
-    return Assessment(account=account, queries=100, verdict=v, elevated=elevated or flagged,
+                family_p=family, reasons=())
+    cv = Verdict(p_value=1e-8, flagged=True, status="flagged", family_p=family, reasons=()) if cluster_flagged else None
+    return Assessment(account=account, queries=queries, verdict=v, elevated=elevated or flagged,
                       cluster="c1" if cluster_flagged else None, cluster_size=4 if cluster_flagged else 0,
                       cluster_verdict=cv, cluster_confidence=0.9)
 
@@ -165,6 +167,13 @@ def test_policy_actions_and_codes():
     assert policy.decide(_assessment()).action == "allow"
     d = policy.decide(_assessment(flagged=True))
     assert d.action == "block" and d.codes == ["extraction_flagged"] and "flagged for model extraction" in d.explanation
+    # Flagged on broad automated coverage alone (an evaluation's first pass looks like this):
+    # limited and watermarked, blocked only once it persists past 1,000 queries.
+    d = policy.decide(_assessment(flagged=True, elicitation=False))
+    assert d.action == "modify" and d.rule == "flagged_coverage" and d.cohort == "watch" and d.strip_logprobs
+    assert d.codes == ["extraction_flagged"] and "rather than blocked" in d.explanation
+    d = policy.decide(_assessment(flagged=True, elicitation=False, queries=1000))
+    assert d.action == "block" and d.rule == "flagged_persistent"
     d = policy.decide(_assessment(cluster_flagged=True))
     assert d.action == "block" and d.codes == ["cluster_flagged"] and "cluster c1 (4 accounts" in d.explanation
     d = policy.decide(_assessment(elevated=True))
@@ -217,6 +226,8 @@ def test_config_errors_name_the_key(tmp_path):
                         ('[[policy.rules]]\nwhen = "any"\nactions = ["explode"]', "policy.rules[0].actions"),
                         ('[[policy.rules]]\nwhen = "any"\nactions = ["cap_max_tokens"]', "policy.rules[0].max_tokens"),
                         ('[policy.limits]\nrequests_per_minute = -1', "policy.limits.requests_per_minute"),
+                        ('[[policy.rules]]\nwhen = "any"\nactions = ["block"]\nevidence = "vibes"', "policy.rules[0].evidence"),
+                        ('[[policy.rules]]\nwhen = "any"\nactions = ["block"]\nmin_queries = -5', "policy.rules[0].min_queries"),
                         ('[log]\nsink = "s3"', "log.sink")]:
         with pytest.raises(BadInputError) as info:
             load(text)

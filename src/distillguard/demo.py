@@ -96,6 +96,113 @@ def run_demo(out: Path, *, seed: int = 7, console: Console | None = None) -> dic
                   f"(≈ ${s['estimated_cost_usd']:,.2f})")
     write_scan_html(result, out / "scan.html")
     console.print(f"HTML report → {out / 'scan.html'}")
+
+    console.rule("[bold]5. Gateway[/bold]: day one of the same traffic, live, through the enforcing proxy")
+    gateway = run_gateway_demo(out, summary.events_path, truth, console)
     return {"events": summary.events, "inserted": first.inserted, "duplicates_second": again.read - again.inserted,
             "quarantined": report.bad, "caught": caught, "extraction_accounts": len(extraction),
-            "organic_flagged": len(organic_flagged)}
+            "organic_flagged": len(organic_flagged), "gateway": gateway}
+
+
+DEMO_POLICY = """
+[policy.limits]
+requests_per_minute = 60
+
+[[policy.rules]]
+name = "flagged"
+when = "flagged"
+actions = ["block"]
+
+[[policy.rules]]
+name = "cluster_flagged"
+when = "cluster_flagged"
+actions = ["block"]
+
+[[policy.rules]]
+name = "elevated"
+when = "elevated"
+actions = ["throttle", "strip_logprobs", "strip_reasoning", "cap_max_tokens", "cohort"]
+tokens_per_minute = 100
+max_tokens = 1024
+cohort = "watch"
+"""
+
+
+def run_gateway_demo(out: Path, events_path: Path, truth: dict, console: Console, hours: float = 24.0) -> dict:
+    """Replay the first ``hours`` of lab traffic over loopback HTTP: lab → gateway → fixed upstream."""
+    import asyncio
+    from collections import Counter
+
+    import httpx
+
+    from distillguard.gateway.app import Gateway, build_app
+    from distillguard.gateway.config import load_config
+    from distillguard.gateway.replay import keys_for, load_events, replay
+    from distillguard.gateway.server import ServerThread
+    from distillguard.serve.fixed import DEFAULT_TEXT, FixedCompletionServer
+
+    events = load_events(events_path)
+    events = [e for e in events if e["ts_epoch"] < events[0]["ts_epoch"] + hours * 3600]
+    work = out / "gateway"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "keys.json").write_bytes(orjson.dumps(keys_for(events)))
+    (work / "gateway.toml").write_text(DEMO_POLICY)
+    cfg = load_config(work / "gateway.toml", keys=work / "keys.json", db=work / "events.duckdb",
+                      upstream="http://127.0.0.1:1", trust_client_timestamps=True, trust_forwarded_for=True)
+    cfg.log.dir = work / "log"
+    long_answer = " ".join([DEFAULT_TEXT] * 12)      # ~600 tokens: a full answer, as a model would give
+    with ServerThread(FixedCompletionServer(text=long_answer)) as upstream:
+        cfg.upstream = upstream.url
+        gw = Gateway(cfg)
+        with ServerThread(build_app(gw)) as server:
+            async def go():
+                limits = httpx.Limits(max_connections=4)
+                async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=30) as client:
+                    return await replay(client, events)
+            with console.status(f"replaying {len(events):,} requests through the gateway…", spinner="dots"):
+                decisions = asyncio.run(go())
+    rows: dict[str, Counter] = {}
+    first_block: dict[str, list[int]] = {}
+    example = None
+    for account, decs in decisions.items():
+        strategy = truth.get(account, {}).get("strategy", "organic")
+        c = rows.setdefault(strategy, Counter())
+        c["accounts"] += 1
+        c["requests"] += len(decs)
+        for i, (action, codes) in enumerate(decs):
+            c[action] += 1
+            if action == "block":
+                first_block.setdefault(strategy, [])
+                if i == 0 or decs[i - 1][0] != "block":
+                    first_block[strategy].append(i + 1)
+                    c["codes:" + codes.split(",")[0]] += 1
+    table = Table(title="what the gateway did, by ground-truth strategy (live, in time order)")
+    for col in ("strategy", "accts", "requests", "allowed", "modified", "throttled", "blocked", "1st block",
+                "reason"):
+        table.add_column(col, justify="left" if col in ("strategy", "reason") else "right", no_wrap=col != "reason")
+    for strategy, c in sorted(rows.items(), key=lambda kv: (truth_kind(kv[0]), kv[0])):
+        codes = [k.split(":", 1)[1] for k in c if k.startswith("codes:")]
+        blocks = sorted(first_block.get(strategy, []))
+        table.add_row(strategy, f"{c['accounts']:,}", f"{c['requests']:,}", f"{c['allow']:,}", f"{c['modify']:,}",
+                      f"{c['throttle']:,}", f"{c['block']:,}", f"#{blocks[0]}" if blocks else "",
+                      ", ".join(sorted(codes)))
+    console.print(table)
+    from distillguard.store import EventStore
+
+    with EventStore(work / "events.duckdb", read_only=True) as store:
+        stored = store.count()
+        sample = store.run("SELECT account, json_extract_string(extra, '$.decision.explanation') FROM events "
+                           "WHERE json_extract_string(extra, '$.decision.action') = 'block' ORDER BY ts LIMIT 1")
+    if sample:
+        example = sample[0][1]
+        console.print(f"example block explanation (sent to the client in x-distillguard-explanation and the JSON "
+                      f"error): [italic]{example}[/italic]")
+    console.print(f"{stored:,} exchanges logged durably (fsynced) and loaded into {work / 'events.duckdb'}; "
+                  f"every decision carries a reason code")
+    return {"requests": len(events), "stored": stored,
+            "blocked_accounts": {s: len(v) for s, v in first_block.items()},
+            "by_strategy": {s: dict(c) for s, c in rows.items()}}
+
+
+def truth_kind(strategy: str) -> int:
+    return 0 if strategy in ("organic", "power_user", "batch_app", "eval_run", "researcher") else 1

@@ -9,8 +9,8 @@ for its fsync before the client sees the end of the answer.
 
 from __future__ import annotations
 
+import gc
 import hmac
-import itertools
 import logging
 import os
 import time
@@ -38,11 +38,11 @@ from distillguard.gateway.policy import Decision, Limits, ManualAction, Policy
 from distillguard.gateway.scorer import LiveScorer
 from distillguard.gateway.sinks import DuckDBSink, Loader, NullSink, ParquetSink
 from distillguard.gateway.sse import SSERelay
+from distillguard.gateway.upstream import UpstreamError, make_upstream
 from distillguard.gateway.wal import DurableLog
 
 log = logging.getLogger("distillguard.gateway")
 _JSON = "application/json"
-POOL_SHARDS = 16
 _REASONING_REQUEST_FIELDS = ("reasoning_effort", "reasoning", "include_reasoning", "thinking")
 
 
@@ -133,32 +133,26 @@ class Gateway:
         self.metrics.gauges(backlog=self.log.backlog, unloaded_bytes=self.loader.pending_bytes,
                             accounts=lambda: len(self.scorer.accounts), loaded=lambda: self.loader.loaded)
         self.transport = transport
-        self.clients: list[httpx.AsyncClient] = []
+        self.upstream_client = None
         self.upstream = config.upstream.rstrip("/")
         self._admin_token = config.admin_token or os.environ.get("DISTILLGUARD_ADMIN_TOKEN") or None
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
-        # httpcore's pool does work proportional to its size on every request and response, so
-        # one pool of hundreds of connections spends milliseconds of CPU per request. Several
-        # small pools, used in turn, keep each pool's bookkeeping short (same total connections).
-        shards = max(1, min(POOL_SHARDS, self.config.max_connections // 8))
-        per_shard = max(1, self.config.max_connections // shards)
-        limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
-        timeout = httpx.Timeout(self.config.timeout_s, connect=self.config.connect_timeout_s)
-        self.clients = [httpx.AsyncClient(limits=limits, timeout=timeout, transport=self.transport)
-                        for _ in range(shards)]
-        self._next_client = itertools.cycle(self.clients)
+        # Long-lived state (baseline, keys, per-account sketches) holds no reference cycles worth
+        # scanning; full collections over it were the gateway's worst latency spikes. Freeze what
+        # exists at start and collect the young generation less often.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 1000)
+        self.upstream_client = make_upstream(self.upstream, max_connections=self.config.max_connections,
+                                             connect_timeout=self.config.connect_timeout_s,
+                                             timeout=self.config.timeout_s, transport=self.transport)
         self.loader.start()
 
-    @property
-    def client(self) -> httpx.AsyncClient:
-        """The next upstream client (round robin over the pool shards)."""
-        return next(self._next_client)
-
     async def stop(self) -> None:
-        for client in self.clients:
-            await client.aclose()
+        if self.upstream_client is not None:
+            await self.upstream_client.aclose()
         self.log.close()
         self.loader.stop(final_load=True)
         self.sink.close()
@@ -275,11 +269,12 @@ async def proxy(request: Request) -> Response:
     except FieldError as exc:
         gw.count(endpoint, 400, None)
         return openai_error(400, exc.message, "invalid_request", param=exc.field.removeprefix("request."))
+    clock = None                      # rate limits run on the monotonic clock, or on replayed time
     if gw.config.trust_client_timestamps:
         replay_ts = request.headers.get("x-distillguard-replay-ts")
         if replay_ts:
             try:
-                ts = float(replay_ts)
+                ts = clock = float(replay_ts)
             except ValueError:
                 pass
     ip = gw.client_ip(request)
@@ -292,7 +287,7 @@ async def proxy(request: Request) -> Response:
     try:
         facts = read_request(view, gw.scorer.max_tokens_cap)
         assessment = gw.scorer.observe(info.account, facts, ts, ip=ip, user_agent=user_agent, identity=info.identity)
-        decision = gw.policy.decide(assessment)
+        decision = gw.policy.decide(assessment, now=clock)
     except Exception as exc:  # the policy engine must never take the API down by accident
         gw.metrics.internal_errors.labels(gw.config.policy.fail).inc()
         log.exception("policy evaluation failed for account %s", info.account)
@@ -340,23 +335,21 @@ async def proxy(request: Request) -> Response:
     if gw.config.upstream_api_key:
         up_headers["authorization"] = f"Bearer {gw.config.upstream_api_key}"
     payload = orjson.dumps(forward)
-    url = gw.upstream + endpoint
     strip = decision.enforced and decision.strip_reasoning
 
     if body.get("stream") is True:
-        return await _proxy_stream(gw, request, url, payload, up_headers, event, headers, decision, assessment,
+        return await _proxy_stream(gw, endpoint, payload, up_headers, event, headers, decision, assessment,
                                    strip, t0)
 
     t_up = time.perf_counter()
     try:
-        resp = await gw.client.post(url, content=payload, headers=up_headers)
-        content = resp.content
-    except httpx.TimeoutException as exc:
-        return await _upstream_failure(gw, event, headers, decision, t0, 504, "upstream_timeout",
-                                       f"the model server did not answer in time ({type(exc).__name__})")
-    except httpx.HTTPError as exc:
-        return await _upstream_failure(gw, event, headers, decision, t0, 502, "upstream_unavailable",
-                                       f"the model server could not be reached ({type(exc).__name__}: {exc})")
+        resp = await gw.upstream_client.send("POST", endpoint, payload, up_headers)
+        content = await resp.read()
+    except UpstreamError as exc:
+        status_for = 504 if exc.code == "upstream_timeout" else 502
+        code = exc.code if exc.code == "upstream_timeout" else "upstream_unavailable"
+        return await _upstream_failure(gw, event, headers, decision, t0, status_for, code,
+                                       f"the model server failed: {exc}")
     upstream_s = time.perf_counter() - t_up
     status = resp.status_code
     try:
@@ -385,14 +378,14 @@ async def proxy(request: Request) -> Response:
     event["upstream_ms"] = round(upstream_s * 1000, 3)
     event["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
     await gw.record(event)
-    _after(gw, info.account, assessment, event)
+    _after(gw, info.account, assessment, event, clock)
     gw.count(endpoint, status, decision)
     gw.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
     gw.metrics.overhead.observe(max(0.0, time.perf_counter() - t0 - upstream_s))
     return Response(content, status_code=status, media_type=resp.headers.get("content-type", _JSON), headers=headers)
 
 
-def _after(gw: Gateway, account: str, assessment: Any, event: dict[str, Any]) -> None:
+def _after(gw: Gateway, account: str, assessment: Any, event: dict[str, Any], clock: float | None = None) -> None:
     """Once answered: output tokens feed harvest, and the token buckets are charged."""
     usage = event.get("usage") or {}
     tokens = usage.get("completion_tokens")
@@ -401,7 +394,7 @@ def _after(gw: Gateway, account: str, assessment: Any, event: dict[str, Any]) ->
     if assessment is not None:
         gw.scorer.add_output(account, int(tokens), assessment.repeat)
     gw.policy.charge_tokens(account, assessment.cluster if assessment else None,
-                            float(usage.get("total_tokens") or tokens))
+                            float(usage.get("total_tokens") or tokens), now=clock)
 
 
 async def _upstream_failure(gw: Gateway, event: dict[str, Any], headers: dict[str, str], decision: Decision,
@@ -418,22 +411,23 @@ async def _upstream_failure(gw: Gateway, event: dict[str, Any], headers: dict[st
     return openai_error(status, message, code, kind="upstream_error", headers=headers)
 
 
-async def _proxy_stream(gw: Gateway, request: Request, url: str, payload: bytes, up_headers: dict[str, str],
+async def _proxy_stream(gw: Gateway, endpoint: str, payload: bytes, up_headers: dict[str, str],
                         event: dict[str, Any], headers: dict[str, str], decision: Decision, assessment: Any,
                         strip: bool, t0: float) -> Response:
     t_up = time.perf_counter()
     try:
-        upstream_request = gw.client.build_request("POST", url, content=payload, headers=up_headers)
-        resp = await gw.client.send(upstream_request, stream=True)
-    except httpx.TimeoutException as exc:
-        return await _upstream_failure(gw, event, headers, decision, t0, 504, "upstream_timeout",
-                                       f"the model server did not answer in time ({type(exc).__name__})")
-    except httpx.HTTPError as exc:
-        return await _upstream_failure(gw, event, headers, decision, t0, 502, "upstream_unavailable",
-                                       f"the model server could not be reached ({type(exc).__name__}: {exc})")
+        resp = await gw.upstream_client.send("POST", endpoint, payload, up_headers)
+    except UpstreamError as exc:
+        status_for = 504 if exc.code == "upstream_timeout" else 502
+        code = exc.code if exc.code == "upstream_timeout" else "upstream_unavailable"
+        return await _upstream_failure(gw, event, headers, decision, t0, status_for, code,
+                                       f"the model server failed: {exc}")
     if resp.status_code != 200:
-        content = await resp.aread()
-        await resp.aclose()
+        try:
+            content = await resp.read()
+        except UpstreamError as exc:
+            return await _upstream_failure(gw, event, headers, decision, t0, 502, "upstream_unavailable",
+                                           f"the model server failed: {exc}")
         if resp.status_code >= 500:
             return await _upstream_failure(gw, event, headers, decision, t0, 502, "upstream_error",
                                            f"the model server failed with HTTP {resp.status_code}: "
@@ -452,14 +446,14 @@ async def _proxy_stream(gw: Gateway, request: Request, url: str, payload: bytes,
         logged = False
         try:
             try:
-                async for chunk in resp.aiter_raw():
+                async for chunk in resp.iter_raw():
                     out = relay.feed(chunk)
                     if out:
                         yield out
                 if not relay.done:
                     relay.error = ("upstream_stream_cut", "the model server ended the stream before [DONE]")
-            except httpx.HTTPError as exc:
-                relay.error = ("upstream_stream_cut", f"the model server's stream broke off ({type(exc).__name__})")
+            except UpstreamError as exc:
+                relay.error = ("upstream_stream_cut", f"the model server's stream broke off: {exc}")
                 gw.metrics.upstream_errors.labels("upstream_stream_cut").inc()
             finally:
                 await resp.aclose()
@@ -500,16 +494,16 @@ async def models(request: Request) -> Response:
         gw.metrics.auth_failures.inc()
         return openai_error(401, "Incorrect or missing API key.", "invalid_api_key")
     try:
-        resp = await gw.client.get(gw.upstream + "/v1/models")
-    except httpx.HTTPError as exc:
+        resp = await gw.upstream_client.send("GET", "/v1/models", b"", {})
+        content = await resp.read()
+    except UpstreamError as exc:
         gw.metrics.upstream_errors.labels("upstream_unavailable").inc()
-        return openai_error(502, f"the model server could not be reached ({type(exc).__name__})",
-                            "upstream_unavailable", kind="upstream_error")
+        return openai_error(502, f"the model server failed: {exc}", "upstream_unavailable", kind="upstream_error")
     gw.count("/v1/models", resp.status_code, None)
     if resp.status_code >= 500:
         return openai_error(502, f"the model server failed with HTTP {resp.status_code}", "upstream_error",
                             kind="upstream_error")
-    return Response(resp.content, status_code=resp.status_code, media_type=resp.headers.get("content-type", _JSON))
+    return Response(content, status_code=resp.status_code, media_type=resp.headers.get("content-type", _JSON))
 
 
 async def health(request: Request) -> Response:

@@ -19,10 +19,12 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from distillguard.detect.scoring import Verdict
+from distillguard.detect.scoring import FAMILY_ALPHA, Verdict
+from distillguard.detect.signals import ELICITATION
 from distillguard.gateway.scorer import Assessment
 
 CONDITIONS = ("flagged", "cluster_flagged", "elevated", "any")
+EVIDENCE = ("any", "elicitation")
 ACTIONS = ("block", "throttle", "strip_logprobs", "strip_reasoning", "cap_max_tokens", "cohort")
 _RANK = {"allow": 0, "modify": 1, "throttle": 2, "block": 3}
 
@@ -44,12 +46,22 @@ class Rule:
     limits: Limits = Limits()
     max_tokens: int | None = None
     cohort: str | None = None
+    evidence: str = "any"                       # "elicitation": only when privileged content is significant
+    min_queries: int = 0                        # only once the account has sent this many queries
 
 
+# Graduated by default. A flag resting on privileged content (reasoning traces, grades, identity,
+# training data, one-shot agent runs) blocks at once; a flag resting on broad automated coverage
+# alone is also what an evaluation's first pass looks like, so it throttles, strips and
+# watermarks until the account has sent 1,000 queries (an evaluation's repeats clear it by then).
+MODIFY = ("strip_logprobs", "strip_reasoning", "cap_max_tokens", "cohort")
 DEFAULT_RULES = (
-    Rule("flagged", "flagged", ("block",)),
+    Rule("flagged_elicitation", "flagged", ("block",), evidence="elicitation"),
     Rule("cluster_flagged", "cluster_flagged", ("block",)),
-    Rule("elevated", "elevated", ("throttle", "strip_logprobs", "strip_reasoning", "cap_max_tokens", "cohort"),
+    Rule("flagged_persistent", "flagged", ("block",), min_queries=1000),
+    Rule("flagged_coverage", "flagged", ("throttle",) + MODIFY,
+         limits=Limits(requests_per_minute=10, tokens_per_minute=5_000), max_tokens=512, cohort="watch"),
+    Rule("elevated", "elevated", ("throttle",) + MODIFY,
          limits=Limits(requests_per_minute=30, tokens_per_minute=30_000), max_tokens=1024, cohort="watch"),
 )
 
@@ -225,7 +237,7 @@ class Policy:
         if a.cluster is not None:
             self._check_limits(d, "cluster", a.cluster, self.config.cluster_limits, now, tokens_wanted)
         for rule in self.config.rules:
-            if self._holds(rule.when, a):
+            if self._holds(rule, a):
                 self._apply(rule, d, a, now, tokens_wanted)
                 break
         return self._admit(d, now)
@@ -239,14 +251,20 @@ class Policy:
         return d
 
     @staticmethod
-    def _holds(when: str, a: Assessment) -> bool:
-        if when == "any":
+    def _holds(rule: Rule, a: Assessment) -> bool:
+        if a.queries < rule.min_queries:
+            return False
+        verdict = a.cluster_verdict if rule.when == "cluster_flagged" else a.verdict
+        if rule.evidence == "elicitation" and (
+                verdict is None or verdict.family_p.get(ELICITATION, 1.0) > FAMILY_ALPHA):
+            return False
+        if rule.when == "any":
             return True
-        if when == "flagged":
+        if rule.when == "flagged":
             return a.verdict.flagged
-        if when == "cluster_flagged":
+        if rule.when == "cluster_flagged":
             return a.cluster_verdict is not None and a.cluster_verdict.flagged
-        if when == "elevated":
+        if rule.when == "elevated":
             return a.elevated
         return False
 
@@ -265,6 +283,11 @@ class Policy:
             d.codes.insert(0, code)
             d.explanation = f"{subject} is flagged for model extraction ({p_text}): {why}"
             return
+        if rule.when in ("flagged", "cluster_flagged"):
+            lead = (f"{subject} is flagged for model extraction ({p_text}) on broad automated coverage; "
+                    f"limited and watermarked rather than blocked: {why}")
+        else:
+            lead = f"{subject} shows elevated extraction risk ({p_text}): {why}"
         modified = False
         if "throttle" in rule.actions:
             self._check_limits(d, "account", a.account, rule.limits, now, tokens_wanted)
@@ -282,5 +305,4 @@ class Policy:
             d.escalate("modify")
         if d.action != "allow":
             d.codes.insert(0, code)
-            lead = f"{subject} shows elevated extraction risk ({p_text}): {why}"
             d.explanation = lead + ("; " + d.explanation if d.explanation else "")

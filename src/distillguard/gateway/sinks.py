@@ -122,7 +122,10 @@ class Loader:
         self.current_segment = current_segment
         self.keep_segments = keep_segments
         self.interval_s = interval_s
-        self.max_slice_bytes = 64 << 20     # one sink write per pass, up to this much
+        # Slices of about a thousand events, with a pause between them: the loader shares the
+        # interpreter with the gateway's event loop, which must not wait behind a long load.
+        self.max_slice_bytes = 4 << 20
+        self.pause_s = 0.002
         self.loaded = 0           # records handed to the sink by this loader
         self.inserted = 0         # ... of which new to it
         self.torn = 0             # torn tails skipped (crash mid-write: never acknowledged)
@@ -187,6 +190,8 @@ class Loader:
                         self.loaded += len(records)
                     self.offset = new_offset
                     self._write_checkpoint()
+                    if self.pause_s:
+                        time.sleep(self.pause_s)
                 if seq < current:
                     if path.stat().st_size > self.offset:
                         self.torn += 1

@@ -1,0 +1,139 @@
+"""Online detection speed: replay lab traffic through the gateway in time order.
+
+Every lab event is sent to the real gateway app (in process, over httpx's ASGI transport) with
+its own timestamp, client address and user agent; the upstream answers each request with the
+answer recorded in the lab, so output-token counts are the lab's. The gateway runs in shadow
+mode, so traffic keeps flowing after a decision and we can see when each account *would* have
+been blocked.
+
+Reported per strategy: queries until the account is blocked (single accounts), queries summed
+over a campaign's accounts until its first member is blocked (hydra), and the share of organic
+and hard-negative accounts ever blocked (the false-positive rate).
+
+    python benchmarks/eval_gateway_online.py [--seeds 3001 3002] [--accounts 80] [--days 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+import orjson
+
+from distillguard.gateway.app import Gateway, build_app
+from distillguard.gateway.config import load_config
+from distillguard.gateway.replay import keys_for, load_events, recorded_answers, replay
+from distillguard.lab.traffic import TrafficConfig, generate
+
+
+async def run_replay(events: list[dict], keys: dict, work: Path) -> dict[str, list]:
+    work.mkdir(parents=True, exist_ok=True)
+    keys_path = work / "keys.json"
+    keys_path.write_bytes(orjson.dumps(keys))
+    cfg = load_config(None, upstream="http://upstream.invalid", keys=keys_path, trust_client_timestamps=True,
+                      trust_forwarded_for=True)
+    cfg.log.dir = work / "log"
+    cfg.log.sink = "none"
+    cfg.log.fsync = False
+    cfg.policy.mode = "shadow"
+    gw = Gateway(cfg, transport=httpx.MockTransport(recorded_answers(events)))
+    app = build_app(gw)
+    await gw.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+            return await replay(client, events)
+    finally:
+        await gw.stop()
+
+
+def evaluate(seed: int, accounts: int, days: int, work: Path) -> dict:
+    lab = work / f"lab-{seed}"
+    generate(TrafficConfig(seed=seed, accounts=accounts, days=days, batch_per_day=600), lab)
+    events = load_events(lab / "events.jsonl.gz")
+    labels = {r["account"]: r for r in map(orjson.loads, (lab / "labels.jsonl").read_bytes().splitlines())}
+    keys = keys_for(events)
+    t = time.perf_counter()
+    decisions = asyncio.run(run_replay(events, keys, work / f"gw-{seed}"))
+    elapsed = time.perf_counter() - t
+    per_strategy: dict[str, list] = defaultdict(list)
+    campaigns: dict[str, list[str]] = defaultdict(list)
+    negatives: dict[str, list[bool]] = defaultdict(list)
+    flag_codes = ("extraction_flagged", "cluster_flagged")
+    for account, decs in decisions.items():
+        label = labels.get(account, {"kind": "organic", "strategy": "organic"})
+        if label["kind"] == "extraction":
+            campaigns[label.get("campaign") or account].append(account)
+        else:
+            flagged = any(any(c in codes for c in flag_codes) for _, codes in decs)
+            blocked = any(action == "block" for action, _ in decs)
+            negatives[label.get("strategy") or "organic"].append((flagged, blocked))
+    # Campaign-level: the campaign's queries in time order, until any member is flagged / blocked.
+    order: dict[str, list[str]] = defaultdict(list)
+    for ev in events:
+        label = labels.get(ev["account"])
+        if label and label["kind"] == "extraction":
+            order[label.get("campaign") or ev["account"]].append(ev["account"])
+    for campaign, members in campaigns.items():
+        strategy = labels[members[0]]["strategy"]
+        seen: dict[str, int] = defaultdict(int)
+        until_flag = until_block = None
+        for i, account in enumerate(order[campaign]):
+            action, codes = decisions[account][seen[account]]
+            seen[account] += 1
+            if until_flag is None and any(c in codes for c in flag_codes):
+                until_flag = i + 1
+            if until_block is None and action == "block":
+                until_block = i + 1
+        per_strategy[strategy].append({"campaign": campaign, "accounts": len(members),
+                                       "queries": len(order[campaign]), "queries_until_flag": until_flag,
+                                       "queries_until_block": until_block})
+    return {"seed": seed, "events": len(events), "replay_seconds": elapsed,
+            "per_strategy": per_strategy,
+            "negatives": {k: {"accounts": len(v), "flagged": sum(f for f, _ in v), "blocked": sum(b for _, b in v)}
+                          for k, v in negatives.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[3001, 3002])
+    parser.add_argument("--accounts", type=int, default=80)
+    parser.add_argument("--days", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="dg-online-"))
+    results = [evaluate(seed, args.accounts, args.days, work) for seed in args.seeds]
+    by_strategy: dict[str, list] = defaultdict(list)
+    negatives: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for r in results:
+        print(f"seed {r['seed']}: {r['events']:,} events replayed in {r['replay_seconds']:.0f} s "
+              f"({r['events'] / r['replay_seconds']:,.0f} requests/s through the in-process gateway)")
+        for strategy, rows in r["per_strategy"].items():
+            by_strategy[strategy].extend(rows)
+        for kind, v in r["negatives"].items():
+            negatives[kind][0] += v["accounts"]
+            negatives[kind][1] += v["flagged"]
+            negatives[kind][2] += v["blocked"]
+    print(f"\n{'strategy':<14}{'campaigns':>10}{'flagged':>8}  queries until flagged (min / median / max)"
+          f"          {'blocked':>8}  until blocked (median)")
+    for strategy, rows in sorted(by_strategy.items()):
+        q = sorted(row["queries_until_flag"] for row in rows if row["queries_until_flag"] is not None)
+        b = sorted(row["queries_until_block"] for row in rows if row["queries_until_block"] is not None)
+        summary = f"{q[0]} / {statistics.median(q):.0f} / {q[-1]}" if q else "-"
+        print(f"{strategy:<14}{len(rows):>10}{len(q):>8}  {summary:<18} {str(q):<24}{len(b):>8}  "
+              f"{statistics.median(b) if b else '-'}")
+    print(f"\n{'negatives':<14}{'accounts':>10}{'flagged':>8}{'blocked':>8}")
+    for kind, (n, flagged, blocked) in sorted(negatives.items()):
+        print(f"{kind:<14}{n:>10}{flagged:>8}{blocked:>8}")
+    if args.json:
+        args.json.write_text(json.dumps({"runs": results}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
