@@ -22,3 +22,14 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (out / "scan.html").read_text(encoding="utf-8").count("<svg") >= 2
     assert any((out / "parquet").rglob("*.parquet"))
     assert "Traceback" not in text and "caught" in text
+    # Step 5: the same lab traffic, live through the gateway over loopback HTTP.
+    gw = summary["gateway"]
+    assert gw["stored"] == gw["requests"] > 1000                      # every exchange logged and loaded
+    by = gw["by_strategy"]
+    for negative in ("organic", "batch_app", "power_user", "researcher", "eval_run"):
+        assert by.get(negative, {}).get("block", 0) == 0, negative     # nobody legitimate is blocked
+    blocked = [s for s, c in by.items() if c.get("block")]
+    assert {"cot", "hydra", "sweep", "rubric", "agentic"} <= set(blocked)
+    assert gw["codes"].get("extraction_flagged", 0) > 0 and gw["codes"].get("cluster_flagged", 0) > 0
+    assert any(code.startswith("rate_limit_") for code in gw["codes"])    # throttling shown too
+    assert "example block explanation" in text

@@ -7,7 +7,9 @@ import shutil
 from pathlib import Path
 
 import orjson
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from distillguard.events.jsonl import Quarantine
@@ -105,12 +107,15 @@ def run_demo(out: Path, *, seed: int = 7, console: Console | None = None) -> dic
 
 
 DEMO_POLICY = """
+# The default graduated rules, with a tight token budget for accounts flagged on coverage alone
+# (so the demo's slow-paced bots visibly hit it).
 [policy.limits]
 requests_per_minute = 60
 
 [[policy.rules]]
-name = "flagged"
+name = "flagged_elicitation"
 when = "flagged"
+evidence = "elicitation"
 actions = ["block"]
 
 [[policy.rules]]
@@ -119,10 +124,24 @@ when = "cluster_flagged"
 actions = ["block"]
 
 [[policy.rules]]
+name = "flagged_persistent"
+when = "flagged"
+min_queries = 1000
+actions = ["block"]
+
+[[policy.rules]]
+name = "flagged_coverage"
+when = "flagged"
+actions = ["throttle", "strip_logprobs", "strip_reasoning", "cap_max_tokens", "cohort"]
+tokens_per_minute = 100
+max_tokens = 512
+cohort = "watch"
+
+[[policy.rules]]
 name = "elevated"
 when = "elevated"
 actions = ["throttle", "strip_logprobs", "strip_reasoning", "cap_max_tokens", "cohort"]
-tokens_per_minute = 100
+tokens_per_minute = 300
 max_tokens = 1024
 cohort = "watch"
 """
@@ -163,30 +182,25 @@ def run_gateway_demo(out: Path, events_path: Path, truth: dict, console: Console
                 decisions = asyncio.run(go())
     rows: dict[str, Counter] = {}
     first_block: dict[str, list[int]] = {}
-    example = None
     for account, decs in decisions.items():
         strategy = truth.get(account, {}).get("strategy", "organic")
         c = rows.setdefault(strategy, Counter())
         c["accounts"] += 1
         c["requests"] += len(decs)
-        for i, (action, codes) in enumerate(decs):
+        for i, (action, _) in enumerate(decs):
             c[action] += 1
-            if action == "block":
-                first_block.setdefault(strategy, [])
-                if i == 0 or decs[i - 1][0] != "block":
-                    first_block[strategy].append(i + 1)
-                    c["codes:" + codes.split(",")[0]] += 1
-    table = Table(title="what the gateway did, by ground-truth strategy (live, in time order)")
-    for col in ("strategy", "accts", "requests", "allowed", "modified", "throttled", "blocked", "1st block",
-                "reason"):
-        table.add_column(col, justify="left" if col in ("strategy", "reason") else "right", no_wrap=col != "reason")
+            if action == "block" and (i == 0 or decs[i - 1][0] != "block"):
+                first_block.setdefault(strategy, []).append(i + 1)
+    table = Table(title="what the gateway did, by ground-truth strategy (live, in time order)", box=box.SIMPLE_HEAD)
+    for col in ("strategy", "accts", "req", "allow", "modify", "throttle", "block", "1st block"):
+        table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)
     for strategy, c in sorted(rows.items(), key=lambda kv: (truth_kind(kv[0]), kv[0])):
-        codes = [k.split(":", 1)[1] for k in c if k.startswith("codes:")]
         blocks = sorted(first_block.get(strategy, []))
         table.add_row(strategy, f"{c['accounts']:,}", f"{c['requests']:,}", f"{c['allow']:,}", f"{c['modify']:,}",
-                      f"{c['throttle']:,}", f"{c['block']:,}", f"#{blocks[0]}" if blocks else "",
-                      ", ".join(sorted(codes)))
+                      f"{c['throttle']:,}", f"{c['block']:,}", f"#{blocks[0]}" if blocks else "")
     console.print(table)
+    codes = Counter(code for decs in decisions.values() for _, reason in decs for code in reason.split(",") if code)
+    console.print("reason codes: " + ", ".join(f"{code} ×{n:,}" for code, n in codes.most_common()))
     from distillguard.store import EventStore
 
     with EventStore(work / "events.duckdb", read_only=True) as store:
@@ -194,12 +208,11 @@ def run_gateway_demo(out: Path, events_path: Path, truth: dict, console: Console
         sample = store.run("SELECT account, json_extract_string(extra, '$.decision.explanation') FROM events "
                            "WHERE json_extract_string(extra, '$.decision.action') = 'block' ORDER BY ts LIMIT 1")
     if sample:
-        example = sample[0][1]
         console.print(f"example block explanation (sent to the client in x-distillguard-explanation and the JSON "
-                      f"error): [italic]{example}[/italic]")
+                      f"error): [italic]{escape(sample[0][1])}[/italic]")
     console.print(f"{stored:,} exchanges logged durably (fsynced) and loaded into {work / 'events.duckdb'}; "
                   f"every decision carries a reason code")
-    return {"requests": len(events), "stored": stored,
+    return {"requests": len(events), "stored": stored, "codes": dict(codes),
             "blocked_accounts": {s: len(v) for s, v in first_block.items()},
             "by_strategy": {s: dict(c) for s, c in rows.items()}}
 

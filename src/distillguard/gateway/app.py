@@ -142,6 +142,7 @@ class Gateway:
         # Long-lived state (baseline, keys, per-account sketches) holds no reference cycles worth
         # scanning; full collections over it were the gateway's worst latency spikes. Freeze what
         # exists at start and collect the young generation less often.
+        self._gc_threshold = gc.get_threshold()
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 50, 1000)
@@ -153,6 +154,8 @@ class Gateway:
     async def stop(self) -> None:
         if self.upstream_client is not None:
             await self.upstream_client.aclose()
+        gc.unfreeze()                 # the process may go on (tests, the demo) and must collect again
+        gc.set_threshold(*self._gc_threshold)
         self.log.close()
         self.loader.stop(final_load=True)
         self.sink.close()

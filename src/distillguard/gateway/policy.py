@@ -152,9 +152,15 @@ class ManualAction:
                 "set_at": self.set_at, "expires_at": self.expires_at}
 
 
-def _top_reasons(verdict: Verdict, k: int = 2) -> str:
-    details = [r.detail for r in verdict.reasons if r.family != "info"][:k]
-    return "; ".join(details)
+_FAMILY_ORDER = {"substream": 0, ELICITATION: 1, "harvest": 2, "coverage": 3, "automation": 4}
+
+
+def _top_reasons(verdict: Verdict, k: int = 3) -> str:
+    """The reasons a person should read first: what was asked for (privileged content), then how
+    much, then how broadly and how mechanically; by p-value within each."""
+    ranked = sorted((r for r in verdict.reasons if r.family != "info"),
+                    key=lambda r: (_FAMILY_ORDER.get(r.family, 9), r.p_value))
+    return "; ".join(r.detail for r in ranked[:k])
 
 
 class Policy:
