@@ -14,15 +14,29 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "docs" / "cli-reference.md"
-COMMANDS = (["--help"], ["lab", "traffic", "--help"], ["ingest", "--help"], ["export", "--help"], ["stats", "--help"],
-            ["baseline", "build", "--help"], ["scan", "--help"], ["demo", "--help"], ["version", "--help"])
+
+
+def commands() -> list[list[str]]:
+    """Every command and sub-command of the CLI, read from the Typer app (none can be forgotten)."""
+    from typer.main import get_command
+
+    from distillguard.cli import app
+
+    out = [["--help"]]
+    for name, command in get_command(app).commands.items():
+        subcommands = getattr(command, "commands", None)
+        if subcommands:
+            out += [[name, sub, "--help"] for sub in subcommands]
+        else:
+            out.append([name, "--help"])
+    return out
 
 
 def render() -> str:
     env = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"}
     parts = ["# Command-line reference", "",
              "Generated from `distillguard ... --help` by `scripts/gen_cli_reference.py`; do not edit by hand.", ""]
-    for args in COMMANDS:
+    for args in commands():
         out = subprocess.run([sys.executable, "-m", "distillguard", *args], capture_output=True, text=True, env=env,
                              check=True).stdout
         title = " ".join(["distillguard", *args[:-1]])

@@ -11,7 +11,7 @@ import pytest
 
 from distillguard.gateway.server import ServerThread, free_port
 from distillguard.serve.fixed import DEFAULT_TEXT
-from tests.gateway_support import ADMIN, FaultyUpstream, running_gateway
+from gateway_support import ADMIN, FaultyUpstream, running_gateway
 
 ALICE = {"authorization": "Bearer sk-alice-0001"}
 BOB = {"authorization": "Bearer sk-bob-00002"}

@@ -18,7 +18,7 @@ import orjson
 from distillguard.gateway.server import ServerThread, free_port
 from distillguard.gateway.wal import iter_log_records
 from distillguard.serve.fixed import FixedCompletionServer
-from tests.gateway_support import write_keys
+from gateway_support import write_keys
 
 N_REQUESTS = 3000
 CONCURRENCY = 32

@@ -12,7 +12,7 @@ import pytest
 from distillguard.gateway.server import ServerThread, free_port
 from distillguard.gateway.upstream import (HttpxUpstream, UpstreamClient, UpstreamProtocolError, UpstreamTimeout,
                                            UpstreamUnavailable)
-from tests.gateway_support import FaultyUpstream
+from gateway_support import FaultyUpstream
 
 BODY = b'{"model": "%s", "messages": [{"role": "user", "content": "hello"}]%s}'
 
