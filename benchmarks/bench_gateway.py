@@ -98,7 +98,7 @@ def cpu_seconds(proc: subprocess.Popen) -> float:
     return t.user + t.system
 
 
-def wrk_script(path: Path, keys: list[str]) -> None:
+def wrk_script(path: Path, keys: list[str], model: str = "m") -> None:
     lua_keys = ",".join(json.dumps(k) for k in keys)
     lua_prompts = ",".join(json.dumps(p) for p in PROMPTS)
     path.write_text(f"""
@@ -108,7 +108,7 @@ local n = 0
 request = function()
   n = n + 1
   local key = keys[(n % #keys) + 1]
-  local body = '{{"model":"m","max_tokens":256,"messages":[{{"role":"user","content":"' ..
+  local body = '{{"model":"{model}","max_tokens":256,"messages":[{{"role":"user","content":"' ..
                prompts[(n % #prompts) + 1] .. ' (' .. n .. ')"}}]}}'
   return wrk.format("POST", "/v1/chat/completions",
                     {{["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. key}}, body)
@@ -214,6 +214,56 @@ def scenario(name: str, delay_ms: float, connections: int, args, keys: list[str]
     return result
 
 
+LITELLM_KEY = "sk-litellm-bench-0123456789abcdef"
+
+
+def start_litellm(binary: str, upstream: str) -> tuple[subprocess.Popen, str]:
+    """LiteLLM's proxy (installed separately, e.g. in its own venv) in front of the same upstream."""
+    port = free_port()
+    env = {**os.environ, "LITELLM_MASTER_KEY": LITELLM_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+           "OPENAI_API_KEY": "sk-unused"}
+    proc = subprocess.Popen([binary, "--model", "openai/fixed-model", "--api_base", upstream + "/v1", "--host",
+                             "127.0.0.1", "--port", str(port), "--telemetry", "False", "--num_workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=open(LOGS / f"litellm-{port}.log", "wb"), env=env)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url + "/health/liveliness", proc, timeout=120)
+    return proc, url
+
+
+def tree_cpu_seconds(proc: subprocess.Popen) -> float:
+    root = psutil.Process(proc.pid)
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def litellm_scenario(binary: str, delay_ms: float, connections: int, duration: int, work: Path) -> dict:
+    upstream, up_url = start_upstream(delay_ms)
+    script = work / "litellm.lua"
+    wrk_script(script, [LITELLM_KEY], model="fixed-model")
+    proxy, url = start_litellm(binary, up_url)
+    try:
+        run_wrk(url, script, connections, 3)
+        direct = run_wrk(up_url, script, connections, duration)
+        cpu0 = tree_cpu_seconds(proxy)
+        proxied = run_wrk(url, script, connections, duration)
+        cpu1 = tree_cpu_seconds(proxy)
+    finally:
+        stop(proxy)
+        stop(upstream)
+    cpu_ms = (cpu1 - cpu0) / max(1, proxied["requests"]) * 1000
+    return {"scenario": f"litellm, upstream {delay_ms:g} ms", "direct_rps": direct["rps"], "proxy_rps": proxied["rps"],
+            "ratio": proxied["rps"] / direct["rps"], "cpu_ms_per_request": cpu_ms, "rps_per_core": 1000.0 / cpu_ms,
+            "added_p50_ms": proxied["latency_ms"].get("p50", 0) - direct["latency_ms"].get("p50", 0),
+            "added_p99_ms": proxied["latency_ms"].get("p99", 0) - direct["latency_ms"].get("p99", 0),
+            "non_2xx": proxied["non_2xx"]}
+
+
 def memory_per_account(n_accounts: int) -> dict:
     import tracemalloc
 
@@ -244,6 +294,8 @@ def main() -> None:
     parser.add_argument("--python-requests", type=int, default=3000)
     parser.add_argument("--memory-accounts", type=int, default=20000)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--litellm", help="path of a `litellm` executable (its own venv: pip install 'litellm[proxy]') "
+                                          "to measure LiteLLM's proxy in the same run")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
@@ -255,6 +307,8 @@ def main() -> None:
     wrk_script(script, keys)
     results = [scenario("fast-upstream", 0.0, 64, args, keys, keys_path, script),
                scenario("upstream-100ms", 100.0, 64, args, keys, keys_path, script)]
+    litellm = ([litellm_scenario(args.litellm, delay, 64, args.duration, work) for delay in (0.0, 100.0)]
+               if args.litellm else [])
     memory = memory_per_account(args.memory_accounts)
     for r in results:
         print(f"\n== {r['scenario']} (upstream delay {r['upstream_delay_ms']:g} ms, {r['connections']} connections, "
@@ -270,10 +324,16 @@ def main() -> None:
         print(f"python client: direct {pc['direct']['rps']:,.0f} req/s, gateway {pc['gateway']['rps']:,.0f} req/s; "
               f"added p50 {pc['added_p50_ms']:+.2f} ms, p99 {pc['added_p99_ms']:+.2f} ms")
         print(f"events stored {r['events_stored']:,} ≥ answered {r['answered_at_least']:,}: lost {r['lost_events']}")
+    for r in litellm:
+        print(f"\n== {r['scenario']} (wrk, 64 connections) ==")
+        print(f"direct {r['direct_rps']:,.0f} req/s; through LiteLLM {r['proxy_rps']:,.0f} req/s "
+              f"(ratio {r['ratio']:.1%}); LiteLLM CPU {r['cpu_ms_per_request']:.2f} ms/request → "
+              f"{r['rps_per_core']:,.0f} req/s per core; added p50 {r['added_p50_ms']:+.1f} ms, "
+              f"p99 {r['added_p99_ms']:+.1f} ms; non-2xx {r['non_2xx']}")
     print(f"\nmemory per tracked account: {memory['bytes_per_account']:,.0f} bytes "
           f"({memory['accounts']:,} accounts, 10 requests each)")
     if args.json:
-        args.json.write_text(json.dumps({"scenarios": results, "memory": memory}, indent=2))
+        args.json.write_text(json.dumps({"scenarios": results, "litellm": litellm, "memory": memory}, indent=2))
     shutil.rmtree(work, ignore_errors=True)
 
 

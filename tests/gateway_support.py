@@ -16,7 +16,7 @@ import orjson
 from distillguard.gateway.app import Gateway, build_app
 from distillguard.gateway.config import load_config
 from distillguard.gateway.server import ServerThread, free_port
-from distillguard.serve.fixed import FixedCompletionServer
+from distillguard.serve.fixed import FixedCompletionServer, read_body
 
 KEYS = {"sk-alice-0001": "alice", "sk-bob-00002": {"account": "bob", "email": "bob@example.com"},
         "sk-research-3": "research-lab"}
@@ -36,12 +36,7 @@ class FaultyUpstream(FixedCompletionServer):
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             return await super().__call__(scope, receive, send)
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         request = orjson.loads(body)
         self.seen.append(request)
         self.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})

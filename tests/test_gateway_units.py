@@ -262,3 +262,21 @@ def test_sse_relay_holds_done_and_reassembles():
     relay = SSERelay(strip_reasoning=lambda o: o["choices"][0]["delta"].pop("reasoning_content", None) is not None)
     out = relay.feed(b'data: {"choices": [{"delta": {"content": "a", "reasoning_content": "secret"}}]}\n\n')
     assert b"secret" not in out and orjson.loads(out[6:])["choices"][0]["delta"] == {"content": "a"}
+
+
+def test_structured_logs_are_json_lines():
+    import io
+    import logging
+
+    from distillguard.gateway.logs import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("distillguard.test-json")
+    logger.addHandler(handler)
+    logger.setLevel("INFO")
+    logger.info("decision", extra={"account": "acct-ü", "codes": ["manual_block"]})
+    record = orjson.loads(stream.getvalue())
+    assert record["msg"] == "decision" and record["account"] == "acct-ü" and record["codes"] == ["manual_block"]
+    assert record["level"] == "info" and record["ts"].endswith("Z")

@@ -326,12 +326,14 @@ def gateway(
     fail: Optional[str] = typer.Option(None, "--fail", help="open or closed: what an internal policy error does."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="Baseline file (default: the shipped one)."),
     fpr: Optional[float] = typer.Option(None, "--fpr", help="Target false-positive rate of the live flag."),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error (JSON lines on stderr)."),
 ) -> None:
     """The enforcing gateway: an OpenAI-compatible proxy that logs, scores and acts with reasons."""
     import uvicorn
 
     from distillguard.gateway.app import Gateway, build_app
     from distillguard.gateway.config import load_config
+    from distillguard.gateway.logs import configure as configure_logs
     from distillguard.gateway.server import uvicorn_config
 
     cfg = load_config(config, upstream=upstream, db=db, port=port, host=host, keys=keys, admin_token=admin_token,
@@ -343,11 +345,14 @@ def gateway(
     if fail is not None:
         cfg.policy.fail = fail
     cfg.validate()
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise UsageError(f"--log-level: expected debug, info, warning or error, got {log_level!r}")
+    configure_logs(log_level)
     gw = Gateway(cfg)
     err_console.print(f"distillguard gateway on http://{cfg.host}:{cfg.port} → {cfg.upstream} "
                       f"(mode {cfg.policy.mode}, fail-{cfg.policy.fail}, {len(gw.keys)} keys, log {cfg.log.dir}, "
                       f"sink {cfg.log.sink}{'' if not gw.recovered else f', recovered {gw.recovered:,} events'})")
-    if gw._admin_token is None:
+    if gw.admin_token is None:
         err_console.print("admin API off (no --admin-token / DISTILLGUARD_ADMIN_TOKEN)")
     uvicorn.Server(uvicorn_config(build_app(gw), cfg.host, cfg.port, log_level="warning")).run()
 

@@ -44,3 +44,22 @@ class FieldError(ValueError):
 
 class UsageError(DistillguardError):
     """A command was called with options that do not fit together."""
+
+
+def load_json_file(path, what: str):
+    """Parse a whole JSON file, turning every way it can fail into one clear BadInputError."""
+    from pathlib import Path
+
+    import orjson
+
+    source = str(path)
+    try:
+        return orjson.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise BadInputError(f"no such {what}", source=source) from None
+    except IsADirectoryError:
+        raise BadInputError(f"is a directory, expected a {what}", source=source) from None
+    except PermissionError:
+        raise BadInputError("permission denied", source=source) from None
+    except orjson.JSONDecodeError as exc:
+        raise BadInputError(f"{what} is not JSON ({exc})", source=source) from None

@@ -17,7 +17,7 @@ import orjson
 import pandas as pd
 from scipy import special, stats
 
-from distillguard.errors import BadInputError
+from distillguard.errors import BadInputError, load_json_file
 from distillguard.detect.signals import SIGNALS, Signal
 
 BASELINE_VERSION = 1
@@ -228,17 +228,7 @@ class Baseline:
 
     @classmethod
     def load(cls, path: str | Path) -> "Baseline":
-        try:
-            data = orjson.loads(Path(path).read_bytes())
-        except FileNotFoundError:
-            raise BadInputError("no such baseline file", source=str(path)) from None
-        except IsADirectoryError:
-            raise BadInputError("is a directory, expected a baseline file", source=str(path)) from None
-        except PermissionError:
-            raise BadInputError("permission denied", source=str(path)) from None
-        except orjson.JSONDecodeError as exc:
-            raise BadInputError(f"baseline is not JSON ({exc})", source=str(path)) from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(load_json_file(path, "baseline file"), source=str(path))
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<baseline>") -> "Baseline":

@@ -1,10 +1,10 @@
-"""The enforcing gateway: an OpenAI-compatible proxy (Starlette + httpx) that logs, scores and acts.
+"""The enforcing gateway: an OpenAI-compatible proxy (Starlette) that logs, scores and acts.
 
 Per request: authenticate the API key → read and validate the body → fold it into the
 account's live state and decide (:mod:`scorer`, :mod:`policy`) → answer a block or throttle at
-once, or forward (possibly modified) to the upstream with a pooled httpx client → pass the
-answer back (SSE streams chunk by chunk) → write one event record to the durable log and wait
-for its fsync before the client sees the end of the answer.
+once, or forward (possibly modified) to the upstream over a keep-alive pool
+(:mod:`upstream`) → pass the answer back (SSE streams chunk by chunk) → write one event record
+to the durable log and wait for its fsync before the client sees the end of the answer.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class Gateway:
         self.transport = transport
         self.upstream_client = None
         self.upstream = config.upstream.rstrip("/")
-        self._admin_token = config.admin_token or os.environ.get("DISTILLGUARD_ADMIN_TOKEN") or None
+        self.admin_token = config.admin_token or os.environ.get("DISTILLGUARD_ADMIN_TOKEN") or None
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -298,6 +298,9 @@ async def proxy(request: Request) -> Response:
         if gw.config.policy.fail == "closed":
             decision.action = "block"
     event["decision"] = decision.to_dict()
+    if decision.action != "allow":
+        log.info("decision", extra={"request_id": event["id"], "account": info.account, "action": decision.action,
+                                    "codes": decision.codes, "enforced": decision.enforced, "rule": decision.rule})
     if assessment is not None:
         event["risk"] = {"score": round(assessment.verdict.score, 4), "status": assessment.verdict.status,
                          "p_value": assessment.verdict.p_value}
@@ -523,17 +526,17 @@ async def metrics(request: Request) -> Response:
 
 # -- admin API --------------------------------------------------------------------------------------
 def _admin_denied(gw: Gateway, request: Request) -> Response | None:
-    if gw._admin_token is None:
+    if gw.admin_token is None:
         return openai_error(403, "the admin API is disabled: start the gateway with --admin-token or "
                                  "DISTILLGUARD_ADMIN_TOKEN", "admin_disabled", kind="permission_denied")
     auth = request.headers.get("authorization", "")
     token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-    if token and hmac.compare_digest(token.encode(), gw._admin_token.encode()):
+    if token and hmac.compare_digest(token.encode(), gw.admin_token.encode()):
         return None
     if token and gw.keys.lookup(token) is not None:
         return openai_error(403, "API keys cannot use the admin API; use the admin token", "admin_forbidden",
                             kind="permission_denied")
-    return openai_error(401, "missing or wrong admin token", "invalid_admin_token")
+    return openai_error(401, "missing or wrong admin token", "invalidadmin_token")
 
 
 async def _json_body(request: Request) -> dict[str, Any] | Response:

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from distillguard.errors import BadInputError
+from distillguard.errors import BadInputError, load_json_file
 
 IDENTITY_FIELDS = ("email", "payment", "org", "created")
 
@@ -80,14 +80,7 @@ class KeyRing:
 
     def load_file(self, path: str | Path) -> int:
         path = Path(path)
-        try:
-            data = orjson.loads(path.read_bytes())
-        except FileNotFoundError:
-            raise BadInputError("no such keys file", source=str(path)) from None
-        except IsADirectoryError:
-            raise BadInputError("is a directory, expected a JSON keys file", source=str(path)) from None
-        except orjson.JSONDecodeError as exc:
-            raise BadInputError(f"keys file is not JSON ({exc})", source=str(path)) from None
+        data = load_json_file(path, "keys file")
         if not isinstance(data, dict):
             raise BadInputError("expected a JSON object mapping API keys to accounts", source=str(path))
         for key, value in data.items():

@@ -21,16 +21,14 @@ import math
 import sys
 from array import array
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from distillguard.detect import text as tx
-from distillguard.detect.baseline import Baseline
 from distillguard.detect.features import (BREADTH_SAMPLE, BREADTH_WINDOWS, TEMPLATE_MIN_GROUP, _entropy_bits,
                                           elicitation_text)
 from distillguard.detect.minhash import band_keys, signature_one, template_shingles
-from distillguard.detect.scoring import Verdict, judge
+from distillguard.detect.scoring import Verdict
 from distillguard.events.schema import PromptView
 
 N_AREAS = len(tx.AREA_LIST)
@@ -281,7 +279,3 @@ def merged_features(states: list[AccountState]) -> dict[str, float]:
     out = features_of(v, distinct)
     out["gap_cv"] = out["regularity"] = float("nan")
     return out
-
-
-def verdict_for(features: dict[str, Any], baseline: Baseline, fpr: float, authorised: bool) -> Verdict:
-    return judge(features, baseline, fpr, authorised=authorised)

@@ -48,12 +48,7 @@ class FixedCompletionServer:
         if method != "POST" or path not in ("/v1/chat/completions", "/v1/completions"):
             return await _send(send, 404, orjson.dumps({"error": {"message": "not found", "type": "invalid_request_error",
                                                                   "code": "not_found", "param": None}}))
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         try:
             request = orjson.loads(body)
             assert isinstance(request, dict)
@@ -99,6 +94,16 @@ class FixedCompletionServer:
         answer = {"id": cid, "object": "chat.completion" if chat else "text_completion", "created": created,
                   "model": request.get("model") or self.model, "choices": [choice], "usage": usage}
         await _send(send, 200, orjson.dumps(answer))
+
+
+async def read_body(receive) -> bytes:
+    """The whole request body from an ASGI ``receive`` channel."""
+    parts = []
+    while True:
+        message = await receive()
+        parts.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(parts)
 
 
 async def _send(send, status: int, body: bytes) -> None:
