@@ -1,0 +1,105 @@
+"""Watermark keys: one value object used by generation, detection and radioactivity tests.
+
+A key set holds one secret. From it come, by keyed hashes (HMAC-SHA256):
+
+* the cohort of each account (``cohort_of``): accounts are spread over K cohorts, and
+* one KGW hashing key per cohort (``cohort_key``): what the generation-side
+  ``transformers`` ``WatermarkLogitsProcessor`` is seeded with for that cohort's requests.
+
+So text (or a model trained on text) carrying cohort k's watermark traces a leak to cohort k,
+and the cohort's account list narrows it further. The file holds the secret: keep it private.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from distillguard.errors import BadInputError, load_json_file
+
+KEYSET_VERSION = 1
+_MAX_HASH_KEY = 2**40     # hashing_key * token id stays exact in torch's int64 seeding arithmetic
+
+
+@dataclass(frozen=True)
+class KeySet:
+    secret: bytes
+    cohorts: int = 8
+    scheme: str = "kgw"
+    greenlist_ratio: float = 0.25
+    bias: float = 2.0
+    context_width: int = 1
+    seeding_scheme: str = "lefthash"
+
+    def __post_init__(self) -> None:
+        if len(self.secret) < 16:
+            raise BadInputError("the watermark secret must be at least 16 bytes", field="secret")
+        if not 1 <= self.cohorts <= 4096:
+            raise BadInputError(f"expected 1..4096 cohorts, got {self.cohorts}", field="cohorts")
+        if self.scheme != "kgw":
+            raise BadInputError(f"unknown watermark scheme {self.scheme!r} (supported: kgw)", field="scheme")
+        if not 0.0 < self.greenlist_ratio < 1.0:
+            raise BadInputError(f"expected a ratio strictly between 0 and 1, got {self.greenlist_ratio}",
+                                field="greenlist_ratio")
+        if self.context_width != 1 or self.seeding_scheme != "lefthash":
+            raise BadInputError("only context_width = 1 with lefthash seeding is supported", field="seeding_scheme")
+
+    @classmethod
+    def generate(cls, cohorts: int = 8, **params: Any) -> "KeySet":
+        return cls(secret=os.urandom(32), cohorts=cohorts, **params)
+
+    def _mac(self, message: str) -> bytes:
+        return hmac.new(self.secret, message.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+
+    def cohort_of(self, account: str) -> int:
+        """The account's cohort: a keyed hash, so outsiders cannot choose or predict it."""
+        return int.from_bytes(self._mac("account:" + account)[:8], "big") % self.cohorts
+
+    def cohort_key(self, cohort: int) -> int:
+        """The KGW hashing key of one cohort."""
+        if not 0 <= cohort < self.cohorts:
+            raise BadInputError(f"cohort {cohort} outside 0..{self.cohorts - 1}", field="cohort")
+        return int.from_bytes(self._mac(f"cohort:{cohort}")[:8], "big") % _MAX_HASH_KEY + 1
+
+    def control_keys(self, n: int) -> list[int]:
+        """Keys never used for generation, for control tests (their p-values must be uniform)."""
+        return [int.from_bytes(self._mac(f"control:{i}")[:8], "big") % _MAX_HASH_KEY + 1 for i in range(n)]
+
+    def watermarking_config(self, cohort: int) -> dict[str, Any]:
+        """Arguments for ``transformers.WatermarkingConfig`` for one cohort."""
+        return {"greenlist_ratio": self.greenlist_ratio, "bias": self.bias, "hashing_key": self.cohort_key(cohort),
+                "seeding_scheme": self.seeding_scheme, "context_width": self.context_width}
+
+    # -- persistence ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": KEYSET_VERSION, "scheme": self.scheme, "secret": self.secret.hex(), "cohorts": self.cohorts,
+                "greenlist_ratio": self.greenlist_ratio, "bias": self.bias, "context_width": self.context_width,
+                "seeding_scheme": self.seeding_scheme}
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # a secret: owner-only
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "KeySet":
+        data = load_json_file(path, "watermark key file")
+        if not isinstance(data, dict) or data.get("version") != KEYSET_VERSION or "secret" not in data:
+            raise BadInputError(f"not a distillguard watermark key file (version {KEYSET_VERSION})", source=str(path))
+        try:
+            return cls(secret=bytes.fromhex(data["secret"]), cohorts=int(data["cohorts"]), scheme=data["scheme"],
+                       greenlist_ratio=float(data["greenlist_ratio"]), bias=float(data["bias"]),
+                       context_width=int(data["context_width"]), seeding_scheme=data["seeding_scheme"])
+        except BadInputError as exc:
+            raise BadInputError(exc.message, source=str(path), field=exc.field) from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadInputError(f"watermark key file is malformed ({type(exc).__name__}: {exc})",
+                                source=str(path)) from None

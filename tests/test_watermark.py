@@ -1,0 +1,107 @@
+"""Watermark keys and the fast KGW detector, checked against transformers on identical tokens."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from distillguard.errors import BadInputError
+from distillguard.watermark.keys import KeySet
+from distillguard.watermark.kgw import GreenTable, KGWDetector, unique_pairs
+
+VOCAB = 1000
+
+
+def _hf_detector(keys: KeySet, cohort: int, vocab: int = VOCAB):
+    from transformers import GPT2Config, WatermarkDetector, WatermarkingConfig
+
+    config = GPT2Config(vocab_size=vocab, bos_token_id=vocab - 1, eos_token_id=vocab - 1)
+    return WatermarkDetector(model_config=config, device="cpu",
+                             watermarking_config=WatermarkingConfig(**keys.watermarking_config(cohort)),
+                             ignore_repeated_ngrams=True)
+
+
+def _biased_sequence(table: GreenTable, rng: np.random.Generator, n: int, green_share: float) -> np.ndarray:
+    seq = [int(rng.integers(VOCAB - 1))]
+    for _ in range(n - 1):
+        table.ensure(np.array([seq[-1]]))
+        row = table.table[table.row_of[seq[-1]]]
+        pool = np.flatnonzero(row if rng.random() < green_share else ~row)
+        pool = pool[pool != VOCAB - 1]                   # never the BOS id
+        seq.append(int(rng.choice(pool)))
+    return np.array(seq)
+
+
+@pytest.mark.parametrize("green_share", [0.25, 0.6, 0.95])
+def test_counts_and_z_equal_transformers(green_share):
+    keys = KeySet(secret=b"k" * 32, cohorts=4)
+    rng = np.random.default_rng(7)
+    ours = KGWDetector([keys.cohort_key(c) for c in range(4)], VOCAB, keys.greenlist_ratio)
+    for cohort in range(2):
+        seq = _biased_sequence(ours.tables[cohort], rng, 300, green_share)
+        seq = np.concatenate([seq, seq[:50]])            # repeats are scored once by both
+        mine = ours.score(seq, cohort)
+        theirs = _hf_detector(keys, cohort)(torch.tensor(seq)[None, :], return_dict=True)
+        assert mine.scored == int(theirs.num_tokens_scored[0])
+        assert mine.green == int(theirs.num_green_tokens[0])
+        assert mine.z == pytest.approx(float(theirs.z_score[0]), rel=1e-9)
+
+
+def test_text_generated_by_transformers_with_a_cohort_key_is_detected_and_attributed():
+    from transformers import GPT2Config, GPT2LMHeadModel, WatermarkingConfig
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=32, n_positions=256,
+                                       bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1)).eval()
+    keys = KeySet(secret=b"s" * 32, cohorts=5)
+    prompt = torch.tensor([[5, 17, 300]])
+    out = model.generate(prompt, do_sample=True, max_new_tokens=200, min_new_tokens=200, pad_token_id=VOCAB - 1,
+                         watermarking_config=WatermarkingConfig(**{**keys.watermarking_config(3), "bias": 6.0}))
+    new = out[0, prompt.shape[1] - 1:].numpy()           # the last prompt token is the first context
+    detector = KGWDetector([keys.cohort_key(c) for c in range(5)] + keys.control_keys(3), VOCAB)
+    scores = detector.score_all(new)
+    assert scores[3].p_value < 1e-10
+    assert all(s.p_value > 1e-4 for i, s in enumerate(scores) if i != 3)
+    clean = model.generate(prompt, do_sample=True, max_new_tokens=200, min_new_tokens=200,
+                           pad_token_id=VOCAB - 1)[0, 2:].numpy()
+    assert detector.score(clean, 3).p_value > 1e-4
+
+
+def test_control_keys_give_uniform_p_values():
+    rng = np.random.default_rng(1)
+    keys = KeySet(secret=b"c" * 32)
+    detector = KGWDetector(keys.control_keys(200), VOCAB)
+    seq = rng.integers(VOCAB, size=400)
+    p = np.array([s.p_value for s in detector.score_all(seq)])
+    assert 0.02 <= (p < 0.1).mean() <= 0.2 and (p < 0.01).mean() <= 0.03
+
+
+def test_excluded_pairs_and_bad_inputs():
+    codes = unique_pairs(np.array([1, 2, 1, 2, 3]), 10)
+    assert codes.tolist() == [12, 21, 23]
+    assert unique_pairs(np.array([1, 2, 3]), 10, exclude=np.array([12])).tolist() == [23]
+    assert unique_pairs(np.array([4]), 10).size == 0
+    with pytest.raises(BadInputError, match="tokenizer mismatch"):
+        unique_pairs(np.array([1, 99]), 10)
+    assert KGWDetector([5], 10).score(np.array([], dtype=np.int64)).p_value == 1.0
+
+
+def test_keyset_round_trip_and_errors(tmp_path):
+    keys = KeySet.generate(cohorts=16)
+    keys.save(tmp_path / "keys.json")
+    assert (tmp_path / "keys.json").stat().st_mode & 0o077 == 0        # the secret is owner-only
+    again = KeySet.load(tmp_path / "keys.json")
+    assert again == keys and again.cohort_of("acme") == keys.cohort_of("acme")
+    assert len({keys.cohort_of(f"a{i}") for i in range(500)}) == 16
+    assert len({keys.cohort_key(c) for c in range(16)}) == 16
+    (tmp_path / "bad.json").write_text('{"version": 1, "secret": "zz", "cohorts": 4}')
+    with pytest.raises(BadInputError, match="malformed"):
+        KeySet.load(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text("[]")
+    with pytest.raises(BadInputError, match="not a distillguard watermark key file"):
+        KeySet.load(tmp_path / "other.json")
+    with pytest.raises(BadInputError, match="no such watermark key file"):
+        KeySet.load(tmp_path / "missing.json")
+    with pytest.raises(BadInputError):
+        KeySet(secret=b"short")
