@@ -25,8 +25,7 @@ def _hf_detector(keys: KeySet, cohort: int, vocab: int = VOCAB):
 def _biased_sequence(table: GreenTable, rng: np.random.Generator, n: int, green_share: float) -> np.ndarray:
     seq = [int(rng.integers(VOCAB - 1))]
     for _ in range(n - 1):
-        table.ensure(np.array([seq[-1]]))
-        row = table.table[table.row_of[seq[-1]]]
+        row = table.green(np.full(VOCAB, seq[-1]), np.arange(VOCAB))
         pool = np.flatnonzero(row if rng.random() < green_share else ~row)
         pool = pool[pool != VOCAB - 1]                   # never the BOS id
         seq.append(int(rng.choice(pool)))
@@ -105,3 +104,13 @@ def test_keyset_round_trip_and_errors(tmp_path):
         KeySet.load(tmp_path / "missing.json")
     with pytest.raises(BadInputError):
         KeySet(secret=b"short")
+
+
+def test_score_many_equals_one_by_one():
+    rng = np.random.default_rng(3)
+    detector = KGWDetector([12345], VOCAB)
+    texts = [rng.integers(VOCAB, size=n) for n in (0, 1, 2, 50, 300)] + [np.array([7, 7, 7, 7])]
+    batch = detector.score_many(texts)
+    assert batch == [detector.score(t) for t in texts]
+    with pytest.raises(BadInputError, match="text 1"):
+        detector.score_many([np.array([1, 2]), np.array([1, VOCAB])])
