@@ -144,6 +144,17 @@ class KGWDetector:
         p = np.where(n > 0, stats.binom.sf(g - 1, np.maximum(n, 1), self.ratio), 1.0)
         return [Score(int(n[i]), int(g[i]), float(z[i]), float(p[i])) for i in range(len(sequences))]
 
+    def score_pooled(self, sequences: list[np.ndarray], key_index: int = 0) -> Score:
+        """One score for a whole corpus: every distinct (context, token) pair counted once over
+        all texts (repeats across texts are not independent evidence either)."""
+        v = self.vocab_size
+        parts = [np.asarray(q, dtype=np.int64) for q in sequences]
+        codes = [q[:-1] * v + q[1:] for q in parts if q.size >= 2]
+        if not codes:
+            return score_counts(0, 0, self.ratio)
+        merged = np.unique(np.concatenate(codes))
+        return score_counts(self.green_count(merged, key_index), merged.size, self.ratio)
+
     def score_all(self, token_ids: np.ndarray, exclude: np.ndarray | None = None) -> list[Score]:
         """One score per key, on the same de-duplicated pairs."""
         codes = unique_pairs(token_ids, self.vocab_size, exclude)
