@@ -88,6 +88,24 @@ def lab_traffic(
                   f"labels → {summary.labels_path}")
 
 
+@lab_app.command("build-model")
+def lab_build_model(
+    out: Optional[Path] = typer.Option(None, "--out", help="Model directory (default: the embedded default's cache)."),
+    seconds: float = typer.Option(180.0, "--seconds", min=1.0, help="Wall-clock training budget."),
+    vocab_size: int = typer.Option(4096, "--vocab-size", min=300, max=65536, help="BPE vocabulary size."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Train the embedded default model (tiny GPT-2 + BPE tokenizer on ShareGPT), in Hugging Face layout."""
+    from distillguard.lab.tinylm import build_model, default_model_dir
+
+    target = out or default_model_dir()
+    with err_console.status("training the tiny language model…", spinner="dots") as status:
+        meta = build_model(target, seconds=seconds, vocab_size=vocab_size, seed=seed,
+                           progress=lambda step, loss: status.update(f"training: step {step:,}, loss {loss:.3f}"))
+    console.print(f"{meta['parameters']:,} parameters, {meta['steps']:,} steps in {meta['seconds']} s; held-out "
+                  f"perplexity {meta['heldout_perplexity']:,} → {target}")
+
+
 @app.command()
 def ingest(
     logs: List[Path] = typer.Argument(..., help="Event logs: JSON Lines (plain or .gz), Parquet, or a DuckDB store."),

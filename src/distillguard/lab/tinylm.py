@@ -33,3 +33,79 @@ def save(tokenizer, model, out: str | Path) -> Path:
     if model is not None:
         model.save_pretrained(out)
     return out
+
+
+def corpus_texts(max_chars: int = 3_000_000) -> list[str]:
+    """ShareGPT exchanges as ``User: …\\nAssistant: …`` documents (the lab's organic corpus)."""
+    from distillguard.lab.corpus import load_corpus
+
+    out, total = [], 0
+    for conv in load_corpus():
+        for human, assistant in conv.turns:
+            doc = f"User: {human[:1000]}\nAssistant: {assistant[:2000]}{SPECIAL}"
+            out.append(doc)
+            total += len(doc)
+            if total >= max_chars:
+                return out
+    return out
+
+
+def build_model(out: str | Path, *, seconds: float = 180.0, vocab_size: int = 4096, max_chars: int = 3_000_000,
+                seed: int = 0, progress=None) -> dict:
+    """Train the embedded default model: a byte-level BPE tokenizer and a 4-layer GPT-2 on ShareGPT.
+
+    Trains for ``seconds`` of wall time (the result is small: ~6 MB). Returns its metadata.
+    """
+    import json
+    import math
+    import time
+
+    import numpy as np
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    texts = corpus_texts(max_chars)
+    tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
+    ids = np.concatenate([np.asarray(tokenizer(t, add_special_tokens=False)["input_ids"], dtype=np.int64)
+                          for t in texts])
+    split = int(0.98 * ids.size)
+    train, held = torch.from_numpy(ids[:split]), torch.from_numpy(ids[split:])
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=128, n_layer=4, n_head=4,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = GPT2LMHeadModel(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    block, batch = 128, 16
+    rng = np.random.default_rng(seed)
+    start, step, losses = time.monotonic(), 0, []
+    model.train()
+    while time.monotonic() - start < seconds:
+        offsets = rng.integers(0, train.numel() - block - 1, size=batch)
+        x = torch.stack([train[o:o + block] for o in offsets])
+        loss = model(input_ids=x, labels=x).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        step += 1
+        if progress is not None and step % 50 == 0:
+            progress(step, float(np.mean(losses[-50:])))
+    model.eval()
+    with torch.no_grad():
+        chunks = [held[i:i + block] for i in range(0, held.numel() - block, block)][:50]
+        held_loss = float(np.mean([float(model(input_ids=c[None], labels=c[None]).loss) for c in chunks]))
+    meta = {"kind": "distillguard-tiny-lm", "steps": step, "seconds": round(time.monotonic() - start, 1),
+            "train_tokens": int(train.numel()), "vocab_size": len(tokenizer),
+            "train_loss": round(float(np.mean(losses[-50:])), 4) if losses else None,
+            "heldout_loss": round(held_loss, 4), "heldout_perplexity": round(math.exp(held_loss), 2),
+            "parameters": sum(p.numel() for p in model.parameters())}
+    save(tokenizer, model, out)
+    (Path(out) / "distillguard.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def default_model_dir() -> Path:
+    from distillguard.lab.corpus import cache_dir
+
+    return cache_dir() / "tiny-lm-v1"
