@@ -382,17 +382,40 @@ def gateway(
 def serve(
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
-    delay_ms: float = typer.Option(0.0, "--delay-ms", min=0.0, help="Wait this long before answering (generation time)."),
-    text: Optional[str] = typer.Option(None, "--text", help="The fixed completion text."),
+    model: Optional[Path] = typer.Option(None, "--model",
+                                         help="Hugging Face causal LM directory ('default': the embedded tiny model). "
+                                              "Without it: a fixed-completion backend."),
+    watermark: str = typer.Option("kgw", "--watermark", help="kgw or none (with --model)."),
+    keys: Optional[Path] = typer.Option(None, "--keys", help="Watermark key file (needed for --watermark kgw)."),
+    delay_ms: float = typer.Option(0.0, "--delay-ms", min=0.0, help="Fixed backend: wait this long before answering."),
+    text: Optional[str] = typer.Option(None, "--text", help="Fixed backend: the completion text."),
 ) -> None:
-    """Reference OpenAI-compatible model server (fixed-completion backend)."""
+    """Reference OpenAI-compatible model server: a watermarked Hugging Face model, or a fixed completion."""
     import uvicorn
 
     from distillguard.gateway.server import uvicorn_config
-    from distillguard.serve.fixed import DEFAULT_TEXT, FixedCompletionServer
 
-    app_ = FixedCompletionServer(text=text or DEFAULT_TEXT, delay_s=delay_ms / 1000.0)
-    err_console.print(f"fixed-completion model server on http://{host}:{port} (delay {delay_ms:g} ms)")
+    if model is None:
+        from distillguard.serve.fixed import DEFAULT_TEXT, FixedCompletionServer
+
+        app_ = FixedCompletionServer(text=text or DEFAULT_TEXT, delay_s=delay_ms / 1000.0)
+        err_console.print(f"fixed-completion model server on http://{host}:{port} (delay {delay_ms:g} ms)")
+    else:
+        from distillguard.lab.tinylm import default_model_dir
+        from distillguard.serve.hf import HFModelServer
+        from distillguard.watermark.keys import KeySet
+
+        if watermark not in ("kgw", "none"):
+            raise UsageError(f"--watermark: expected kgw or none, got {watermark!r}")
+        if watermark == "kgw" and keys is None:
+            raise UsageError("--watermark kgw needs --keys (create one with 'distillguard watermark keygen')")
+        key_set = KeySet.load(keys) if watermark == "kgw" else None
+        model_dir = default_model_dir() if str(model) == "default" else model
+        if str(model) == "default" and not model_dir.exists():
+            raise UsageError("the embedded default model is not built yet: run 'distillguard lab build-model'")
+        app_ = HFModelServer(model_dir, keys=key_set)
+        err_console.print(f"model server for {model_dir} on http://{host}:{port} "
+                          f"(watermark {watermark}{f', {key_set.cohorts} cohorts' if key_set else ''})")
     uvicorn.Server(uvicorn_config(app_, host, port, log_level="warning")).run()
 
 

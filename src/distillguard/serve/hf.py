@@ -1,0 +1,162 @@
+"""An OpenAI-compatible model server over a Hugging Face causal LM, watermarking every completion.
+
+Each request is generated with the KGW watermark key of the requesting account's cohort
+(``transformers.WatermarkingConfig`` with the key set's per-cohort hashing key). The gateway
+names the account in ``x-distillguard-account``; without it the request counts as the account
+``anonymous``. Generation runs in a worker thread, one request at a time (a CPU model has no
+batch to share). Streaming requests get the completion in SSE chunks once it is generated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from distillguard.errors import BadInputError
+from distillguard.serve.fixed import _send, read_body
+from distillguard.watermark.keys import KeySet
+
+DEFAULT_MAX_TOKENS = 128
+
+
+def load_model(path: str | Path):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise BadInputError("expected a local model directory (Hugging Face layout)", source=str(path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True).eval()
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"cannot load a causal language model from it ({str(exc).splitlines()[0][:200]})",
+                            source=str(path)) from None
+    return tokenizer, model
+
+
+def chat_prompt(tokenizer: Any, messages: list[dict[str, Any]]) -> str:
+    """The model's chat template when it has one; else the lab format (``User: …\\nAssistant:``)."""
+    from distillguard.events.schema import content_text
+
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    lines = []
+    for m in messages:
+        role = {"user": "User", "assistant": "Assistant", "system": "System", "developer": "System"}.get(
+            m.get("role"), "User")
+        lines.append(f"{role}: {content_text(m.get('content'))}")
+    return "\n".join(lines) + "\nAssistant:"
+
+
+class HFModelServer:
+    def __init__(self, model_dir: str | Path, *, keys: KeySet | None, model_name: str | None = None) -> None:
+        self.tokenizer, self.model = load_model(model_dir)
+        self.keys = keys
+        self.model_name = model_name or Path(model_dir).name
+        self.max_positions = int(getattr(self.model.config, "n_positions", None)
+                                 or getattr(self.model.config, "max_position_embeddings", 2048))
+        self._lock = threading.Lock()
+        self.requests = 0
+
+    def generate(self, prompt: str, *, max_tokens: int, temperature: float, top_p: float,
+                 account: str) -> tuple[str, int, int, int | None]:
+        import torch
+        from transformers import WatermarkingConfig
+
+        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        room = self.max_positions - ids.shape[1]
+        if room < 1:
+            ids = ids[:, -(self.max_positions - max(1, min(max_tokens, self.max_positions // 2))):]
+            room = self.max_positions - ids.shape[1]
+        new_tokens = max(1, min(max_tokens, room))
+        kwargs: dict[str, Any] = {"max_new_tokens": new_tokens, "pad_token_id": self.tokenizer.eos_token_id}
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+        else:
+            kwargs.update(do_sample=False)
+        cohort = None
+        if self.keys is not None:
+            cohort = self.keys.cohort_of(account)
+            kwargs["watermarking_config"] = WatermarkingConfig(**self.keys.watermarking_config(cohort))
+        with self._lock, torch.no_grad():
+            out = self.model.generate(ids, **kwargs)
+        completion = out[0, ids.shape[1]:]
+        text = self.tokenizer.decode(completion, skip_special_tokens=True)
+        return text, int(ids.shape[1]), int(completion.numel()), cohort
+
+    async def __call__(self, scope: dict[str, Any], receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if method == "GET" and path == "/v1/models":
+            return await _send(send, 200, orjson.dumps({"object": "list", "data": [
+                {"id": self.model_name, "object": "model", "created": 0, "owned_by": "distillguard"}]}))
+        if method != "POST" or path not in ("/v1/chat/completions", "/v1/completions"):
+            return await _error(send, 404, "not found", "not_found")
+        try:
+            request = orjson.loads(await read_body(receive))
+            assert isinstance(request, dict)
+        except (orjson.JSONDecodeError, AssertionError):
+            return await _error(send, 400, "request body must be a JSON object", "invalid_json")
+        chat = path == "/v1/chat/completions"
+        if chat:
+            messages = request.get("messages")
+            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+                return await _error(send, 400, "'messages' must be an array of objects", "invalid_request")
+            prompt = chat_prompt(self.tokenizer, messages)
+        else:
+            prompt = request.get("prompt")
+            if not isinstance(prompt, str):
+                return await _error(send, 400, "'prompt' must be a string", "invalid_request")
+        try:
+            max_tokens = int(request.get("max_tokens") or request.get("max_completion_tokens") or DEFAULT_MAX_TOKENS)
+            temperature = float(request.get("temperature", 1.0))
+            top_p = float(request.get("top_p", 1.0))
+        except (TypeError, ValueError):
+            return await _error(send, 400, "max_tokens, temperature and top_p must be numbers", "invalid_request")
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        account = headers.get("x-distillguard-account") or "anonymous"
+        self.requests += 1
+        text, n_prompt, n_completion, _ = await asyncio.to_thread(
+            self.generate, prompt, max_tokens=max(1, max_tokens), temperature=max(0.0, temperature),
+            top_p=min(1.0, max(0.01, top_p)), account=account)
+        usage = {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion}
+        cid, created = f"cmpl-{self.requests}", int(time.time())
+        if request.get("stream") is True:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+            pieces = [text[i:i + 32] for i in range(0, len(text), 32)] or [""]
+            for i, piece in enumerate(pieces):
+                choice = ({"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece})
+                choice["finish_reason"] = "length" if i == len(pieces) - 1 else None
+                chunk = {"id": cid, "object": "chat.completion.chunk" if chat else "text_completion",
+                         "created": created, "model": self.model_name, "choices": [choice]}
+                await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
+                            "more_body": True})
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+            return
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"} if chat
+                  else {"index": 0, "text": text, "finish_reason": "length"})
+        await _send(send, 200, orjson.dumps({"id": cid, "object": "chat.completion" if chat else "text_completion",
+                                             "created": created, "model": self.model_name, "choices": [choice],
+                                             "usage": usage}))
+
+
+async def _error(send, status: int, message: str, code: str) -> None:
+    await _send(send, status, orjson.dumps({"error": {"message": message, "type": "invalid_request_error",
+                                                      "code": code, "param": None}}))

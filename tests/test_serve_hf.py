@@ -1,0 +1,77 @@
+"""The watermarked model server over HTTP, alone and behind the gateway: each account's answers
+carry its own cohort's key, and the detector names that cohort."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+
+from distillguard.gateway.server import ServerThread
+from distillguard.lab.tinylm import build_model
+from distillguard.serve.hf import HFModelServer
+from distillguard.watermark.detect import TextRecord, detect
+from distillguard.watermark.keys import KeySet
+from gateway_support import running_gateway
+
+KEYS = KeySet(secret=b"serve-test-secret-0123456789", cohorts=6)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    build_model(out, seconds=2, vocab_size=512, max_chars=150_000)
+    return out
+
+
+def _pooled_cohort(texts: list[str], tokenizer, vocab: int) -> dict:
+    records = [TextRecord(i + 1, f"t{i}", text=t) for i, t in enumerate(texts)]
+    return detect(records, KEYS, vocab, tokenizer)["cohorts"][0]
+
+
+def test_answers_carry_the_accounts_cohort_watermark(model_dir):
+    server = HFModelServer(model_dir, keys=KEYS)
+    vocab = server.model.config.vocab_size
+    accounts = ["alice", "bob"]
+    assert KEYS.cohort_of("alice") != KEYS.cohort_of("bob")
+    with ServerThread(server) as up:
+        texts = {a: [] for a in accounts}
+        for account in accounts:
+            for i in range(4):
+                r = httpx.post(up.url + "/v1/chat/completions", timeout=60, headers={"x-distillguard-account": account},
+                               json={"messages": [{"role": "user", "content": f"Tell me about rivers {i}"}],
+                                     "max_tokens": 80, "temperature": 1.0})
+                assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] > 0
+                texts[account].append(r.json()["choices"][0]["message"]["content"])
+        bad = httpx.post(up.url + "/v1/chat/completions", json={"messages": "x"})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
+    for account in accounts:
+        top = _pooled_cohort(texts[account], server.tokenizer, vocab)
+        assert top["cohort"] == KEYS.cohort_of(account) and top["p_value_corrected"] < 1e-6, (account, top)
+
+
+def test_through_the_gateway_the_account_reaches_the_model(model_dir, tmp_path):
+    server = HFModelServer(model_dir, keys=KEYS)
+    with ServerThread(server) as up, running_gateway(tmp_path, up.url) as (gw, url):
+        answers = []
+        for i in range(4):
+            r = httpx.post(url + "/v1/chat/completions", headers={"authorization": "Bearer sk-bob-00002"}, timeout=60,
+                           json={"model": "tiny", "messages": [{"role": "user", "content": f"Write about trains {i}"}],
+                                 "max_tokens": 80})
+            assert r.status_code == 200
+            answers.append(r.json()["choices"][0]["message"]["content"])
+        r = httpx.post(url + "/v1/chat/completions", headers={"authorization": "Bearer sk-bob-00002"}, timeout=60,
+                       json={"model": "tiny", "stream": True, "max_tokens": 20,
+                             "messages": [{"role": "user", "content": "stream it"}]})
+        assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
+    top = _pooled_cohort(answers, server.tokenizer, server.model.config.vocab_size)
+    assert top["cohort"] == KEYS.cohort_of("bob") and top["p_value_corrected"] < 1e-6
+
+
+def test_unwatermarked_server_output_is_not_detected(model_dir):
+    server = HFModelServer(model_dir, keys=None)
+    texts = [server.generate(f"User: hello {i}\nAssistant:", max_tokens=80, temperature=1.0, top_p=1.0,
+                             account="alice")[0] for i in range(4)]
+    top = _pooled_cohort(texts, server.tokenizer, server.model.config.vocab_size)
+    assert top["p_value_corrected"] > 1e-3
+    assert np.isfinite(top["z"])
