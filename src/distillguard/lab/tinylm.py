@@ -74,28 +74,10 @@ def build_model(out: str | Path, *, seconds: float = 180.0, vocab_size: int = 40
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=128, n_layer=4, n_head=4,
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
     model = GPT2LMHeadModel(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
-    block, batch = 128, 16
-    rng = np.random.default_rng(seed)
-    start, step, losses = time.monotonic(), 0, []
-    model.train()
-    while time.monotonic() - start < seconds:
-        offsets = rng.integers(0, train.numel() - block - 1, size=batch)
-        x = torch.stack([train[o:o + block] for o in offsets])
-        loss = model(input_ids=x, labels=x).loss
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        step += 1
-        if progress is not None and step % 50 == 0:
-            progress(step, float(np.mean(losses[-50:])))
+    step, losses, elapsed = train_lm(model, train, seconds=seconds, seed=seed, progress=progress)
     model.eval()
-    with torch.no_grad():
-        chunks = [held[i:i + block] for i in range(0, held.numel() - block, block)][:50]
-        held_loss = float(np.mean([float(model(input_ids=c[None], labels=c[None]).loss) for c in chunks]))
-    meta = {"kind": "distillguard-tiny-lm", "steps": step, "seconds": round(time.monotonic() - start, 1),
+    held_loss = heldout_loss(model, held)
+    meta = {"kind": "distillguard-tiny-lm", "steps": step, "seconds": round(elapsed, 1),
             "train_tokens": int(train.numel()), "vocab_size": len(tokenizer),
             "train_loss": round(float(np.mean(losses[-50:])), 4) if losses else None,
             "heldout_loss": round(held_loss, 4), "heldout_perplexity": round(math.exp(held_loss), 2),
@@ -109,3 +91,45 @@ def default_model_dir() -> Path:
     from distillguard.lab.corpus import cache_dir
 
     return cache_dir() / "tiny-lm-v1"
+
+
+def train_lm(model, ids, *, seconds: float, seed: int = 0, progress=None, block: int = 128, batch: int = 16,
+             lr: float = 3e-3) -> tuple[int, list[float], float]:
+    """Train a causal LM on random windows of a token stream for ``seconds`` of wall time."""
+    import time
+
+    import numpy as np
+    import torch
+
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    block = min(block, ids.numel() - 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    rng = np.random.default_rng(seed)
+    start, step, losses = time.monotonic(), 0, []
+    model.train()
+    while time.monotonic() - start < seconds:
+        offsets = rng.integers(0, ids.numel() - block - 1, size=batch)
+        x = torch.stack([ids[o:o + block] for o in offsets])
+        loss = model(input_ids=x, labels=x).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        step += 1
+        if progress is not None and step % 50 == 0:
+            progress(step, float(np.mean(losses[-50:])))
+    model.eval()
+    return step, losses, time.monotonic() - start
+
+
+def heldout_loss(model, ids, block: int = 128, chunks: int = 50) -> float:
+    import numpy as np
+    import torch
+
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    with torch.no_grad():
+        parts = [ids[i:i + block] for i in range(0, ids.numel() - block, block)][:chunks]
+        if not parts:
+            return float("nan")
+        return float(np.mean([float(model(input_ids=c[None], labels=c[None]).loss) for c in parts]))

@@ -1,0 +1,100 @@
+"""The distillation lab: train students on a mix of watermarked teacher outputs and other text.
+
+``distill`` asks the watermarked teacher (the same serving code as ``distillguard serve``) to
+answer real ShareGPT prompts as one extracting account, so every answer carries that account's
+cohort key. It mixes those answers into unwatermarked ShareGPT text at a chosen token share,
+and trains a student from scratch with the teacher's architecture and tokenizer. With
+``share = 0`` it trains the control student. It saves the student and the teacher answers it
+was trained on, which are what the open-weights radioactivity test reads. This lets users check
+on their own models whether a watermark survives distillation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from distillguard.watermark.keys import KeySet
+
+
+def _prompts_and_clean_text(skip: int, n_prompts: int, clean_chars: int) -> tuple[list[str], list[str]]:
+    """Human prompts and assistant text from a part of ShareGPT the default model did not train on."""
+    from distillguard.lab.corpus import load_corpus
+    from distillguard.lab.tinylm import SPECIAL
+
+    prompts, clean, total = [], [], 0
+    for conv in load_corpus()[skip:]:
+        for human, assistant in conv.turns:
+            if len(prompts) < n_prompts and 20 <= len(human) <= 400:
+                prompts.append(human)
+            elif total < clean_chars:
+                doc = f"User: {human[:500]}\nAssistant: {assistant[:1500]}{SPECIAL}"
+                clean.append(doc)
+                total += len(doc)
+        if len(prompts) >= n_prompts and total >= clean_chars:
+            break
+    return prompts, clean
+
+
+def distill(teacher_dir: str | Path, keys: KeySet | None, out: str | Path, *, share: float = 0.05,
+            total_tokens: int = 200_000, seconds: float = 120.0, account: str = "student-farm", seed: int = 0,
+            max_tokens: int = 96, corpus_skip: int = 3000, student_size: dict[str, int] | None = None,
+            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train one student; ``student_size`` overrides the teacher's ``n_layer``/``n_embd``/``n_head``."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from distillguard.lab.tinylm import heldout_loss, save, train_lm
+    from distillguard.serve.hf import HFModelServer, chat_prompt
+
+    say = progress or (lambda message: None)
+    torch.manual_seed(seed)
+    teacher = HFModelServer(teacher_dir, keys=keys)
+    tokenizer = teacher.tokenizer
+    wm_target = int(total_tokens * share)
+    prompts, clean = _prompts_and_clean_text(corpus_skip, n_prompts=max(1, wm_target // 40 + 10),
+                                             clean_chars=total_tokens * 6)
+    answers: list[str] = []
+    wm_ids: list[np.ndarray] = []
+    wm_count = 0
+    for i, prompt in enumerate(prompts):
+        if wm_count >= wm_target:
+            break
+        text, _, _, _ = teacher.generate(chat_prompt(tokenizer, [{"role": "user", "content": prompt}]),
+                                         max_tokens=max_tokens, temperature=1.0, top_p=1.0, account=account)
+        ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+        answers.append(text)
+        wm_ids.append(ids)
+        wm_count += ids.size
+        if i % 20 == 0:
+            say(f"teacher answers: {wm_count:,} / {wm_target:,} watermarked tokens")
+    clean_ids: list[np.ndarray] = []
+    clean_count = 0
+    for doc in clean:
+        if clean_count >= total_tokens - wm_count:
+            break
+        ids = np.asarray(tokenizer(doc, add_special_tokens=False)["input_ids"], dtype=np.int64)
+        clean_ids.append(ids)
+        clean_count += ids.size
+    rng = np.random.default_rng(seed)
+    docs = wm_ids + clean_ids
+    order = rng.permutation(len(docs))
+    stream = np.concatenate([docs[i] for i in order]) if docs else np.zeros(0, dtype=np.int64)
+    split = int(0.98 * stream.size)
+    say(f"training the student on {stream.size:,} tokens ({wm_count / max(1, stream.size):.1%} watermarked)")
+    config = teacher.model.config.to_dict()
+    config.update(student_size or {})
+    student = GPT2LMHeadModel(teacher.model.config.__class__(**config))
+    steps, losses, elapsed = train_lm(student, stream[:split], seconds=seconds, seed=seed)
+    out = Path(out)
+    save(tokenizer, student, out)
+    (out / "teacher_answers.jsonl").write_text("".join(json.dumps({"text": a}) + "\n" for a in answers))
+    meta = {"kind": "distillguard-student", "teacher": str(teacher_dir), "account": account,
+            "cohort": keys.cohort_of(account) if keys else None, "watermarked_share": wm_count / max(1, stream.size),
+            "watermarked_tokens": int(wm_count), "train_tokens": int(split), "steps": steps,
+            "seconds": round(elapsed, 1), "heldout_loss": round(heldout_loss(student, stream[split:]), 4)}
+    (out / "distillguard.json").write_text(json.dumps(meta, indent=2))
+    return meta

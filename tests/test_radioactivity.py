@@ -1,0 +1,52 @@
+"""Radioactivity on lab students: a student trained on a cohort's watermarked answers is caught and
+the cohort named; a control student is not; control keys stay uniform."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distillguard.lab.distill import distill
+from distillguard.lab.tinylm import build_model
+from distillguard.serve.hf import load_model
+from distillguard.watermark.keys import KeySet
+from distillguard.watermark.radioactivity import black_box, reading_mode
+
+KEYS = KeySet(secret=b"radioactivity-test-secret-42", cohorts=6)
+SMALL = {"n_layer": 1, "n_embd": 64, "n_head": 2}      # a student that learns bigrams in seconds
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher") / "model"
+    build_model(out, seconds=4, vocab_size=512, max_chars=150_000)
+    return out
+
+
+@pytest.mark.slow
+def test_student_of_watermarked_answers_is_radioactive_and_attributed(teacher, tmp_path):
+    meta = distill(teacher, KEYS, tmp_path / "student", share=0.5, total_tokens=8000, seconds=12, max_tokens=64,
+                   student_size=SMALL)
+    assert meta["cohort"] == KEYS.cohort_of("student-farm") and meta["watermarked_share"] > 0.3
+    texts = [json.loads(line)["text"] for line in (tmp_path / "student" / "teacher_answers.jsonl").read_text().splitlines()]
+    tokenizer, student = load_model(tmp_path / "student")
+    result = reading_mode(student, tokenizer, texts, KEYS, controls=20)
+    assert result.best["cohort"] == meta["cohort"] and result.best["p_value_corrected"] < 1e-4, result.to_dict()
+    assert sum(p < 0.01 for p in result.controls) <= 2
+
+    control_meta = distill(teacher, KEYS, tmp_path / "control", share=0.0, total_tokens=8000, seconds=12,
+                           student_size=SMALL)
+    assert control_meta["watermarked_tokens"] == 0
+    _, control = load_model(tmp_path / "control")
+    control_result = reading_mode(control, tokenizer, texts, KEYS, controls=20)
+    assert control_result.best["p_value_corrected"] > 0.01, control_result.to_dict()
+
+    # Black box: the student's own generations, scored with our tokenizer.
+    answers = [tokenizer.decode(student.generate(tokenizer(f"User: question {i}\nAssistant:", return_tensors="pt")
+                                                 ["input_ids"], do_sample=False, max_new_tokens=48,
+                                                 pad_token_id=tokenizer.eos_token_id)[0], skip_special_tokens=True)
+               for i in range(8)]
+    prompts = [f"User: question {i}\nAssistant:" for i in range(8)]
+    bb = black_box(answers, prompts, tokenizer, student.config.vocab_size, KEYS)
+    assert bb.pairs > 0 and bb.mode == "black-box"
