@@ -26,7 +26,8 @@ lab_app = typer.Typer(help="The traffic lab: simulated organic and extraction tr
 app.add_typer(lab_app, name="lab")
 baseline_app = typer.Typer(help="The organic baseline that scan scores are calibrated against.", no_args_is_help=True)
 app.add_typer(baseline_app, name="baseline")
-watermark_app = typer.Typer(help="Watermarks: keys, detection in text.", no_args_is_help=True)
+watermark_app = typer.Typer(help="Watermarks: keys, detection in text, radioactivity of suspect models.",
+                            no_args_is_help=True)
 app.add_typer(watermark_app, name="watermark")
 
 console = Console(stderr=False)
@@ -479,6 +480,101 @@ def watermark_detect(
     top = result["cohorts"][0]
     console.print(f"whole corpus: most likely cohort {top['cohort']} (z = {top['z']:.2f}, "
                   f"p = {top['p_value_corrected']:.1e} after correcting for {key_set.cohorts} cohorts)")
+
+
+@watermark_app.command("radioactivity")
+def watermark_radioactivity(
+    keys: Path = typer.Option(..., "--keys", help="Watermark key file."),
+    suspect_model: Optional[Path] = typer.Option(None, "--suspect-model",
+                                                 help="Open weights: the suspect's Hugging Face model directory."),
+    suspect_url: Optional[str] = typer.Option(None, "--suspect-url",
+                                              help="Black box: the suspect's OpenAI-compatible base URL."),
+    texts: Path = typer.Option(..., "--texts",
+                               help="JSON Lines: our watermarked outputs (open weights) or the prompts (black box)."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer",
+                                             help="Our model's directory (tokenizer; default: the suspect's)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="DISTILLGUARD_SUSPECT_API_KEY",
+                                          help="Black box: bearer token for the suspect endpoint."),
+    suspect_name: str = typer.Option("suspect", "--suspect-name", help="Black box: the model name to ask for."),
+    controls: int = typer.Option(20, "--controls", min=0, max=1000, help="Control keys (never used) to test too."),
+    fmt: str = typer.Option("table", "--format", help="table or json"),
+) -> None:
+    """Was a suspect model trained on our watermarked outputs? Names the leaking cohort."""
+    import asyncio
+
+    from distillguard.serve.hf import load_model
+    from distillguard.watermark.detect import load_tokenizer, read_records
+    from distillguard.watermark.keys import KeySet
+    from distillguard.watermark.radioactivity import black_box, query_suspect, reading_mode
+
+    if (suspect_model is None) == (suspect_url is None):
+        raise UsageError("give exactly one of --suspect-model (open weights) or --suspect-url (black box)")
+    if fmt not in ("table", "json"):
+        raise UsageError(f"--format: expected table or json, got {fmt!r}")
+    key_set = KeySet.load(keys)
+    records = [r for r in read_records(texts) if r.text]
+    if not records:
+        raise BadInputError("no texts (records with 'text') to use", source=str(texts))
+    if suspect_model is not None:
+        tok, model = load_model(suspect_model)
+        if tokenizer is not None:
+            tok, _ = load_tokenizer(tokenizer)
+        with err_console.status("reading our texts through the suspect…", spinner="dots"):
+            result = reading_mode(model, tok, [r.text for r in records], key_set, controls=controls)
+    else:
+        if tokenizer is None:
+            raise UsageError("black box needs --tokenizer (our model's directory) to tokenise the answers")
+        tok, vocab = load_tokenizer(tokenizer)
+        prompts = [r.text for r in records]
+        with err_console.status(f"asking the suspect {len(prompts):,} prompts…", spinner="dots"):
+            answers = asyncio.run(query_suspect(suspect_url, prompts, model=suspect_name, api_key=api_key))
+        result = black_box(answers, prompts, tok, vocab, key_set, controls=controls)
+    data = result.to_dict()
+    if fmt == "json":
+        sys.stdout.write(json.dumps(data) + "\n")
+        return
+    table = Table(title=f"radioactivity ({data['mode']}, {data['pairs_scored']:,} distinct token pairs scored)")
+    for col in ("cohort", "green / scored", "z", "p", "p (corrected)"):
+        table.add_column(col, justify="right")
+    for c in data["cohorts"][:10]:
+        table.add_row(str(c["cohort"]), f"{c['green']:,} / {c['scored']:,}", f"{c['z']:.2f}", f"{c['p_value']:.1e}",
+                      f"{c['p_value_corrected']:.1e}")
+    console.print(table)
+    ctl = data["controls"]
+    console.print(f"verdict: [bold]{data['verdict']}[/bold]"
+                  + (f" (cohort {data['cohorts'][0]['cohort']})" if data["verdict"] == "radioactive" else "")
+                  + (f"; control keys: {ctl['share_below_0.01']:.0%} of {ctl['keys']} below p = 0.01 (expect ~1%)"
+                     if ctl["keys"] else ""))
+
+
+@lab_app.command("distill")
+def lab_distill(
+    out: Path = typer.Option(..., "--out", help="Directory for the student (Hugging Face layout) and its data."),
+    keys: Optional[Path] = typer.Option(None, "--keys", help="Watermark key file the teacher serves with."),
+    teacher: Path = typer.Option(Path("default"), "--teacher", help="Teacher model directory ('default': tiny model)."),
+    share: float = typer.Option(0.05, "--share", min=0.0, max=1.0,
+                                help="Share of the student's training tokens that are watermarked teacher answers."),
+    tokens: int = typer.Option(200_000, "--tokens", min=1000, help="Student training tokens in all."),
+    seconds: float = typer.Option(120.0, "--seconds", min=1.0, help="Student training budget (wall clock)."),
+    account: str = typer.Option("student-farm", "--account", help="The extracting account (decides the cohort)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Train a student on watermarked teacher answers mixed into other text (share 0: a control)."""
+    from distillguard.lab.distill import distill
+    from distillguard.lab.tinylm import default_model_dir
+    from distillguard.watermark.keys import KeySet
+
+    if share > 0 and keys is None:
+        raise UsageError("--share > 0 needs --keys (the teacher's watermark keys)")
+    teacher_dir = default_model_dir() if str(teacher) == "default" else teacher
+    if not teacher_dir.exists():
+        raise UsageError(f"no teacher model at {teacher_dir} (run 'distillguard lab build-model')")
+    key_set = KeySet.load(keys) if keys else None
+    with err_console.status("distilling…", spinner="dots") as status:
+        meta = distill(teacher_dir, key_set, out, share=share, total_tokens=tokens, seconds=seconds,
+                       account=account, seed=seed, progress=lambda m: status.update(m))
+    console.print(f"student → {out}: {meta['train_tokens']:,} tokens ({meta['watermarked_share']:.1%} watermarked, "
+                  f"cohort {meta['cohort']}), {meta['steps']:,} steps; teacher answers → {out / 'teacher_answers.jsonl'}")
 
 
 @app.command()

@@ -1,0 +1,108 @@
+"""Watermark figures on the embedded default model: radioactivity at a 5 % share, controls,
+detection AUC at 100 tokens, generation overhead and perplexity.
+
+    python benchmarks/bench_radioactivity.py [--share 0.05] [--tokens 200000] [--seconds 240] [--repeats 1]
+
+Needs the default model (``distillguard lab build-model``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distillguard.lab.distill import distill
+from distillguard.lab.tinylm import default_model_dir
+from distillguard.serve.hf import HFModelServer, chat_prompt, load_model
+from distillguard.watermark.detect import TextRecord, detect
+from distillguard.watermark.keys import KeySet
+from distillguard.watermark.radioactivity import reading_mode
+
+
+def auc(pos: list[float], neg: list[float]) -> float:
+    pos, neg = np.asarray(pos), np.asarray(neg)
+    return float(((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()))
+
+
+def perplexity(model, tokenizer, texts: list[str]) -> float:
+    losses = []
+    with torch.no_grad():
+        for t in texts:
+            ids = tokenizer(t, return_tensors="pt", add_special_tokens=False)["input_ids"][:, :256]
+            if ids.shape[1] >= 2:
+                losses.append(float(model(input_ids=ids, labels=ids).loss))
+    return math.exp(float(np.mean(losses)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--share", type=float, default=0.05)
+    parser.add_argument("--tokens", type=int, default=200_000)
+    parser.add_argument("--seconds", type=float, default=240.0)
+    parser.add_argument("--texts", type=int, default=40, help="generations per arm for AUC / overhead / perplexity")
+    parser.add_argument("--repeats", type=int, default=1, help="student pairs (watermarked + control) to train")
+    args = parser.parse_args()
+    model_dir = default_model_dir()
+    keys = KeySet(secret=b"benchmark-secret-for-radioactivity", cohorts=8)
+    work = Path(tempfile.mkdtemp(prefix="dg-radio-"))
+
+    # Text detection, overhead, quality.
+    wm = HFModelServer(model_dir, keys=keys)
+    clean = HFModelServer(model_dir, keys=None)
+    prompts = [chat_prompt(wm.tokenizer, [{"role": "user", "content": f"Tell me something about topic {i}."}])
+               for i in range(args.texts)]
+    for server in (wm, clean):          # warm-up
+        server.generate(prompts[0], max_tokens=8, temperature=1.0, top_p=1.0, account="x")
+    rates, outs = {}, {}
+    for name, server in (("watermarked", wm), ("clean", clean)):
+        torch.manual_seed(0)
+        start, n, texts = time.perf_counter(), 0, []
+        for i, prompt in enumerate(prompts):
+            text, _, k, _ = server.generate(prompt, max_tokens=100, temperature=1.0, top_p=1.0, account=f"user-{i}")
+            n += k
+            texts.append(text)
+        rates[name], outs[name] = n / (time.perf_counter() - start), texts
+    scores = {}
+    for name, texts in outs.items():
+        recs = [TextRecord(i + 1, f"{name}-{i}", text=t) for i, t in enumerate(texts)]
+        res = detect(recs, keys, wm.model.config.vocab_size, wm.tokenizer)
+        scores[name] = [t["z"] for t in res["texts"]]
+    print(f"generation: watermarked {rates['watermarked']:,.0f} tokens/s, clean {rates['clean']:,.0f} tokens/s "
+          f"(overhead {1 - rates['watermarked'] / rates['clean']:.1%})")
+    print(f"detection AUC at 100 tokens (best-cohort z, watermarked vs clean generations): "
+          f"{auc(scores['watermarked'], scores['clean']):.3f}")
+    print(f"perplexity under the default model: watermarked {perplexity(wm.model, wm.tokenizer, outs['watermarked']):.1f}, "
+          f"clean {perplexity(wm.model, wm.tokenizer, outs['clean']):.1f}")
+
+    # Radioactivity.
+    results = []
+    for r in range(args.repeats):
+        for share in (args.share, 0.0):
+            out = work / f"student-{r}-{share}"
+            meta = distill(model_dir, keys, out, share=share, total_tokens=args.tokens, seconds=args.seconds,
+                           account=f"farm-{r}", seed=r)
+            reading = [json.loads(x)["text"] for x in
+                       (work / f"student-{r}-{args.share}" / "teacher_answers.jsonl").read_text().splitlines()]
+            tok, student = load_model(out)
+            res = reading_mode(student, tok, reading, keys, controls=50).to_dict()
+            best = res["cohorts"][0]
+            results.append({"repeat": r, "share": share, "cohort_truth": keys.cohort_of(f"farm-{r}"),
+                            "cohort_named": best["cohort"], "p_corrected": best["p_value_corrected"],
+                            "pairs": res["pairs_scored"], "steps": meta["steps"],
+                            "controls_below_0.01": res["controls"]["share_below_0.01"]})
+            print(f"student {r} share {share:.0%}: {meta['steps']} steps on {meta['train_tokens']:,} tokens; "
+                  f"{res['pairs_scored']:,} pairs; best cohort {best['cohort']} (truth {keys.cohort_of(f'farm-{r}')}), "
+                  f"corrected p = {best['p_value_corrected']:.2e}; control keys below 0.01: "
+                  f"{res['controls']['share_below_0.01']:.0%}")
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
