@@ -4,6 +4,8 @@ the cohort named; a control student is not; control keys stay uniform."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -34,6 +36,15 @@ def test_student_of_watermarked_answers_is_radioactive_and_attributed(teacher, t
     result = reading_mode(student, tokenizer, texts, KEYS, controls=20)
     assert result.best["cohort"] == meta["cohort"] and result.best["p_value_corrected"] < 1e-4, result.to_dict()
     assert sum(p < 0.01 for p in result.controls) <= 2
+    # The same through the command line.
+    KEYS.save(tmp_path / "keys.json")
+    proc = subprocess.run([sys.executable, "-m", "distillguard", "watermark", "radioactivity", "--keys",
+                           str(tmp_path / "keys.json"), "--suspect-model", str(tmp_path / "student"), "--texts",
+                           str(tmp_path / "student" / "teacher_answers.jsonl"), "--format", "json"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    cli = json.loads(proc.stdout)
+    assert cli["verdict"] == "radioactive" and cli["cohorts"][0]["cohort"] == meta["cohort"]
 
     control_meta = distill(teacher, KEYS, tmp_path / "control", share=0.0, total_tokens=8000, seconds=12,
                            student_size=SMALL)

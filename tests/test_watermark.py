@@ -165,3 +165,4 @@ def test_cli_detects_watermarked_text_and_names_the_cohort(tmp_path):
                               *(["--vocab-size", "300"] if "--tokenizer" not in args else [])],
                              capture_output=True, text=True)
         assert bad.returncode == 2 and needle in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+

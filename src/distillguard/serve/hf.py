@@ -1,7 +1,7 @@
 """An OpenAI-compatible model server over a Hugging Face causal LM, watermarking every completion.
 
 Each request is generated with the KGW watermark key of the requesting account's cohort
-(``transformers.WatermarkingConfig`` with the key set's per-cohort hashing key). The gateway
+(``transformers``' KGW ``WatermarkLogitsProcessor`` with the key set's per-cohort hashing key). The gateway
 names the account in ``x-distillguard-account``; without it the request counts as the account
 ``anonymous``. Generation runs in a worker thread, one request at a time (a CPU model has no
 batch to share). Streaming requests get the completion in SSE chunks once it is generated.
