@@ -32,16 +32,8 @@ class FixedCompletionServer:
                                                                   "owned_by": "distillguard"}]})
 
     async def __call__(self, scope: dict[str, Any], receive, send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
         if scope["type"] != "http":
-            return
+            return await not_http(scope, receive, send)
         path, method = scope["path"], scope["method"]
         if method == "GET" and path == "/v1/models":
             return await _send(send, 200, self._models)
@@ -94,6 +86,19 @@ class FixedCompletionServer:
         answer = {"id": cid, "object": "chat.completion" if chat else "text_completion", "created": created,
                   "model": request.get("model") or self.model, "choices": [choice], "usage": usage}
         await _send(send, 200, orjson.dumps(answer))
+
+
+async def not_http(scope: dict[str, Any], receive, send) -> None:
+    """Lifespan events acknowledged (nothing to set up); anything else that is not HTTP ignored."""
+    if scope["type"] != "lifespan":
+        return
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 async def read_body(receive) -> bytes:

@@ -19,25 +19,33 @@ from typing import Any
 import orjson
 
 from distillguard.errors import BadInputError
-from distillguard.serve.fixed import _send, read_body
+from distillguard.serve.fixed import _send, not_http, read_body
 from distillguard.watermark.keys import KeySet
 
 DEFAULT_MAX_TOKENS = 128
 
 
-def load_model(path: str | Path):
+def from_local_dir(path: str | Path, what: str, load):
+    """Run ``load(directory)`` on a local Hugging Face directory (offline); every failure becomes one
+    clear error naming the directory."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = Path(path)
     if not path.is_dir():
-        raise BadInputError("expected a local model directory (Hugging Face layout)", source=str(path))
+        raise BadInputError(f"expected a local {what} directory (Hugging Face layout)", source=str(path))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True).eval()
+        return load(str(path))
     except (OSError, ValueError) as exc:
-        raise BadInputError(f"cannot load a causal language model from it ({str(exc).splitlines()[0][:200]})",
+        raise BadInputError(f"cannot load a {what} from it ({str(exc).splitlines()[0][:200]})",
                             source=str(path)) from None
+
+
+def load_model(path: str | Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def load(directory: str):
+        return (AutoTokenizer.from_pretrained(directory, local_files_only=True),
+                AutoModelForCausalLM.from_pretrained(directory, local_files_only=True).eval())
+    tokenizer, model = from_local_dir(path, "causal language model", load)
     return tokenizer, model
 
 
@@ -92,16 +100,8 @@ class HFModelServer:
         return text, int(ids.shape[1]), int(completion.numel()), cohort
 
     async def __call__(self, scope: dict[str, Any], receive, send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
         if scope["type"] != "http":
-            return
+            return await not_http(scope, receive, send)
         path, method = scope["path"], scope["method"]
         if method == "GET" and path == "/v1/models":
             return await _send(send, 200, orjson.dumps({"object": "list", "data": [

@@ -72,19 +72,12 @@ def read_records(path: str | Path) -> Iterator[TextRecord]:
 def load_tokenizer(path: str | Path) -> tuple[Any, int]:
     """A Hugging Face tokenizer from a local directory, and the vocabulary size the model's
     watermark processor used (``config.json``'s ``vocab_size`` when present)."""
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 
+    from distillguard.serve.hf import from_local_dir
+
     path = Path(path)
-    if not path.is_dir():
-        raise BadInputError("expected a local tokenizer or model directory", source=str(path))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"cannot load a tokenizer from it ({str(exc).splitlines()[0][:200]})",
-                            source=str(path)) from None
+    tokenizer = from_local_dir(path, "tokenizer", lambda d: AutoTokenizer.from_pretrained(d, local_files_only=True))
     vocab = len(tokenizer)
     config = path / "config.json"
     if config.exists():
