@@ -15,7 +15,7 @@ from distillguard.errors import BadInputError
 from distillguard.events.schema import prompt_view
 from distillguard.gateway.config import load_config
 from distillguard.gateway.online import AccountState, read_request
-from distillguard.gateway.policy import Limits, ManualAction, Policy, PolicyConfig, Rule, TokenBucket
+from distillguard.gateway.policy import Limits, ManualAction, Policy, PolicyConfig, TokenBucket
 from distillguard.gateway.scorer import Assessment, LiveScorer, ip24
 from distillguard.gateway.sse import SSERelay
 

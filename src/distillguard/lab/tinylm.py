@@ -58,7 +58,6 @@ def build_model(out: str | Path, *, seconds: float = 180.0, vocab_size: int = 40
     """
     import json
     import math
-    import time
 
     import numpy as np
     import torch
