@@ -53,7 +53,6 @@ _SIZE = _WINDOW + N_AREAS
 class RequestFacts:
     """What one request contributes to its account's state (computed once per request)."""
 
-    prompt_hash: int
     bloom_bits: tuple[int, ...]
     keys: np.ndarray          # (N_BANDS,) uint32 template band keys (0: too short to be a template)
     cot: bool
@@ -86,7 +85,7 @@ def read_request(view: PromptView, max_tokens_cap: int) -> RequestFacts:
     single = view.n_turns <= 1
     followup = bool(tx.followup_opening([prompt])[0])
     return RequestFacts(
-        prompt_hash=h, bloom_bits=bits, keys=keys32, cot=cues[0], grading=cues[1], identity=cues[2],
+        bloom_bits=bits, keys=keys32, cot=cues[0], grading=cues[1], identity=cues[2],
         datagen=cues[3], logprobs=view.logprobs, tools=view.has_tools,
         open_loop_tools=view.has_tools and view.n_messages <= view.n_turns + has_system,
         orphan_followup=single and view.n_messages <= 1 + has_system and followup,
