@@ -46,6 +46,7 @@ class ScanOptions:
     engine: str = "local"
     price_per_million: float = DEFAULT_PRICE_PER_MILLION
     workers: int = 1  # processes for feature extraction on large inputs (the CLI uses every core)
+    intel: Any = None  # an intel.match.IntelSignal: peers' indicators as one more (only additive) signal
 
     def check(self) -> None:
         if not 0.0 < self.fpr < 1.0:
@@ -69,22 +70,31 @@ class AccountResult:
     cluster: str | None = None
     cluster_flagged: bool = False
     plots: dict[str, list] = field(default_factory=dict)  # evidence series for reports (flagged accounts)
+    intel: Any = None        # intel.match.AccountIntel when peers' indicators match this account
+    intel_flagged: bool = False
 
     @property
     def flagged(self) -> bool:
-        return self.verdict.flagged or self.cluster_flagged
+        return self.verdict.flagged or self.cluster_flagged or self.intel_flagged
 
     def to_dict(self) -> dict[str, Any]:
         reasons = [r.to_dict() for r in self.verdict.reasons]
         if self.cluster_flagged and not self.verdict.flagged:
             reasons.insert(0, {"signal": "hydra_cluster", "family": "cluster", "value": None, "p_value": None,
                                "detail": f"member of flagged cluster {self.cluster}"})
-        return {"account": self.account, "score": round(self.verdict.score, 4),
-                "p_value": float(f"{self.verdict.p_value:.4g}"), "flagged": self.flagged,
-                "status": "flagged" if self.flagged else self.verdict.status, "cluster": self.cluster,
-                "queries": self.queries, "completion_tokens": self.completion_tokens,
-                "first_seen": self.first_seen, "last_seen": self.last_seen, "top_area": self.top_area,
-                "family_p": {k: float(f"{v:.4g}") for k, v in self.verdict.family_p.items()}, "reasons": reasons}
+        score = self.verdict.score
+        if self.intel is not None:  # peers' intel only ever adds: the larger score, its reasons first
+            score = max(score, self.intel.score)
+            reasons = self.intel.reasons() + reasons
+        out = {"account": self.account, "score": round(score, 4),
+               "p_value": float(f"{self.verdict.p_value:.4g}"), "flagged": self.flagged,
+               "status": "flagged" if self.flagged else self.verdict.status, "cluster": self.cluster,
+               "queries": self.queries, "completion_tokens": self.completion_tokens,
+               "first_seen": self.first_seen, "last_seen": self.last_seen, "top_area": self.top_area,
+               "family_p": {k: float(f"{v:.4g}") for k, v in self.verdict.family_p.items()}, "reasons": reasons}
+        if self.intel is not None:
+            out["intel"] = self.intel.to_dict()
+        return out
 
 
 @dataclass
@@ -199,6 +209,11 @@ def score_features(store: EventStore, features: pd.DataFrame, template_keys: dic
         for m in members:
             results[m].cluster = cluster.cluster
             results[m].cluster_flagged = verdict.flagged and m not in options.allowlist
+    if options.intel is not None:
+        for acct, evidence in options.intel.evaluate(store.con).items():
+            if acct in results:
+                results[acct].intel = evidence
+                results[acct].intel_flagged = evidence.flagged and acct not in options.allowlist
     flagged = sorted((r for r in results.values() if r.flagged), key=lambda r: r.verdict.p_value)
     for r in flagged[:PLOTTED_ACCOUNTS]:
         r.plots = evidence_series(store, r.account)

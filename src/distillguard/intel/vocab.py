@@ -1,0 +1,106 @@
+"""Fixed STIX content: TLP 2.0 markings, the MITRE ATLAS techniques, identifier patterns, timestamps."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime, timedelta, timezone
+
+# TLP 2.0 marking definitions as published by OASIS (cti-stix-common-objects, extension
+# definition 60a3c5c5…): fixed ids, fixed created, so every producer emits the same objects.
+TLP_EXTENSION = "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d"
+TLP_CREATED = "2022-10-01T00:00:00.000Z"
+TLP_IDS = {
+    "clear": "marking-definition--94868c89-83c2-464b-929b-a1a8aa3c8487",
+    "green": "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb",
+    "amber": "marking-definition--55d920b0-5e8b-4f79-9ee9-91f868d9b421",
+    "amber+strict": "marking-definition--939a9414-2ddd-4d32-a0cd-375ea402b003",
+    "red": "marking-definition--e828b379-4e03-4974-9ac4-e53a884c97c1",
+}
+TLP_BY_ID = {v: k for k, v in TLP_IDS.items()}
+
+
+def tlp_marking(level: str) -> dict:
+    return {"type": "marking-definition", "spec_version": "2.1", "id": TLP_IDS[level], "created": TLP_CREATED,
+            "name": f"TLP:{level.upper()}",
+            "extensions": {TLP_EXTENSION: {"extension_type": "property-extension", "tlp_2_0": level}}}
+
+
+def tlp_name(marking_refs: list[str] | None) -> str:
+    """The strictest TLP among an object's markings, as 'TLP:AMBER' (or 'TLP:unmarked')."""
+    order = ("clear", "green", "amber", "amber+strict", "red")
+    levels = [TLP_BY_ID[r] for r in marking_refs or () if r in TLP_BY_ID]
+    return f"TLP:{max(levels, key=order.index).upper()}" if levels else "TLP:unmarked"
+
+
+# MITRE ATLAS techniques a distillation campaign uses.
+ATLAS = (
+    ("AML.T0040", "AI Model Inference API Access",
+     "Uses the victim's model inference API to send queries and collect outputs."),
+    ("AML.T0024.002", "Extract AI Model",
+     "Exfiltration via AI inference API: queries chosen to extract the model's functionality."),
+    ("AML.T0005.001", "Train Proxy via Replication",
+     "Trains a proxy (student) model on the victim model's outputs to replicate it."),
+)
+_ATLAS_NS = uuid.UUID("8f0c6a8e-3a38-4c36-9d8b-2b7f4d6e1a55")
+ATLAS_CREATED = "2024-01-01T00:00:00.000Z"
+
+
+def atlas_id(technique: str) -> str:
+    """A fixed attack-pattern id per ATLAS technique, the same for every distillguard producer."""
+    return f"attack-pattern--{uuid.uuid5(_ATLAS_NS, technique)}"
+
+
+def atlas_url(technique: str) -> str:
+    return f"https://atlas.mitre.org/techniques/{technique}"
+
+
+# Identifier indicators: one STIX pattern per kind, a custom property holding the keyed hash.
+PATTERN_FOR_KIND = {
+    "email": ("email-addr", "x_hmac_sha256"),
+    "payment": ("user-account", "x_payment_hmac_sha256"),
+    "ip24": ("ipv4-addr", "x_prefix_hmac_sha256"),
+    "asn": ("autonomous-system", "x_hmac_sha256"),
+    "org_domain": ("domain-name", "x_hmac_sha256"),
+}
+KIND_FOR_PATTERN = {v: k for k, v in PATTERN_FOR_KIND.items()}
+TEMPLATE_PATTERN_TYPE = "x-distillguard-minhash"
+_PATTERN = re.compile(r"^\[([a-z0-9-]+):([a-z0-9_]+) = '([0-9a-f]{64})'\]$")
+
+
+def identifier_pattern(kind: str, digest: str) -> str:
+    obj, prop = PATTERN_FOR_KIND[kind]
+    return f"[{obj}:{prop} = '{digest}']"
+
+
+def parse_identifier_pattern(pattern: str) -> tuple[str, str] | None:
+    """(kind, hash) of one of our identifier patterns, or None."""
+    m = _PATTERN.match(pattern)
+    if not m:
+        return None
+    kind = KIND_FOR_PATTERN.get((m.group(1), m.group(2)))
+    return (kind, m.group(3)) if kind else None
+
+
+# ---------------------------------------------------------------- timestamps
+
+def stix_ts(dt: datetime) -> str:
+    dt = dt.astimezone(timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def now_ts(offset: timedelta = timedelta(0)) -> str:
+    return stix_ts(datetime.now(timezone.utc) + offset)
+
+
+_TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
+
+
+def parse_ts(value: object) -> datetime | None:
+    """A STIX timestamp (RFC 3339, UTC 'Z') as an aware datetime; None if it is not one."""
+    if not isinstance(value, str) or not _TS.match(value):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
