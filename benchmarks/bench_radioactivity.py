@@ -1,9 +1,11 @@
 """Watermark figures on the embedded default model: radioactivity at a 5 % share, controls,
 detection AUC at 100 tokens, generation overhead and perplexity.
 
-    python benchmarks/bench_radioactivity.py [--share 0.05] [--tokens 200000] [--seconds 240] [--repeats 1]
+    python benchmarks/bench_radioactivity.py [--share 0.05] [--tokens 400000] [--seconds 300] [--repeats 1]
+                                             [--base rival|scratch] [--control-keys 200] [--skip-students]
 
-Needs the default model (``distillguard lab build-model``).
+Needs the default model (``distillguard lab build-model``); the rival base model (the students'
+starting point) is built on first use (``distillguard lab build-model --rival``, 4 minutes).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from distillguard.lab.distill import distill
-from distillguard.lab.tinylm import default_model_dir
+from distillguard.lab.tinylm import RIVAL_SKIP, build_model, default_model_dir, rival_model_dir
 from distillguard.serve.hf import HFModelServer, chat_prompt, load_model
 from distillguard.watermark.detect import TextRecord, detect
 from distillguard.watermark.keys import KeySet
@@ -44,8 +46,11 @@ def perplexity(model, tokenizer, texts: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--share", type=float, default=0.05)
-    parser.add_argument("--tokens", type=int, default=200_000)
-    parser.add_argument("--seconds", type=float, default=240.0)
+    parser.add_argument("--tokens", type=int, default=400_000, help="student training tokens in all")
+    parser.add_argument("--seconds", type=float, default=300.0, help="student training budget")
+    parser.add_argument("--base", choices=("rival", "scratch"), default="rival",
+                        help="students fine-tune the rival base model, or train from scratch")
+    parser.add_argument("--control-keys", type=int, default=200, help="fresh keys tested on every student")
     parser.add_argument("--texts", type=int, default=40, help="generations per arm for AUC / overhead / perplexity")
     parser.add_argument("--repeats", type=int, default=1, help="student pairs (watermarked + control) to train")
     parser.add_argument("--skip-students", action="store_true", help="only detection, overhead and perplexity")
@@ -88,26 +93,47 @@ def main() -> None:
     # Radioactivity.
     if args.skip_students:
         return
-    results = []
+    base = None
+    if args.base == "rival":
+        base = rival_model_dir()
+        if not base.exists():
+            print("building the rival base model (once)…")
+            build_model(base, seconds=240, skip=RIVAL_SKIP, tokenizer_dir=model_dir, seed=1)
+    results, control_p = [], []
     for r in range(args.repeats):
         for share in (args.share, 0.0):
             out = work / f"student-{r}-{share}"
+            start = time.perf_counter()
             meta = distill(model_dir, keys, out, share=share, total_tokens=args.tokens, seconds=args.seconds,
-                           account=f"farm-{r}", seed=r)
+                           account=f"farm-{r}", seed=r, base=base)
+            built = time.perf_counter() - start
             reading = [json.loads(x)["text"] for x in
                        (work / f"student-{r}-{args.share}" / "teacher_answers.jsonl").read_text().splitlines()]
             tok, student = load_model(out)
-            res = reading_mode(student, tok, reading, keys, controls=50).to_dict()
-            best = res["cohorts"][0]
-            results.append({"repeat": r, "share": share, "cohort_truth": keys.cohort_of(f"farm-{r}"),
-                            "cohort_named": best["cohort"], "p_corrected": best["p_value_corrected"],
-                            "pairs": res["pairs_scored"], "steps": meta["steps"],
-                            "controls_below_0.01": res["controls"]["share_below_0.01"]})
-            print(f"student {r} share {share:.0%}: {meta['steps']} steps on {meta['train_tokens']:,} tokens; "
-                  f"{res['pairs_scored']:,} pairs; best cohort {best['cohort']} (truth {keys.cohort_of(f'farm-{r}')}), "
-                  f"corrected p = {best['p_value_corrected']:.2e}; control keys below 0.01: "
-                  f"{res['controls']['share_below_0.01']:.0%}")
+            for method in ("distribution", "greedy"):
+                start = time.perf_counter()
+                res = reading_mode(student, tok, reading, keys, controls=args.control_keys, method=method).to_dict()
+                took = time.perf_counter() - start
+                best = res["cohorts"][0]
+                truth = keys.cohort_of(f"farm-{r}")
+                if method == "distribution":
+                    control_p += res["controls"]["p_values"]
+                results.append({"repeat": r, "share": share, "method": method, "cohort_truth": truth,
+                                "cohort_named": best["cohort"], "p_corrected": best["p_value_corrected"],
+                                "pairs": res["pairs_scored"], "steps": meta["steps"], "epochs": meta["epochs"],
+                                "watermarked_tokens": meta["watermarked_tokens"], "train_tokens": meta["train_tokens"],
+                                "controls_below_0.01": res["controls"]["share_below_0.01"], "seconds": round(took, 1)})
+                print(f"student {r} share {share:.0%} ({meta['watermarked_tokens']:,} watermarked of "
+                      f"{meta['train_tokens']:,} tokens, {meta['epochs']} epochs, {built:.0f} s to build), {method}: "
+                      f"{res['pairs_scored']:,} pairs; best cohort {best['cohort']} (truth {truth}), corrected p = "
+                      f"{best['p_value_corrected']:.2e} (z {best['z']:.2f}); fresh keys below p = 0.01: "
+                      f"{res['controls']['share_below_0.01']:.1%} of {args.control_keys}; read in {took:.1f} s",
+                      flush=True)
+    control_p = np.asarray(control_p)
+    if control_p.size:
+        print(f"fresh keys over all students: {(control_p > 0.01).mean():.2%} of {control_p.size} with p > 0.01")
     (work / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"results: {work / 'results.json'}")
 
 
 if __name__ == "__main__":

@@ -75,3 +75,42 @@ def test_unwatermarked_server_output_is_not_detected(model_dir):
     top = _pooled_cohort(texts, server.tokenizer, server.model.config.vocab_size)
     assert top["p_value_corrected"] > 1e-3
     assert np.isfinite(top["z"])
+
+
+def test_cached_watermark_processor_gives_the_librarys_tokens(model_dir):
+    """The server reuses one transformers processor per cohort; generate() with a fresh
+    WatermarkingConfig must sample exactly the same tokens under the same seed."""
+    import time
+
+    import torch
+    from transformers import WatermarkingConfig
+
+    server = HFModelServer(model_dir, keys=KEYS)
+    prompt = "User: Tell me about mountains.\nAssistant:"
+    ids = server.tokenizer(prompt, return_tensors="pt")["input_ids"]
+    for account in ("alice", "bob"):
+        cohort = KEYS.cohort_of(account)
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            text, _, n, got_cohort = server.generate(prompt, max_tokens=40, temperature=1.0, top_p=0.9, account=account)
+            torch.manual_seed(seed)
+            ref = server.model.generate(ids, max_new_tokens=40, do_sample=True, temperature=1.0, top_p=0.9,
+                                        pad_token_id=server.tokenizer.eos_token_id,
+                                        watermarking_config=WatermarkingConfig(**KEYS.watermarking_config(cohort)))
+            assert got_cohort == cohort and n > 0
+            assert text == server.tokenizer.decode(ref[0, ids.shape[1]:], skip_special_tokens=True)
+    assert len(server._processors) == 2          # built once per cohort, then reused
+    config = server.watermark_config(KEYS.cohort_of("alice"))
+    start = time.perf_counter()
+    processors = {id(config.construct_processor(512, "cpu")) for _ in range(20)}
+    assert len(processors) == 1 and time.perf_counter() - start < 0.05
+
+
+def test_batched_generation_is_watermarked_for_the_account(model_dir):
+    server = HFModelServer(model_dir, keys=KEYS)
+    texts = server.generate_batch([f"User: Tell me about lakes {i}\nAssistant:" for i in range(6)] + ["x" * 3000],
+                                  max_tokens=60, account="carol")
+    assert len(texts) == 7 and all(isinstance(t, str) for t in texts)
+    top = _pooled_cohort(texts, server.tokenizer, server.model.config.vocab_size)
+    assert top["cohort"] == KEYS.cohort_of("carol") and top["p_value_corrected"] < 1e-6, top
+    assert server.generate_batch([], max_tokens=10, account="carol") == []

@@ -95,13 +95,19 @@ def lab_build_model(
     seconds: float = typer.Option(180.0, "--seconds", min=1.0, help="Wall-clock training budget."),
     vocab_size: int = typer.Option(4096, "--vocab-size", min=300, max=65536, help="BPE vocabulary size."),
     seed: int = typer.Option(0, "--seed"),
+    rival: bool = typer.Option(False, "--rival", help="Build the rival base model instead: the default model's "
+                               "tokenizer, pretrained on ShareGPT text the default model never saw (a student "
+                               "base for 'lab distill --base rival')."),
 ) -> None:
     """Train the embedded default model (tiny GPT-2 + BPE tokenizer on ShareGPT), in Hugging Face layout."""
-    from distillguard.lab.tinylm import build_model, default_model_dir
+    from distillguard.lab.tinylm import RIVAL_SKIP, build_model, default_model_dir, rival_model_dir
 
-    target = out or default_model_dir()
+    if rival and not default_model_dir().exists():
+        raise UsageError("the rival base shares the default model's tokenizer: run 'distillguard lab build-model' first")
+    target = out or (rival_model_dir() if rival else default_model_dir())
+    extra = {"skip": RIVAL_SKIP, "tokenizer_dir": default_model_dir()} if rival else {}
     with err_console.status("training the tiny language model…", spinner="dots") as status:
-        meta = build_model(target, seconds=seconds, vocab_size=vocab_size, seed=seed,
+        meta = build_model(target, seconds=seconds, vocab_size=vocab_size, seed=seed + (1 if rival else 0), **extra,
                            progress=lambda step, loss: status.update(f"training: step {step:,}, loss {loss:.3f}"))
     console.print(f"{meta['parameters']:,} parameters, {meta['steps']:,} steps in {meta['seconds']} s; held-out "
                   f"perplexity {meta['heldout_perplexity']:,} → {target}")
@@ -497,6 +503,9 @@ def watermark_radioactivity(
                                           help="Black box: bearer token for the suspect endpoint."),
     suspect_name: str = typer.Option("suspect", "--suspect-name", help="Black box: the model name to ask for."),
     controls: int = typer.Option(20, "--controls", min=0, max=1000, help="Control keys (never used) to test too."),
+    method: str = typer.Option("distribution", "--method", help="Open weights: 'distribution' (the suspect's "
+                               "next-token probabilities; most power) or 'greedy' (its greedy predictions, exact "
+                               "binomial test, as Sander et al.)."),
     fmt: str = typer.Option("table", "--format", help="table or json"),
 ) -> None:
     """Was a suspect model trained on our watermarked outputs? Names the leaking cohort."""
@@ -511,6 +520,8 @@ def watermark_radioactivity(
         raise UsageError("give exactly one of --suspect-model (open weights) or --suspect-url (black box)")
     if fmt not in ("table", "json"):
         raise UsageError(f"--format: expected table or json, got {fmt!r}")
+    if method not in ("distribution", "greedy"):
+        raise UsageError(f"--method: expected distribution or greedy, got {method!r}")
     key_set = KeySet.load(keys)
     records = [r for r in read_records(texts) if r.text]
     if not records:
@@ -519,8 +530,10 @@ def watermark_radioactivity(
         tok, model = load_model(suspect_model)
         if tokenizer is not None:
             tok, _ = load_tokenizer(tokenizer)
-        with err_console.status("reading our texts through the suspect…", spinner="dots"):
-            result = reading_mode(model, tok, [r.text for r in records], key_set, controls=controls)
+        with err_console.status("reading our texts through the suspect…", spinner="dots") as status:
+            result = reading_mode(model, tok, [r.text for r in records], key_set, controls=controls, method=method,
+                                  progress=lambda n: status.update(f"reading our texts through the suspect: "
+                                                                   f"{n:,} / {len(records):,}"))
     else:
         if tokenizer is None:
             raise UsageError("black box needs --tokenizer (our model's directory) to tokenise the answers")
@@ -533,12 +546,15 @@ def watermark_radioactivity(
     if fmt == "json":
         sys.stdout.write(json.dumps(data) + "\n")
         return
-    table = Table(title=f"radioactivity ({data['mode']}, {data['pairs_scored']:,} distinct token pairs scored)")
-    for col in ("cohort", "green / scored", "z", "p", "p (corrected)"):
+    table = Table(title=f"radioactivity ({data['mode']}, {data['method']}: {data['pairs_scored']:,} distinct token "
+                        f"pairs scored)")
+    mass = data["method"] == "distribution"
+    for col in ("cohort", "green mass / mass" if mass else "green / scored", "z", "p", "p (corrected)"):
         table.add_column(col, justify="right")
     for c in data["cohorts"][:10]:
-        table.add_row(str(c["cohort"]), f"{c['green']:,} / {c['scored']:,}", f"{c['z']:.2f}", f"{c['p_value']:.1e}",
-                      f"{c['p_value_corrected']:.1e}")
+        share = (f"{c['green_mass']:,.1f} / {data['mass_scored']:,.1f}" if mass
+                 else f"{c['green']:,} / {c['scored']:,}")
+        table.add_row(str(c["cohort"]), share, f"{c['z']:.2f}", f"{c['p_value']:.1e}", f"{c['p_value_corrected']:.1e}")
     console.print(table)
     ctl = data["controls"]
     console.print(f"verdict: [bold]{data['verdict']}[/bold]"
@@ -557,11 +573,13 @@ def lab_distill(
     tokens: int = typer.Option(200_000, "--tokens", min=1000, help="Student training tokens in all."),
     seconds: float = typer.Option(120.0, "--seconds", min=1.0, help="Student training budget (wall clock)."),
     account: str = typer.Option("student-farm", "--account", help="The extracting account (decides the cohort)."),
+    base: Optional[Path] = typer.Option(None, "--base", help="Fine-tune this model instead of training from scratch "
+                                        "('rival': the rival base from 'lab build-model --rival')."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Train a student on watermarked teacher answers mixed into other text (share 0: a control)."""
     from distillguard.lab.distill import distill
-    from distillguard.lab.tinylm import default_model_dir
+    from distillguard.lab.tinylm import default_model_dir, rival_model_dir
     from distillguard.watermark.keys import KeySet
 
     if share > 0 and keys is None:
@@ -569,10 +587,14 @@ def lab_distill(
     teacher_dir = default_model_dir() if str(teacher) == "default" else teacher
     if not teacher_dir.exists():
         raise UsageError(f"no teacher model at {teacher_dir} (run 'distillguard lab build-model')")
+    if base is not None and str(base) == "rival":
+        base = rival_model_dir()
+        if not base.exists():
+            raise UsageError(f"no rival base model at {base} (run 'distillguard lab build-model --rival')")
     key_set = KeySet.load(keys) if keys else None
     with err_console.status("distilling…", spinner="dots") as status:
         meta = distill(teacher_dir, key_set, out, share=share, total_tokens=tokens, seconds=seconds,
-                       account=account, seed=seed, progress=lambda m: status.update(m))
+                       account=account, seed=seed, base=base, progress=lambda m: status.update(m))
     console.print(f"student → {out}: {meta['train_tokens']:,} tokens ({meta['watermarked_share']:.1%} watermarked, "
                   f"cohort {meta['cohort']}), {meta['steps']:,} steps; teacher answers → {out / 'teacher_answers.jsonl'}")
 

@@ -7,6 +7,10 @@ and trains a student from scratch with the teacher's architecture and tokenizer.
 ``share = 0`` it trains the control student. It saves the student and the teacher answers it
 was trained on, which are what the open-weights radioactivity test reads. This lets users check
 on their own models whether a watermark survives distillation.
+
+The student starts from scratch (the teacher's architecture) or, with ``base``, from another
+model: the realistic case, where a rival fine-tunes its own pretrained model on our answers
+(``distillguard lab build-model --rival`` builds one on text the teacher never saw).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from distillguard.errors import BadInputError
 from distillguard.watermark.keys import KeySet
 
 
@@ -42,8 +47,11 @@ def _prompts_and_clean_text(skip: int, n_prompts: int, clean_chars: int) -> tupl
 def distill(teacher_dir: str | Path, keys: KeySet | None, out: str | Path, *, share: float = 0.05,
             total_tokens: int = 200_000, seconds: float = 120.0, account: str = "student-farm", seed: int = 0,
             max_tokens: int = 96, corpus_skip: int = 3000, student_size: dict[str, int] | None = None,
+            base: str | Path | None = None, lr: float | None = None, batch: int = 32,
             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train one student; ``student_size`` overrides the teacher's ``n_layer``/``n_embd``/``n_head``."""
+    """Train one student; ``student_size`` overrides the teacher's ``n_layer``/``n_embd``/``n_head``
+    (from scratch only); ``base`` is a model directory to fine-tune instead; ``lr`` defaults to 3e-3
+    from scratch and 1e-3 for fine-tuning; ``batch`` teacher prompts are generated at once."""
     import torch
     from transformers import GPT2LMHeadModel
 
@@ -60,17 +68,22 @@ def distill(teacher_dir: str | Path, keys: KeySet | None, out: str | Path, *, sh
     answers: list[str] = []
     wm_ids: list[np.ndarray] = []
     wm_count = 0
-    for i, prompt in enumerate(prompts):
+    for start in range(0, len(prompts), batch):
         if wm_count >= wm_target:
             break
-        text, _, _, _ = teacher.generate(chat_prompt(tokenizer, [{"role": "user", "content": prompt}]),
-                                         max_tokens=max_tokens, temperature=1.0, top_p=1.0, account=account)
-        ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
-        answers.append(text)
-        wm_ids.append(ids)
-        wm_count += ids.size
-        if i % 20 == 0:
-            say(f"teacher answers: {wm_count:,} / {wm_target:,} watermarked tokens")
+        texts = teacher.generate_batch([chat_prompt(tokenizer, [{"role": "user", "content": p}])
+                                        for p in prompts[start:start + batch]],
+                                       max_tokens=max_tokens, temperature=1.0, top_p=1.0, account=account)
+        for text in texts:
+            if wm_count >= wm_target:
+                break
+            ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+            if ids.size < 2:
+                continue
+            answers.append(text)
+            wm_ids.append(ids)
+            wm_count += ids.size
+        say(f"teacher answers: {wm_count:,} / {wm_target:,} watermarked tokens")
     clean_ids: list[np.ndarray] = []
     clean_count = 0
     for doc in clean:
@@ -85,14 +98,26 @@ def distill(teacher_dir: str | Path, keys: KeySet | None, out: str | Path, *, sh
     stream = np.concatenate([docs[i] for i in order]) if docs else np.zeros(0, dtype=np.int64)
     split = int(0.98 * stream.size)
     say(f"training the student on {stream.size:,} tokens ({wm_count / max(1, stream.size):.1%} watermarked)")
-    config = teacher.model.config.to_dict()
-    config.update(student_size or {})
-    student = GPT2LMHeadModel(teacher.model.config.__class__(**config))
-    steps, losses, elapsed = train_lm(student, stream[:split], seconds=seconds, seed=seed)
+    if base is not None:
+        from distillguard.serve.hf import load_model
+
+        base_tokenizer, student = load_model(base)
+        if base_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise BadInputError("the base model's tokenizer differs from the teacher's", source=str(base))
+        lr = lr or 1e-3
+    else:
+        config = teacher.model.config.to_dict()
+        config.update(student_size or {})
+        student = GPT2LMHeadModel(teacher.model.config.__class__(**config))
+        lr = lr or 3e-3
+    steps, losses, elapsed = train_lm(student, stream[:split], seconds=seconds, seed=seed, lr=lr,
+                                      progress=lambda step, loss: say(f"training the student: step {step:,}, "
+                                                                      f"loss {loss:.3f}"))
     out = Path(out)
     save(tokenizer, student, out)
     (out / "teacher_answers.jsonl").write_text("".join(json.dumps({"text": a}) + "\n" for a in answers))
     meta = {"kind": "distillguard-student", "teacher": str(teacher_dir), "account": account,
+            "base": str(base) if base is not None else None, "epochs": round(steps * 16 * 128 / max(1, split), 2),
             "cohort": keys.cohort_of(account) if keys else None, "watermarked_share": wm_count / max(1, stream.size),
             "watermarked_tokens": int(wm_count), "train_tokens": int(split), "steps": steps,
             "seconds": round(elapsed, 1), "heldout_loss": round(heldout_loss(student, stream[split:]), 4)}

@@ -35,12 +35,13 @@ def save(tokenizer, model, out: str | Path) -> Path:
     return out
 
 
-def corpus_texts(max_chars: int = 3_000_000) -> list[str]:
-    """ShareGPT exchanges as ``User: …\\nAssistant: …`` documents (the lab's organic corpus)."""
+def corpus_texts(max_chars: int = 3_000_000, skip: int = 0) -> list[str]:
+    """ShareGPT exchanges as ``User: …\\nAssistant: …`` documents (the lab's organic corpus), from
+    conversation ``skip`` on."""
     from distillguard.lab.corpus import load_corpus
 
     out, total = [], 0
-    for conv in load_corpus():
+    for conv in load_corpus()[skip:]:
         for human, assistant in conv.turns:
             doc = f"User: {human[:1000]}\nAssistant: {assistant[:2000]}{SPECIAL}"
             out.append(doc)
@@ -51,10 +52,13 @@ def corpus_texts(max_chars: int = 3_000_000) -> list[str]:
 
 
 def build_model(out: str | Path, *, seconds: float = 180.0, vocab_size: int = 4096, max_chars: int = 3_000_000,
-                seed: int = 0, progress=None) -> dict:
+                seed: int = 0, skip: int = 0, tokenizer_dir: str | Path | None = None, progress=None) -> dict:
     """Train the embedded default model: a byte-level BPE tokenizer and a 4-layer GPT-2 on ShareGPT.
 
-    Trains for ``seconds`` of wall time (the result is small: ~6 MB). Returns its metadata.
+    Trains for ``seconds`` of wall time (the result is small: ~6 MB). Returns its metadata. With
+    ``tokenizer_dir`` it reuses that model's tokenizer and trains only the network; with ``skip`` it
+    reads ShareGPT from that conversation on. Together they build a *rival base model*: another
+    organisation's own pretrained model, on text the default model never saw, sharing its tokenizer.
     """
     import json
     import math
@@ -64,8 +68,13 @@ def build_model(out: str | Path, *, seconds: float = 180.0, vocab_size: int = 40
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    texts = corpus_texts(max_chars)
-    tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
+    texts = corpus_texts(max_chars, skip=skip)
+    if tokenizer_dir is not None:
+        from distillguard.serve.hf import load_model
+
+        tokenizer = load_model(tokenizer_dir)[0]
+    else:
+        tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
     ids = np.concatenate([np.asarray(tokenizer(t, add_special_tokens=False)["input_ids"], dtype=np.int64)
                           for t in texts])
     split = int(0.98 * ids.size)
@@ -76,7 +85,7 @@ def build_model(out: str | Path, *, seconds: float = 180.0, vocab_size: int = 40
     step, losses, elapsed = train_lm(model, train, seconds=seconds, seed=seed, progress=progress)
     model.eval()
     held_loss = heldout_loss(model, held)
-    meta = {"kind": "distillguard-tiny-lm", "steps": step, "seconds": round(elapsed, 1),
+    meta = {"kind": "distillguard-tiny-lm", "corpus_skip": skip, "steps": step, "seconds": round(elapsed, 1),
             "train_tokens": int(train.numel()), "vocab_size": len(tokenizer),
             "train_loss": round(float(np.mean(losses[-50:])), 4) if losses else None,
             "heldout_loss": round(held_loss, 4), "heldout_perplexity": round(math.exp(held_loss), 2),
@@ -92,9 +101,21 @@ def default_model_dir() -> Path:
     return cache_dir() / "tiny-lm-v1"
 
 
+RIVAL_SKIP = 6000      # the rival's pretraining text starts here: past the teacher's and the distillation lab's
+
+
+def rival_model_dir() -> Path:
+    """Where ``lab build-model --rival`` puts the rival base model (the default model's tokenizer,
+    pretrained on ShareGPT conversations the default model never saw)."""
+    from distillguard.lab.corpus import cache_dir
+
+    return cache_dir() / "tiny-lm-rival-v1"
+
+
 def train_lm(model, ids, *, seconds: float, seed: int = 0, progress=None, block: int = 128, batch: int = 16,
              lr: float = 3e-3) -> tuple[int, list[float], float]:
-    """Train a causal LM on random windows of a token stream for ``seconds`` of wall time."""
+    """Train a causal LM on random windows of a token stream for ``seconds`` of wall time (AdamW,
+    constant learning rate ``lr``)."""
     import time
 
     import numpy as np
