@@ -29,6 +29,8 @@ app.add_typer(baseline_app, name="baseline")
 watermark_app = typer.Typer(help="Watermarks: keys, detection in text, radioactivity of suspect models.",
                             no_args_is_help=True)
 app.add_typer(watermark_app, name="watermark")
+from distillguard.intel.cli import intel_app  # noqa: E402
+app.add_typer(intel_app, name="intel")
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)

@@ -46,7 +46,8 @@ class Peer:
     trust: float = 1.0              # weight in [0, 1] applied to their indicators' confidence
     url: str | None = None          # their TAXII API root, to pull from (intel sync)
     collection: str | None = None   # their collection to pull (id or title)
-    secret: str | None = None       # what we present to their server (bearer token / basic password)
+    secret: str | None = None       # what we present to their server (bearer token, or basic password)
+    username: str | None = None     # user name their server knows us by (HTTP Basic); None: bearer
     server_secret_sha256: str | None = None   # what they present to ours
     read: list[str] = field(default_factory=list)    # our collections they may read
     write: list[str] = field(default_factory=list)   # our collections they may write

@@ -123,7 +123,7 @@ def import_objects(objects: Iterable[dict[str, Any]], check: SignatureCheck, sto
             if len(batch) >= BATCH:
                 flush()
         flush()
-        check.finish()
+        check.finish(lambda missing: store.held(peer_collection(peer), missing))
         store.record_import(result.signature_id, peer, bundle_id(), result.objects, result.new_objects,
                             result.indicators, source)
     return result

@@ -14,7 +14,7 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import orjson
 
@@ -107,10 +107,13 @@ class SignatureCheck:
             raise VerificationError(f"tampered bundle: object {ref[0]} changed after peer {self.peer.name} signed it")
         self.seen.add(ref)
 
-    def finish(self) -> Verified:
-        missing = len(self.signed) - len(self.seen)
-        if missing:
-            raise VerificationError(f"tampered bundle: {missing} signed object(s) missing from the bundle")
+    def finish(self, held: Callable[[dict[tuple[str, str], str]], int] | None = None) -> Verified:
+        """All signed objects seen? ``held`` counts missing ones we already hold unchanged (a TAXII
+        pull only brings versions added since the last one)."""
+        missing = {ref: d for ref, d in self.signed.items() if ref not in self.seen}
+        count = len(missing) - (held(missing) if missing and held is not None else 0)
+        if count:
+            raise VerificationError(f"tampered bundle: {count} signed object(s) missing from the bundle")
         return Verified(peer=self.peer.name, trust=self.peer.trust, signature_id=str(self.sig.get("id")),
                         expires=str(self.sig["expires"]))
 

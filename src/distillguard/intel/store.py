@@ -139,6 +139,21 @@ class IntelStore:
                        "LIMIT 1", [collection, oid])
         return orjson.loads(row[0]) if row else None
 
+    def held(self, collection: str, wanted: dict[tuple[str, str], str]) -> int:
+        """How many of the (id, version) -> digest pairs this collection holds with that digest."""
+        from distillguard.intel.signing import object_digest
+
+        if not wanted:
+            return 0
+        frame = pd.DataFrame({"id": [r[0] for r in wanted], "version": [r[1] for r in wanted]})
+        self.con.register("_wanted", frame)
+        try:
+            rows = self.all("SELECT o.id, o.version, o.json FROM intel_objects o JOIN _wanted w USING (id, version) "
+                            "WHERE o.collection = ?", [collection])
+        finally:
+            self.con.unregister("_wanted")
+        return len({(i, v) for i, v, text in rows if wanted.get((i, v)) == object_digest(orjson.loads(text))})
+
     def count(self, collection: str | None = None) -> int:
         if collection is None:
             return int(self.one("SELECT count(*) FROM intel_objects")[0])
