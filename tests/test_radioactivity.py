@@ -61,3 +61,24 @@ def test_student_of_watermarked_answers_is_radioactive_and_attributed(teacher, t
     prompts = [f"User: question {i}\nAssistant:" for i in range(8)]
     bb = black_box(answers, prompts, tokenizer, student.config.vocab_size, KEYS)
     assert bb.pairs > 0 and bb.mode == "black-box"
+
+
+def test_distill_through_the_gateway_collects_watermarked_answers(teacher, tmp_path):
+    """The lab's farm asks the served teacher through a real shadow-mode gateway over loopback:
+    its answers carry its cohort's watermark, the gateway logged every exchange, and the student
+    and its metadata are written."""
+    from distillguard.watermark.detect import TextRecord, detect
+
+    meta = distill(teacher, KEYS, tmp_path / "student", share=0.5, total_tokens=3000, seconds=2, max_tokens=48,
+                   student_size=SMALL, through_gateway=True, account="farm-7")
+    assert meta["collected"].startswith("through the gateway") and meta["watermarked_tokens"] >= 1000
+    verdict = meta["gateway_verdict"]
+    answers = [json.loads(line)["text"] for line in
+               (tmp_path / "student" / "teacher_answers.jsonl").read_text().splitlines()]
+    assert verdict["queries"] >= len(answers) > 10
+    tokenizer, student = load_model(tmp_path / "student")
+    top = detect([TextRecord(i + 1, f"a{i}", text=t) for i, t in enumerate(answers)], KEYS,
+                 student.config.vocab_size, tokenizer)["cohorts"][0]
+    assert top["cohort"] == KEYS.cohort_of("farm-7") and top["p_value_corrected"] < 1e-6
+    segments = list((tmp_path / "student" / "gateway" / "gateway-log").glob("*"))
+    assert segments and sum(p.stat().st_size for p in segments) > 0

@@ -577,6 +577,9 @@ def lab_distill(
     account: str = typer.Option("student-farm", "--account", help="The extracting account (decides the cohort)."),
     base: Optional[Path] = typer.Option(None, "--base", help="Fine-tune this model instead of training from scratch "
                                         "('rival': the rival base from 'lab build-model --rival')."),
+    through_gateway: bool = typer.Option(False, "--through-gateway", help="Collect the teacher's answers over "
+                                         "loopback HTTP through a shadow-mode gateway, as a real farm would (slower; "
+                                         "also reports the gateway's verdict on the farm)."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Train a student on watermarked teacher answers mixed into other text (share 0: a control)."""
@@ -596,9 +599,15 @@ def lab_distill(
     key_set = KeySet.load(keys) if keys else None
     with err_console.status("distilling…", spinner="dots") as status:
         meta = distill(teacher_dir, key_set, out, share=share, total_tokens=tokens, seconds=seconds,
-                       account=account, seed=seed, base=base, progress=lambda m: status.update(m))
+                       account=account, seed=seed, base=base, through_gateway=through_gateway,
+                       progress=lambda m: status.update(m))
     console.print(f"student → {out}: {meta['train_tokens']:,} tokens ({meta['watermarked_share']:.1%} watermarked, "
                   f"cohort {meta['cohort']}), {meta['steps']:,} steps; teacher answers → {out / 'teacher_answers.jsonl'}")
+    verdict = meta.get("gateway_verdict")
+    if verdict:
+        console.print(f"the gateway (shadow mode) saw {verdict['queries']:,} queries from {account}: "
+                      + (f"flagged ({', '.join(verdict['reasons']) or verdict['status']}); it would have acted from "
+                         f"request #{verdict['first_non_allow_decision_at']}" if verdict["flagged"] else "not flagged"))
 
 
 @app.command()

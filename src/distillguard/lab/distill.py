@@ -44,14 +44,65 @@ def _prompts_and_clean_text(skip: int, n_prompts: int, clean_chars: int) -> tupl
     return prompts, clean
 
 
+def collect_through_gateway(teacher: Any, prompts: list[str], *, account: str, max_tokens: int, target_tokens: int,
+                            workdir: Path, progress: Callable[[str], None] | None = None) -> tuple[list[str], dict]:
+    """Ask ``prompts`` as ``account`` through a real gateway (shadow mode: it logs and scores every
+    exchange but lets the farm through) in front of the served teacher, over loopback HTTP, until
+    ``target_tokens`` answer tokens are collected. Returns the answers and the gateway's live
+    verdict on the account (what it would have done in enforce mode)."""
+    import httpx
+    import orjson
+
+    from distillguard.gateway.app import Gateway, _account_view, build_app
+    from distillguard.gateway.config import load_config
+    from distillguard.gateway.server import ServerThread
+
+    say = progress or (lambda message: None)
+    workdir.mkdir(parents=True, exist_ok=True)
+    api_key = f"sk-lab-{account}"
+    (workdir / "keys.json").write_bytes(orjson.dumps({api_key: account}))
+    cfg = load_config(None, keys=workdir / "keys.json", db=workdir / "gateway.duckdb", upstream="http://127.0.0.1:1")
+    cfg.policy.mode = "shadow"
+    cfg.log.dir = workdir / "gateway-log"
+    answers, collected, first_flag = [], 0, None
+    with ServerThread(teacher) as upstream:
+        cfg.upstream = upstream.url
+        gateway = Gateway(cfg)
+        with ServerThread(build_app(gateway)) as server, httpx.Client(base_url=server.url, timeout=300) as client:
+            for i, prompt in enumerate(prompts):
+                if collected >= target_tokens:
+                    break
+                r = client.post("/v1/chat/completions", headers={"authorization": f"Bearer {api_key}"},
+                                json={"model": "teacher", "max_tokens": max_tokens, "temperature": 1.0,
+                                      "messages": [{"role": "user", "content": prompt}]})
+                if r.status_code != 200:
+                    raise BadInputError(f"the gateway answered HTTP {r.status_code}: {r.text[:200]}")
+                body = r.json()
+                text = body["choices"][0]["message"]["content"] or ""
+                if first_flag is None and r.headers.get("x-distillguard-action", "allow") != "allow":
+                    first_flag = i + 1
+                if body["usage"]["completion_tokens"] >= 2:
+                    answers.append(text)
+                    collected += body["usage"]["completion_tokens"]
+                if i % 20 == 0:
+                    say(f"teacher answers through the gateway: {collected:,} / {target_tokens:,} tokens")
+            view = _account_view(gateway, account) or {}
+    verdict = {"queries": view.get("queries", 0), "flagged": view.get("flagged", False),
+               "status": view.get("status"), "first_non_allow_decision_at": first_flag,
+               "reasons": [r.get("code") for r in view.get("reasons", [])]}
+    return answers, verdict
+
+
 def distill(teacher_dir: str | Path, keys: KeySet | None, out: str | Path, *, share: float = 0.05,
             total_tokens: int = 200_000, seconds: float = 120.0, account: str = "student-farm", seed: int = 0,
             max_tokens: int = 96, corpus_skip: int = 3000, student_size: dict[str, int] | None = None,
             base: str | Path | None = None, lr: float | None = None, batch: int = 32,
-            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+            through_gateway: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train one student; ``student_size`` overrides the teacher's ``n_layer``/``n_embd``/``n_head``
     (from scratch only); ``base`` is a model directory to fine-tune instead; ``lr`` defaults to 3e-3
-    from scratch and 1e-3 for fine-tuning; ``batch`` teacher prompts are generated at once."""
+    from scratch and 1e-3 for fine-tuning; ``batch`` teacher prompts are generated at once, or, with
+    ``through_gateway``, one request at a time over HTTP through a shadow-mode gateway, as a real
+    extraction farm would collect them (the gateway's verdict on the farm is saved too)."""
     import torch
     from transformers import GPT2LMHeadModel
 
@@ -68,7 +119,16 @@ def distill(teacher_dir: str | Path, keys: KeySet | None, out: str | Path, *, sh
     answers: list[str] = []
     wm_ids: list[np.ndarray] = []
     wm_count = 0
-    for start in range(0, len(prompts), batch):
+    gateway_verdict = None
+    if through_gateway and wm_target > 0:
+        answers, gateway_verdict = collect_through_gateway(teacher, prompts, account=account, max_tokens=max_tokens,
+                                                           target_tokens=wm_target, workdir=Path(out) / "gateway",
+                                                           progress=say)
+        for text in answers:
+            ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+            wm_ids.append(ids)
+            wm_count += ids.size
+    for start in range(0, 0 if through_gateway else len(prompts), batch):
         if wm_count >= wm_target:
             break
         texts = teacher.generate_batch([chat_prompt(tokenizer, [{"role": "user", "content": p}])
@@ -120,6 +180,8 @@ def distill(teacher_dir: str | Path, keys: KeySet | None, out: str | Path, *, sh
             "base": str(base) if base is not None else None, "epochs": round(steps * 16 * 128 / max(1, split), 2),
             "cohort": keys.cohort_of(account) if keys else None, "watermarked_share": wm_count / max(1, stream.size),
             "watermarked_tokens": int(wm_count), "train_tokens": int(split), "steps": steps,
-            "seconds": round(elapsed, 1), "heldout_loss": round(heldout_loss(student, stream[split:]), 4)}
+            "seconds": round(elapsed, 1), "heldout_loss": round(heldout_loss(student, stream[split:]), 4),
+            "collected": "through the gateway (shadow mode)" if gateway_verdict is not None else "direct",
+            "gateway_verdict": gateway_verdict}
     (out / "distillguard.json").write_text(json.dumps(meta, indent=2))
     return meta
