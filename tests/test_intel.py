@@ -1,0 +1,481 @@
+"""Intel exchange: STIX export (valid, private), signatures and trust, import (bad input,
+replays, transactions), and peers' indicators as a scan signal.
+
+Lab A flags a hydra campaign and exports it; lab B (another organisation, one community key)
+imports it. The TAXII server, sync and the two-instance exchange are in test_intel_taxii.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import ipaddress
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import orjson
+import pytest
+from stix2validator import ValidationOptions, validate_instance
+
+from distillguard.errors import BadInputError
+from distillguard.intel.export import ExportOptions, confirmed_campaigns, export_bundle
+from distillguard.intel.home import IntelHome
+from distillguard.intel.identifiers import (KeyedShingler, campaign_templates, hash_values, ip_prefix,
+                                            normalise_email, org_domain)
+from distillguard.intel.importer import import_bundle
+from distillguard.intel.keys import CommunityKey
+from distillguard.intel.match import IntelSignal
+from distillguard.intel.publish import revoke, sign_and_publish
+from distillguard.intel.signing import VerificationError, sign_objects
+from distillguard.intel.store import IntelStore, peer_collection
+from distillguard.intel.vocab import TLP_IDS, atlas_id
+from distillguard.store import EventStore
+from intel_support import make_homes, make_lab_a, read_events
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("intel")
+
+
+@pytest.fixture(scope="module")
+def lab_a(work):
+    return make_lab_a(work)
+
+
+@pytest.fixture(scope="module")
+def homes(work):
+    return make_homes(work)
+
+
+@pytest.fixture(scope="module")
+def exported(work, lab_a, homes):
+    """A's export of its scan: (result, bundle path); published to A's 'shared' collection."""
+    home_a, _ = homes
+    with EventStore(lab_a.db, read_only=True) as store:
+        result = export_bundle(lab_a.scan, store.con, home_a, ExportOptions())
+    out = work / "export" / "bundle.json"
+    with IntelStore(home_a.db_path) as istore:
+        sign_and_publish(result.bundle, home_a, istore, valid_days=90, out=out)
+    return result, out
+
+
+@pytest.fixture
+def fresh_b(tmp_path, homes):
+    """Lab B's home with an empty intel store (each test imports what it needs)."""
+    _, home_b = homes
+    clone = copy.copy(home_b)
+    clone.path = tmp_path / "home-b"
+    clone.path.mkdir()
+    for name in ("signing.pem", "signing.pub", "community.key"):
+        (clone.path / name).write_bytes((home_b.path / name).read_bytes())
+    clone.save()
+    return IntelHome.load(clone.path)
+
+
+def _write(path: Path, data) -> Path:
+    path.write_bytes(orjson.dumps(data))
+    return path
+
+
+def _signed(tmp_path: Path, home: IntelHome, objects: list[dict], name: str = "b.json", *, valid_days: int = 30,
+            sig_objects: list[dict] | None = None) -> Path:
+    bundle = {"type": "bundle", "id": "bundle--0c0f3c39-4b8e-4c36-9d8b-2b7f4d6e1a55", "objects": objects}
+    sig = sign_objects(sig_objects if sig_objects is not None else objects, home.signing_key(), home,
+                       bundle_id=bundle["id"], valid_days=valid_days)
+    path = _write(tmp_path / name, bundle)
+    _write(tmp_path / (name + ".sig"), sig)
+    return path
+
+
+# ---------------------------------------------------------------- identifiers
+
+@pytest.mark.parametrize("raw, normal", [
+    ("Bob.Smith+api@Example.COM", "bob.smith@example.com"), ("b.o.b+x@googlemail.com", "bob@gmail.com"),
+    (" dev48213@quickinbox.io ", "dev48213@quickinbox.io"), ("no-at-sign", None), ("a@b", None), (None, None)])
+def test_email_normalisation(raw, normal):
+    assert normalise_email(raw) == normal
+
+
+def test_org_domain_skips_webmail_and_ip_prefix_cuts_networks():
+    assert org_domain("x@gmail.com") is None and org_domain("ceo@Acme-Labs.io") == "acme-labs.io"
+    assert ip_prefix("203.0.113.77") == "203.0.113.0/24" == ip_prefix("203.0.113.0/24")
+    assert ip_prefix("2001:db8:1:2::5") == str(ipaddress.ip_network("2001:db8:1::/48"))
+    assert ip_prefix("not an ip") is None
+
+
+def test_hashes_are_keyed_and_normalised():
+    k1, k2 = CommunityKey.generate(), CommunityKey.generate()
+    a, b = hash_values(k1, "email", ["Bob+x@Example.com", "bob@example.com"])
+    assert a == b and len(a) == 64
+    assert hash_values(k2, "email", ["bob@example.com"])[0] != a
+    assert hash_values(k1, "payment", ["bob@example.com"])[0] != a   # kinds do not collide
+
+
+def test_template_signatures_need_the_key():
+    prompts = [f"Topic: science > subject {i}\nAspect: core concepts\nAudience: a beginner\nOutput format: "
+               f"a numbered list\nWrite the full answer." for i in range(30)]
+    k1, k2 = CommunityKey.generate(), CommunityKey.generate()
+    t1, t2 = campaign_templates(prompts, k1), campaign_templates(prompts, k2)
+    assert len(t1) == 1 and t1[0].prompts == 30
+    # same prompts, other key: nothing in common (a public seed cannot be tested without the key)
+    assert (t1[0].signature == t2[0].signature).mean() < 0.1
+    assert KeyedShingler(k1)(prompts[0]) != KeyedShingler(k2)(prompts[0])
+
+
+# ---------------------------------------------------------------- export
+
+def test_lab_a_flags_its_hydra_campaign(lab_a):
+    campaigns = confirmed_campaigns(lab_a.scan)
+    assert len(campaigns) == 1
+    assert set(campaigns[0].accounts) == set(lab_a.hydra)
+    assert campaigns[0].confidence >= 80
+
+
+def test_bundle_passes_stix2_validator(exported):
+    result, _ = exported
+    report = validate_instance(result.bundle, ValidationOptions(version="2.1"))
+    assert report.is_valid, [str(e) for e in report.errors]
+
+
+def test_bundle_content(exported, homes, lab_a):
+    result, _ = exported
+    home_a, _ = homes
+    by_type: dict[str, list[dict]] = {}
+    for obj in result.objects:
+        by_type.setdefault(obj["type"], []).append(obj)
+    assert {"identity", "campaign", "threat-actor", "attack-pattern", "indicator", "observed-data", "sighting",
+            "relationship", "marking-definition"} <= set(by_type)
+    assert by_type["identity"][0]["id"] == home_a.identity_id and by_type["identity"][0]["name"] == "Lab A"
+    atlas = {p["external_references"][0]["external_id"] for p in by_type["attack-pattern"]}
+    assert atlas == {"AML.T0024.002", "AML.T0040", "AML.T0005.001"}
+    assert by_type["marking-definition"][0]["id"] == TLP_IDS["amber"]
+    for obj in result.objects:
+        if obj["type"] not in ("marking-definition", "attack-pattern", "user-account"):
+            assert obj["object_marking_refs"] == [TLP_IDS["amber"]], obj["type"]
+    kinds = {i["x_distillguard_kind"] for i in by_type["indicator"]}
+    assert {"email", "payment", "ip24", "template"} <= kinds
+    for ind in by_type["indicator"]:
+        assert ind["valid_until"] > ind["valid_from"] and 1 <= ind["confidence"] <= 100
+    campaign = by_type["campaign"][0]
+    rels = {(r["source_ref"].split("--")[0], r["relationship_type"], r["target_ref"]) for r in by_type["relationship"]}
+    assert ("campaign", "attributed-to", by_type["threat-actor"][0]["id"]) in rels
+    assert ("campaign", "uses", atlas_id("AML.T0024.002")) in rels
+    assert ("indicator", "indicates", campaign["id"]) in rels
+    observed = by_type["observed-data"][0]
+    cluster = next(c for c in lab_a.scan["clusters"] if c["flagged"])
+    assert observed["number_observed"] == cluster["queries"] == result.campaigns[0].queries
+    assert observed["x_distillguard_accounts"] == len(cluster["accounts"]) == len(observed["object_refs"])
+    sighting = by_type["sighting"][0]
+    assert sighting["sighting_of_ref"] == campaign["id"] and sighting["where_sighted_refs"] == [home_a.identity_id]
+    assert sighting["first_seen"] <= sighting["last_seen"]
+
+
+def test_no_raw_identifier_or_prompt_text_leaves(exported, lab_a):
+    """Every identifier and prompt of lab A's input, searched for in the exported bundle."""
+    _, path = exported
+    text = path.read_text(encoding="utf-8").lower()
+    sig_text = path.with_name(path.name + ".sig").read_text(encoding="utf-8").lower()
+    needles: set[str] = set()
+    for e in read_events(lab_a.events):
+        needles.add(e["account"])
+        needles.add(e["ip"])
+        needles.add(e["ip"].rsplit(".", 1)[0] + ".")        # the /24 as text
+        for value in (e.get("identity") or {}).values():
+            if isinstance(value, str) and len(value) >= 6 and not value[:4].isdigit():
+                needles.add(value)
+        if "@" in e["identity"].get("email", ""):
+            needles.add(e["identity"]["email"].split("@")[1])  # the e-mail domain
+            needles.add(e["identity"]["email"].split("@")[0])  # the local part
+        prompt = e["request"]["messages"][-1]["content"]
+        needles.add(prompt[:60])
+        needles.update(line for line in prompt.splitlines() if len(line) >= 24)
+    needles = {n.lower() for n in needles if n and len(n) >= 6}
+    assert len(needles) > 1000
+    leaks = [n for n in needles if n in text or n in sig_text]
+    assert leaks == []
+
+
+def test_identifiers_shared_with_clear_accounts_are_withheld(lab_a, homes, tmp_path):
+    """A /24 the campaign shares with an account in good standing is not exported."""
+    home_a, _ = homes
+    scan = copy.deepcopy(lab_a.scan)
+    hydra = set(lab_a.hydra)
+    bystander = next(a["account"] for a in scan["accounts"] if a["account"] not in hydra)
+    prefix = next(e["ip"] for e in read_events(lab_a.events) if e["account"] in hydra).rsplit(".", 1)[0]
+    db = tmp_path / "a2.duckdb"
+    with EventStore(db) as store:
+        store.con.execute(f"ATTACH '{lab_a.db}' AS src (READ_ONLY)")
+        store.con.execute("INSERT INTO events SELECT * FROM src.events")
+        store.con.execute("UPDATE events SET ip = ? WHERE account = ?", [prefix + ".9", bystander])
+        result = export_bundle(scan, store.con, home_a, ExportOptions())
+    assert result.withheld.get("ip24", 0) >= 1
+    assert result.indicators.get("ip24", 0) < 3
+
+
+def test_export_options_and_empty_scans(lab_a, homes):
+    home_a, _ = homes
+    with EventStore(lab_a.db, read_only=True) as store:
+        green = export_bundle(lab_a.scan, store.con, home_a, ExportOptions(tlp="green", valid_days=7))
+        nothing = export_bundle(lab_a.scan, store.con, home_a, ExportOptions(min_confidence=100))
+    assert any(o["id"] == TLP_IDS["green"] for o in green.objects)
+    ind = next(o for o in green.objects if o["type"] == "indicator")
+    span = datetime.fromisoformat(ind["valid_until"][:19]) - datetime.fromisoformat(ind["valid_from"][:19])
+    assert span == timedelta(days=7)
+    assert nothing.campaigns == [] and {o["type"] for o in nothing.objects} == {"identity", "marking-definition"}
+    with pytest.raises(Exception, match="not a scan result"):
+        confirmed_campaigns({"hello": 1})
+
+
+# ---------------------------------------------------------------- signatures and import
+
+def test_import_verifies_and_stores(exported, fresh_b):
+    result, path = exported
+    with IntelStore(fresh_b.db_path) as store:
+        imported = import_bundle(path, fresh_b, store)
+        assert imported.peer == "lab-a" and not imported.replayed
+        assert imported.objects == len(result.objects) and imported.new_objects == imported.objects
+        assert imported.indicators == sum(result.indicators.values())
+        again = import_bundle(path, fresh_b, store)            # a replay: a no-op
+        assert again.replayed and "already imported" in again.summary()
+        assert store.count(peer_collection("lab-a")) == len(result.objects)
+        assert int(store.one("SELECT count(*) FROM intel_indicators")[0]) == imported.indicators
+
+
+def _tamper(path: Path, tmp_path: Path, change) -> Path:
+    bundle = orjson.loads(path.read_bytes())
+    change(bundle)
+    out = _write(tmp_path / "tampered.json", bundle)
+    (tmp_path / "tampered.json.sig").write_bytes(path.with_name(path.name + ".sig").read_bytes())
+    return out
+
+
+def _first_indicator(bundle):
+    return next(o for o in bundle["objects"] if o["type"] == "indicator")
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda b: _first_indicator(b).update(confidence=100), "changed after peer lab-a signed it"),
+    (lambda b: b["objects"].pop(), "missing from the bundle"),
+    (lambda b: b["objects"].append(_first_indicator(b) | {"id": "indicator--4f7c2b1e-0000-4000-8000-000000000001"}),
+     "is not covered by peer lab-a's signature"),
+])
+def test_tampered_bundles_are_rejected_and_nothing_is_stored(exported, fresh_b, tmp_path, change, reason):
+    _, path = exported
+    bad = _tamper(path, tmp_path, change)
+    with IntelStore(fresh_b.db_path) as store:
+        with pytest.raises(VerificationError, match=reason):
+            import_bundle(bad, fresh_b, store)
+        assert store.count() == 0 and int(store.one("SELECT count(*) FROM intel_indicators")[0]) == 0
+
+
+def test_unsigned_unknown_forged_and_expired_bundles_are_rejected(exported, fresh_b, homes, tmp_path):
+    home_a, home_b = homes
+    result, path = exported
+    unsigned = _write(tmp_path / "unsigned.json", result.bundle)
+    with IntelStore(fresh_b.db_path) as store:
+        with pytest.raises(VerificationError, match="unsigned bundle"):
+            import_bundle(unsigned, fresh_b, store)
+        # signed by lab B itself: not a registered peer of lab B
+        own = _signed(tmp_path, home_b, result.bundle["objects"], "own.json")
+        with pytest.raises(VerificationError, match="unknown peer"):
+            import_bundle(own, fresh_b, store)
+        # a signature whose fields were edited (expiry pushed out) no longer verifies
+        sig = orjson.loads(path.with_name(path.name + ".sig").read_bytes())
+        forged = _write(tmp_path / "forged.json", result.bundle)
+        _write(tmp_path / "forged.json.sig", sig | {"expires": "2099-01-01T00:00:00.000Z"})
+        with pytest.raises(VerificationError, match="does not verify"):
+            import_bundle(forged, fresh_b, store)
+        old = _signed(tmp_path, home_a, result.bundle["objects"], "old.json")
+        sig = orjson.loads((tmp_path / "old.json.sig").read_bytes())
+        from distillguard.intel.signing import _message  # re-sign with a past expiry, as an old bundle has
+        sig["expires"] = "2020-01-01T00:00:00.000Z"
+        sig["signature"] = home_a.signing_key().sign(_message(sig))
+        _write(tmp_path / "old.json.sig", sig)
+        with pytest.raises(VerificationError, match="expired bundle"):
+            import_bundle(old, fresh_b, store)
+        assert store.count() == 0
+
+
+INDICATOR = {"type": "indicator", "spec_version": "2.1", "id": "indicator--9a1f0f3e-1111-4222-8333-444455556666",
+             "created": "2026-10-01T00:00:00.000Z", "modified": "2026-10-01T00:00:00.000Z",
+             "pattern": "[email-addr:x_hmac_sha256 = '" + "ab" * 32 + "']", "pattern_type": "stix",
+             "valid_from": "2026-10-01T00:00:00.000Z", "confidence": 70}
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"type": "bundle", "id": "bundle--1", "objects": [{"type": ', "malformed JSON"),
+    (b"[1, 2, 3]", "not a STIX bundle"),
+    (b'{"hello": "world"}', "not a STIX bundle"),
+    (b'{"type": "report", "objects": []}', "not a STIX bundle"),
+    (b"\xff\xfe garbage", "not UTF-8"),
+])
+def test_malformed_and_non_stix_input(tmp_path, fresh_b, homes, content, message):
+    home_a, _ = homes
+    path = tmp_path / "bad.json"
+    path.write_bytes(content)
+    _write(tmp_path / "bad.json.sig", sign_objects([], home_a.signing_key(), home_a, bundle_id="bundle--x",
+                                                   valid_days=1))
+    with IntelStore(fresh_b.db_path) as store:
+        with pytest.raises(BadInputError, match=message):
+            import_bundle(path, fresh_b, store)
+        assert store.count() == 0
+
+
+def test_modified_before_created_fails_the_whole_bundle(tmp_path, fresh_b, homes):
+    home_a, _ = homes
+    good = [INDICATOR | {"id": f"indicator--9a1f0f3e-1111-4222-8333-{i:012d}"} for i in range(50)]
+    bad = INDICATOR | {"id": "indicator--9a1f0f3e-1111-4222-8333-999999999999", "modified": "2026-09-01T00:00:00.000Z"}
+    path = _signed(tmp_path, home_a, good + [bad])
+    with IntelStore(fresh_b.db_path) as store:
+        with pytest.raises(BadInputError, match="modified 2026-09-01T00:00:00.000Z is before created"):
+            import_bundle(path, fresh_b, store)
+        assert store.count() == 0 and int(store.one("SELECT count(*) FROM intel_indicators")[0]) == 0
+
+
+def test_a_large_bundle_streams_in_one_transaction(tmp_path, fresh_b, homes):
+    """30,000 indicators (~13 MB, many read chunks) import whole."""
+    home_a, _ = homes
+    objects = [INDICATOR | {"id": f"indicator--9a1f0f3e-1111-4222-8333-{i:012d}",
+                            "pattern": f"[email-addr:x_hmac_sha256 = '{i:064x}']"} for i in range(30_000)]
+    path = _signed(tmp_path, home_a, objects)
+    assert path.stat().st_size > 8 << 20
+    with IntelStore(fresh_b.db_path) as store:
+        result = import_bundle(path, fresh_b, store)
+        assert result.indicators == 30_000 and store.count() == 30_000
+
+
+# ---------------------------------------------------------------- the scan signal
+
+@pytest.fixture
+def b_with_a_intel(exported, fresh_b):
+    _, path = exported
+    with IntelStore(fresh_b.db_path) as store:
+        import_bundle(path, fresh_b, store)
+    return fresh_b
+
+
+def _scan_with(db: Path, home: IntelHome, now=None) -> dict:
+    from distillguard.detect.scan import ScanOptions, scan_store
+
+    with EventStore(db, read_only=True) as store:
+        return scan_store(store, ScanOptions(intel=IntelSignal(home, now=now))).to_dict()
+
+
+def test_imported_indicators_flag_matching_accounts_with_reasons(lab_a, b_with_a_intel):
+    data = _scan_with(lab_a.db, b_with_a_intel)
+    rows = {a["account"]: a for a in data["accounts"]}
+    for account in lab_a.hydra:
+        row = rows[account]
+        assert row["intel"]["flagged"] and row["flagged"]
+        details = [r["detail"] for r in row["reasons"] if r["signal"] == "intel_match"]
+        assert any(d.startswith("e-mail hash matched indicator indicator--") and "from peer lab-a, confidence "
+                   in d and "TLP:AMBER" in d and "Distillation campaign" in d for d in details), details
+    organic = [a for a in data["accounts"] if a["account"] not in set(lab_a.hydra)]
+    assert organic and not any("intel" in a for a in organic)
+
+
+def test_without_intel_the_scan_is_unchanged(lab_a):
+    from distillguard.detect.scan import ScanOptions, scan_store
+
+    with EventStore(lab_a.db, read_only=True) as store:
+        plain = scan_store(store, ScanOptions()).to_dict()
+    assert plain["accounts"] == lab_a.scan["accounts"] and plain["clusters"] == lab_a.scan["clusters"]
+    assert not any("intel" in a for a in plain["accounts"])
+
+
+def test_revocation_and_expiry_remove_the_effect(lab_a, b_with_a_intel, homes, work):
+    home_a, _ = homes
+    account = lab_a.hydra[0]
+    before = _scan_with(lab_a.db, b_with_a_intel)
+    matched = {m["indicator"] for a in before["accounts"] if a["account"] == account for m in a["intel"]["matches"]}
+    # expiry: the same indicators, seen 91 days later
+    later = datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(days=91)
+    assert not any("intel" in a for a in _scan_with(lab_a.db, b_with_a_intel, now=later)["accounts"])
+    # revocation: A revokes what matched this account; B imports the signed revocation
+    with IntelStore(home_a.db_path) as store:
+        revoke(home_a, store, sorted(matched), valid_days=30, out=work / "revocation.json")
+    with IntelStore(b_with_a_intel.db_path) as store:
+        result = import_bundle(work / "revocation.json", b_with_a_intel, store)
+    assert result.indicators == len(matched)
+    after = {a["account"]: a for a in _scan_with(lab_a.db, b_with_a_intel)["accounts"]}
+    assert not {m["indicator"] for m in after[account].get("intel", {}).get("matches", [])} & matched
+
+
+def test_intel_never_lowers_a_score(lab_a, fresh_b, homes, tmp_path):
+    """A peer's low-confidence (or revoked) indicator for an account we flag changes nothing of ours."""
+    home_a, _ = homes
+    account = next(a for a in lab_a.scan["accounts"] if a["flagged"])
+    email = next(e["identity"]["email"] for e in read_events(lab_a.events) if e["account"] == account["account"])
+    digest = hash_values(home_a.community_key(), "email", [email])[0]
+    weak = INDICATOR | {"pattern": f"[email-addr:x_hmac_sha256 = '{digest}']", "confidence": 1,
+                        "valid_from": "2026-01-01T00:00:00.000Z"}
+    revoked = weak | {"id": "indicator--9a1f0f3e-1111-4222-8333-000000000777", "revoked": True}
+    path = _signed(tmp_path, home_a, [weak, revoked])
+    with IntelStore(fresh_b.db_path) as store:
+        import_bundle(path, fresh_b, store)
+    row = next(a for a in _scan_with(lab_a.db, fresh_b)["accounts"] if a["account"] == account["account"])
+    assert row["flagged"] and row["score"] >= account["score"] and row["status"] == "flagged"
+    assert len(row["intel"]["matches"]) == 1 and row["intel"]["matches"][0]["confidence"] == 1
+
+
+def test_peer_trust_weighs_and_unregistered_peers_are_ignored(lab_a, b_with_a_intel):
+    account = lab_a.hydra[0]
+    full = {a["account"]: a for a in _scan_with(lab_a.db, b_with_a_intel)["accounts"]}
+    b_with_a_intel.peers["lab-a"].trust = 0.1
+    low = {a["account"]: a for a in _scan_with(lab_a.db, b_with_a_intel)["accounts"]}
+    assert full[account]["intel"]["flagged"] and full[account]["intel"]["score"] > 0.95
+    assert not low[account]["intel"]["flagged"] and low[account]["intel"]["score"] < 0.5
+    assert "peer trust 0.1" in low[account]["reasons"][0]["detail"]
+    del b_with_a_intel.peers["lab-a"]
+    gone = _scan_with(lab_a.db, b_with_a_intel)
+    assert not any("intel" in a for a in gone["accounts"])
+
+
+# ---------------------------------------------------------------- command line
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distillguard", "intel", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+def test_cli_import_errors_are_one_line_exit_2(exported, fresh_b, tmp_path):
+    result, _ = exported
+    unsigned = _write(tmp_path / "unsigned.json", result.bundle)
+    proc = _cli("import", str(unsigned), "--home", str(fresh_b.path))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: unsigned bundle") and "Traceback" not in proc.stderr
+    (tmp_path / "junk.json").write_text("{not json")
+    _write(tmp_path / "junk.json.sig", orjson.loads(exported[1].with_name("bundle.json.sig").read_bytes()))
+    proc = _cli("import", str(tmp_path / "junk.json"), "--home", str(fresh_b.path))
+    assert proc.returncode == 2 and "malformed JSON" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _cli("import", str(tmp_path / "nope.json"), "--home", str(fresh_b.path))
+    assert proc.returncode == 2 and "no such bundle file" in proc.stderr
+
+
+def test_cli_end_to_end_init_peer_export_import(lab_a, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _cli("init", "--org", "Lab A", "--home", str(a)).returncode == 0
+    assert _cli("init", "--org", "Lab B", "--home", str(b), "--community-key", str(a / "community.key")).returncode == 0
+    proc = _cli("add-peer", "lab-a", "--public-key", str(a / "signing.pub"), "--trust", "0.8", "--home", str(b))
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "bundle.json"
+    proc = _cli("export", "--from", str(lab_a.db), "--out", str(out), "--home", str(a))
+    assert proc.returncode == 0, proc.stderr
+    assert "1 campaign(s)" in proc.stdout and out.exists() and (tmp_path / "bundle.json.sig").exists()
+    proc = _cli("import", str(out), "--home", str(b))
+    assert proc.returncode == 0 and "from peer lab-a" in proc.stdout, proc.stderr
+    proc = _cli("import", str(out), "--home", str(b))
+    assert proc.returncode == 0 and "already imported" in proc.stdout
+    proc = _cli("scan", str(lab_a.db), "--home", str(b), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    data = orjson.loads(proc.stdout)
+    assert sum(1 for x in data["accounts"] if x.get("intel", {}).get("flagged")) == len(lab_a.hydra)
+    proc = _cli("init", "--org", "Lab A", "--home", str(a))
+    assert proc.returncode == 2 and "already an intel home" in proc.stderr
