@@ -394,8 +394,11 @@ def serve(
     model: Optional[Path] = typer.Option(None, "--model",
                                          help="Hugging Face causal LM directory ('default': the embedded tiny model). "
                                               "Without it: a fixed-completion backend."),
-    watermark: str = typer.Option("kgw", "--watermark", help="kgw or none (with --model)."),
-    keys: Optional[Path] = typer.Option(None, "--keys", help="Watermark key file (needed for --watermark kgw)."),
+    watermark: Optional[str] = typer.Option(None, "--watermark", help="kgw, synthid or none (with --model; default: "
+                                            "the key file's scheme, or none without --keys)."),
+    keys: Optional[Path] = typer.Option(None, "--keys", help="Watermark key file (needed to watermark)."),
+    cohorts: Optional[int] = typer.Option(None, "--cohorts", min=1, max=4096, help="With --keys naming a file that "
+                                          "does not exist yet: create it with this many cohorts."),
     delay_ms: float = typer.Option(0.0, "--delay-ms", min=0.0, help="Fixed backend: wait this long before answering."),
     text: Optional[str] = typer.Option(None, "--text", help="Fixed backend: the completion text."),
 ) -> None:
@@ -414,11 +417,22 @@ def serve(
         from distillguard.serve.hf import HFModelServer
         from distillguard.watermark.keys import KeySet
 
-        if watermark not in ("kgw", "none"):
-            raise UsageError(f"--watermark: expected kgw or none, got {watermark!r}")
-        if watermark == "kgw" and keys is None:
-            raise UsageError("--watermark kgw needs --keys (create one with 'distillguard watermark keygen')")
-        key_set = KeySet.load(keys) if watermark == "kgw" else None
+        if watermark not in (None, "kgw", "synthid", "none"):
+            raise UsageError(f"--watermark: expected kgw, synthid or none, got {watermark!r}")
+        if watermark in ("kgw", "synthid") and keys is None:
+            raise UsageError(f"--watermark {watermark} needs --keys (create one with 'distillguard watermark keygen', "
+                             "or name a new file and give --cohorts)")
+        key_set = None
+        if keys is not None and watermark != "none":
+            if not keys.exists() and cohorts is not None:
+                KeySet.generate(cohorts=cohorts, scheme=watermark or "kgw").save(keys)
+                err_console.print(f"created {keys} with {cohorts} cohort keys (keep it secret)")
+            key_set = KeySet.load(keys)
+            if cohorts is not None and cohorts != key_set.cohorts:
+                raise UsageError(f"--cohorts {cohorts} but {keys} has {key_set.cohorts} cohorts (keys in use are "
+                                 "not changed by accident)")
+            key_set = key_set.with_scheme(watermark or key_set.scheme)
+        watermark = key_set.scheme if key_set else "none"
         model_dir = default_model_dir() if str(model) == "default" else model
         if str(model) == "default" and not model_dir.exists():
             raise UsageError("the embedded default model is not built yet: run 'distillguard lab build-model'")
@@ -434,16 +448,18 @@ def watermark_keygen(
     cohorts: int = typer.Option(8, "--cohorts", min=1, max=4096, help="Account cohorts, one watermark key each."),
     greenlist_ratio: float = typer.Option(0.25, "--greenlist-ratio", help="KGW green-list share of the vocabulary."),
     bias: float = typer.Option(2.0, "--bias", help="KGW logit bias added to green tokens."),
+    scheme: str = typer.Option("kgw", "--scheme", help="Default scheme for serving and detection: kgw or synthid "
+                               "(keys for both derive from the one secret)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing key file."),
 ) -> None:
-    """Create a watermark key set (one secret; a KGW key per cohort)."""
+    """Create a watermark key set (one secret; per cohort a KGW key and SynthID keys)."""
     from distillguard.watermark.keys import KeySet
 
     if out.exists() and not force:
         raise UsageError(f"{out} exists; keys in use must not be replaced by accident (--force overwrites)")
-    keys = KeySet.generate(cohorts=cohorts, greenlist_ratio=greenlist_ratio, bias=bias)
+    keys = KeySet.generate(cohorts=cohorts, greenlist_ratio=greenlist_ratio, bias=bias, scheme=scheme)
     keys.save(out)
-    console.print(f"wrote {cohorts} cohort keys → {out} (keep it secret)")
+    console.print(f"wrote {cohorts} cohort keys ({scheme}) → {out} (keep it secret)")
 
 
 @watermark_app.command("detect")
@@ -454,16 +470,20 @@ def watermark_detect(
                                              help="Model or tokenizer directory (needed for 'text' records)."),
     vocab_size: Optional[int] = typer.Option(None, "--vocab-size", min=2,
                                              help="The model's vocabulary size (default: from --tokenizer)."),
+    scheme: Optional[str] = typer.Option(None, "--scheme", help="kgw or synthid (default: the key file's)."),
     fmt: str = typer.Option("table", "--format", help="table or json"),
     limit: int = typer.Option(20, "--limit", min=1, help="Rows in the table."),
 ) -> None:
     """Score texts for our watermark: z-score and exact p-value per text and per cohort."""
     from distillguard.watermark.detect import detect, load_tokenizer, read_records
-    from distillguard.watermark.keys import KeySet
+    from distillguard.watermark.keys import SCHEMES, KeySet
 
     if fmt not in ("table", "json"):
         raise UsageError(f"--format: expected table or json, got {fmt!r}")
+    if scheme is not None and scheme not in SCHEMES:
+        raise UsageError(f"--scheme: expected kgw or synthid, got {scheme!r}")
     key_set = KeySet.load(keys)
+    key_set = key_set.with_scheme(scheme or key_set.scheme)
     tok = None
     if tokenizer is not None:
         tok, vocab = load_tokenizer(tokenizer)
@@ -479,7 +499,7 @@ def watermark_detect(
         return
     table = Table(title=f"watermark scores ({len(records):,} texts, best of {key_set.cohorts} cohort keys, "
                         f"p-values Bonferroni-corrected)")
-    for col in ("text", "tokens", "cohort", "green / scored", "z", "p"):
+    for col in ("text", "tokens", "cohort", "green / scored" if key_set.scheme == "kgw" else "g=1 / scored", "z", "p"):
         table.add_column(col, justify="left" if col == "text" else "right")
     for t in sorted(result["texts"], key=lambda r: r["p_value"])[:limit]:
         table.add_row(escape(t["id"][:40]), f"{t['tokens']:,}", str(t["cohort"]), f"{t['green']:,} / {t['scored']:,}",
@@ -524,7 +544,7 @@ def watermark_radioactivity(
         raise UsageError(f"--format: expected table or json, got {fmt!r}")
     if method not in ("distribution", "greedy"):
         raise UsageError(f"--method: expected distribution or greedy, got {method!r}")
-    key_set = KeySet.load(keys)
+    key_set = KeySet.load(keys).with_scheme("kgw")   # radioactivity tests the KGW keys (see docs/watermarks.md)
     records = [r for r in read_records(texts) if r.text]
     if not records:
         raise BadInputError("no texts (records with 'text') to use", source=str(texts))

@@ -1,7 +1,8 @@
 """An OpenAI-compatible model server over a Hugging Face causal LM, watermarking every completion.
 
-Each request is generated with the KGW watermark key of the requesting account's cohort
-(``transformers``' KGW ``WatermarkLogitsProcessor`` with the key set's per-cohort hashing key). The gateway
+Each request is generated with the watermark key of the requesting account's cohort:
+``transformers``' KGW ``WatermarkLogitsProcessor`` with the key set's per-cohort hashing key, or
+its ``SynthIDTextWatermarkLogitsProcessor`` with the cohort's tournament keys (scheme ``synthid``). The gateway
 names the account in ``x-distillguard-account``; without it the request counts as the account
 ``anonymous``. Generation runs in a worker thread, one request at a time (a CPU model has no
 batch to share). Streaming requests get the completion in SSE chunks once it is generated.
@@ -89,7 +90,15 @@ class HFModelServer:
         return self._processors[cohort]
 
     def _watermark_kwargs(self, cohort: int | None) -> dict[str, Any]:
-        return {} if cohort is None else {"watermarking_config": self.watermark_config(cohort)}
+        if cohort is None:
+            return {}
+        if self.keys.scheme == "synthid":
+            # SynthID's processor keeps per-generation state (its context history): a fresh one per
+            # request, which is cheap (a 65,536-entry table).
+            from transformers import SynthIDTextWatermarkingConfig
+
+            return {"watermarking_config": SynthIDTextWatermarkingConfig(**self.keys.synthid_config(cohort))}
+        return {"watermarking_config": self.watermark_config(cohort)}
 
     def generate(self, prompt: str, *, max_tokens: int, temperature: float, top_p: float,
                  account: str) -> tuple[str, int, int, int | None]:

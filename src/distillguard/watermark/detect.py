@@ -4,7 +4,8 @@ Input is JSON Lines: one object per text with ``token_ids`` (a list of ints), or
 event record (its ``response`` text is scored); a line that is not a JSON object is scored as
 plain text. Texts are tokenised with the model's own tokenizer (``add_special_tokens=False``).
 
-Each text is scored against every cohort key. Its p-value is the best cohort's exact binomial
+Each text is scored against every cohort key (KGW green-list hits, or SynthID g-values: see
+``synthid.py``). Its p-value is the best cohort's exact binomial
 p-value, Bonferroni-corrected for the number of cohorts. The corpus is also scored as a whole
 per cohort (counts pooled over texts), which is what names a leaking cohort when each text alone
 is short.
@@ -98,7 +99,14 @@ def detect(records: list[TextRecord], keys: KeySet, vocab_size: int, tokenizer: 
         else:
             sequences.append(np.asarray(tokenizer(rec.text or "", add_special_tokens=False)["input_ids"],
                                         dtype=np.int64))
-    detector = KGWDetector([keys.cohort_key(c) for c in range(keys.cohorts)], vocab_size, keys.greenlist_ratio)
+    if keys.scheme == "synthid":
+        from distillguard.watermark.synthid import SynthIDDetector
+
+        detector = SynthIDDetector(keys, vocab_size)
+        ratio = detector.ratio
+    else:
+        detector = KGWDetector([keys.cohort_key(c) for c in range(keys.cohorts)], vocab_size, keys.greenlist_ratio)
+        ratio = keys.greenlist_ratio
     per_cohort = [detector.score_many(sequences, c) for c in range(keys.cohorts)]
     texts = []
     for i, rec in enumerate(records):
@@ -112,4 +120,5 @@ def detect(records: list[TextRecord], keys: KeySet, vocab_size: int, tokenizer: 
         pooled = detector.score_pooled(sequences, c)
         cohorts.append({"cohort": c, **pooled.to_dict(), "p_value_corrected": min(1.0, pooled.p_value * keys.cohorts)})
     cohorts.sort(key=lambda r: r["p_value"])
-    return {"texts": texts, "cohorts": cohorts, "vocab_size": vocab_size, "greenlist_ratio": keys.greenlist_ratio}
+    return {"scheme": keys.scheme, "texts": texts, "cohorts": cohorts, "vocab_size": vocab_size,
+            "null_rate": ratio}

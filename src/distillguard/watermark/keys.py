@@ -4,7 +4,9 @@ A key set holds one secret. From it come, by keyed hashes (HMAC-SHA256):
 
 * the cohort of each account (``cohort_of``): accounts are spread over K cohorts, and
 * one KGW hashing key per cohort (``cohort_key``): what the generation-side
-  ``transformers`` ``WatermarkLogitsProcessor`` is seeded with for that cohort's requests.
+  ``transformers`` ``WatermarkLogitsProcessor`` is seeded with for that cohort's requests, and
+* one list of SynthID tournament keys per cohort (``synthid_keys``) for
+  ``transformers``' ``SynthIDTextWatermarkLogitsProcessor``, when the scheme is ``synthid``.
 
 So text (or a model trained on text) carrying cohort k's watermark traces a leak to cohort k,
 and the cohort's account list narrows it further. The file holds the secret: keep it private.
@@ -24,6 +26,7 @@ import orjson
 from distillguard.errors import BadInputError, load_json_file
 
 KEYSET_VERSION = 1
+SCHEMES = ("kgw", "synthid")
 _MAX_HASH_KEY = 2**40     # hashing_key * token id stays exact in torch's int64 seeding arithmetic
 
 
@@ -36,14 +39,19 @@ class KeySet:
     bias: float = 2.0
     context_width: int = 1
     seeding_scheme: str = "lefthash"
+    ngram_len: int = 5            # SynthID: n-gram length (context of ngram_len - 1 tokens)
+    depth: int = 16               # SynthID: tournament layers (keys per cohort)
 
     def __post_init__(self) -> None:
         if len(self.secret) < 16:
             raise BadInputError("the watermark secret must be at least 16 bytes", field="secret")
         if not 1 <= self.cohorts <= 4096:
             raise BadInputError(f"expected 1..4096 cohorts, got {self.cohorts}", field="cohorts")
-        if self.scheme != "kgw":
-            raise BadInputError(f"unknown watermark scheme {self.scheme!r} (supported: kgw)", field="scheme")
+        if self.scheme not in SCHEMES:
+            raise BadInputError(f"unknown watermark scheme {self.scheme!r} (supported: {', '.join(SCHEMES)})",
+                                field="scheme")
+        if not 2 <= self.ngram_len <= 16 or not 1 <= self.depth <= 64:
+            raise BadInputError("SynthID needs 2 <= ngram_len <= 16 and 1 <= depth <= 64", field="ngram_len")
         if not 0.0 < self.greenlist_ratio < 1.0:
             raise BadInputError(f"expected a ratio strictly between 0 and 1, got {self.greenlist_ratio}",
                                 field="greenlist_ratio")
@@ -76,11 +84,27 @@ class KeySet:
         return {"greenlist_ratio": self.greenlist_ratio, "bias": self.bias, "hashing_key": self.cohort_key(cohort),
                 "seeding_scheme": self.seeding_scheme, "context_width": self.context_width}
 
+    def synthid_keys(self, cohort: int) -> list[int]:
+        """The SynthID tournament keys of one cohort (``depth`` of them)."""
+        if not 0 <= cohort < self.cohorts:
+            raise BadInputError(f"cohort {cohort} outside 0..{self.cohorts - 1}", field="cohort")
+        return [int.from_bytes(self._mac(f"synthid:{cohort}:{i}")[:4], "big") % 2**31 + 1 for i in range(self.depth)]
+
+    def synthid_config(self, cohort: int) -> dict[str, Any]:
+        """Arguments for ``transformers.SynthIDTextWatermarkingConfig`` for one cohort."""
+        return {"ngram_len": self.ngram_len, "keys": self.synthid_keys(cohort)}
+
+    def with_scheme(self, scheme: str) -> "KeySet":
+        """The same secret and cohorts under another scheme (keys for both derive from the secret)."""
+        from dataclasses import replace
+
+        return self if scheme == self.scheme else replace(self, scheme=scheme)
+
     # -- persistence ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"version": KEYSET_VERSION, "scheme": self.scheme, "secret": self.secret.hex(), "cohorts": self.cohorts,
                 "greenlist_ratio": self.greenlist_ratio, "bias": self.bias, "context_width": self.context_width,
-                "seeding_scheme": self.seeding_scheme}
+                "seeding_scheme": self.seeding_scheme, "ngram_len": self.ngram_len, "depth": self.depth}
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -97,7 +121,8 @@ class KeySet:
         try:
             return cls(secret=bytes.fromhex(data["secret"]), cohorts=int(data["cohorts"]), scheme=data["scheme"],
                        greenlist_ratio=float(data["greenlist_ratio"]), bias=float(data["bias"]),
-                       context_width=int(data["context_width"]), seeding_scheme=data["seeding_scheme"])
+                       context_width=int(data["context_width"]), seeding_scheme=data["seeding_scheme"],
+                       ngram_len=int(data.get("ngram_len", 5)), depth=int(data.get("depth", 16)))
         except BadInputError as exc:
             raise BadInputError(exc.message, source=str(path), field=exc.field) from None
         except (KeyError, TypeError, ValueError) as exc:
