@@ -57,9 +57,25 @@ def org_domain(email: str | None) -> str | None:
     return None if domain in WEBMAIL else domain
 
 
+_OCTET = r"(0|[1-9]\d{0,2})"
+_IPV4 = re.compile(rf"^{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?:/(\d{{1,2}}))?$")
+
+
 def ip_prefix(ip: str | None) -> str | None:
+    """IPv4 -> its /24, IPv6 -> its /48 (addresses or networks no wider than that)."""
     if not isinstance(ip, str) or not ip:
         return None
+    m = _IPV4.match(ip.strip())
+    if m is None:
+        return _ip_prefix_slow(ip)
+    octets = [int(m.group(i)) for i in (1, 2, 3, 4)]  # the common case, without the slow ipaddress module
+    bits = int(m.group(5)) if m.group(5) else 32
+    if max(octets) > 255 or not 24 <= bits <= 32:
+        return None
+    return f"{octets[0]}.{octets[1]}.{octets[2]}.0/24"
+
+
+def _ip_prefix_slow(ip: str) -> str | None:
     try:  # an address, or a network already cut (the SQL gives IPv4 as 'a.b.c.0/24')
         net = ipaddress.ip_network(ip.strip(), strict=False)
     except ValueError:
@@ -86,16 +102,11 @@ NORMALISERS = {"email": normalise_email, "payment": normalise_payment, "ip24": i
 
 
 def hash_values(key: CommunityKey, kind: str, values: Iterable[str | None]) -> list[str | None]:
-    """Normalise and hash many raw values of one kind (None where a value does not normalise)."""
-    normalise = NORMALISERS[kind]
-    cache: dict[str | None, str | None] = {}
-    out = []
-    for value in values:
-        if value not in cache:
-            normal = normalise(value)
-            cache[value] = None if normal is None else key.digest(kind, normal)
-        out.append(cache[value])
-    return out
+    """Normalise and hash raw values of one kind (None where a value does not normalise)."""
+    normal = [NORMALISERS[kind](v) for v in values]
+    todo = [n for n in normal if n is not None]
+    hashed = iter(key.digests(kind, todo))
+    return [None if n is None else next(hashed) for n in normal]
 
 
 _IDENTITY_SQL = """
@@ -117,11 +128,13 @@ SELECT account, prefix FROM prefixes
 QUALIFY row_number() OVER (PARTITION BY account ORDER BY n DESC, prefix) <= {limit}"""
 
 
-def local_identifiers(con, key: CommunityKey, accounts: Sequence[str] | None = None) -> pd.DataFrame:
+def local_identifiers(con, key: CommunityKey, accounts: Sequence[str] | None = None,
+                      kinds: Iterable[str] = KINDS, only: set[str] | None = None) -> pd.DataFrame:
     """Hashed identifiers of every account in an ``events`` table: columns account, kind, hash.
 
     ``con`` is a DuckDB connection holding ``events``. IPv4 /24s are cut in SQL; everything is
     then normalised and hashed once per distinct value (the expensive part is the HMAC).
+    ``only``: keep just the rows whose hash is in this set (matching: skips building big frames).
     """
     where = and_where = ""
     if accounts is not None:
@@ -133,20 +146,25 @@ def local_identifiers(con, key: CommunityKey, accounts: Sequence[str] | None = N
     sql = _IDENTITY_SQL if "extra" in columns else _IDENTITY_SQL.replace(
         "arg_max(json_extract_string(extra, '$.asn'), ts) FILTER (WHERE extra IS NOT NULL)", "NULL")
     ident = con.execute(sql.format(where=where)).df()
-    ips = con.execute(_IP_SQL.format(and_where=and_where, limit=MAX_PREFIXES_PER_ACCOUNT)).df()
+    wanted = set(kinds)
+    ips = (con.execute(_IP_SQL.format(and_where=and_where, limit=MAX_PREFIXES_PER_ACCOUNT)).df() if "ip24" in wanted
+           else pd.DataFrame({"account": [], "prefix": []}))
     if accounts is not None:
         con.unregister("_intel_accounts")
     frames = []
     for kind, column, frame in (("email", "email", ident), ("org_domain", "email", ident),
                                 ("payment", "payment", ident), ("asn", "asn", ident), ("ip24", "prefix", ips)):
+        if kind not in wanted:
+            continue
         present = frame[frame[column].notna()]
         if present.empty:
             continue
-        uniques = pd.unique(present[column])
-        hashed = dict(zip(uniques, hash_values(key, kind, uniques)))
-        out = pd.DataFrame({"account": present["account"].to_numpy(), "kind": kind,
-                            "hash": present[column].map(hashed).to_numpy()})
-        frames.append(out[out["hash"].notna()])
+        codes, uniques = pd.factorize(present[column])
+        hashes = np.array(hash_values(key, kind, list(uniques)), dtype=object)
+        keep = np.fromiter((h is not None and (only is None or h in only) for h in hashes), dtype=bool,
+                           count=len(hashes))[codes]
+        frames.append(pd.DataFrame({"account": present["account"].to_numpy()[keep], "kind": kind,
+                                    "hash": hashes[codes[keep]]}))
     if not frames:
         return pd.DataFrame({"account": pd.Series(dtype=str), "kind": pd.Series(dtype=str),
                              "hash": pd.Series(dtype=str)})

@@ -107,10 +107,10 @@ class IntelSignal:
         key = self.home.community_key()
         trust = {name: p.trust for name, p in self.home.peers.items()}
         found: list[tuple[str, str, str]] = []   # (account, peer, indicator id)
-        by_id = indicators.set_index(["peer", "id"])
+        by_id = {(r["peer"], r["id"]): r for r in indicators[["peer", "id", "kind", "confidence", "tlp"]].to_dict("records")}
         idents = indicators[indicators["kind"] != "template"]
         if not idents.empty:
-            local = local_identifiers(con, key)
+            local = local_identifiers(con, key, kinds=set(idents["kind"]), only=set(idents["hash"]))
             merged = local.merge(idents[["peer", "id", "kind", "hash"]], on=["kind", "hash"])
             found += list(zip(merged["account"], merged["peer"], merged["id"]))
         templates = indicators[indicators["kind"] == "template"]
@@ -126,7 +126,7 @@ class IntelSignal:
                     names[(peer, iid)] = name
         out: dict[str, list[IntelMatch]] = {}
         for account, peer, iid in dict.fromkeys(found):
-            row = by_id.loc[(peer, iid)]
+            row = by_id[(peer, iid)]
             out.setdefault(account, []).append(IntelMatch(
                 peer=peer, indicator=iid, kind=str(row["kind"]), confidence=int(row["confidence"]),
                 trust=trust.get(peer, 0.0), tlp=str(row["tlp"]), campaign=names.get((peer, iid))))

@@ -75,6 +75,14 @@ class IntelStore:
             for statement in _DDL:
                 self.con.execute(statement)
 
+    @classmethod
+    def over(cls, con) -> "IntelStore":
+        """The store's methods over a connection (or cursor) opened elsewhere; tables exist."""
+        store = cls.__new__(cls)
+        store.path = ""
+        store.con = con
+        return store
+
     def close(self) -> None:
         self.con.close()
 

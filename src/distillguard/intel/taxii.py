@@ -8,17 +8,21 @@ Peers authenticate with HTTP Basic (user = peer name, password = their secret) o
 token (the secret); each peer has read and write rights per collection (``intel.json``).
 Collections a peer can neither read nor write do not exist for it (404).
 
-The store is opened per request, in a worker thread, so ``intel export``/``import``/``sync``
-in other processes can write between requests (DuckDB allows one writing process at a time).
+The store is opened while requests are in flight and closed when none is (each request works in
+a worker thread on its own cursor), so ``intel export``/``import``/``sync`` in other processes can
+write while the server is idle: DuckDB allows one writing process at a time.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import threading
 import uuid
+from pathlib import Path
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import orjson
 from starlette.applications import Starlette
@@ -49,12 +53,48 @@ def taxii_error(status: int, title: str, description: str = "", headers: dict[st
     return _json({"title": title, "description": description, "http_status": str(status)}, status, headers)
 
 
+class StoreUnavailable(Exception):
+    """The store could not be opened (another process holds it too long): HTTP 503."""
+
+
+class SharedStore:
+    """One connection for all requests in flight (DuckDB refuses a second open of the same file
+    in one process); each request gets its own cursor; the file is closed when nothing is in flight."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._store: IntelStore | None = None
+        self._users = 0
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[IntelStore]:
+        with self._lock:
+            if self._store is None:
+                try:
+                    self._store = IntelStore(self.path)
+                except BadInputError as exc:
+                    raise StoreUnavailable(str(exc)) from None
+            self._users += 1
+            cursor = self._store.con.cursor()
+        try:
+            yield IntelStore.over(cursor)
+        finally:
+            cursor.close()
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    self._store.close()
+                    self._store = None
+
+
 class TaxiiServer:
     """The TAXII application for one intel home."""
 
     def __init__(self, home: IntelHome, *, max_page: int = MAX_PAGE) -> None:
         self.home = home
         self.max_page = max_page
+        self.shared = SharedStore(home.db_path)
 
     # -- plumbing --------------------------------------------------------------------------------
     def authenticate(self, request: Request) -> Peer | None:
@@ -87,7 +127,7 @@ class TaxiiServer:
 
     async def _store(self, fn: Callable[[IntelStore], Any]) -> Any:
         def work() -> Any:
-            with IntelStore(self.home.db_path) as store:
+            with self.shared.use() as store:
                 return fn(store)
         return await run_in_threadpool(work)
 
@@ -105,6 +145,8 @@ class TaxiiServer:
                     return await handler(request, peer)
                 except BadInputError as exc:
                     return taxii_error(400, "Bad Request", str(exc))
+                except StoreUnavailable as exc:
+                    return taxii_error(503, "Service Unavailable", str(exc), {"Retry-After": "1"})
             return endpoint
 
         root = f"/{API_ROOT}"
