@@ -244,6 +244,13 @@ def test_import_verifies_and_stores(exported, fresh_b):
         assert imported.indicators == sum(result.indicators.values())
         again = import_bundle(path, fresh_b, store)            # a replay: a no-op
         assert again.replayed and "already imported" in again.summary()
+        # a tampered copy of it is refused, not waved through as a replay
+        bundle = orjson.loads(path.read_bytes())
+        _first_indicator(bundle)["confidence"] = 100
+        copy_path = _write(path.parent / "replayed-tampered.json", bundle)
+        (path.parent / "replayed-tampered.json.sig").write_bytes(path.with_name(path.name + ".sig").read_bytes())
+        with pytest.raises(VerificationError, match="changed after peer lab-a signed it"):
+            import_bundle(copy_path, fresh_b, store)
         assert store.count(peer_collection("lab-a")) == len(result.objects)
         assert int(store.one("SELECT count(*) FROM intel_indicators")[0]) == imported.indicators
 
