@@ -8,7 +8,6 @@ imports it. The TAXII server, sync and the two-instance exchange are in test_int
 from __future__ import annotations
 
 import copy
-import gzip
 import ipaddress
 import subprocess
 import sys

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 
 import httpx
-import orjson
 import pytest
 import requests
 from taxii2client.v21 import ApiRoot, Collection, Server, as_pages

@@ -221,6 +221,8 @@ def score_features(store: EventStore, features: pd.DataFrame, template_keys: dic
                    "target_fpr": options.fpr, "min_queries": baseline.min_queries,
                    "method": "per-signal p-values (beta-binomial / empirical tail) -> family Bonferroni -> "
                              "Fisher with Brown's correction, gated on harvest + (elicitation | coverage & automation)"}
+    if options.intel is not None:
+        calibration["intel"] = {"peers": sorted(options.intel.home.peers), **options.intel.stats_}
     return ScanResult(accounts=list(results.values()), clusters=clusters, calibration=calibration,
                       price_per_million=options.price_per_million, features=features)
 
