@@ -22,15 +22,17 @@ from typing import Any, AsyncIterator
 import httpx
 import orjson
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from distillguard import __version__
 from distillguard.detect.baseline import Baseline, load_default
-from distillguard.errors import FieldError
+from distillguard.errors import BadInputError, FieldError
 from distillguard.events.schema import CHAT_ENDPOINT, COMPLETIONS_ENDPOINT, _check_request, prompt_view
 from distillguard.gateway.config import GatewayConfig
+from distillguard.gateway.intel import LiveIntel
 from distillguard.gateway.keys import KeyInfo, KeyRing, check_entry, key_sha256
 from distillguard.gateway.metrics import Metrics
 from distillguard.gateway.online import read_request
@@ -132,6 +134,12 @@ class Gateway:
         self.recovered = self.loader.load_once()     # what an earlier run logged but did not load
         self.metrics.gauges(backlog=self.log.backlog, unloaded_bytes=self.loader.pending_bytes,
                             accounts=lambda: len(self.scorer.accounts), loaded=lambda: self.loader.loaded)
+        self.intel: LiveIntel | None = None
+        if config.intel.home is not None:    # peers' indicators: identities hashed once, the store read once
+            self.intel = LiveIntel(config.intel.home, reload_s=config.intel.reload_s, keys=self.keys.infos)
+            self.intel.add_keys(self.keys.infos())
+            self.intel.reload()
+            self.scorer.intel = self.intel
         self.transport = transport
         self.upstream_client = None
         self.upstream = config.upstream.rstrip("/")
@@ -150,10 +158,14 @@ class Gateway:
                                              connect_timeout=self.config.connect_timeout_s,
                                              timeout=self.config.timeout_s, transport=self.transport)
         self.loader.start()
+        if self.intel is not None:
+            self.intel.start()
 
     async def stop(self) -> None:
         if self.upstream_client is not None:
             await self.upstream_client.aclose()
+        if self.intel is not None:
+            self.intel.stop()
         gc.unfreeze()                 # the process may go on (tests, the demo) and must collect again
         gc.set_threshold(*self._gc_threshold)
         self.log.close()
@@ -289,7 +301,8 @@ async def proxy(request: Request) -> Response:
     assessment = None
     try:
         facts = read_request(view, gw.scorer.max_tokens_cap)
-        assessment = gw.scorer.observe(info.account, facts, ts, ip=ip, user_agent=user_agent, identity=info.identity)
+        assessment = gw.scorer.observe(info.account, facts, ts, ip=ip, user_agent=user_agent, identity=info.identity,
+                                       prompt=view.prompt_text)
         decision = gw.policy.decide(assessment, now=clock)
     except Exception as exc:  # the policy engine must never take the API down by accident
         gw.metrics.internal_errors.labels(gw.config.policy.fail).inc()
@@ -306,6 +319,8 @@ async def proxy(request: Request) -> Response:
                          "p_value": assessment.verdict.p_value}
         if assessment.cluster:
             event["risk"]["cluster"] = assessment.cluster
+        if assessment.intel is not None:
+            event["risk"]["intel"] = round(assessment.intel.score, 4)
     headers = decision_headers(decision, request_id)
 
     if decision.enforced and decision.action in ("block", "throttle"):
@@ -581,7 +596,7 @@ async def admin_status(request: Request, gw: Gateway) -> Response:
                 "backlog_records": gw.log.backlog(), "unloaded_bytes": gw.loader.pending_bytes(),
                 "loaded": gw.loader.loaded, "recovered_at_start": gw.recovered, "sink": gw.sink.name,
                 "loader_error": gw.loader.error, "log_error": None if gw.log.error is None else str(gw.log.error)},
-        "keys": len(gw.keys),
+        "keys": len(gw.keys), "intel": gw.intel.status() if gw.intel is not None else None,
     })
 
 
@@ -590,12 +605,24 @@ def _account_view(gw: Gateway, account: str) -> dict[str, Any] | None:
     if state is None:
         return None
     v = state.verdict
-    return {"account": account, "queries": state.queries, "status": v.status if v else "insufficient_data",
-            "flagged": bool(v and v.flagged), "elevated": state.elevated, "score": round(v.score, 4) if v else 0.0,
+    allowlisted = account in gw.allowlist
+    intel = gw.intel.evidence.get(account) if gw.intel is not None else None
+    score = v.score if v else 0.0
+    reasons = [r.to_dict() for r in v.reasons] if v else []
+    intel_flagged = False
+    if intel is not None:      # as in the scan: the larger score, intel's reasons first, never lower
+        score = max(score, intel.score)
+        reasons = intel.reasons() + reasons
+        intel_flagged = intel.flagged and not allowlisted
+    view = {"account": account, "queries": state.queries, "status": v.status if v else "insufficient_data",
+            "flagged": bool(v and v.flagged) or intel_flagged, "elevated": state.elevated, "score": round(score, 4),
             "p_value": v.p_value if v else 1.0, "cluster": gw.scorer.cluster_name(account),
-            "allowlisted": account in gw.allowlist,
+            "allowlisted": allowlisted,
             "manual": gw.policy.manual[account].to_dict() if account in gw.policy.manual else None,
-            "reasons": [r.to_dict() for r in v.reasons] if v else []}
+            "reasons": reasons}
+    if intel is not None:
+        view["intel"] = intel.to_dict() | {"flagged": intel_flagged}
+    return view
 
 
 @admin
@@ -698,10 +725,39 @@ async def admin_keys(request: Request, gw: Gateway) -> Response:
     except Exception as exc:  # BadInputError names the field
         return openai_error(400, str(exc), "invalid_request", param=getattr(exc, "field", None))
     info = gw.keys.add(key, account, identity)
+    if gw.intel is not None:
+        gw.intel.add_keys([info])
     if isinstance(gw.sink, DuckDBSink):
         with gw.sink.lock:
             gw.sink.store.put_api_key(key_sha256(key), account, orjson.dumps(identity).decode() if identity else None)
     return _ok({"account": info.account, "key_id": info.key_id}, status=201)
+
+
+def _intel_view(gw: Gateway, limit: int = 100) -> dict[str, Any]:
+    evidence = sorted(list(gw.intel.evidence.values()), key=lambda e: (-e.score, e.account))
+    return gw.intel.status() | {"accounts": [{"account": e.account, **e.to_dict()} for e in evidence[:limit]]}
+
+
+@admin
+async def admin_intel(request: Request, gw: Gateway) -> Response:
+    if gw.intel is None:
+        return openai_error(404, "no peer intel: start the gateway with --intel HOME or [intel] home", "not_found")
+    return _ok(_intel_view(gw))
+
+
+@admin
+async def admin_intel_reload(request: Request, gw: Gateway) -> Response:
+    """Re-read the intel home now (new imports, revocations, peers' trust) without a restart."""
+    if gw.intel is None:
+        return openai_error(404, "no peer intel: start the gateway with --intel HOME or [intel] home", "not_found")
+    try:
+        await run_in_threadpool(gw.intel.reload)
+    except BadInputError as exc:
+        gw.intel.error = str(exc)
+        return openai_error(503, f"intel reload failed, the previous indicators stay in force: {exc}",
+                            "intel_unavailable", kind="server_error")
+    log.info("intel reloaded by the admin API")
+    return _ok(_intel_view(gw))
 
 
 def build_app(gateway: Gateway) -> Starlette:
@@ -728,6 +784,8 @@ def build_app(gateway: Gateway) -> Starlette:
         Route("/admin/clusters", admin_clusters, methods=["GET"]),
         Route("/admin/keys", admin_keys, methods=["POST"]),
         Route("/admin/keys/revoke", admin_keys, methods=["POST"]),
+        Route("/admin/intel", admin_intel, methods=["GET"]),
+        Route("/admin/intel/reload", admin_intel_reload, methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.gateway = gateway

@@ -17,6 +17,9 @@ Every key is optional; see ``docs/gateway.md`` for a commented example. Errors n
     name = "flagged"
     when = "flagged"
     actions = ["block"]
+    [intel]
+    home = "intel"               # an intel home (distillguard intel init): peers' indicators feed the policy
+    reload_s = 60                # re-read it when it changed (0: only on POST /admin/intel/reload)
 """
 
 from __future__ import annotations
@@ -44,6 +47,12 @@ class LogConfig:
 
 
 @dataclass
+class IntelConfig:
+    home: Path | None = None             # an intel home; None: no peer intel
+    reload_s: float = 60.0               # how often to check it for changes (0: admin endpoint only)
+
+
+@dataclass
 class GatewayConfig:
     upstream: str = ""
     upstream_api_key: str | None = None
@@ -61,6 +70,7 @@ class GatewayConfig:
     trust_forwarded_for: bool = False
     trust_client_timestamps: bool = False    # replay tools only: honour x-distillguard-replay-ts
     log: LogConfig = field(default_factory=LogConfig)
+    intel: IntelConfig = field(default_factory=IntelConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     allowlist: set[str] = field(default_factory=set)
 
@@ -76,6 +86,8 @@ class GatewayConfig:
             raise BadInputError(f"expected duckdb, parquet or none, got {self.log.sink!r}", field="log.sink")
         if self.log.sink == "parquet" and self.log.parquet_dir is None:
             raise BadInputError("the parquet sink needs log.parquet_dir", field="log.parquet_dir")
+        if self.intel.reload_s < 0:
+            raise BadInputError(f"expected a number >= 0, got {self.intel.reload_s}", field="intel.reload_s")
         if self.policy.mode not in ("enforce", "shadow"):
             raise BadInputError(f"expected enforce or shadow, got {self.policy.mode!r}", field="policy.mode")
         if self.policy.fail not in ("open", "closed"):
@@ -87,6 +99,7 @@ _TOP = {"upstream": str, "upstream_api_key": str, "host": str, "port": int, "db"
         "admin_token": str, "baseline": Path, "fpr": float, "connect_timeout_s": float, "timeout_s": float,
         "max_connections": int, "max_body_bytes": int, "trust_forwarded_for": bool,
         "trust_client_timestamps": bool}
+_INTEL = {"home": Path, "reload_s": float}
 _LOG = {"dir": Path, "sink": str, "parquet_dir": Path, "replica": str, "segment_mb": float,
         "load_interval_s": float, "keep_segments": bool, "fsync": bool}
 
@@ -179,7 +192,7 @@ def load_config(path: str | Path | None, **overrides: Any) -> GatewayConfig:
 
 def _from_dict(data: dict[str, Any]) -> GatewayConfig:
     config = GatewayConfig()
-    unknown = set(data) - set(_TOP) - {"log", "policy"}
+    unknown = set(data) - set(_TOP) - {"log", "policy", "intel"}
     if unknown:
         raise BadInputError(f"unknown key '{sorted(unknown)[0]}'", field=sorted(unknown)[0])
     for key, kind in _TOP.items():
@@ -192,6 +205,13 @@ def _from_dict(data: dict[str, Any]) -> GatewayConfig:
         if key not in _LOG:
             raise BadInputError(f"unknown key '{key}'", field=f"log.{key}")
         setattr(config.log, key, _typed(value, _LOG[key], f"log.{key}"))
+    intel = data.get("intel", {})
+    if not isinstance(intel, dict):
+        raise BadInputError("expected a table", field="intel")
+    for key, value in intel.items():
+        if key not in _INTEL:
+            raise BadInputError(f"unknown key '{key}'", field=f"intel.{key}")
+        setattr(config.intel, key, _typed(value, _INTEL[key], f"intel.{key}"))
     policy = data.get("policy", {})
     if not isinstance(policy, dict):
         raise BadInputError("expected a table", field="policy")

@@ -1,7 +1,8 @@
 """API keys → accounts: from a ``--keys`` JSON file, the store's ``api_keys`` table, or the admin API.
 
 The file is one JSON object; each value is the account name, or an object with ``account`` and
-optional identity fields (``email``, ``payment``, ``org``, ``created``) used by hydra clustering::
+optional identity fields (``email``, ``payment``, ``org``, ``created``, ``asn``) used by hydra clustering
+and, hashed, to match peers' intel::
 
     {"sk-live-abc": "acme", "sk-live-def": {"account": "bob", "email": "bob@example.com"}}
 
@@ -20,7 +21,7 @@ import orjson
 
 from distillguard.errors import BadInputError, load_json_file
 
-IDENTITY_FIELDS = ("email", "payment", "org", "created")
+IDENTITY_FIELDS = ("email", "payment", "org", "created", "asn")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,10 @@ class KeyRing:
 
     def __len__(self) -> int:
         return len(self._by_hash)
+
+    def infos(self) -> list[KeyInfo]:
+        with self._lock:
+            return list(self._by_hash.values())
 
     def lookup(self, key: str) -> KeyInfo | None:
         return self._by_hash.get(key_sha256(key))

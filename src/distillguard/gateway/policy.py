@@ -23,7 +23,8 @@ from distillguard.detect.scoring import FAMILY_ALPHA, Verdict
 from distillguard.detect.signals import ELICITATION
 from distillguard.gateway.scorer import Assessment
 
-CONDITIONS = ("flagged", "cluster_flagged", "elevated", "any")
+CONDITIONS = ("flagged", "cluster_flagged", "elevated", "intel", "intel_any", "any")
+INTEL_CONDITIONS = ("intel", "intel_any")     # peers' live indicators: flagged on intel alone / any match
 EVIDENCE = ("any", "elicitation")
 ACTIONS = ("block", "throttle", "strip_logprobs", "strip_reasoning", "cap_max_tokens", "cohort")
 _RANK = {"allow": 0, "modify": 1, "throttle": 2, "block": 3}
@@ -54,6 +55,10 @@ class Rule:
 # training data, one-shot agent runs) blocks at once; a flag resting on broad automated coverage
 # alone is also what an evaluation's first pass looks like, so it throttles, strips and
 # watermarks until the account has sent 1,000 queries (an evaluation's repeats clear it by then).
+# Peers' intel never blocks on its own: another organisation's word (about a card, an e-mail, a
+# network) can be wrong about our customer, so an account flagged on intel alone (intel score
+# >= 0.5, e.g. one e-mail or card match at confidence 80 from a fully trusted peer) is limited
+# like a coverage flag, and a weaker match (a /24 alone) only routes it to the watermark cohort.
 MODIFY = ("strip_logprobs", "strip_reasoning", "cap_max_tokens", "cohort")
 DEFAULT_RULES = (
     Rule("flagged_elicitation", "flagged", ("block",), evidence="elicitation"),
@@ -61,8 +66,11 @@ DEFAULT_RULES = (
     Rule("flagged_persistent", "flagged", ("block",), min_queries=1000),
     Rule("flagged_coverage", "flagged", ("throttle",) + MODIFY,
          limits=Limits(requests_per_minute=10, tokens_per_minute=5_000), max_tokens=512, cohort="watch"),
+    Rule("intel_flagged", "intel", ("throttle",) + MODIFY,
+         limits=Limits(requests_per_minute=10, tokens_per_minute=5_000), max_tokens=512, cohort="watch"),
     Rule("elevated", "elevated", ("throttle",) + MODIFY,
          limits=Limits(requests_per_minute=30, tokens_per_minute=30_000), max_tokens=1024, cohort="watch"),
+    Rule("intel_match", "intel_any", ("cohort",), cohort="watch"),
 )
 
 
@@ -153,6 +161,11 @@ class ManualAction:
 
 
 _FAMILY_ORDER = {"substream": 0, ELICITATION: 1, "harvest": 2, "coverage": 3, "automation": 4}
+
+
+def _intel_reasons(intel: Any, k: int = 2) -> str:
+    """The strongest matches of peers' indicators (the scan's wording: peer, indicator, confidence, TLP)."""
+    return "; ".join(m.detail() for m in sorted(intel.matches, key=lambda m: -m.weight)[:k])
 
 
 def _top_reasons(verdict: Verdict, k: int = 3) -> str:
@@ -258,13 +271,16 @@ class Policy:
 
     @staticmethod
     def _holds(rule: Rule, a: Assessment) -> bool:
+        intel_rule = rule.when in INTEL_CONDITIONS
+        if intel_rule and (a.intel is None or (rule.when == "intel" and not a.intel.flagged)):
+            return False              # (first, so that without intel these rules cost one test)
         if a.queries < rule.min_queries:
             return False
         verdict = a.cluster_verdict if rule.when == "cluster_flagged" else a.verdict
         if rule.evidence == "elicitation" and (
                 verdict is None or verdict.family_p.get(ELICITATION, 1.0) > FAMILY_ALPHA):
             return False
-        if rule.when == "any":
+        if rule.when == "any" or intel_rule:
             return True
         if rule.when == "flagged":
             return a.verdict.flagged
@@ -276,6 +292,8 @@ class Policy:
 
     def _apply(self, rule: Rule, d: Decision, a: Assessment, now: float, tokens_wanted: float) -> None:
         d.rule = rule.name
+        if rule.when in INTEL_CONDITIONS:
+            return self._apply_intel(rule, d, a, now, tokens_wanted)
         code = {"flagged": "extraction_flagged", "cluster_flagged": "cluster_flagged",
                 "elevated": "elevated_risk"}.get(rule.when, rule.name)
         verdict = a.cluster_verdict if rule.when == "cluster_flagged" and a.cluster_verdict else a.verdict
@@ -284,16 +302,44 @@ class Policy:
                    else f"account {a.account!r} belongs to cluster {a.cluster} ({a.cluster_size} accounts, "
                         f"attribution confidence {a.cluster_confidence:.0%})")
         p_text = f"p = {verdict.p_value:.1e}" if verdict.p_value > 0 else "p < 1e-300"
+        also = ""
+        if a.intel is not None:       # peers' intel adds to a decision of ours, never softens it
+            also = f"; also matches peers' intel: {_intel_reasons(a.intel, 1)}"
         if "block" in rule.actions:
             d.escalate("block")
             d.codes.insert(0, code)
-            d.explanation = f"{subject} is flagged for model extraction ({p_text}): {why}"
+            d.explanation = f"{subject} is flagged for model extraction ({p_text}): {why}{also}"
+            if also:
+                d.codes.append("intel_match")
             return
         if rule.when in ("flagged", "cluster_flagged"):
             lead = (f"{subject} is flagged for model extraction ({p_text}) on broad automated coverage; "
-                    f"limited and watermarked rather than blocked: {why}")
+                    f"limited and watermarked rather than blocked: {why}{also}")
         else:
-            lead = f"{subject} shows elevated extraction risk ({p_text}): {why}"
+            lead = f"{subject} shows elevated extraction risk ({p_text}): {why}{also}"
+        self._act(rule, d, a, now, tokens_wanted, code, lead)
+        if also and d.action != "allow":
+            d.codes.append("intel_match")
+
+    def _apply_intel(self, rule: Rule, d: Decision, a: Assessment, now: float, tokens_wanted: float) -> None:
+        """A rule on peers' intel: the explanation names the peers and indicators that matched."""
+        intel = a.intel
+        code = "intel_flagged" if rule.when == "intel" else "intel_match"
+        standing = "flagged on peers' intel" if intel.flagged else "matches peers' intel below the flag"
+        subject = f"account {a.account!r} is {standing} (intel score {intel.score:.2f})"
+        why = _intel_reasons(intel)
+        if "block" in rule.actions:
+            d.escalate("block")
+            d.codes.insert(0, code)
+            d.explanation = f"{subject}: {why}"
+            return
+        lead = f"{subject}; limited and watermarked rather than blocked: {why}"
+        if rule.actions == ("cohort",):
+            lead = f"{subject}; routed to watermark cohort {rule.cohort!r}: {why}"
+        self._act(rule, d, a, now, tokens_wanted, code, lead)
+
+    def _act(self, rule: Rule, d: Decision, a: Assessment, now: float, tokens_wanted: float, code: str,
+             lead: str) -> None:
         modified = False
         if "throttle" in rule.actions:
             self._check_limits(d, "account", a.account, rule.limits, now, tokens_wanted)

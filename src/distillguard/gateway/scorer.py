@@ -72,6 +72,7 @@ class Assessment:
     cluster_verdict: Verdict | None = None
     cluster_confidence: float = 0.0
     repeat: bool = False            # the prompt was seen before in this account
+    intel: Any = None               # intel.match.AccountIntel: peers' live indicators this account matches
 
 
 class _Cluster:
@@ -99,11 +100,15 @@ class LiveScorer:
         self._parent: dict[str, str] = {}          # union-find over linked accounts
         self._clusters: dict[str, _Cluster] = {}   # root -> cluster (components of MIN_CLUSTER+)
         self._cluster_seq = 0
+        self.intel: Any = None      # gateway.intel.LiveIntel when peers' indicators are loaded
         self.lock = threading.Lock()
 
     # -- per request -----------------------------------------------------------------------
     def observe(self, account: str, facts: RequestFacts, ts: float, *, ip: str | None = None,
-                user_agent: str | None = None, identity: dict[str, Any] | None = None) -> Assessment:
+                user_agent: str | None = None, identity: dict[str, Any] | None = None,
+                prompt: str | None = None) -> Assessment:
+        """``prompt``: the request's prompt text, read by peers' template indicators (only when a
+        template newly recurs in the account)."""
         with self.lock:
             state = self.accounts.get(account)
             if state is None:
@@ -117,11 +122,14 @@ class LiveScorer:
             cluster_verdict = None
             if cluster is not None:
                 cluster_verdict = self._cluster_verdict(cluster)
+            intel = self.intel
+            evidence = None if intel is None else intel.observe(account, ip, prompt if new_templates else None)
             return Assessment(account=account, queries=state.queries, verdict=verdict, elevated=elevated,
                               cluster=cluster.name if cluster else None,
                               cluster_size=len(cluster.members) if cluster else 0,
                               cluster_verdict=cluster_verdict,
-                              cluster_confidence=self._confidence(cluster) if cluster else 0.0, repeat=repeat)
+                              cluster_confidence=self._confidence(cluster) if cluster else 0.0, repeat=repeat,
+                              intel=evidence)
 
     def add_output(self, account: str, completion_tokens: int, repeat: bool) -> None:
         with self.lock:

@@ -11,6 +11,7 @@ and those of peers no longer registered, are not read at all.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ class IntelMatch:
     confidence: int
     trust: float
     tlp: str
-    campaign: str | None = None
+    campaign: str | None = None       # the campaign's name, as the peer published it
+    campaign_id: str | None = None    # its STIX id (groups accounts matched to one peer campaign)
 
     @property
     def weight(self) -> float:
@@ -54,7 +56,8 @@ class IntelMatch:
 
     def to_dict(self) -> dict[str, Any]:
         return {"peer": self.peer, "indicator": self.indicator, "kind": self.kind, "confidence": self.confidence,
-                "trust": self.trust, "tlp": self.tlp, "campaign": self.campaign, "weight": round(self.weight, 4)}
+                "trust": self.trust, "tlp": self.tlp, "campaign": self.campaign,
+                "campaign_id": self.campaign_id, "weight": round(self.weight, 4)}
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class AccountIntel:
     account: str
     matches: tuple[IntelMatch, ...]
 
-    @property
+    @cached_property              # read per request by the gateway's policy
     def score(self) -> float:
         return float(1.0 - np.prod([1.0 - min(1.0, m.weight) for m in self.matches]))
 
@@ -119,17 +122,18 @@ class IntelSignal:
         self.stats_["matches"] = len(found)
         if not found:
             return {}
-        names: dict[tuple[str, str], str] = {}
+        campaigns: dict[tuple[str, str], tuple[str, str]] = {}
         with IntelStore(self.home.db_path) as store:
             for peer in {p for _, p, _ in found}:
-                for iid, name in store.campaign_names(peer, sorted({i for _, p, i in found if p == peer})).items():
-                    names[(peer, iid)] = name
+                for iid, campaign in store.campaigns(peer, sorted({i for _, p, i in found if p == peer})).items():
+                    campaigns[(peer, iid)] = campaign
         out: dict[str, list[IntelMatch]] = {}
         for account, peer, iid in dict.fromkeys(found):
             row = by_id[(peer, iid)]
+            cid, name = campaigns.get((peer, iid), (None, None))
             out.setdefault(account, []).append(IntelMatch(
                 peer=peer, indicator=iid, kind=str(row["kind"]), confidence=int(row["confidence"]),
-                trust=trust.get(peer, 0.0), tlp=str(row["tlp"]), campaign=names.get((peer, iid))))
+                trust=trust.get(peer, 0.0), tlp=str(row["tlp"]), campaign=name, campaign_id=cid))
         return {a: AccountIntel(a, tuple(m)) for a, m in out.items()}
 
 

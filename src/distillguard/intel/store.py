@@ -207,6 +207,10 @@ class IntelStore:
 
     def campaign_names(self, peer: str, indicator_ids: Sequence[str]) -> dict[str, str]:
         """indicator id -> name of the campaign it indicates (from the peer's relationships)."""
+        return {iid: name for iid, (_, name) in self.campaigns(peer, indicator_ids).items()}
+
+    def campaigns(self, peer: str, indicator_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """indicator id -> (id, name) of the campaign it indicates (from the peer's relationships)."""
         if not indicator_ids:
             return {}
         self.con.register("_ind", pd.DataFrame({"id": list(indicator_ids)}))
@@ -218,11 +222,12 @@ class IntelStore:
                                AND json_extract_string(json, '$.relationship_type') = 'indicates'),
                      camp AS (SELECT id, arg_max(json_extract_string(json, '$.name'), version) AS name
                               FROM intel_objects WHERE collection = ? AND type = 'campaign' GROUP BY id)
-                SELECT DISTINCT rel.src, camp.name FROM rel JOIN camp ON camp.id = rel.dst
-                WHERE rel.src IN (SELECT id FROM _ind)""", [peer_collection(peer), peer_collection(peer)])
+                SELECT DISTINCT rel.src, camp.id, camp.name FROM rel JOIN camp ON camp.id = rel.dst
+                WHERE rel.src IN (SELECT id FROM _ind) ORDER BY rel.src, camp.id""",
+                            [peer_collection(peer), peer_collection(peer)])
         finally:
             self.con.unregister("_ind")
-        return dict(rows)
+        return {src: (cid, name) for src, cid, name in rows}
 
     # -- TAXII -----------------------------------------------------------------------------------
     def page(self, collection: str, *, added_after: datetime | None = None, after_seq: int | None = None,
