@@ -485,3 +485,12 @@ def test_cli_end_to_end_init_peer_export_import(lab_a, tmp_path):
     assert sum(1 for x in data["accounts"] if x.get("intel", {}).get("flagged")) == len(lab_a.hydra)
     proc = _cli("init", "--org", "Lab A", "--home", str(a))
     assert proc.returncode == 2 and "already an intel home" in proc.stderr
+    # the main scan command takes the same home (--intel), JSON and table alike
+    main = [sys.executable, "-m", "distillguard", "scan", str(lab_a.db), "--intel", str(b)]
+    proc = subprocess.run(main + ["--format", "json"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert orjson.loads(proc.stdout)["accounts"] == data["accounts"]
+    proc = subprocess.run(main, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and f"{len(lab_a.hydra)} account(s) flagged by intel" in " ".join(proc.stdout.split())
+    proc = subprocess.run(main[:-1] + [str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "not an intel home" in proc.stderr and "Traceback" not in proc.stderr

@@ -180,6 +180,13 @@ def test_two_instances_share_a_hydra_campaign(server_a, homes, lab_a, lab_b, tmp
     others = [a for a in data["accounts"] if a["account"] not in set(actor)]
     assert not any(a.get("intel") for a in others)                                  # no bystander matched
     assert sum(a["flagged"] for a in others) == sum(rows_alone[a["account"]]["flagged"] for a in others)
+    # the two accounts match one campaign of lab A's: one campaign in B's summary, not two
+    groups = data["summary"]["intel_campaigns"]
+    assert [g["accounts"] for g in groups] == [actor]
+    assert [c["peer"] for c in groups[0]["peer_campaigns"]] == ["lab-a"]
+    assert groups[0]["peer_campaigns"][0]["campaign"].startswith("Distillation campaign ")
+    assert data["summary"]["campaigns"] == lab_b.scan["summary"]["campaigns"] + 1
+    assert data["summary"]["accounts_flagged"] == lab_b.scan["summary"]["accounts_flagged"] + 2
 
 
 def test_sync_refuses_unsigned_and_tampered_objects(server_a, homes, tmp_path):

@@ -262,6 +262,9 @@ def scan(
     limit: int = typer.Option(25, "--limit", min=1, help="Rows in the table."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1,
                                           help="Processes for feature extraction (default: every core)."),
+    intel: Optional[Path] = typer.Option(None, "--intel", metavar="HOME",
+                                         help="An intel home: peers' live indicators as one more signal "
+                                              "(only ever adds; see docs/intel.md)."),
 ) -> None:
     """Find extracting accounts and hydra clusters, calibrated against organic traffic."""
     import orjson
@@ -272,8 +275,14 @@ def scan(
     if fmt not in ("table", "json"):
         raise UsageError("--format must be 'table' or 'json'")
     allowed = _read_allowlist(allowlist) if allowlist else frozenset()
+    signal = None
+    if intel is not None:
+        from distillguard.intel.match import IntelSignal
+
+        signal = IntelSignal.from_home(intel)
     options = ScanOptions(baseline=Baseline.load(baseline) if baseline else None, fpr=fpr, allowlist=allowed,
-                          engine=engine, price_per_million=price, workers=workers or (os.cpu_count() or 1))
+                          engine=engine, price_per_million=price, workers=workers or (os.cpu_count() or 1),
+                          intel=signal)
     options.check()
     with _progress() as progress:
         task = progress.add_task("scanning", total=None)
@@ -291,6 +300,8 @@ def scan(
         sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         _print_scan(data, limit)
+        if signal is not None:
+            _print_intel(data, signal)
         if out:
             console.print(f"JSON → {out}")
         if html:
@@ -307,6 +318,13 @@ def _read_allowlist(path: Path) -> frozenset[str]:
     except UnicodeDecodeError:
         raise BadInputError("allowlist is not UTF-8 text", source=str(path)) from None
     return frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
+def _print_intel(data: dict, signal) -> None:
+    stats = signal.stats_
+    by_intel = sum(1 for a in data["accounts"] if a.get("intel", {}).get("flagged"))
+    console.print(f"intel: {stats.get('indicators', 0):,} active indicators from {len(signal.home.peers)} "
+                  f"peer(s), {stats.get('matches', 0):,} matches, {by_intel} account(s) flagged by intel")
 
 
 def _print_scan(data: dict, limit: int) -> None:
@@ -357,6 +375,9 @@ def gateway(
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="Baseline file (default: the shipped one)."),
     fpr: Optional[float] = typer.Option(None, "--fpr", help="Target false-positive rate of the live flag."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error (JSON lines on stderr)."),
+    intel: Optional[Path] = typer.Option(None, "--intel", metavar="HOME",
+                                         help="An intel home: peers' live indicators feed the policy "
+                                              "(overrides [intel] home; see docs/gateway.md)."),
 ) -> None:
     """The enforcing gateway: an OpenAI-compatible proxy that logs, scores and acts with reasons."""
     import uvicorn
@@ -374,6 +395,8 @@ def gateway(
         cfg.policy.mode = mode
     if fail is not None:
         cfg.policy.fail = fail
+    if intel is not None:
+        cfg.intel.home = intel
     cfg.validate()
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise UsageError(f"--log-level: expected debug, info, warning or error, got {log_level!r}")
@@ -382,6 +405,11 @@ def gateway(
     err_console.print(f"distillguard gateway on http://{cfg.host}:{cfg.port} → {cfg.upstream} "
                       f"(mode {cfg.policy.mode}, fail-{cfg.policy.fail}, {len(gw.keys)} keys, log {cfg.log.dir}, "
                       f"sink {cfg.log.sink}{'' if not gw.recovered else f', recovered {gw.recovered:,} events'})")
+    if gw.intel is not None:
+        st = gw.intel.status()
+        err_console.print(f"intel from {st['home']}: {st['indicators']:,} live indicators of {len(st['peers'])} trusted "
+                          f"peer(s), {st['accounts_matched']:,} account(s) matched"
+                          + (f"; re-read every {cfg.intel.reload_s:g} s when it changes" if cfg.intel.reload_s else ""))
     if gw.admin_token is None:
         err_console.print("admin API off (no --admin-token / DISTILLGUARD_ADMIN_TOKEN)")
     uvicorn.Server(uvicorn_config(build_app(gw), cfg.host, cfg.port, log_level="warning")).run()

@@ -130,7 +130,10 @@ class ScanResult:
         flagged = [a for a in self.accounts if a.flagged]
         flagged_clusters = [c for c in self.clusters if c.verdict.flagged]
         in_clusters = {acct for c in flagged_clusters for acct in c.accounts}
-        campaigns = len(flagged_clusters) + sum(1 for a in flagged if a.account not in in_clusters)
+        alone = [a for a in flagged if a.account not in in_clusters]
+        by_peer = intel_campaigns(alone)
+        grouped = {acct for g in by_peer for acct in g["accounts"]}
+        campaigns = len(flagged_clusters) + len(by_peer) + sum(1 for a in alone if a.account not in grouped)
         tokens = sum(a.completion_tokens for a in flagged)
         areas: dict[str, int] = {}
         for a in flagged:
@@ -141,7 +144,8 @@ class ScanResult:
                 "estimated_cost_usd": round(tokens / 1e6 * self.price_per_million, 2),
                 "price_per_million_tokens": self.price_per_million,
                 "capability_areas": dict(sorted(areas.items(), key=lambda kv: -kv[1])),
-                "attribution": {c.cluster: c.confidence for c in flagged_clusters}}
+                "attribution": {c.cluster: c.confidence for c in flagged_clusters},
+                "intel_campaigns": by_peer}
 
     def to_dict(self, *, include_clear: bool = True) -> dict[str, Any]:
         accounts = sorted(self.accounts, key=lambda a: (-a.flagged, a.verdict.p_value, a.account))
@@ -151,6 +155,41 @@ class ScanResult:
                 "clusters": [c.to_dict() for c in sorted(self.clusters, key=lambda c: (-c.verdict.flagged,
                                                                                       c.verdict.p_value))],
                 "summary": self.summary(), "calibration": self.calibration}
+
+
+def intel_campaigns(accounts: Sequence[AccountResult]) -> list[dict[str, Any]]:
+    """Accounts flagged by peers' intel alone, grouped by the peer campaigns they match.
+
+    Two such accounts that match indicators of one peer campaign are one campaign to us too (the
+    peer saw them as one actor); an account matching two campaigns joins their groups. Accounts
+    our own scan flagged keep their own campaign: a peer's word does not merge our findings.
+    """
+    only_intel = [a for a in accounts if a.intel_flagged and not a.verdict.flagged and not a.cluster_flagged]
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    names: dict[str, tuple[str, str]] = {}          # campaign node -> (peer, campaign name)
+    for a in only_intel:
+        for m in a.intel.matches:
+            if m.campaign_id or m.campaign:
+                node = f"{m.peer}\x00{m.campaign_id or m.campaign}"
+                names[node] = (m.peer, m.campaign or m.campaign_id)
+                parent[find(a.account)] = find(node)
+    groups: dict[str, list[str]] = {}
+    for a in only_intel:
+        if a.account in parent:
+            groups.setdefault(find(a.account), []).append(a.account)
+    out = []
+    for root, members in groups.items():
+        nodes = sorted(n for n in names if find(n) == root)
+        out.append({"accounts": sorted(members), "peer_campaigns": [
+            {"peer": names[n][0], "campaign": names[n][1]} for n in nodes]})
+    return sorted(out, key=lambda g: (-len(g["accounts"]), g["accounts"]))
 
 
 def _iso(ts: Any) -> str:

@@ -280,7 +280,7 @@ def scan(
     """`scan` with peers' indicators as one more signal (reasons name the peer and the indicator)."""
     import orjson
 
-    from distillguard.cli import _print_scan, _progress
+    from distillguard.cli import _print_intel, _print_scan, _progress
     from distillguard.detect.baseline import Baseline
     from distillguard.detect.scan import ScanOptions, scan_paths
     from distillguard.intel.match import IntelSignal
@@ -303,9 +303,6 @@ def scan(
         sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         _print_scan(data, limit)
-        stats = signal.stats_
-        by_intel = sum(1 for a in data["accounts"] if a.get("intel", {}).get("flagged"))
-        console.print(f"intel: {stats.get('indicators', 0):,} active indicators from {len(signal.home.peers)} "
-                      f"peer(s), {stats.get('matches', 0):,} matches, {by_intel} account(s) flagged by intel")
+        _print_intel(data, signal)
     if fail_on_findings and data["summary"]["accounts_flagged"]:
         raise typer.Exit(1)
