@@ -205,7 +205,7 @@ def _role_tests(feats, completions, probes, bandwidth, settings, rng):
             name, title, question, statistic=r.statistic,
             statistic_name=_STATISTIC_NAMES[name], p_value=r.p_value, effect_size=r.effect_size,
             effect_name="Cohen's d_z of the per-probe margin",
-            stands_out=None if spread is None else bool(r.statistic > max(spread)),
+            stands_out=stands_out(r.statistic, spread),
             detail={"suspect_mean": float(finite[:, 0].mean()) if len(finite) else None,
                     "references_mean": float(finite[:, 1:].mean()) if len(finite) else None,
                     "references_in_the_suspect_role": spread,
@@ -225,6 +225,23 @@ def _beyond_peers(matrix: np.ndarray) -> np.ndarray:
     np.fill_diagonal(peers, np.nan)
     with np.errstate(all="ignore"):
         return to_protected - np.nanmean(peers, axis=1)
+
+
+STANDS_OUT_Z = 3.0
+
+
+def stands_out(statistic: float, spread: list[float] | None) -> bool | None:
+    """Is the suspect's statistic beyond the references' own (each reference put in the suspect's
+    role) by ``STANDS_OUT_Z`` of their standard deviations, or above all of them when they agree
+    exactly? A screen, not a test: with a few references their spread is itself uncertain. None
+    with fewer than two references."""
+    if spread is None:
+        return None
+    values = np.asarray(spread)
+    sd = float(values.std(ddof=1))
+    if sd <= 1e-12:
+        return bool(statistic > values.max() + 1e-12)
+    return bool((statistic - values.mean()) / sd >= STANDS_OUT_Z)
 
 
 def _reference_spread(values: np.ndarray) -> list[float] | None:
@@ -280,7 +297,7 @@ def _likelihood(protected, suspect, references, completions, prompts, settings, 
         "likelihood", title, question, statistic=r.statistic, statistic_name="Mann–Whitney U (per-probe margins vs "
         "calibration margins)", p_value=r.p_value, effect_size=r.common_language,
         effect_name="P(margin on a protected completion > margin on a calibration text)",
-        stands_out=None if spread is None else bool(r.shift > max(spread)),
+        stands_out=stands_out(r.shift, spread),
         detail={"shift_nats_per_byte": r.shift, "references_in_the_suspect_role": spread, "suspect_nats_per_byte_protected": float(np.nanmean(s[0])),
                 "references_nats_per_byte_protected": float(np.nanmean([np.nanmean(x[0]) for x in refs])),
                 "suspect_nats_per_byte_calibration": float(np.nanmean(s[1])),
