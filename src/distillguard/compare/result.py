@@ -67,15 +67,15 @@ class Verdict:
 def decide(tests: list[TestResult], alpha: float) -> tuple[list[TestResult], Verdict]:
     """Holm-adjust the verdict's tests and state the finding. A test supports the finding when its
     adjusted p-value is at most ``alpha`` and, where it can be checked (two or more references),
-    the suspect also stands out beyond every reference put in its role: a probe-level test alone
+    the suspect also stands out beyond the references' own spread (``battery.stands_out``): a probe-level test alone
     cannot tell a copy from a model that merely differs from these particular references."""
     counted = [t for t in tests if t.in_verdict and t.skipped is None and t.p_value is not None]
     adjusted = holm([t.p_value for t in counted]) if counted else []
     by_name = {t.name: a for t, a in zip(counted, adjusted)}
     tests = [TestResult(**{**asdict(t), "p_value_holm": by_name.get(t.name)}) for t in tests]
     method = (f"Holm–Bonferroni over {len(counted)} test(s) ({', '.join(t.name for t in counted)}), valid under "
-              "any dependence between them; a test counts only if the suspect also stands out beyond every "
-              "reference put in its role (checked with two or more references)")
+              "any dependence between them; a test counts only if the suspect also stands out (3 SD) beyond the "
+              "references' own spread, each put in its role (checked with two or more references)")
     if not counted:
         return tests, Verdict("no test could be run", False, None, None, alpha, method, None)
     supporting = [t for t in counted if t.stands_out is not False]
