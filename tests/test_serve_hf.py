@@ -114,3 +114,26 @@ def test_batched_generation_is_watermarked_for_the_account(model_dir):
     top = _pooled_cohort(texts, server.tokenizer, server.model.config.vocab_size)
     assert top["cohort"] == KEYS.cohort_of("carol") and top["p_value_corrected"] < 1e-6, top
     assert server.generate_batch([], max_tokens=10, account="carol") == []
+
+
+def test_named_cohort_from_the_gateway_header_is_used_and_named(model_dir):
+    """The gateway routes a distrusted account to the named cohort 'watch': its answers carry the
+    'watch' key and detection names it; the gateway's default 'cohort-N' header is ignored."""
+    server = HFModelServer(model_dir, keys=KEYS)
+    assert KEYS.named == ("watch",) and KEYS.total == KEYS.cohorts + 1
+    texts = {"watch": [], "cohort-3": []}
+    with ServerThread(server) as up:
+        for header in texts:
+            for i in range(4):
+                r = httpx.post(up.url + "/v1/chat/completions", timeout=60,
+                               headers={"x-distillguard-account": "mallory", "x-distillguard-cohort": header},
+                               json={"messages": [{"role": "user", "content": f"Tell me about deserts {i}"}],
+                                     "max_tokens": 80})
+                assert r.status_code == 200
+                texts[header].append(r.json()["choices"][0]["message"]["content"])
+    vocab = server.model.config.vocab_size
+    watch = _pooled_cohort(texts["watch"], server.tokenizer, vocab)
+    assert watch["label"] == "watch" and watch["cohort"] == KEYS.cohort_index("watch")
+    assert watch["p_value_corrected"] < 1e-6
+    ignored = _pooled_cohort(texts["cohort-3"], server.tokenizer, vocab)
+    assert ignored["cohort"] == KEYS.cohort_of("mallory") and ignored["label"] == str(KEYS.cohort_of("mallory"))

@@ -57,7 +57,7 @@ def test_served_synthid_text_names_the_cohort_and_clean_text_does_not(model_dir)
     assert res["scheme"] == "synthid"
     top = res["cohorts"][0]
     assert top["cohort"] == KEYS.cohort_of("dave") and top["p_value_corrected"] < 1e-6, top
-    assert sum(t["p_value"] < 0.01 for t in res["texts"]) >= 4          # most single 100-token texts too
+    assert sum(t["p_value"] < 0.05 for t in res["texts"]) >= 3          # half the single texts (20-130 tokens) too
     res_clean = detect([TextRecord(i + 1, f"c{i}", text=t) for i, t in enumerate(plain)], KEYS, vocab, wm.tokenizer)
     assert res_clean["cohorts"][0]["p_value_corrected"] > 0.01
     # The same text scored as KGW is not mistaken for a KGW watermark.

@@ -166,3 +166,17 @@ def test_cli_detects_watermarked_text_and_names_the_cohort(tmp_path):
                              capture_output=True, text=True)
         assert bad.returncode == 2 and needle in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
+
+
+def test_named_cohorts_have_their_own_keys_and_survive_a_round_trip(tmp_path):
+    keys = KeySet(secret=b"named-cohort-secret-000000", cohorts=4, named=("watch", "research"))
+    assert keys.total == 6 and [keys.label(c) for c in range(6)] == ["0", "1", "2", "3", "watch", "research"]
+    assert len({keys.cohort_key(c) for c in range(6)}) == 6
+    assert keys.cohort_index("research") == 5 and keys.cohort_index("nope") is None
+    keys.save(tmp_path / "k.json")
+    assert KeySet.load(tmp_path / "k.json") == keys
+    for bad in (("watch", "watch"), ("",), ("7",)):
+        with pytest.raises(BadInputError, match="named cohorts"):
+            KeySet(secret=b"named-cohort-secret-000000", named=bad)
+    with pytest.raises(BadInputError, match="outside"):
+        keys.cohort_key(6)

@@ -97,12 +97,15 @@ def distill(teacher_dir: str | Path, keys: KeySet | None, out: str | Path, *, sh
             total_tokens: int = 200_000, seconds: float = 120.0, account: str = "student-farm", seed: int = 0,
             max_tokens: int = 96, corpus_skip: int = 3000, student_size: dict[str, int] | None = None,
             base: str | Path | None = None, lr: float | None = None, batch: int = 32,
-            through_gateway: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+            through_gateway: bool = False, epochs: float | None = None,
+            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train one student; ``student_size`` overrides the teacher's ``n_layer``/``n_embd``/``n_head``
     (from scratch only); ``base`` is a model directory to fine-tune instead; ``lr`` defaults to 3e-3
     from scratch and 1e-3 for fine-tuning; ``batch`` teacher prompts are generated at once, or, with
     ``through_gateway``, one request at a time over HTTP through a shadow-mode gateway, as a real
-    extraction farm would collect them (the gateway's verdict on the farm is saved too)."""
+    extraction farm would collect them (the gateway's verdict on the farm is saved too). With
+    ``epochs`` the student trains that many passes over its data (``seconds`` is then only a cap),
+    so results do not depend on how busy the machine is."""
     import torch
     from transformers import GPT2LMHeadModel
 
@@ -170,7 +173,8 @@ def distill(teacher_dir: str | Path, keys: KeySet | None, out: str | Path, *, sh
         config.update(student_size or {})
         student = GPT2LMHeadModel(teacher.model.config.__class__(**config))
         lr = lr or 3e-3
-    steps, losses, elapsed = train_lm(student, stream[:split], seconds=seconds, seed=seed, lr=lr,
+    steps_wanted = None if epochs is None else max(1, int(epochs * split / (16 * 128)))
+    steps, losses, elapsed = train_lm(student, stream[:split], seconds=seconds, seed=seed, lr=lr, steps=steps_wanted,
                                       progress=lambda step, loss: say(f"training the student: step {step:,}, "
                                                                       f"loss {loss:.3f}"))
     out = Path(out)

@@ -113,9 +113,9 @@ def rival_model_dir() -> Path:
 
 
 def train_lm(model, ids, *, seconds: float, seed: int = 0, progress=None, block: int = 128, batch: int = 16,
-             lr: float = 3e-3) -> tuple[int, list[float], float]:
-    """Train a causal LM on random windows of a token stream for ``seconds`` of wall time (AdamW,
-    constant learning rate ``lr``)."""
+             lr: float = 3e-3, steps: int | None = None) -> tuple[int, list[float], float]:
+    """Train a causal LM on random windows of a token stream (AdamW, constant learning rate ``lr``)
+    for ``steps`` steps, or for ``seconds`` of wall time (with ``steps`` too: whichever ends first)."""
     import time
 
     import numpy as np
@@ -127,7 +127,7 @@ def train_lm(model, ids, *, seconds: float, seed: int = 0, progress=None, block:
     rng = np.random.default_rng(seed)
     start, step, losses = time.monotonic(), 0, []
     model.train()
-    while time.monotonic() - start < seconds:
+    while time.monotonic() - start < seconds and (steps is None or step < steps):
         offsets = rng.integers(0, ids.numel() - block - 1, size=batch)
         x = torch.stack([ids[o:o + block] for o in offsets])
         loss = model(input_ids=x, labels=x).loss

@@ -4,7 +4,10 @@ Each request is generated with the watermark key of the requesting account's coh
 ``transformers``' KGW ``WatermarkLogitsProcessor`` with the key set's per-cohort hashing key, or
 its ``SynthIDTextWatermarkLogitsProcessor`` with the cohort's tournament keys (scheme ``synthid``). The gateway
 names the account in ``x-distillguard-account``; without it the request counts as the account
-``anonymous``. Generation runs in a worker thread, one request at a time (a CPU model has no
+``anonymous``. When the gateway routes a distrusted account to a named cohort of the key set
+(``x-distillguard-cohort: watch``), that cohort's key is used instead; other values of the header
+(e.g. the gateway's default ``cohort-N``) are ignored: account cohorts come from the key set's
+keyed hash, which outsiders cannot predict. Generation runs in a worker thread, one request at a time (a CPU model has no
 batch to share). Streaming requests get the completion in SSE chunks once it is generated.
 """
 
@@ -89,6 +92,14 @@ class HFModelServer:
                                                        self.model.config.vocab_size, self.model.device)
         return self._processors[cohort]
 
+    def cohort_for(self, account: str, cohort_name: str | None = None) -> int | None:
+        """The cohort whose key watermarks this request: a named cohort the gateway routed the
+        account to, else the account's own cohort (None without keys)."""
+        if self.keys is None:
+            return None
+        named = self.keys.cohort_index(cohort_name) if cohort_name else None
+        return named if named is not None else self.keys.cohort_of(account)
+
     def _watermark_kwargs(self, cohort: int | None) -> dict[str, Any]:
         if cohort is None:
             return {}
@@ -101,7 +112,7 @@ class HFModelServer:
         return {"watermarking_config": self.watermark_config(cohort)}
 
     def generate(self, prompt: str, *, max_tokens: int, temperature: float, top_p: float,
-                 account: str) -> tuple[str, int, int, int | None]:
+                 account: str, cohort_name: str | None = None) -> tuple[str, int, int, int | None]:
         import torch
 
         ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
@@ -115,7 +126,7 @@ class HFModelServer:
             kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
         else:
             kwargs.update(do_sample=False)
-        cohort = self.keys.cohort_of(account) if self.keys is not None else None
+        cohort = self.cohort_for(account, cohort_name)
         with self._lock, torch.no_grad():
             out = self.model.generate(ids, **kwargs, **self._watermark_kwargs(cohort))
         completion = out[0, ids.shape[1]:]
@@ -186,7 +197,7 @@ class HFModelServer:
         self.requests += 1
         text, n_prompt, n_completion, _ = await asyncio.to_thread(
             self.generate, prompt, max_tokens=max(1, max_tokens), temperature=max(0.0, temperature),
-            top_p=min(1.0, max(0.01, top_p)), account=account)
+            top_p=min(1.0, max(0.01, top_p)), account=account, cohort_name=headers.get("x-distillguard-cohort"))
         usage = {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion}
         cid, created = f"cmpl-{self.requests}", int(time.time())
         if request.get("stream") is True:

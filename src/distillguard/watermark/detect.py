@@ -105,20 +105,21 @@ def detect(records: list[TextRecord], keys: KeySet, vocab_size: int, tokenizer: 
         detector = SynthIDDetector(keys, vocab_size)
         ratio = detector.ratio
     else:
-        detector = KGWDetector([keys.cohort_key(c) for c in range(keys.cohorts)], vocab_size, keys.greenlist_ratio)
+        detector = KGWDetector([keys.cohort_key(c) for c in range(keys.total)], vocab_size, keys.greenlist_ratio)
         ratio = keys.greenlist_ratio
-    per_cohort = [detector.score_many(sequences, c) for c in range(keys.cohorts)]
+    per_cohort = [detector.score_many(sequences, c) for c in range(keys.total)]
     texts = []
     for i, rec in enumerate(records):
-        best = min(range(keys.cohorts), key=lambda c: per_cohort[c][i].p_value)
+        best = min(range(keys.total), key=lambda c: per_cohort[c][i].p_value)
         s = per_cohort[best][i]
         texts.append({"id": rec.ident, "line": rec.line, "tokens": int(sequences[i].size), "cohort": best,
-                      "scored": s.scored, "green": s.green, "z": round(s.z, 3),
-                      "p_value": min(1.0, s.p_value * keys.cohorts)})
+                      "label": keys.label(best), "scored": s.scored, "green": s.green, "z": round(s.z, 3),
+                      "p_value": min(1.0, s.p_value * keys.total)})
     cohorts = []
-    for c in range(keys.cohorts):
+    for c in range(keys.total):
         pooled = detector.score_pooled(sequences, c)
-        cohorts.append({"cohort": c, **pooled.to_dict(), "p_value_corrected": min(1.0, pooled.p_value * keys.cohorts)})
+        cohorts.append({"cohort": c, "label": keys.label(c), **pooled.to_dict(),
+                        "p_value_corrected": min(1.0, pooled.p_value * keys.total)})
     cohorts.sort(key=lambda r: r["p_value"])
     return {"scheme": keys.scheme, "texts": texts, "cohorts": cohorts, "vocab_size": vocab_size,
             "null_rate": ratio}

@@ -38,7 +38,7 @@ class SynthIDDetector:
         self.vocab_size = vocab_size
         self.ngram_len = keys.ngram_len
         self.processors = [SynthIDTextWatermarkingConfig(**keys.synthid_config(c)).construct_processor(
-            vocab_size, torch.device("cpu")) for c in range(keys.cohorts)]
+            vocab_size, torch.device("cpu")) for c in range(keys.total)]
         table = self.processors[0].sampling_table.numpy().astype(bool)
         self.table = table
         self.ratio = float(table.mean())             # the null rate of a g-value
