@@ -553,6 +553,9 @@ def watermark_radioactivity(
                                           help="Black box: bearer token for the suspect endpoint."),
     suspect_name: str = typer.Option("suspect", "--suspect-name", help="Black box: the model name to ask for."),
     controls: int = typer.Option(20, "--controls", min=0, max=1000, help="Control keys (never used) to test too."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Open weights, distribution: our own model's "
+                                             "directory ('default': the embedded model); its probabilities are "
+                                             "subtracted from the suspect's, which removes most of the noise."),
     method: str = typer.Option("distribution", "--method", help="Open weights: 'distribution' (the suspect's "
                                "next-token probabilities; most power) or 'greedy' (its greedy predictions, exact "
                                "binomial test, as Sander et al.)."),
@@ -580,8 +583,14 @@ def watermark_radioactivity(
         tok, model = load_model(suspect_model)
         if tokenizer is not None:
             tok, _ = load_tokenizer(tokenizer)
+        ref_model = None
+        if reference is not None:
+            from distillguard.lab.tinylm import default_model_dir
+
+            ref_model = load_model(default_model_dir() if str(reference) == "default" else reference)[1]
         with err_console.status("reading our texts through the suspect…", spinner="dots") as status:
             result = reading_mode(model, tok, [r.text for r in records], key_set, controls=controls, method=method,
+                                  reference=ref_model,
                                   progress=lambda n: status.update(f"reading our texts through the suspect: "
                                                                    f"{n:,} / {len(records):,}"))
     else:
