@@ -22,6 +22,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (out / "scan.html").read_text(encoding="utf-8").count("<svg") >= 2
     assert any((out / "parquet").rglob("*.parquet"))
     assert "Traceback" not in text and "caught" in text
+    for account, row in summary["watermark"].items():
+        assert row["detected"] == row["expected"], (account, row)     # cohort named; the clean model's: none
+    assert summary["watermark"]["bob (routed to 'watch' by the gateway)"]["detected"] == "watch"
     # Step 5: the same lab traffic, live through the gateway over loopback HTTP.
     gw = summary["gateway"]
     assert gw["stored"] == gw["requests"] > 1000                      # every exchange logged and loaded
