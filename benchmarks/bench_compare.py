@@ -6,7 +6,8 @@ answers (``--share``) and a control trained the same way on independent ShareGPT
 share of controls flagged (false-positive rate), and power at several query budgets (probes ×
 samples asked of the suspect).
 
-    .venv/bin/python benchmarks/bench_compare.py --seeds 4 --workdir /tmp/dg-compare
+    .venv/bin/python benchmarks/bench_compare.py --seeds 3 --workdir /tmp/dg-compare
+    .venv/bin/python benchmarks/bench_compare.py --seeds 3 --workdir /tmp/dg-compare --black-box
 """
 
 from __future__ import annotations
@@ -45,13 +46,15 @@ def build(workdir: Path, seeds: int, share: float, tokens: int, seconds: float) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=4, help="students and controls (one each per seed)")
+    parser.add_argument("--seeds", type=int, default=3, help="students and controls (one each per seed)")
     parser.add_argument("--share", type=float, default=1.0, help="share of a student's tokens that are teacher answers")
     parser.add_argument("--tokens", type=int, default=6000, help="training tokens per student/control")
     parser.add_argument("--seconds", type=float, default=8.0, help="training seconds per student/control")
     parser.add_argument("--embedder", default="hashing")
     parser.add_argument("--budgets", default="6x2,12x3,26x4", help="probes x samples per query budget of the curve")
     parser.add_argument("--alpha", type=float, default=0.01)
+    parser.add_argument("--black-box", action="store_true", help="treat suspects as endpoints: no likelihood test "
+                        "(only their sampled answers are used, as for an API)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/dg-compare"))
     args = parser.parse_args()
 
@@ -76,6 +79,8 @@ def main() -> None:
     for kind in ("students", "controls"):
         for i, path in enumerate(models[kind]):
             suspect = open_model(str(path), "suspect")
+            if args.black_box:
+                suspect.open_weights = False        # sampled answers only, as an endpoint would give
             for probes, samples in (budgets if kind == "students" else budgets[-1:]):
                 settings = CompareSettings(samples=samples, max_tokens=32, embedder=args.embedder,
                                            permutations=5000, alpha=args.alpha, seed=i)
@@ -100,7 +105,7 @@ def main() -> None:
                                        and r["samples"] == s) / len(students)} for p, s in budgets],
                "compare_seconds_mean": round(sum(r["seconds"] for r in rows) / len(rows), 1),
                "build_seconds": round(build_s, 1), "total_seconds": round(total, 1)}
-    (args.workdir / "bench_compare.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=2))
+    (args.workdir / f"bench_compare{'-black-box' if args.black_box else ''}.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=2))
     print(json.dumps(summary, indent=2))
 
 
