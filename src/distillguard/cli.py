@@ -360,6 +360,91 @@ def _print_scan(data: dict, limit: int) -> None:
 
 
 @app.command()
+def report(
+    db: Path = typer.Option(..., "--db", help="DuckDB event store (opened read-only)."),
+    out: Path = typer.Option(..., "--out", help="Incident report to write (.html; .pdf is not supported yet)."),
+    period: str = typer.Option("30d", "--period",
+                               help="Window ending at the newest event: e.g. 30d, 12h, 2w, or all."),
+    price: float = typer.Option(10.0, "--price-per-mtok", help="USD per million output tokens, for the value."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Baseline file (default: the shipped one)."),
+    fpr: float = typer.Option(0.001, "--fpr", help="Target false-positive rate on organic accounts."),
+    allowlist: Optional[Path] = typer.Option(None, "--allowlist",
+                                             help="File of authorised account ids, one per line."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report's numbers as JSON here."),
+) -> None:
+    """Incident report in numbers: campaigns, tokens extracted, value, areas, attribution, plots."""
+    import orjson
+
+    from distillguard.detect.baseline import Baseline
+    from distillguard.detect.scan import ScanOptions
+    from distillguard.report.incident import build_report, parse_period, write_report
+
+    if out.suffix.lower() == ".pdf":
+        raise UsageError(f"{out}: PDF output is not supported yet; write .html (print it to PDF from a browser)")
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"{out}: --out must end in .html")
+    parse_period(period)
+    if price < 0:
+        raise UsageError("--price-per-mtok must be >= 0")
+    options = ScanOptions(baseline=Baseline.load(baseline) if baseline else None, fpr=fpr, price_per_million=price,
+                          allowlist=_read_allowlist(allowlist) if allowlist else frozenset(),
+                          workers=os.cpu_count() or 1)
+    options.check()
+    result = build_report(db, period=period, options=options)
+    write_report(result, out)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_bytes(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2))
+    s = result.summary
+    if not result.campaigns:
+        console.print(f"No incidents found in {result.events:,} events ({period}). Report → {out}")
+    else:
+        console.print(f"{s['campaigns']} campaign(s), {s['accounts_flagged']} account(s), {s['queries_extracted']:,} "
+                      f"queries, {s['tokens_extracted']:,} output tokens extracted (≈ ${s['estimated_cost_usd']:,.2f} "
+                      f"at ${s['price_per_million_tokens']:g}/M tokens). Report → {out}")
+
+
+@app.command()
+def web(
+    db: Path = typer.Option(Path("events.duckdb"), "--db", help="DuckDB event store (read-only, at start and on re-scan)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
+    port: int = typer.Option(8080, "--port", min=1, max=65535, help="Port to listen on."),
+    password_file: Optional[Path] = typer.Option(
+        None, "--password-file", help="File whose first line is the analyst password (else DISTILLGUARD_WEB_PASSWORD)."),
+    state: Optional[Path] = typer.Option(None, "--state",
+                                         help="The dashboard's own DuckDB file: audit log (default DB.web.duckdb)."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Baseline file (default: the shipped one)."),
+    fpr: float = typer.Option(0.001, "--fpr", help="Target false-positive rate on organic accounts."),
+    price: float = typer.Option(10.0, "--price-per-mtok", help="USD per million output tokens, for the value."),
+) -> None:
+    """The analyst dashboard: ranked accounts and clusters, evidence, actions and an audit log."""
+    import uvicorn
+
+    from distillguard.detect.baseline import Baseline
+    from distillguard.detect.scan import ScanOptions
+    from distillguard.gateway.server import uvicorn_config
+    from distillguard.store.duckdb_store import is_duckdb_file
+    from distillguard.web.app import WebConfig, build_app
+    from distillguard.web.auth import read_password
+
+    if price < 0:
+        raise UsageError("--price-per-mtok must be >= 0")
+    password = read_password(password_file)
+    if not db.exists():
+        raise BadInputError("no such DuckDB file", source=str(db))
+    if not is_duckdb_file(db):
+        raise BadInputError("not a DuckDB database file", source=str(db))
+    options = ScanOptions(baseline=Baseline.load(baseline) if baseline else None, fpr=fpr, price_per_million=price,
+                          workers=os.cpu_count() or 1)
+    options.check()
+    config = WebConfig(db=db, state=state or db.with_name(db.name + ".web.duckdb"), password=password, options=options)
+    err_console.print(f"scanning {db} …")
+    app = build_app(config)
+    err_console.print(f"distillguard dashboard on http://{host}:{port} (audit log {config.state})")
+    uvicorn.Server(uvicorn_config(app, host, port, log_level="warning")).run()
+
+
+@app.command()
 def gateway(
     upstream: Optional[str] = typer.Option(None, "--upstream", help="Base URL of the OpenAI-compatible model server."),
     config: Optional[Path] = typer.Option(None, "--config", help="gateway.toml (see docs/gateway.md)."),

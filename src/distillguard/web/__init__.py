@@ -1,0 +1,1 @@
+"""`distillguard web`: the analyst dashboard (Starlette, server-rendered HTML, no JavaScript)."""

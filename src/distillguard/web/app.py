@@ -1,0 +1,293 @@
+"""The dashboard's routes: login, ranked accounts and clusters, per-account and per-cluster pages,
+actions with an audit log, and a re-scan. Starlette, server-rendered, no JavaScript.
+
+Every page but the login needs a session; every POST needs the CSRF token; responses carry a
+strict Content-Security-Policy (no scripts at all) and are never framed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+from urllib.parse import parse_qs, quote
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from distillguard.detect.scan import ScanOptions
+from distillguard.web import csrf, views
+from distillguard.web.auth import COOKIE, LoginLimiter, PasswordCheck, Session, SessionStore
+from distillguard.web.queries import ACTIONS, ActionLog, Snapshot
+
+RANKED_ROWS = 500
+MAX_FORM_BYTES = 16_384
+_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass
+class WebConfig:
+    db: Path
+    state: Path                      # the dashboard's own DuckDB file (audit log)
+    password: str
+    options: ScanOptions = field(default_factory=ScanOptions)
+    max_failures: int = 5            # failed logins per client address ...
+    failure_window_s: float = 300.0  # ... within this window, then refused until it passes
+    secure_cookie: bool = False      # set when served over HTTPS (a proxy in front)
+
+
+class Dashboard:
+    """State shared by the routes: the snapshot, the action log, sessions and the login limiter."""
+
+    def __init__(self, config: WebConfig) -> None:
+        self.config = config
+        self.password = PasswordCheck(config.password)
+        self.sessions = SessionStore()
+        self.limiter = LoginLimiter(config.max_failures, config.failure_window_s)
+        self.actions = ActionLog(config.state)
+        self._refresh_lock = threading.Lock()
+        self.snapshot = self._take()
+
+    def _take(self) -> Snapshot:
+        opts = self.config.options
+        options = ScanOptions(baseline=opts.baseline, fpr=opts.fpr, engine=opts.engine,
+                              price_per_million=opts.price_per_million, workers=opts.workers, intel=opts.intel,
+                              allowlist=frozenset(opts.allowlist) | self.actions.feedback_allowlist())
+        return Snapshot.take(self.config.db, options)
+
+    def refresh(self) -> None:
+        """Re-scan the store (analysts' allowlist and false positives fed back) and swap the snapshot."""
+        with self._refresh_lock:
+            new = self._take()
+            old, self.snapshot = self.snapshot, new
+        old.close()
+
+    def close(self) -> None:
+        self.snapshot.close()
+        self.actions.close()
+
+    def status(self) -> str:
+        s = self.snapshot
+        return f"scanned {s.taken_at} ({s.seconds:.1f} s)"
+
+
+def _html(body: str, status: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
+    return HTMLResponse(body, status_code=status, headers={**_HEADERS, **(headers or {})})
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """URL-encoded form fields (first value of each); nothing else is accepted."""
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        raise HTTPException(413, "form too large")
+    ctype = request.headers.get("content-type", "").split(";")[0].strip()
+    if ctype != "application/x-www-form-urlencoded":
+        return {}
+    try:
+        fields = parse_qs(body.decode("utf-8"), keep_blank_values=True)
+    except UnicodeDecodeError:
+        return {}
+    return {k: v[0] for k, v in fields.items()}
+
+
+Handler = Callable[[Request, Dashboard, Session], Awaitable[Response]]
+
+
+def _signed_in(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Redirect to the login page without a session; refuse a POST whose CSRF token is missing or wrong."""
+
+    async def endpoint(request: Request) -> Response:
+        dash: Dashboard = request.app.state.dashboard
+        session = dash.sessions.get(request.cookies.get(COOKIE))
+        if session is None:
+            if request.method == "POST":
+                return _html(views.error_page(403, "Forbidden", "Sign in first."), 403)
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303, headers=_HEADERS)
+        if request.method == "POST":
+            form = await _form(request)
+            if not csrf.valid(session.csrf, form.get(csrf.FIELD)):
+                return _html(views.error_page(403, "Forbidden", "Missing or wrong CSRF token: reload the page and "
+                                                               "try again.", user=session.user, csrf=session.csrf),
+                             403)
+            request.state.form = form
+        return await handler(request, dash, session)
+
+    return endpoint
+
+
+def _chrome(dash: Dashboard, session: Session) -> dict[str, Any]:
+    return {"user": session.user, "csrf": session.csrf, "banner": dash.status()}
+
+
+def _safe_next(target: str | None) -> str:
+    # Only local paths: never an open redirect to another site.
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/accounts"
+
+
+# ------------------------------------------------------------------ login
+
+async def login_form(request: Request) -> Response:
+    token = csrf.new_token()
+    response = _html(views.login_page(token))
+    response.set_cookie(csrf.LOGIN_COOKIE, token, httponly=True, samesite="strict", path="/login")
+    return response
+
+
+async def login(request: Request) -> Response:
+    dash: Dashboard = request.app.state.dashboard
+    form = await _form(request)
+    if not csrf.valid(request.cookies.get(csrf.LOGIN_COOKIE), form.get(csrf.FIELD)):
+        return _html(views.error_page(403, "Forbidden", "Missing or wrong CSRF token: reload the login page."), 403)
+    client = _client(request)
+    wait = dash.limiter.retry_after(client)
+    if wait:
+        return _html(views.login_page(form[csrf.FIELD], f"Too many failed logins: try again in {wait:.0f} s."),
+                     429, {"Retry-After": str(int(wait))})
+    user = (form.get("user") or "analyst").strip()[:64] or "analyst"
+    ok = await asyncio.to_thread(dash.password.verify, form.get("password", ""))
+    if not ok:
+        dash.limiter.failed(client)
+        return _html(views.login_page(form[csrf.FIELD], "Wrong password."), 401)
+    dash.limiter.succeeded(client)
+    _, cookie = dash.sessions.create(user)
+    response = RedirectResponse(_safe_next(request.query_params.get("next")), status_code=303, headers=_HEADERS)
+    response.set_cookie(COOKIE, cookie, httponly=True, samesite="strict", secure=dash.config.secure_cookie, path="/")
+    response.delete_cookie(csrf.LOGIN_COOKIE, path="/login")
+    return response
+
+
+@_signed_in
+async def logout(request: Request, dash: Dashboard, session: Session) -> Response:
+    dash.sessions.drop(session.sid)
+    response = RedirectResponse("/login", status_code=303, headers=_HEADERS)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+# ------------------------------------------------------------------ pages
+
+async def home(request: Request) -> Response:
+    return RedirectResponse("/accounts", status_code=303, headers=_HEADERS)
+
+
+@_signed_in
+async def accounts(request: Request, dash: Dashboard, session: Session) -> Response:
+    snap = dash.snapshot
+    rows = snap.data["accounts"][:RANKED_ROWS]
+    return _html(views.accounts_page(rows, snap.data["summary"], snap.events, dash.actions.current("account"),
+                                     total=len(snap.data["accounts"]), **_chrome(dash, session)))
+
+
+@_signed_in
+async def clusters(request: Request, dash: Dashboard, session: Session) -> Response:
+    return _html(views.clusters_page(dash.snapshot.data["clusters"], dash.actions.current("cluster"),
+                                     **_chrome(dash, session)))
+
+
+def _not_found(kind: str, name: str, dash: Dashboard, session: Session) -> Response:
+    return _html(views.error_page(404, f"No such {kind}", f"There is no {kind} {name!r} in the scanned store.",
+                                  **_chrome(dash, session)), 404)
+
+
+@_signed_in
+async def account(request: Request, dash: Dashboard, session: Session) -> Response:
+    snap = dash.snapshot
+    name = request.path_params["account"]
+    a = snap.accounts.get(name)
+    if a is None:
+        return _not_found("account", name, dash, session)
+    unit, timeline = snap.timeline(name)
+    chrome = _chrome(dash, session)
+    return _html(views.account_page(a, unit=unit, timeline=timeline, cadence=snap.cadence(name),
+                                    samples=snap.samples(name), plots=snap.plots.get(name, {}),
+                                    state=dash.actions.current("account").get(name),
+                                    history=dash.actions.entries(target_kind="account", target=name, limit=50),
+                                    **chrome))
+
+
+@_signed_in
+async def cluster(request: Request, dash: Dashboard, session: Session) -> Response:
+    snap = dash.snapshot
+    name = request.path_params["cluster"]
+    c = snap.clusters.get(name)
+    if c is None:
+        return _not_found("cluster", name, dash, session)
+    members = [snap.accounts[m] for m in c["accounts"] if m in snap.accounts]
+    return _html(views.cluster_page(c, members, state=dash.actions.current("cluster").get(name),
+                                    member_states=dash.actions.current("account"),
+                                    history=dash.actions.entries(target_kind="cluster", target=name, limit=50),
+                                    **_chrome(dash, session)))
+
+
+@_signed_in
+async def audit(request: Request, dash: Dashboard, session: Session) -> Response:
+    return _html(views.audit_page(dash.actions.entries(limit=1000), **_chrome(dash, session)))
+
+
+@_signed_in
+async def act(request: Request, dash: Dashboard, session: Session) -> Response:
+    form: dict[str, str] = request.state.form
+    kind, target, action = form.get("target_kind", ""), form.get("target", ""), form.get("action", "")
+    snap = dash.snapshot
+    known = snap.accounts if kind == "account" else snap.clusters if kind == "cluster" else None
+    if known is None or action not in ACTIONS:
+        return _html(views.error_page(400, "Bad request", "target_kind must be account or cluster and action one of "
+                                      + ", ".join(ACTIONS) + ".", **_chrome(dash, session)), 400)
+    if target not in known:
+        return _not_found(kind, target, dash, session)
+    dash.actions.record(analyst=session.user, client=_client(request), target_kind=kind, target=target,
+                        action=action, note=form.get("note", "")[:500])
+    return RedirectResponse(views.url("accounts" if kind == "account" else "clusters", target), status_code=303,
+                            headers=_HEADERS)
+
+
+@_signed_in
+async def refresh(request: Request, dash: Dashboard, session: Session) -> Response:
+    await asyncio.to_thread(dash.refresh)
+    return RedirectResponse("/accounts", status_code=303, headers=_HEADERS)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 500)
+    titles = {404: "Not found", 405: "Method not allowed", 413: "Form too large"}
+    return _html(views.error_page(status, titles.get(status, "Error"), "There is no such page."
+                                  if status == 404 else str(getattr(exc, "detail", ""))), status)
+
+
+def build_app(config: WebConfig, dashboard: Dashboard | None = None) -> Starlette:
+    """The ASGI app; the store is scanned once here (before serving), and on each re-scan."""
+    dash = dashboard or Dashboard(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        dash.close()
+
+    routes = [
+        Route("/", home), Route("/login", login_form, methods=["GET"]), Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]), Route("/accounts", accounts),
+        Route("/accounts/{account:path}", account), Route("/clusters", clusters),
+        Route("/clusters/{cluster:path}", cluster), Route("/audit", audit),
+        Route("/actions", act, methods=["POST"]), Route("/refresh", refresh, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+    app.state.dashboard = dash
+    return app

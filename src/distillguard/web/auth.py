@@ -1,0 +1,139 @@
+"""Login for the dashboard: one analyst password, server-side sessions in signed cookies, and a
+limit on failed logins per client address.
+
+The password is never kept in memory in clear: only a salted scrypt hash, compared in constant
+time. Session cookies carry a random session id and an HMAC of it under a secret drawn at start
+(restarting the server logs everyone out, on purpose).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distillguard.errors import BadInputError, UsageError
+
+PASSWORD_ENV = "DISTILLGUARD_WEB_PASSWORD"
+COOKIE = "dg_session"
+SESSION_TTL_S = 8 * 3600.0
+_SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}
+
+
+def read_password(password_file: Path | None) -> str:
+    """The analyst password from ``--password-file`` (first line) or the environment."""
+    if password_file is not None:
+        try:
+            text = password_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise BadInputError("no such password file", source=str(password_file)) from None
+        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+            raise BadInputError(f"cannot read the password file ({type(exc).__name__})",
+                                source=str(password_file)) from None
+        password = text.splitlines()[0].strip() if text.strip() else ""
+        if not password:
+            raise BadInputError("the password file is empty", source=str(password_file))
+    else:
+        password = os.environ.get(PASSWORD_ENV, "")
+        if not password:
+            raise UsageError(f"the dashboard needs a password: --password-file FILE or {PASSWORD_ENV}")
+    if len(password) < 8:
+        raise UsageError("the dashboard password must be at least 8 characters")
+    return password
+
+
+class PasswordCheck:
+    """A salted scrypt hash of the one password; ``verify`` compares in constant time."""
+
+    def __init__(self, password: str) -> None:
+        self._salt = secrets.token_bytes(16)
+        self._hash = self._derive(password)
+
+    def _derive(self, password: str) -> bytes:
+        return hashlib.scrypt(password.encode("utf-8"), salt=self._salt, **_SCRYPT)
+
+    def verify(self, password: str) -> bool:
+        return hmac.compare_digest(self._derive(password), self._hash)
+
+
+@dataclass
+class Session:
+    sid: str
+    user: str
+    csrf: str
+    expires: float
+
+
+@dataclass
+class SessionStore:
+    """Server-side sessions; the cookie is ``sid.hmac(secret, sid)``."""
+
+    ttl_s: float = SESSION_TTL_S
+    secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    _sessions: dict[str, Session] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _sign(self, sid: str) -> str:
+        return hmac.new(self.secret, sid.encode(), hashlib.sha256).hexdigest()
+
+    def create(self, user: str) -> tuple[Session, str]:
+        sid = secrets.token_urlsafe(24)
+        session = Session(sid=sid, user=user, csrf=secrets.token_urlsafe(24), expires=time.time() + self.ttl_s)
+        with self._lock:
+            self._sessions[sid] = session
+        return session, f"{sid}.{self._sign(sid)}"
+
+    def get(self, cookie: str | None) -> Session | None:
+        if not cookie or "." not in cookie:
+            return None
+        sid, _, mac = cookie.rpartition(".")
+        if not hmac.compare_digest(mac, self._sign(sid)):
+            return None
+        with self._lock:
+            session = self._sessions.get(sid)
+            if session is not None and session.expires < time.time():
+                del self._sessions[sid]
+                session = None
+        return session
+
+    def drop(self, sid: str) -> None:
+        with self._lock:
+            self._sessions.pop(sid, None)
+
+
+@dataclass
+class LoginLimiter:
+    """At most ``max_failures`` failed logins per client within ``window_s``; then refuse until the
+    oldest failure leaves the window (a correct password is refused too while locked)."""
+
+    max_failures: int = 5
+    window_s: float = 300.0
+    _failures: dict[str, list[float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _recent(self, client: str, now: float) -> list[float]:
+        kept = [t for t in self._failures.get(client, []) if now - t < self.window_s]
+        self._failures[client] = kept
+        return kept
+
+    def retry_after(self, client: str) -> float:
+        """Seconds until ``client`` may try again; 0 when allowed now."""
+        now = time.monotonic()
+        with self._lock:
+            recent = self._recent(client, now)
+            if len(recent) < self.max_failures:
+                return 0.0
+            return max(1.0, self.window_s - (now - recent[0]))
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            self._recent(client, time.monotonic()).append(time.monotonic())
+
+    def succeeded(self, client: str) -> None:
+        with self._lock:
+            self._failures.pop(client, None)

@@ -1,0 +1,161 @@
+"""What the dashboard reads: a snapshot of the event store (the scan plus pre-aggregated tables in
+an in-memory DuckDB) and the analysts' own action log in a separate DuckDB file.
+
+The event store is opened read-only, only while a snapshot is taken (at start and on refresh),
+so the dashboard never holds the store's lock while the gateway or an ingest needs it, and a
+page never scans the raw events: every page query runs on the small aggregate tables.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from distillguard.detect.scan import ScanOptions, ScanResult, scan_store
+from distillguard.errors import BadInputError
+from distillguard.store import EventStore
+
+ACTIONS = ("allowlist", "throttle", "block", "false_positive", "clear")
+# Accounts whose latest action is one of these are scanned as authorised on the next refresh.
+FEEDBACK_ACTIONS = ("allowlist", "false_positive")
+SAMPLES_PER_ACCOUNT = 8
+
+_AGGREGATES = {
+    "hourly": "SELECT account, date_trunc('hour', ts) AS hour, count(*) AS requests, "
+              "coalesce(sum(completion_tokens), 0)::BIGINT AS tokens FROM events GROUP BY ALL ORDER BY account, hour",
+    # Gaps between consecutive requests of one account, binned by half-decades of seconds
+    # (bin b covers [10^(b/2), 10^((b+1)/2)) s; bin -1 holds gaps under a second).
+    "cadence": "WITH g AS (SELECT account, epoch(ts) - epoch(lag(ts) OVER (PARTITION BY account ORDER BY ts)) AS gap "
+               "FROM events) SELECT account, CASE WHEN gap < 1 THEN -1 ELSE least(floor(log10(gap) * 2), 11)::INTEGER "
+               "END AS bin, count(*) AS n FROM g WHERE gap IS NOT NULL GROUP BY ALL ORDER BY account, bin",
+    "samples": f"SELECT account, ts, left(prompt_text, 400) AS prompt FROM (SELECT account, ts, prompt_text, "
+               f"row_number() OVER (PARTITION BY account ORDER BY ts) AS rn FROM events) WHERE rn <= "
+               f"{SAMPLES_PER_ACCOUNT} ORDER BY account, ts",
+}
+CADENCE_LABELS = ["<1s", "1s", "3s", "10s", "30s", "1m40", "5m", "17m", "50m", "2.8h", "8h", "28h", "≥3.7d"]
+
+
+@dataclass
+class Snapshot:
+    """The scan of the store and its aggregates, taken at one moment."""
+
+    result: ScanResult
+    data: dict[str, Any]                    # result.to_dict(): ranked accounts, clusters, summary
+    con: duckdb.DuckDBPyConnection          # in-memory: hourly, cadence, samples
+    taken_at: str
+    seconds: float
+    events: int
+    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    clusters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    plots: dict[str, dict[str, list]] = field(default_factory=dict)
+
+    @classmethod
+    def take(cls, db: str | Path, options: ScanOptions) -> "Snapshot":
+        started = time.perf_counter()
+        mem = duckdb.connect(":memory:")
+        with EventStore(db, read_only=True) as store:
+            events = store.count()
+            result = scan_store(store, options)
+            for name, sql in _AGGREGATES.items():
+                table = store.con.sql(sql).to_arrow_table()
+                mem.register("_t", table)
+                mem.execute(f"CREATE TABLE {name} AS SELECT * FROM _t")
+                mem.unregister("_t")
+        data = result.to_dict()
+        snap = cls(result=result, data=data, con=mem, events=events, seconds=time.perf_counter() - started,
+                   taken_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        snap.accounts = {a["account"]: a for a in data["accounts"]}
+        snap.clusters = {c["cluster"]: c for c in data["clusters"]}
+        snap.plots = {a.account: a.plots for a in result.accounts if a.plots}
+        return snap
+
+    def _rows(self, sql: str, params: list) -> list[tuple]:
+        cur = self.con.cursor()  # one cursor per query: pages run in worker threads
+        try:
+            return cur.execute(sql, params).fetchall()
+        finally:
+            cur.close()
+
+    def timeline(self, account: str) -> tuple[str, list[tuple[datetime, int, int]]]:
+        """(unit, [(bucket, requests, tokens)]): hourly, or daily when the account spans > 10 days."""
+        span = self._rows("SELECT min(hour), max(hour) FROM hourly WHERE account = ?", [account])[0]
+        if span[0] is None:
+            return "hour", []
+        unit = "day" if (span[1] - span[0]).total_seconds() > 10 * 86400 else "hour"
+        rows = self._rows(f"SELECT date_trunc('{unit}', hour) AS b, sum(requests)::BIGINT, sum(tokens)::BIGINT "
+                          "FROM hourly WHERE account = ? GROUP BY 1 ORDER BY 1", [account])
+        return unit, [(b, int(r), int(t)) for b, r, t in rows]
+
+    def cadence(self, account: str) -> list[int]:
+        counts = dict(self._rows("SELECT bin, n FROM cadence WHERE account = ?", [account]))
+        return [int(counts.get(b, 0)) for b in range(-1, 12)]
+
+    def samples(self, account: str) -> list[tuple[datetime, str]]:
+        return self._rows("SELECT ts, prompt FROM samples WHERE account = ? ORDER BY ts", [account])
+
+    def close(self) -> None:
+        self.con.close()
+
+
+class ActionLog:
+    """The analysts' audit log: one row per action, in its own DuckDB file (never the event store)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        try:
+            self.con = duckdb.connect(self.path)
+        except duckdb.Error as exc:
+            raise BadInputError(f"cannot open the dashboard's DuckDB file ({exc})", source=self.path) from None
+        self._lock = threading.Lock()
+        self.con.execute("SET TimeZone = 'UTC'")
+        self.con.execute("CREATE SEQUENCE IF NOT EXISTS audit_seq")
+        self.con.execute("CREATE TABLE IF NOT EXISTS audit_log (id BIGINT DEFAULT nextval('audit_seq') PRIMARY KEY, "
+                         "ts TIMESTAMP NOT NULL, analyst VARCHAR NOT NULL, client VARCHAR, target_kind VARCHAR NOT NULL, "
+                         "target VARCHAR NOT NULL, action VARCHAR NOT NULL, note VARCHAR)")
+
+    def record(self, *, analyst: str, client: str, target_kind: str, target: str, action: str, note: str) -> int:
+        if action not in ACTIONS:
+            raise ValueError(f"unknown action {action!r}")
+        with self._lock:
+            row = self.con.execute(
+                "INSERT INTO audit_log (ts, analyst, client, target_kind, target, action, note) "
+                "VALUES (now()::TIMESTAMP, ?, ?, ?, ?, ?, ?) RETURNING id",
+                [analyst, client, target_kind, target, action, note]).fetchone()
+        return int(row[0])
+
+    def entries(self, *, target_kind: str | None = None, target: str | None = None,
+                limit: int = 500) -> list[dict[str, Any]]:
+        where, params = [], []
+        if target_kind is not None:
+            where.append("target_kind = ?")
+            params.append(target_kind)
+        if target is not None:
+            where.append("target = ?")
+            params.append(target)
+        sql = ("SELECT id, ts, analyst, client, target_kind, target, action, note FROM audit_log"
+               + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY id DESC LIMIT {int(limit)}")
+        with self._lock:
+            rows = self.con.execute(sql, params).fetchall()
+        keys = ("id", "ts", "analyst", "client", "target_kind", "target", "action", "note")
+        return [dict(zip(keys, r)) for r in rows]
+
+    def current(self, target_kind: str = "account") -> dict[str, str]:
+        """target → its latest action (``clear`` removes a target)."""
+        with self._lock:
+            rows = self.con.execute(
+                "SELECT target, arg_max(action, id) FROM audit_log WHERE target_kind = ? GROUP BY target",
+                [target_kind]).fetchall()
+        return {t: a for t, a in rows if a != "clear"}
+
+    def feedback_allowlist(self) -> frozenset[str]:
+        return frozenset(t for t, a in self.current("account").items() if a in FEEDBACK_ACTIONS)
+
+    def close(self) -> None:
+        with self._lock:
+            self.con.close()

@@ -1,0 +1,203 @@
+"""HTML of the dashboard's pages: plain strings, every value through ``html.escape``, inline SVG
+plots (the scan report's helpers), no JavaScript."""
+
+from __future__ import annotations
+
+import html
+from datetime import datetime
+from typing import Any, Sequence
+from urllib.parse import quote
+
+from distillguard.report.scan_html import _CSS, _bars, _line, _p
+from distillguard.web.queries import ACTIONS, CADENCE_LABELS
+
+_EXTRA_CSS = """
+nav{display:flex;gap:1.2rem;align-items:center;border-bottom:1px solid #dde;padding-bottom:.6rem}
+nav form{display:inline;margin:0}nav .right{margin-left:auto;display:flex;gap:.6rem;align-items:center}
+button{cursor:pointer}.pill{padding:.05rem .45rem;border-radius:9px;background:#eef;font-size:12px}
+.pill.block{background:#fbe0de}.pill.throttle{background:#fff1cc}.pill.allowlist,.pill.false_positive{background:#dff3e2}
+pre{white-space:pre-wrap;background:#f7f7fa;padding:.4rem .6rem;border-radius:6px;margin:.3rem 0;font-size:12px}
+.error{color:#b3261e}form.actions{display:flex;gap:.5rem;flex-wrap:wrap;align-items:center}
+"""
+
+
+def e(x: Any) -> str:
+    return html.escape("" if x is None else str(x))
+
+
+def url(kind: str, name: str) -> str:
+    return f"/{kind}/{quote(name, safe='')}"
+
+
+def page(title: str, body: str, *, user: str | None = None, csrf: str | None = None, banner: str = "") -> str:
+    nav = ""
+    if user is not None:
+        nav = (f"<nav><b>distillguard</b><a href='/accounts'>Accounts</a><a href='/clusters'>Clusters</a>"
+               f"<a href='/audit'>Audit log</a><span class=right><small>{e(banner)}</small>"
+               f"<form method=post action='/refresh'>{hidden_csrf(csrf)}<button>Re-scan</button></form>"
+               f"<form method=post action='/logout'>{hidden_csrf(csrf)}<button>Log out {e(user)}</button></form>"
+               f"</span></nav>")
+    return (f"<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content='width=device-width'>"
+            f"<title>{e(title)} · distillguard</title><style>{_CSS}{_EXTRA_CSS}</style>{nav}{body}</html>")
+
+
+def hidden_csrf(token: str | None) -> str:
+    return f"<input type=hidden name=csrf value='{e(token)}'>"
+
+
+def login_page(token: str, error: str = "") -> str:
+    err = f"<p class=error role=alert>{e(error)}</p>" if error else ""
+    return page("Log in", f"<h1>distillguard dashboard</h1>{err}<form method=post action='/login'>"
+                          f"{hidden_csrf(token)}<p><label>Analyst name <input name=user value='analyst' "
+                          f"autocomplete=username></label></p><p><label>Password <input type=password name=password "
+                          f"autocomplete=current-password autofocus></label></p><p><button>Log in</button></p></form>")
+
+
+def error_page(code: int, title: str, detail: str, **chrome: Any) -> str:
+    return page(title, f"<h1>{code} · {e(title)}</h1><p>{e(detail)}</p><p><a href='/accounts'>Back to the "
+                       f"ranked accounts</a></p>", **chrome)
+
+
+def _state(action: str | None) -> str:
+    return f"<span class='pill {e(action)}'>{e(action.replace('_', ' '))}</span>" if action else ""
+
+
+def _cards(summary: dict[str, Any], events: int) -> str:
+    items = (("events", f"{events:,}"), ("accounts", f"{summary['accounts_scanned']:,}"),
+             ("campaigns", summary["campaigns"]), ("accounts flagged", summary["accounts_flagged"]),
+             ("clusters flagged", summary["clusters_flagged"]),
+             ("output tokens extracted", f"{summary['tokens_extracted']:,}"),
+             ("estimated value", f"${summary['estimated_cost_usd']:,.2f}"))
+    return "<div>" + "".join(f"<div class=card><b>{e(v)}</b>{e(k)}</div>" for k, v in items) + "</div>"
+
+
+def accounts_page(rows: Sequence[dict[str, Any]], summary: dict[str, Any], events: int, states: dict[str, str],
+                  *, total: int, **chrome: Any) -> str:
+    out = [f"<h1>Accounts by risk</h1>{_cards(summary, events)}",
+           f"<p><small>{len(rows):,} of {total:,} accounts, flagged first, then by p-value.</small></p>",
+           "<table id=accounts><tr><th>account<th>status<th class=num>risk<th class=num>p-value<th class=num>queries"
+           "<th class=num>output tokens<th>cluster<th>action<th>strongest reasons</tr>"]
+    for a in rows:
+        status = "<span class=flag>flagged</span>" if a["flagged"] else e(a["status"])
+        cluster = f"<a href='{url('clusters', a['cluster'])}'>{e(a['cluster'])}</a>" if a["cluster"] else ""
+        reasons = "<br>".join(e(r["detail"]) for r in a["reasons"][:2])
+        out.append(f"<tr><td><a href='{url('accounts', a['account'])}'>{e(a['account'])}</a><td>{status}"
+                   f"<td class=num>{a['score']:.2f}<td class=num>{_p(a['p_value'])}<td class=num>{a['queries']:,}"
+                   f"<td class=num>{a['completion_tokens']:,}<td>{cluster}<td>{_state(states.get(a['account']))}"
+                   f"<td>{reasons}</tr>")
+    out.append("</table>")
+    return page("Accounts", "".join(out), **chrome)
+
+
+def clusters_page(rows: Sequence[dict[str, Any]], states: dict[str, str], **chrome: Any) -> str:
+    out = ["<h1>Clusters of linked accounts</h1>"]
+    if not rows:
+        out.append("<p>No linked account clusters.</p>")
+    else:
+        out.append("<table id=clusters><tr><th>cluster<th>verdict<th class=num>accounts<th class=num>risk"
+                   "<th class=num>p-value<th class=num>queries<th class=num>attribution confidence<th>action"
+                   "<th>evidence</tr>")
+        for c in rows:
+            verdict = "<span class=flag>flagged</span>" if c["flagged"] else "<span class=ok>clear</span>"
+            out.append(f"<tr><td><a href='{url('clusters', c['cluster'])}'>{e(c['cluster'])}</a><td>{verdict}"
+                       f"<td class=num>{len(c['accounts'])}<td class=num>{c['score']:.2f}<td class=num>"
+                       f"{_p(c['p_value'])}<td class=num>{c['queries']:,}<td class=num>"
+                       f"{c['attribution_confidence']:.2f}<td>{_state(states.get(c['cluster']))}<td>"
+                       + "<br>".join(e(r["detail"]) for r in c["reasons"][:3]) + "</tr>")
+        out.append("</table>")
+    return page("Clusters", "".join(out), **chrome)
+
+
+def _series(values: Sequence[int], labels: Sequence[str], *, label: str, width: int = 640, height: int = 110,
+            color: str = "#5472d3") -> str:
+    """Bars with a first and last axis label; a title on each bar."""
+    if not values:
+        return ""
+    peak = max(values) or 1
+    bw = (width - 10) / len(values)
+    bars = "".join(f'<rect x="{5 + i * bw:.1f}" y="{height - 16 - v / peak * (height - 30):.1f}" '
+                   f'width="{max(bw - 1, 0.5):.1f}" height="{v / peak * (height - 30):.1f}" fill="{color}">'
+                   f'<title>{e(labels[i])}: {v:,}</title></rect>' for i, v in enumerate(values))
+    return (f'<svg width="{width}" height="{height}" role="img" aria-label="{e(label)}"><text x="0" y="10" '
+            f'font-size="10">{e(label)} (max {peak:,})</text>{bars}<text x="5" y="{height - 3}" font-size="10">'
+            f'{e(labels[0])}</text><text x="{width - 5}" y="{height - 3}" font-size="10" text-anchor="end">'
+            f'{e(labels[-1])}</text></svg>')
+
+
+def _action_form(kind: str, target: str, csrf: str | None) -> str:
+    buttons = "".join(f"<button name=action value='{a}'>{e(a.replace('_', ' '))}</button>" for a in ACTIONS)
+    return (f"<form method=post action='/actions' class=actions>{hidden_csrf(csrf)}"
+            f"<input type=hidden name=target_kind value='{e(kind)}'><input type=hidden name=target value='{e(target)}'>"
+            f"<input name=note placeholder='note (why)' size=40 maxlength=500>{buttons}</form>")
+
+
+def _history(entries: Sequence[dict[str, Any]], *, with_target: bool = False) -> str:
+    if not entries:
+        return "<p>No actions yet.</p>"
+    head = "<th>target" if with_target else ""
+    rows = []
+    for x in entries:
+        target = (f"<td><a href='{url('accounts' if x['target_kind'] == 'account' else 'clusters', x['target'])}'>"
+                  f"{e(x['target_kind'])} {e(x['target'])}</a>") if with_target else ""
+        ts = x["ts"].strftime("%Y-%m-%d %H:%M:%S") if isinstance(x["ts"], datetime) else x["ts"]
+        rows.append(f"<tr><td class=num>{x['id']}<td>{e(ts)}Z<td>{e(x['analyst'])}{target}<td>{_state(x['action'])}"
+                    f"<td>{e(x['note'])}<td><small>{e(x['client'])}</small></tr>")
+    return (f"<table class=audit><tr><th class=num>#<th>when (UTC)<th>analyst{head}<th>action<th>note<th>from</tr>"
+            + "".join(rows) + "</table>")
+
+
+def account_page(a: dict[str, Any], *, unit: str, timeline: Sequence[tuple[datetime, int, int]],
+                 cadence: Sequence[int], samples: Sequence[tuple[datetime, str]], plots: dict[str, list],
+                 state: str | None, history: Sequence[dict[str, Any]], csrf: str | None, **chrome: Any) -> str:
+    fmt = "%Y-%m-%d" if unit == "day" else "%m-%d %H:00"
+    labels = [t.strftime(fmt) for t, _, _ in timeline]
+    verdict = "<span class=flag>flagged</span>" if a["flagged"] else e(a["status"])
+    cluster = f", cluster <a href='{url('clusters', a['cluster'])}'>{e(a['cluster'])}</a>" if a["cluster"] else ""
+    out = [f"<h1>Account {e(a['account'])} {_state(state)}</h1>",
+           f"<p>{verdict} — risk {a['score']:.2f}, p-value {_p(a['p_value'])}, {a['queries']:,} queries, "
+           f"{a['completion_tokens']:,} output tokens, top area {e(a['top_area'])}, {e(a['first_seen'])} → "
+           f"{e(a['last_seen'])}{cluster}</p>",
+           "<h2>Reasons</h2>" + ("<ul id=reasons>" + "".join(f"<li>{e(r['detail'])}" for r in a["reasons"]) + "</ul>"
+                                 if a["reasons"] else "<p>No signal stands out.</p>"),
+           f"<h2>Act</h2>{_action_form('account', a['account'], csrf)}",
+           f"<h2>Timeline (per {unit})</h2><div class=plots>",
+           _series([r for _, r, _ in timeline], labels, label=f"requests per {unit}"),
+           _series([t for _, _, t in timeline], labels, label=f"output tokens per {unit}", color="#b3261e"),
+           "</div><h2>Cadence</h2><div class=plots>",
+           _series(list(cadence), CADENCE_LABELS, label="gaps between consecutive requests", width=420,
+                   color="#6a4fb3")]
+    if plots:
+        out += [_bars(plots["hour_histogram"], label="requests by hour of day (UTC)"),
+                _line(plots["coverage_growth"], label="coverage growth: distinct prompts vs queries")]
+    out.append("</div><h2>Sample prompts (earliest)</h2>")
+    out += [f"<p><small>{e(ts.strftime('%Y-%m-%d %H:%M:%S'))}Z</small><pre>{e(text)}</pre>" for ts, text in samples]
+    out.append(f"<h2>Actions on this account</h2>{_history(history)}")
+    return page(f"Account {a['account']}", "".join(out), csrf=csrf, **chrome)
+
+
+def cluster_page(c: dict[str, Any], members: Sequence[dict[str, Any]], *, state: str | None,
+                 member_states: dict[str, str], history: Sequence[dict[str, Any]], csrf: str | None,
+                 **chrome: Any) -> str:
+    verdict = "<span class=flag>flagged</span>" if c["flagged"] else "<span class=ok>clear</span>"
+    links = ", ".join(f"{e(k)}: {v}" for k, v in c["links"].items())
+    out = [f"<h1>Cluster {e(c['cluster'])} {_state(state)}</h1>",
+           f"<p>{verdict} — {len(c['accounts'])} accounts, risk {c['score']:.2f}, p-value {_p(c['p_value'])}, "
+           f"{c['queries']:,} queries, {c['completion_tokens']:,} output tokens, attribution confidence "
+           f"{c['attribution_confidence']:.2f} (links: {links})</p>",
+           "<h2>Evidence</h2><ul>" + "".join(f"<li>{e(r['detail'])}" for r in c["reasons"]) + "</ul>",
+           f"<h2>Act on the cluster</h2>{_action_form('cluster', c['cluster'], csrf)}",
+           "<h2>Member accounts</h2><table><tr><th>account<th>status<th class=num>queries<th class=num>output tokens"
+           "<th>action</tr>"]
+    for m in members:
+        out.append(f"<tr><td><a href='{url('accounts', m['account'])}'>{e(m['account'])}</a><td>"
+                   f"{'<span class=flag>flagged</span>' if m['flagged'] else e(m['status'])}<td class=num>"
+                   f"{m['queries']:,}<td class=num>{m['completion_tokens']:,}<td>{_state(member_states.get(m['account']))}"
+                   f"</tr>")
+    out.append(f"</table><h2>Actions on this cluster</h2>{_history(history)}")
+    return page(f"Cluster {c['cluster']}", "".join(out), csrf=csrf, **chrome)
+
+
+def audit_page(entries: Sequence[dict[str, Any]], **chrome: Any) -> str:
+    return page("Audit log", "<h1>Audit log</h1><p><small>Every action taken in the dashboard, newest first. "
+                             "Allowlisted accounts and false positives are scanned as authorised on the next "
+                             "re-scan.</small></p>" + _history(entries, with_target=True), **chrome)

@@ -1,0 +1,228 @@
+"""`distillguard web` over real HTTP (uvicorn on loopback, httpx): login, sessions, rate limits,
+CSRF, pages, actions in the audit log, the feedback to the scan, 404 pages, and the store left
+unlocked for the gateway and ingest."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from distillguard.gateway.server import ServerThread
+from distillguard.store import EventStore
+from distillguard.web.app import Dashboard, WebConfig, build_app
+from web_support import build_lab_store
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    work = tmp_path_factory.mktemp("web-lab")
+    db, labels = build_lab_store(work)
+    return db, labels, work
+
+
+@pytest.fixture(scope="module")
+def dash(lab):
+    db, _, work = lab
+    return Dashboard(WebConfig(db=db, state=work / "web.duckdb", password=PASSWORD, max_failures=3,
+                               failure_window_s=60))
+
+
+@pytest.fixture(scope="module")
+def server(dash):
+    with ServerThread(build_app(dash.config, dash)) as srv:
+        yield srv
+
+
+def _csrf(page: str) -> str:
+    return re.search(r"name=csrf value='([^']+)'", page).group(1)
+
+
+def login(base: str, password: str = PASSWORD, user: str = "alice", **client_kw) -> tuple[httpx.Client, httpx.Response]:
+    client = httpx.Client(base_url=base, follow_redirects=False, timeout=30, **client_kw)
+    form = client.get("/login")
+    reply = client.post("/login", data={"csrf": _csrf(form.text), "user": user, "password": password})
+    return client, reply
+
+
+@pytest.fixture(scope="module")
+def analyst(server):
+    client, reply = login(server.url)
+    assert reply.status_code == 303
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def flagged(dash):
+    return [a for a in dash.snapshot.data["accounts"] if a["flagged"] and not a["cluster"]]
+
+
+def test_pages_need_a_login(server):
+    for path in ("/accounts", "/clusters", "/audit", "/accounts/x"):
+        reply = httpx.get(server.url + path)
+        assert reply.status_code == 303 and reply.headers["location"].startswith("/login?next=")
+    assert httpx.post(server.url + "/actions", data={"target": "x"}).status_code == 403
+
+
+def test_login_sets_a_strict_httponly_session_cookie(server):
+    client, reply = login(server.url, user="bob")
+    try:
+        assert reply.headers["location"] == "/accounts"
+        cookie = next(h for h in reply.headers.get_list("set-cookie") if h.startswith("dg_session="))
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+        page = client.get("/accounts")
+        assert page.status_code == 200 and "Log out bob" in page.text
+        assert "script-src" not in page.headers["content-security-policy"]  # default-src 'none': no scripts
+        # a forged cookie (right id, wrong signature) is no session
+        sid = client.cookies["dg_session"].rpartition(".")[0]
+        forged = httpx.get(server.url + "/accounts", cookies={"dg_session": sid + ".00"})
+        assert forged.status_code == 303
+        # log out ends the session on the server, not only in the browser
+        token = _csrf(page.text)
+        old = client.cookies["dg_session"]
+        assert client.post("/logout", data={"csrf": token}).status_code == 303
+        assert httpx.get(server.url + "/accounts", cookies={"dg_session": old}).status_code == 303
+    finally:
+        client.close()
+
+
+def test_wrong_password_is_refused(server):
+    client, reply = login(server.url, password="wrong password", transport=httpx.HTTPTransport(
+        local_address="127.0.0.3"))
+    try:
+        assert reply.status_code == 401 and "Wrong password" in reply.text
+        assert "dg_session" not in client.cookies
+        assert client.get("/accounts").status_code == 303
+    finally:
+        client.close()
+
+
+def test_failed_logins_are_rate_limited_per_client(server):
+    transport = httpx.HTTPTransport(local_address="127.0.0.2")
+    for _ in range(3):
+        client, reply = login(server.url, password="guess guess", transport=transport)
+        client.close()
+        assert reply.status_code == 401
+    client, reply = login(server.url, transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+    client.close()
+    assert reply.status_code == 429 and int(reply.headers["retry-after"]) > 0  # even the right password
+    other, reply = login(server.url, user="carol")                              # another address is not locked out
+    other.close()
+    assert reply.status_code == 303
+
+
+def test_login_needs_its_csrf_token(server):
+    reply = httpx.post(server.url + "/login", data={"user": "x", "password": PASSWORD})
+    assert reply.status_code == 403 and "dg_session" not in reply.cookies
+
+
+def test_ranked_accounts_and_clusters(analyst, dash, flagged):
+    page = analyst.get("/accounts").text
+    accounts = dash.snapshot.data["accounts"]
+    order = [m for m in re.findall(r"<a href='/accounts/([^']+)'>", page)]
+    assert order[: len(accounts[:20])] == [a["account"] for a in accounts[:20]]
+    assert all(a["account"] in page for a in flagged)
+    assert f"{dash.snapshot.data['summary']['tokens_extracted']:,}" in page
+    clusters = analyst.get("/clusters").text
+    flagged_clusters = [c for c in dash.snapshot.data["clusters"] if c["flagged"]]
+    assert flagged_clusters and all(f"/clusters/{c['cluster']}" in clusters for c in flagged_clusters)
+    one = analyst.get(f"/clusters/{flagged_clusters[0]['cluster']}")
+    assert one.status_code == 200 and "attribution confidence" in one.text
+    assert all(f"/accounts/{m}" in one.text for m in flagged_clusters[0]["accounts"])
+
+
+def test_account_page_shows_evidence(analyst, dash, flagged):
+    a = flagged[0]
+    page = analyst.get(f"/accounts/{a['account']}").text
+    assert "requests per hour" in page and "output tokens per hour" in page and "gaps between" in page
+    assert page.count("<svg") >= 3
+    assert a["reasons"][0]["detail"].split(" ")[0] in page
+    samples = dash.snapshot.samples(a["account"])
+    assert samples and samples[0][1][:40].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")[:30] in page
+
+
+def test_post_without_or_with_wrong_csrf_is_refused(analyst, dash, flagged):
+    before = len(dash.actions.entries())
+    target = {"target_kind": "account", "target": flagged[0]["account"], "action": "block"}
+    assert analyst.post("/actions", data=target).status_code == 403
+    assert analyst.post("/actions", data={**target, "csrf": "wrong"}).status_code == 403
+    assert analyst.post("/refresh", data={}).status_code == 403
+    assert len(dash.actions.entries()) == before
+
+
+def test_action_lands_in_the_audit_log(analyst, dash, flagged):
+    name = flagged[0]["account"]
+    token = _csrf(analyst.get(f"/accounts/{name}").text)
+    reply = analyst.post("/actions", data={"csrf": token, "target_kind": "account", "target": name,
+                                           "action": "throttle", "note": "<b>too regular</b>"})
+    assert reply.status_code == 303 and reply.headers["location"] == f"/accounts/{name}"
+    entry = dash.actions.entries(target=name)[0]
+    assert (entry["analyst"], entry["action"], entry["note"]) == ("alice", "throttle", "<b>too regular</b>")
+    audit = analyst.get("/audit").text
+    assert name in audit and "throttle" in audit and "&lt;b&gt;too regular&lt;/b&gt;" in audit
+    assert "<b>too regular</b>" not in audit
+    assert "throttle" in analyst.get(f"/accounts/{name}").text
+    assert dash.actions.current()[name] == "throttle"
+
+
+def test_bad_actions_are_refused(analyst, flagged):
+    token = _csrf(analyst.get("/audit").text)
+    bad = analyst.post("/actions", data={"csrf": token, "target_kind": "account", "target": flagged[0]["account"],
+                                         "action": "delete"})
+    assert bad.status_code == 400
+    missing = analyst.post("/actions", data={"csrf": token, "target_kind": "account", "target": "nobody",
+                                             "action": "block"})
+    assert missing.status_code == 404
+
+
+def test_unknown_ids_give_a_404_page(analyst):
+    for path, what in (("/accounts/nobody", "No such account"), ("/clusters/c999", "No such cluster"),
+                       ("/nowhere", "Not found")):
+        reply = analyst.get(path)
+        assert reply.status_code == 404 and what in reply.text and reply.headers["content-type"].startswith("text/html")
+    reply = analyst.get("/accounts/%3Cscript%3Ealert(1)%3C%2Fscript%3E")
+    assert reply.status_code == 404 and "<script>" not in reply.text and "&lt;script&gt;" in reply.text
+
+
+def test_the_store_stays_unlocked(lab, server, analyst):
+    db, _, _ = lab
+    with EventStore(db) as writer:  # read-write: would fail while another process/conn held it
+        assert writer.count() > 0
+    assert analyst.get("/accounts").status_code == 200
+
+
+def test_false_positive_is_fed_back_on_rescan(analyst, dash, flagged):
+    name = flagged[-1]["account"]
+    token = _csrf(analyst.get(f"/accounts/{name}").text)
+    analyst.post("/actions", data={"csrf": token, "target_kind": "account", "target": name,
+                                   "action": "false_positive", "note": "customer's eval"})
+    assert dash.snapshot.accounts[name]["flagged"]
+    assert analyst.post("/refresh", data={"csrf": token}).status_code == 303
+    assert not dash.snapshot.accounts[name]["flagged"] and dash.snapshot.accounts[name]["status"] == "authorised"
+    assert "false positive" in analyst.get(f"/accounts/{name}").text
+
+
+@pytest.mark.parametrize("args,env,message", [
+    ([], None, "needs a password"),
+    (["--password-file", "missing.txt"], None, "no such password file"),
+    ([], "short", "at least 8 characters"),
+    (["--db", "nope.duckdb"], PASSWORD, "no such DuckDB file"),
+])
+def test_cli_bad_input_is_one_line(lab, tmp_path, monkeypatch, capsys, args, env, message):
+    from distillguard.cli import main
+
+    db, _, _ = lab
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DISTILLGUARD_WEB_PASSWORD", raising=False)
+    if env is not None:
+        monkeypatch.setenv("DISTILLGUARD_WEB_PASSWORD", env)
+    if "--db" not in args:
+        args = ["--db", str(db), *args]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["web", *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
