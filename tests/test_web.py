@@ -141,6 +141,11 @@ def test_account_page_shows_evidence(analyst, dash, flagged):
     assert "requests per hour" in page and "output tokens per hour" in page and "gaps between" in page
     assert page.count("<svg") >= 3
     assert a["reasons"][0]["detail"].split(" ")[0] in page
+    unit, timeline = dash.snapshot.timeline(a["account"])
+    assert sum(r for _, r, _ in timeline) == a["queries"] and sum(t for _, _, t in timeline) == a["completion_tokens"]
+    steps = {(b2 - b1).total_seconds() for (b1, _, _), (b2, _, _) in zip(timeline, timeline[1:])}
+    assert steps == {3600.0 if unit == "hour" else 86400.0}   # dense: quiet hours are zero bars
+    assert sum(dash.snapshot.cadence(a["account"])) == a["queries"] - 1
     samples = dash.snapshot.samples(a["account"])
     assert samples and samples[0][1][:40].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")[:30] in page
 

@@ -88,8 +88,12 @@ class Snapshot:
         if span[0] is None:
             return "hour", []
         unit = "day" if (span[1] - span[0]).total_seconds() > 10 * 86400 else "hour"
-        rows = self._rows(f"SELECT date_trunc('{unit}', hour) AS b, sum(requests)::BIGINT, sum(tokens)::BIGINT "
-                          "FROM hourly WHERE account = ? GROUP BY 1 ORDER BY 1", [account])
+        # A dense series (quiet hours/days as zero bars), so bar positions are true time.
+        rows = self._rows(
+            f"SELECT g.b, coalesce(sum(h.requests), 0)::BIGINT, coalesce(sum(h.tokens), 0)::BIGINT "
+            f"FROM generate_series(date_trunc('{unit}', ?::TIMESTAMP), ?::TIMESTAMP, INTERVAL 1 {unit}) AS g(b) "
+            f"LEFT JOIN hourly h ON h.account = ? AND date_trunc('{unit}', h.hour) = g.b GROUP BY 1 ORDER BY 1",
+            [span[0], span[1], account])
         return unit, [(b, int(r), int(t)) for b, r, t in rows]
 
     def cadence(self, account: str) -> list[int]:
