@@ -231,3 +231,25 @@ def test_cli_bad_input_is_one_line(lab, tmp_path, monkeypatch, capsys, args, env
         main(["web", *args])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_sessions_expire_and_lockouts_end():
+    import time
+
+    from distillguard.web.auth import LoginLimiter, PasswordCheck, SessionStore
+
+    expired = SessionStore(ttl_s=-1)
+    _, cookie = expired.create("x")
+    assert expired.get(cookie) is None
+    live = SessionStore()
+    session, cookie = live.create("x")
+    assert live.get(cookie) is session and live.get(cookie + "0") is None and live.get("garbage") is None
+    limiter = LoginLimiter(max_failures=2, window_s=0.3)
+    limiter.failed("a")
+    assert limiter.retry_after("a") == 0
+    limiter.failed("a")
+    assert limiter.retry_after("a") > 0 and limiter.retry_after("b") == 0
+    time.sleep(0.35)
+    assert limiter.retry_after("a") == 0
+    check = PasswordCheck("long enough")
+    assert check.verify("long enough") and not check.verify("long enough ") and not check.verify("")

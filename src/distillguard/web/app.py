@@ -69,9 +69,9 @@ class Dashboard:
     def refresh(self) -> None:
         """Re-scan the store (analysts' allowlist and false positives fed back) and swap the snapshot."""
         with self._refresh_lock:
-            new = self._take()
-            old, self.snapshot = self.snapshot, new
-        old.close()
+            # The old snapshot is not closed here: a page may still be reading it in another
+            # thread; its in-memory database goes when the last reference does.
+            self.snapshot = self._take()
 
     def close(self) -> None:
         self.snapshot.close()

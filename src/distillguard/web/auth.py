@@ -85,6 +85,9 @@ class SessionStore:
         sid = secrets.token_urlsafe(24)
         session = Session(sid=sid, user=user, csrf=secrets.token_urlsafe(24), expires=time.time() + self.ttl_s)
         with self._lock:
+            now = time.time()
+            for stale in [k for k, v in self._sessions.items() if v.expires < now]:
+                del self._sessions[stale]
             self._sessions[sid] = session
         return session, f"{sid}.{self._sign(sid)}"
 
