@@ -133,6 +133,10 @@ def test_ranked_accounts_and_clusters(analyst, dash, flagged):
     one = analyst.get(f"/clusters/{flagged_clusters[0]['cluster']}")
     assert one.status_code == 200 and "attribution confidence" in one.text
     assert all(f"/accounts/{m}" in one.text for m in flagged_clusters[0]["accounts"])
+    edges = dash.snapshot.links[flagged_clusters[0]["cluster"]]
+    members = set(flagged_clusters[0]["accounts"])
+    assert len(edges) >= len(members) - 1 and all(a in members and b in members and kinds for a, b, kinds in edges)
+    assert one.text.count("<line ") == len(edges) and "id=link-graph" in one.text
 
 
 def test_account_page_shows_evidence(analyst, dash, flagged):
@@ -253,3 +257,17 @@ def test_sessions_expire_and_lockouts_end():
     assert limiter.retry_after("a") == 0
     check = PasswordCheck("long enough")
     assert check.verify("long enough") and not check.verify("long enough ") and not check.verify("")
+
+
+def test_snapshot_is_the_scan(lab, tmp_path):
+    from distillguard.detect.scan import ScanOptions, scan_store
+    from distillguard.web.queries import Snapshot
+
+    db, _, _ = lab
+    with EventStore(db, read_only=True) as store:
+        expected = scan_store(store, ScanOptions()).to_dict()
+    snap = Snapshot.take(db, ScanOptions())
+    assert snap.data["summary"] == expected["summary"]
+    assert [(a["account"], a["flagged"]) for a in snap.data["accounts"]] == \
+        [(a["account"], a["flagged"]) for a in expected["accounts"]]
+    assert snap.events == sum(a["queries"] for a in expected["accounts"])

@@ -234,7 +234,7 @@ async def cluster(request: Request, dash: Dashboard, session: Session) -> Respon
     return _html(views.cluster_page(c, members, state=dash.actions.current("cluster").get(name),
                                     member_states=dash.actions.current("account"),
                                     history=dash.actions.entries(target_kind="cluster", target=name, limit=50),
-                                    **_chrome(dash, session)))
+                                    edges=snap.links.get(name, []), **_chrome(dash, session)))
 
 
 @_signed_in

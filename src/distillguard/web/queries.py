@@ -17,7 +17,10 @@ from typing import Any
 
 import duckdb
 
-from distillguard.detect.scan import ScanOptions, ScanResult, scan_store
+from distillguard.detect.baseline import load_default
+from distillguard.detect.engine import identities, local_features
+from distillguard.detect.hydra import link_graph
+from distillguard.detect.scan import ScanOptions, ScanResult, score_features
 from distillguard.errors import BadInputError
 from distillguard.store import EventStore
 
@@ -54,6 +57,7 @@ class Snapshot:
     accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
     clusters: dict[str, dict[str, Any]] = field(default_factory=dict)
     plots: dict[str, dict[str, list]] = field(default_factory=dict)
+    links: dict[str, list[tuple[str, str, list[str]]]] = field(default_factory=dict)  # cluster -> edges
 
     @classmethod
     def take(cls, db: str | Path, options: ScanOptions) -> "Snapshot":
@@ -61,7 +65,13 @@ class Snapshot:
         mem = duckdb.connect(":memory:")
         with EventStore(db, read_only=True) as store:
             events = store.count()
-            result = scan_store(store, options)
+            # The scan's own steps (scan_store), keeping the template keys to redraw the link graph.
+            options.check()
+            baseline = options.baseline or load_default()
+            features, template_keys = local_features(store, max_tokens_cap=baseline.max_tokens_cap,
+                                                     workers=options.workers)
+            result = score_features(store, features, template_keys, baseline, options)
+            graph = link_graph(identities(store, template_keys)) if result.clusters else None
             for name, sql in _AGGREGATES.items():
                 table = store.con.sql(sql).to_arrow_table()
                 mem.register("_t", table)
@@ -73,6 +83,10 @@ class Snapshot:
         snap.accounts = {a["account"]: a for a in data["accounts"]}
         snap.clusters = {c["cluster"]: c for c in data["clusters"]}
         snap.plots = {a.account: a.plots for a in result.accounts if a.plots}
+        if graph is not None:
+            for c in result.clusters:
+                sub = graph.subgraph(c.accounts)
+                snap.links[c.cluster] = sorted((a, b, list(d["kinds"])) for a, b, d in sub.edges(data=True))
         return snap
 
     def _rows(self, sql: str, params: list) -> list[tuple]:

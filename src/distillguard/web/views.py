@@ -175,9 +175,37 @@ def account_page(a: dict[str, Any], *, unit: str, timeline: Sequence[tuple[datet
     return page(f"Account {a['account']}", "".join(out), csrf=csrf, **chrome)
 
 
+def link_graph_svg(members: Sequence[dict[str, Any]], edges: Sequence[tuple[str, str, list[str]]],
+                   size: int = 460) -> str:
+    """Members on a circle (red: flagged), a line per link titled with its kinds; nodes link to accounts."""
+    if not members:
+        return ""
+    import math
+
+    n = len(members)
+    r = size / 2 - 40
+    pos = {m["account"]: (size / 2 + r * math.cos(2 * math.pi * i / n - math.pi / 2),
+                          size / 2 + r * math.sin(2 * math.pi * i / n - math.pi / 2)) for i, m in enumerate(members)}
+    lines = "".join(
+        f'<line x1="{pos[a][0]:.1f}" y1="{pos[a][1]:.1f}" x2="{pos[b][0]:.1f}" y2="{pos[b][1]:.1f}" '
+        f'stroke="#8892b0" stroke-opacity=".45" stroke-width="{1 + len(kinds) / 3:.1f}"><title>{e(a)} – {e(b)}: '
+        f'{e(", ".join(kinds))}</title></line>' for a, b, kinds in edges if a in pos and b in pos)
+    nodes = []
+    for m in members:
+        x, y = pos[m["account"]]
+        label = (f'<text x="{x:.1f}" y="{y - 9:.1f}" font-size="9" text-anchor="middle">{e(m["account"][-6:])}</text>'
+                 if n <= 24 else "")
+        nodes.append(f'<a href="{url("accounts", m["account"])}"><circle cx="{x:.1f}" cy="{y:.1f}" r="6" '
+                     f'fill="{"#b3261e" if m["flagged"] else "#2e7d32"}"><title>{e(m["account"])}: '
+                     f'{m["queries"]:,} queries</title></circle>{label}</a>')
+    return (f'<svg id=link-graph width="{size}" height="{size}" role="img" aria-label="linked accounts">'
+            f'<text x="0" y="10" font-size="10">{n} accounts, {len(edges)} links (hover a line for its '
+            f'evidence)</text>{lines}{"".join(nodes)}</svg>')
+
+
 def cluster_page(c: dict[str, Any], members: Sequence[dict[str, Any]], *, state: str | None,
                  member_states: dict[str, str], history: Sequence[dict[str, Any]], csrf: str | None,
-                 **chrome: Any) -> str:
+                 edges: Sequence[tuple[str, str, list[str]]] = (), **chrome: Any) -> str:
     verdict = "<span class=flag>flagged</span>" if c["flagged"] else "<span class=ok>clear</span>"
     links = ", ".join(f"{e(k)}: {v}" for k, v in c["links"].items())
     out = [f"<h1>Cluster {e(c['cluster'])} {_state(state)}</h1>",
@@ -186,6 +214,7 @@ def cluster_page(c: dict[str, Any], members: Sequence[dict[str, Any]], *, state:
            f"{c['attribution_confidence']:.2f} (links: {links})</p>",
            "<h2>Evidence</h2><ul>" + "".join(f"<li>{e(r['detail'])}" for r in c["reasons"]) + "</ul>",
            f"<h2>Act on the cluster</h2>{_action_form('cluster', c['cluster'], csrf)}",
+           f"<h2>Link graph</h2>{link_graph_svg(members, edges)}",
            "<h2>Member accounts</h2><table><tr><th>account<th>status<th class=num>queries<th class=num>output tokens"
            "<th>action</tr>"]
     for m in members:
