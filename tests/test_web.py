@@ -211,6 +211,9 @@ def test_false_positive_is_fed_back_on_rescan(analyst, dash, flagged):
                                    "action": "false_positive", "note": "customer's eval"})
     assert dash.snapshot.accounts[name]["flagged"]
     assert analyst.post("/refresh", data={"csrf": token}).status_code == 303
+    assert "re-scan running" in analyst.get("/audit").text or not dash.refreshing
+    dash.wait_refresh(60)
+    assert not dash.refreshing and dash.refresh_error is None
     assert not dash.snapshot.accounts[name]["flagged"] and dash.snapshot.accounts[name]["status"] == "authorised"
     assert "false positive" in analyst.get(f"/accounts/{name}").text
 
@@ -271,3 +274,19 @@ def test_snapshot_is_the_scan(lab, tmp_path):
     assert [(a["account"], a["flagged"]) for a in snap.data["accounts"]] == \
         [(a["account"], a["flagged"]) for a in expected["accounts"]]
     assert snap.events == sum(a["queries"] for a in expected["accounts"])
+
+
+def test_account_page_shows_peer_intel_escaped(dash, flagged):
+    from distillguard.web import views
+
+    name = flagged[0]["account"]
+    a = {**dash.snapshot.accounts[name], "intel": {"score": 0.93, "flagged": True, "matches": [
+        {"peer": "acme<corp>", "indicator": "x", "kind": "ip24", "confidence": 80, "trust": 0.9, "tlp": "amber",
+         "campaign": "Op <Sweep>", "campaign_id": None, "weight": 0.72}]}}
+    page = views.account_page(a, unit="hour", timeline=[], cadence=[0] * 13, samples=[], plots={}, state=None,
+                              history=[], csrf="t", user="u", banner="")
+    assert "Peer intel" in page and "Score 0.93 — flagged by intel" in page
+    assert "acme&lt;corp&gt;" in page and "Op &lt;Sweep&gt;" in page and "Op <Sweep>" not in page
+    plain = views.account_page(dash.snapshot.accounts[name], unit="hour", timeline=[], cadence=[0] * 13, samples=[],
+                               plots={}, state=None, history=[], csrf="t", user="u", banner="")
+    assert "Peer intel" not in plain

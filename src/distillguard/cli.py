@@ -416,6 +416,8 @@ def web(
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="Baseline file (default: the shipped one)."),
     fpr: float = typer.Option(0.001, "--fpr", help="Target false-positive rate on organic accounts."),
     price: float = typer.Option(10.0, "--price-per-mtok", help="USD per million output tokens, for the value."),
+    intel: Optional[Path] = typer.Option(None, "--intel", metavar="HOME",
+                                         help="An intel home: peers' matches shown and scored (see docs/intel.md)."),
 ) -> None:
     """The analyst dashboard: ranked accounts and clusters, evidence, actions and an audit log."""
     import uvicorn
@@ -434,8 +436,13 @@ def web(
         raise BadInputError("no such DuckDB file", source=str(db))
     if not is_duckdb_file(db):
         raise BadInputError("not a DuckDB database file", source=str(db))
+    signal = None
+    if intel is not None:
+        from distillguard.intel.match import IntelSignal
+
+        signal = IntelSignal.from_home(intel)
     options = ScanOptions(baseline=Baseline.load(baseline) if baseline else None, fpr=fpr, price_per_million=price,
-                          workers=os.cpu_count() or 1)
+                          workers=os.cpu_count() or 1, intel=signal)
     options.check()
     config = WebConfig(db=db, state=state or db.with_name(db.name + ".web.duckdb"), password=password, options=options)
     err_console.print(f"scanning {db} …")

@@ -57,6 +57,8 @@ class Dashboard:
         self.limiter = LoginLimiter(config.max_failures, config.failure_window_s)
         self.actions = ActionLog(config.state)
         self._refresh_lock = threading.Lock()
+        self._refresher: threading.Thread | None = None
+        self.refresh_error: str | None = None
         self.snapshot = self._take()
 
     def _take(self) -> Snapshot:
@@ -73,13 +75,42 @@ class Dashboard:
             # thread; its in-memory database goes when the last reference does.
             self.snapshot = self._take()
 
+    def start_refresh(self) -> bool:
+        """Re-scan in a background thread (a large store takes minutes); False if one is running."""
+        if self.refreshing:
+            return False
+
+        def run() -> None:
+            try:
+                self.refresh()
+                self.refresh_error = None
+            except Exception as exc:  # shown in the page banner; the old snapshot stays
+                self.refresh_error = f"re-scan failed: {exc}"
+
+        self._refresher = threading.Thread(target=run, name="distillguard-rescan", daemon=True)
+        self._refresher.start()
+        return True
+
+    @property
+    def refreshing(self) -> bool:
+        return self._refresher is not None and self._refresher.is_alive()
+
+    def wait_refresh(self, timeout: float | None = None) -> None:
+        if self._refresher is not None:
+            self._refresher.join(timeout)
+
     def close(self) -> None:
         self.snapshot.close()
         self.actions.close()
 
     def status(self) -> str:
         s = self.snapshot
-        return f"scanned {s.taken_at} ({s.seconds:.1f} s)"
+        text = f"scanned {s.taken_at} ({s.seconds:.1f} s)"
+        if self.refreshing:
+            text += "; re-scan running…"
+        elif self.refresh_error:
+            text += f"; {self.refresh_error}"
+        return text
 
 
 def _html(body: str, status: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
@@ -261,7 +292,7 @@ async def act(request: Request, dash: Dashboard, session: Session) -> Response:
 
 @_signed_in
 async def refresh(request: Request, dash: Dashboard, session: Session) -> Response:
-    await asyncio.to_thread(dash.refresh)
+    dash.start_refresh()  # pages keep serving the current snapshot until the new one is ready
     return RedirectResponse("/accounts", status_code=303, headers=_HEADERS)
 
 
@@ -279,6 +310,7 @@ def build_app(config: WebConfig, dashboard: Dashboard | None = None) -> Starlett
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
+        dash.wait_refresh()
         dash.close()
 
     routes = [

@@ -146,6 +146,18 @@ def _history(entries: Sequence[dict[str, Any]], *, with_target: bool = False) ->
             + "".join(rows) + "</table>")
 
 
+def _intel(intel: dict[str, Any] | None) -> str:
+    """Peers' indicators this account matched (scan with --intel)."""
+    if not intel:
+        return ""
+    rows = "".join(f"<tr><td>{e(m['peer'])}<td>{e(m['kind'])}<td>{e(m['campaign'] or m['campaign_id'] or '')}"
+                   f"<td class=num>{e(m['confidence'])}<td class=num>{m['weight']:.2f}<td>{e(m['tlp'])}</tr>"
+                   for m in intel["matches"])
+    return (f"<h2>Peer intel</h2><p id=intel>Score {intel['score']:.2f}"
+            f"{' — flagged by intel' if intel['flagged'] else ''}</p><table><tr><th>peer<th>indicator kind<th>campaign"
+            f"<th class=num>confidence<th class=num>weight<th>TLP</tr>{rows}</table>")
+
+
 def account_page(a: dict[str, Any], *, unit: str, timeline: Sequence[tuple[datetime, int, int]],
                  cadence: Sequence[int], samples: Sequence[tuple[datetime, str]], plots: dict[str, list],
                  state: str | None, history: Sequence[dict[str, Any]], csrf: str | None, **chrome: Any) -> str:
@@ -159,6 +171,7 @@ def account_page(a: dict[str, Any], *, unit: str, timeline: Sequence[tuple[datet
            f"{e(a['last_seen'])}{cluster}</p>",
            "<h2>Reasons</h2>" + ("<ul id=reasons>" + "".join(f"<li>{e(r['detail'])}" for r in a["reasons"]) + "</ul>"
                                  if a["reasons"] else "<p>No signal stands out.</p>"),
+           _intel(a.get("intel")),
            f"<h2>Act</h2>{_action_form('account', a['account'], csrf)}",
            f"<h2>Timeline (per {unit})</h2><div class=plots>",
            _series([r for _, r, _ in timeline], labels, label=f"requests per {unit}"),
