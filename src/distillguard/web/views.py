@@ -17,7 +17,7 @@ nav form{display:inline;margin:0}nav .right{margin-left:auto;display:flex;gap:.6
 button{cursor:pointer}.pill{padding:.05rem .45rem;border-radius:9px;background:#eef;font-size:12px}
 .pill.block{background:#fbe0de}.pill.throttle{background:#fff1cc}.pill.allowlist,.pill.false_positive{background:#dff3e2}
 pre{white-space:pre-wrap;background:#f7f7fa;padding:.4rem .6rem;border-radius:6px;margin:.3rem 0;font-size:12px}
-.error{color:#b3261e}form.actions{display:flex;gap:.5rem;flex-wrap:wrap;align-items:center}
+.num{white-space:nowrap}.error{color:#b3261e}form.actions{display:flex;gap:.5rem;flex-wrap:wrap;align-items:center}
 """
 
 
