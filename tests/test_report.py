@@ -147,3 +147,25 @@ def test_cli_missing_store(tmp_path):
     proc = _cli("report", "--db", str(tmp_path / "nope.duckdb"), "--out", str(tmp_path / "r.html"))
     assert proc.returncode == 2 and "no such DuckDB file" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cli_reads_the_dashboards_outcomes(db, tmp_path, report):
+    from distillguard.web.queries import ActionLog
+
+    singles = [c.campaign for c in report.campaigns if c.kind == "account"]
+    log = ActionLog(tmp_path / "web.duckdb")
+    log.record(analyst="a", client="c", target_kind="account", target=singles[0], action="false_positive", note="")
+    log.record(analyst="a", client="c", target_kind="account", target=singles[1], action="block", note="")
+    log.close()
+    proc = _cli("report", "--db", str(db), "--period", "all", "--out", str(tmp_path / "r.html"),
+                "--json", str(tmp_path / "r.json"), "--state", str(tmp_path / "web.duckdb"))
+    assert proc.returncode == 0, proc.stderr
+    import json
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["false_positives"] == [singles[0]] and data["outcomes"] == {"false_positive": 1, "block": 1}
+    assert singles[0] not in [c["campaign"] for c in data["campaigns"]]
+    assert data["summary"]["campaigns"] == report.summary["campaigns"] - 1
+    page = (tmp_path / "r.html").read_text()
+    assert "Marked false positives" in page and "block 1" in page
+    bad = _cli("report", "--db", str(db), "--out", str(tmp_path / "r.html"), "--state", str(tmp_path / "no.duckdb"))
+    assert bad.returncode == 2 and "no such dashboard state file" in bad.stderr and "Traceback" not in bad.stderr

@@ -371,6 +371,9 @@ def report(
     allowlist: Optional[Path] = typer.Option(None, "--allowlist",
                                              help="File of authorised account ids, one per line."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report's numbers as JSON here."),
+    state: Optional[Path] = typer.Option(None, "--state",
+                                         help="The dashboard's state file: its false positives are scanned as "
+                                              "authorised and its actions reported."),
 ) -> None:
     """Incident report in numbers: campaigns, tokens extracted, value, areas, attribution, plots."""
     import orjson
@@ -390,7 +393,21 @@ def report(
                           allowlist=_read_allowlist(allowlist) if allowlist else frozenset(),
                           workers=os.cpu_count() or 1)
     options.check()
-    result = build_report(db, period=period, options=options)
+    false_positives: frozenset[str] = frozenset()
+    outcomes: dict[str, int] = {}
+    if state is not None:
+        from distillguard.web.queries import ActionLog
+
+        log = ActionLog(state, read_only=True)
+        try:
+            current = log.current("account")
+            false_positives = frozenset(a for a, act in current.items() if act == "false_positive")
+            for act in [*current.values(), *log.current("cluster").values()]:
+                outcomes[act] = outcomes.get(act, 0) + 1
+        finally:
+            log.close()
+    result = build_report(db, period=period, options=options, false_positives=false_positives)
+    result.outcomes = outcomes
     write_report(result, out)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -70,11 +70,12 @@ class IncidentReport:
     campaigns: list[Campaign]
     daily: list[tuple[str, int, int]]       # (day, all queries, queries of flagged accounts)
     false_positives: list[str] = field(default_factory=list)
+    outcomes: dict[str, int] = field(default_factory=dict)  # analysts' current actions: action -> targets
 
     def to_dict(self) -> dict[str, Any]:
         return {"period": self.period, "window": list(self.window), "events": self.events, "summary": self.summary,
-                "campaigns": [c.to_dict() for c in self.campaigns],
-                "daily": [list(d) for d in self.daily], "false_positives": self.false_positives}
+                "campaigns": [c.to_dict() for c in self.campaigns], "daily": [list(d) for d in self.daily],
+                "false_positives": self.false_positives, "outcomes": self.outcomes}
 
 
 # ------------------------------------------------------------------ building
@@ -285,8 +286,12 @@ def render_incident_html(report: IncidentReport) -> str:
             if c.hour_histogram:
                 parts.append(_bars(c.hour_histogram, label=f"{c.campaign}: requests by hour (UTC)"))
         parts.append("</div>")
+    if report.outcomes:
+        parts.append("<h2>Analyst outcomes</h2><p id=outcomes>Current actions from the dashboard's audit log: "
+                     + ", ".join(f"{_e(k.replace('_', ' '))} {v:,}" for k, v in sorted(report.outcomes.items()))
+                     + ".</p>")
     if report.false_positives:
-        parts.append("<h2>Marked false positives</h2><p>Scanned as authorised: "
+        parts.append("<h2>Marked false positives</h2><p id=false-positives>Scanned as authorised: "
                      + ", ".join(_e(a) for a in report.false_positives) + "</p>")
     parts.append("</html>")
     return "\n".join(parts)

@@ -124,14 +124,22 @@ class Snapshot:
 class ActionLog:
     """The analysts' audit log: one row per action, in its own DuckDB file (never the event store)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = str(path)
+        if read_only and not Path(self.path).exists():
+            raise BadInputError("no such dashboard state file", source=self.path)
         try:
-            self.con = duckdb.connect(self.path)
+            self.con = duckdb.connect(self.path, read_only=read_only)
         except duckdb.Error as exc:
             raise BadInputError(f"cannot open the dashboard's DuckDB file ({exc})", source=self.path) from None
         self._lock = threading.Lock()
         self.con.execute("SET TimeZone = 'UTC'")
+        if read_only:
+            if not self.con.execute("SELECT count(*) FROM information_schema.tables "
+                                    "WHERE table_name = 'audit_log'").fetchone()[0]:
+                self.con.close()
+                raise BadInputError("not a dashboard state file (no audit_log table)", source=self.path)
+            return
         self.con.execute("CREATE SEQUENCE IF NOT EXISTS audit_seq")
         self.con.execute("CREATE TABLE IF NOT EXISTS audit_log (id BIGINT DEFAULT nextval('audit_seq') PRIMARY KEY, "
                          "ts TIMESTAMP NOT NULL, analyst VARCHAR NOT NULL, client VARCHAR, target_kind VARCHAR NOT NULL, "
