@@ -115,6 +115,18 @@ def test_failed_logins_are_rate_limited_per_client(server):
     assert reply.status_code == 303
 
 
+@pytest.mark.parametrize("asked,lands", [("/clusters", "/clusters"), ("//evil.example/x", "/accounts"),
+                                         ("https://evil.example/", "/accounts")])
+def test_login_returns_to_the_page_asked_for_and_nowhere_else(server, asked, lands):
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        first = client.get(asked) if asked.startswith("/") and not asked.startswith("//") else None
+        login_url = first.headers["location"] if first is not None else f"/login?next={asked}"
+        form = client.get(login_url)
+        action = re.search(r"<form method=post action='([^']+)'", form.text).group(1).replace("&amp;", "&")
+        reply = client.post(action, data={"csrf": _csrf(form.text), "password": PASSWORD})
+        assert reply.status_code == 303 and reply.headers["location"] == lands
+
+
 def test_login_needs_its_csrf_token(server):
     reply = httpx.post(server.url + "/login", data={"user": "x", "password": PASSWORD})
     assert reply.status_code == 403 and "dg_session" not in reply.cookies

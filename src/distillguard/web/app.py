@@ -177,7 +177,7 @@ def _safe_next(target: str | None) -> str:
 
 async def login_form(request: Request) -> Response:
     token = csrf.new_token()
-    response = _html(views.login_page(token))
+    response = _html(views.login_page(token, next_path=_safe_next(request.query_params.get("next"))))
     response.set_cookie(csrf.LOGIN_COOKIE, token, httponly=True, samesite="strict", path="/login")
     return response
 
@@ -188,18 +188,19 @@ async def login(request: Request) -> Response:
     if not csrf.valid(request.cookies.get(csrf.LOGIN_COOKIE), form.get(csrf.FIELD)):
         return _html(views.error_page(403, "Forbidden", "Missing or wrong CSRF token: reload the login page."), 403)
     client = _client(request)
+    next_path = _safe_next(request.query_params.get("next"))
     wait = dash.limiter.retry_after(client)
     if wait:
-        return _html(views.login_page(form[csrf.FIELD], f"Too many failed logins: try again in {wait:.0f} s."),
-                     429, {"Retry-After": str(int(wait))})
+        return _html(views.login_page(form[csrf.FIELD], f"Too many failed logins: try again in {wait:.0f} s.",
+                                      next_path), 429, {"Retry-After": str(int(wait))})
     user = (form.get("user") or "analyst").strip()[:64] or "analyst"
     ok = await asyncio.to_thread(dash.password.verify, form.get("password", ""))
     if not ok:
         dash.limiter.failed(client)
-        return _html(views.login_page(form[csrf.FIELD], "Wrong password."), 401)
+        return _html(views.login_page(form[csrf.FIELD], "Wrong password.", next_path), 401)
     dash.limiter.succeeded(client)
     _, cookie = dash.sessions.create(user)
-    response = RedirectResponse(_safe_next(request.query_params.get("next")), status_code=303, headers=_HEADERS)
+    response = RedirectResponse(next_path, status_code=303, headers=_HEADERS)
     response.set_cookie(COOKIE, cookie, httponly=True, samesite="strict", secure=dash.config.secure_cookie, path="/")
     response.delete_cookie(csrf.LOGIN_COOKIE, path="/login")
     return response

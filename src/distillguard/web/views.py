@@ -45,9 +45,10 @@ def hidden_csrf(token: str | None) -> str:
     return f"<input type=hidden name=csrf value='{e(token)}'>"
 
 
-def login_page(token: str, error: str = "") -> str:
+def login_page(token: str, error: str = "", next_path: str = "/accounts") -> str:
     err = f"<p class=error role=alert>{e(error)}</p>" if error else ""
-    return page("Log in", f"<h1>distillguard dashboard</h1>{err}<form method=post action='/login'>"
+    action = "/login" + ("" if next_path == "/accounts" else f"?next={quote(next_path, safe='')}")
+    return page("Log in", f"<h1>distillguard dashboard</h1>{err}<form method=post action='{e(action)}'>"
                           f"{hidden_csrf(token)}<p><label>Analyst name <input name=user value='analyst' "
                           f"autocomplete=username></label></p><p><label>Password <input type=password name=password "
                           f"autocomplete=current-password autofocus></label></p><p><button>Log in</button></p></form>")
