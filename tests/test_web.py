@@ -302,3 +302,32 @@ def test_account_page_shows_peer_intel_escaped(dash, flagged):
     plain = views.account_page(dash.snapshot.accounts[name], unit="hour", timeline=[], cadence=[0] * 13, samples=[],
                                plots={}, state=None, history=[], csrf="t", user="u", banner="")
     assert "Peer intel" not in plain
+
+
+def test_gateway_decisions_show_on_the_account_page(tmp_path):
+    from conftest import _make_event
+    from distillguard.detect.scan import ScanOptions
+    from distillguard.store.ingest import ingest_paths
+    from distillguard.web import views
+    from distillguard.web.queries import Snapshot
+
+    import orjson
+
+    events = [_make_event(i, account="acct-gw", decision={"action": "throttle", "enforced": True, "codes": ["x"]})
+              for i in range(5)]
+    events += [_make_event(10 + i, account="acct-gw", decision={"action": "block", "enforced": False})
+               for i in range(2)]
+    events += [_make_event(20 + i, account="acct-gw") for i in range(3)] + [_make_event(30, account="other")]
+    path = tmp_path / "gw.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    with EventStore(tmp_path / "gw.duckdb") as store:
+        ingest_paths(store, [path])
+    snap = Snapshot.take(tmp_path / "gw.duckdb", ScanOptions())
+    rows = snap.decisions("acct-gw")
+    assert [(a, enforced, n) for a, enforced, n, _ in rows] == [("throttle", True, 5), ("block", False, 2)]
+    assert snap.decisions("other") == []
+    unit, timeline = snap.timeline("acct-gw")
+    page = views.account_page(snap.accounts["acct-gw"], unit=unit, timeline=timeline, cadence=snap.cadence("acct-gw"),
+                              samples=snap.samples("acct-gw"), plots={}, state=None, history=[], csrf="t",
+                              decisions=rows, user="u", banner="")
+    assert "Gateway decisions" in page and "shadow" in page and "enforced" in page

@@ -250,6 +250,7 @@ async def account(request: Request, dash: Dashboard, session: Session) -> Respon
     chrome = _chrome(dash, session)
     return _html(views.account_page(a, unit=unit, timeline=timeline, cadence=snap.cadence(name),
                                     samples=snap.samples(name), plots=snap.plots.get(name, {}),
+                                    decisions=snap.decisions(name),
                                     state=dash.actions.current("account").get(name),
                                     history=dash.actions.entries(target_kind="account", target=name, limit=50),
                                     **chrome))

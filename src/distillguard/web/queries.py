@@ -40,6 +40,11 @@ _AGGREGATES = {
     "samples": f"SELECT account, ts, left(prompt_text, 400) AS prompt FROM (SELECT account, ts, prompt_text, "
                f"row_number() OVER (PARTITION BY account ORDER BY ts) AS rn FROM events) WHERE rn <= "
                f"{SAMPLES_PER_ACCOUNT} ORDER BY account, ts",
+    # The gateway's policy decision kept with each event it logged (unknown fields land in `extra`).
+    "decisions": "SELECT account, json_extract_string(extra, '$.decision.action') AS action, "
+                 "coalesce(json_extract_string(extra, '$.decision.enforced'), 'true') = 'true' AS enforced, "
+                 "count(*) AS n, max(ts) AS last FROM events WHERE extra IS NOT NULL AND "
+                 "json_extract_string(extra, '$.decision.action') IS NOT NULL GROUP BY ALL ORDER BY account, n DESC",
 }
 CADENCE_LABELS = ["<1s", "1s", "3s", "10s", "30s", "1m40", "5m", "17m", "50m", "2.8h", "8h", "28h", "≥3.7d"]
 
@@ -116,6 +121,11 @@ class Snapshot:
 
     def samples(self, account: str) -> list[tuple[datetime, str]]:
         return self._rows("SELECT ts, prompt FROM samples WHERE account = ? ORDER BY ts", [account])
+
+    def decisions(self, account: str) -> list[tuple[str, bool, int, datetime]]:
+        """(action, enforced, requests, last) of the gateway's decisions on this account."""
+        return self._rows("SELECT action, enforced, n, last FROM decisions WHERE account = ? ORDER BY n DESC",
+                          [account])
 
     def close(self) -> None:
         self.con.close()

@@ -159,9 +159,19 @@ def _intel(intel: dict[str, Any] | None) -> str:
             f"<th class=num>confidence<th class=num>weight<th>TLP</tr>{rows}</table>")
 
 
+def _decisions(rows: Sequence[tuple[str, bool, int, datetime]]) -> str:
+    if not rows:
+        return ""
+    body = "".join(f"<tr><td>{_state(action)}<td>{'enforced' if enforced else 'shadow'}<td class=num>{n:,}"
+                   f"<td>{e(last.strftime('%Y-%m-%d %H:%M:%S'))}Z</tr>" for action, enforced, n, last in rows)
+    return ("<h2>Gateway decisions</h2><table id=decisions><tr><th>action<th>mode<th class=num>requests"
+            f"<th>last</tr>{body}</table>")
+
+
 def account_page(a: dict[str, Any], *, unit: str, timeline: Sequence[tuple[datetime, int, int]],
                  cadence: Sequence[int], samples: Sequence[tuple[datetime, str]], plots: dict[str, list],
-                 state: str | None, history: Sequence[dict[str, Any]], csrf: str | None, **chrome: Any) -> str:
+                 state: str | None, history: Sequence[dict[str, Any]], csrf: str | None,
+                 decisions: Sequence[tuple[str, bool, int, datetime]] = (), **chrome: Any) -> str:
     fmt = "%Y-%m-%d" if unit == "day" else "%m-%d %H:00"
     labels = [t.strftime(fmt) for t, _, _ in timeline]
     verdict = "<span class=flag>flagged</span>" if a["flagged"] else e(a["status"])
@@ -172,7 +182,7 @@ def account_page(a: dict[str, Any], *, unit: str, timeline: Sequence[tuple[datet
            f"{e(a['last_seen'])}{cluster}</p>",
            "<h2>Reasons</h2>" + ("<ul id=reasons>" + "".join(f"<li>{e(r['detail'])}" for r in a["reasons"]) + "</ul>"
                                  if a["reasons"] else "<p>No signal stands out.</p>"),
-           _intel(a.get("intel")),
+           _intel(a.get("intel")), _decisions(decisions),
            f"<h2>Act</h2>{_action_form('account', a['account'], csrf)}",
            f"<h2>Timeline (per {unit})</h2><div class=plots>",
            _series([r for _, r, _ in timeline], labels, label=f"requests per {unit}"),
