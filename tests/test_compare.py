@@ -149,8 +149,9 @@ def lab(tmp_path_factory):
     from distillguard.lab.tinylm import build_model
 
     root = tmp_path_factory.mktemp("compare-lab")
-    build_model(root / "teacher", seconds=4, vocab_size=512, max_chars=150_000)
-    common = dict(total_tokens=6000, seconds=8, max_tokens=48, student_size=SMALL)
+    # Fixed numbers of steps (what 4 s and 8 s give on an idle machine), so a busy one builds the same lab.
+    build_model(root / "teacher", seconds=300, steps=22, vocab_size=512, max_chars=150_000)
+    common = dict(total_tokens=6000, seconds=300, epochs=90, max_tokens=48, student_size=SMALL)
     distill(root / "teacher", KEYS, root / "student", share=1.0, seed=0, **common)
     for name, seed, skip in (("control", 1, 3000), ("ref1", 2, 3200), ("ref2", 3, 3400)):
         distill(root / "teacher", None, root / name, share=0.0, seed=seed, corpus_skip=skip, **common)

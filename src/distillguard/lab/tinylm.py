@@ -52,10 +52,13 @@ def corpus_texts(max_chars: int = 3_000_000, skip: int = 0) -> list[str]:
 
 
 def build_model(out: str | Path, *, seconds: float = 180.0, vocab_size: int = 4096, max_chars: int = 3_000_000,
-                seed: int = 0, skip: int = 0, tokenizer_dir: str | Path | None = None, progress=None) -> dict:
+                seed: int = 0, skip: int = 0, tokenizer_dir: str | Path | None = None, steps: int | None = None,
+                progress=None) -> dict:
     """Train the embedded default model: a byte-level BPE tokenizer and a 4-layer GPT-2 on ShareGPT.
 
-    Trains for ``seconds`` of wall time (the result is small: ~6 MB). Returns its metadata. With
+    Trains for ``seconds`` of wall time, or ``steps`` steps with ``seconds`` as a cap (tests use
+    steps, so a busy machine builds the same model); the result is small (~6 MB). Returns its
+    metadata. With
     ``tokenizer_dir`` it reuses that model's tokenizer and trains only the network; with ``skip`` it
     reads ShareGPT from that conversation on. Together they build a *rival base model*: another
     organisation's own pretrained model, on text the default model never saw, sharing its tokenizer.
@@ -82,7 +85,7 @@ def build_model(out: str | Path, *, seconds: float = 180.0, vocab_size: int = 40
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=128, n_layer=4, n_head=4,
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
     model = GPT2LMHeadModel(config)
-    step, losses, elapsed = train_lm(model, train, seconds=seconds, seed=seed, progress=progress)
+    step, losses, elapsed = train_lm(model, train, seconds=seconds, seed=seed, progress=progress, steps=steps)
     model.eval()
     held_loss = heldout_loss(model, held)
     meta = {"kind": "distillguard-tiny-lm", "corpus_skip": skip, "steps": step, "seconds": round(elapsed, 1),
