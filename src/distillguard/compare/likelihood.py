@@ -17,6 +17,7 @@ common-language effect ``P(d > e)`` and the shift in nats per byte.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,8 +61,10 @@ def likelihood_test(suspect_on_protected: np.ndarray, references_on_protected: n
                     prompt_index: np.ndarray) -> LikelihoodTest:
     """Arrays: the suspect's log-likelihood of each protected completion (n), the references' (k × n),
     and the same on calibration texts (c, k × c); ``prompt_index`` maps completions to prompts."""
-    d = suspect_on_protected - np.nanmean(references_on_protected, axis=0)
-    e = suspect_on_calibration - np.nanmean(references_on_calibration, axis=0)
+    with warnings.catch_warnings():       # a completion no model could score (empty) is NaN and dropped below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        d = suspect_on_protected - np.nanmean(references_on_protected, axis=0)
+        e = suspect_on_calibration - np.nanmean(references_on_calibration, axis=0)
     keep = np.isfinite(d)
     prompts = np.unique(prompt_index[keep])
     per_prompt = np.array([d[keep & (prompt_index == p)].mean() for p in prompts])
