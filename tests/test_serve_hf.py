@@ -137,3 +137,24 @@ def test_named_cohort_from_the_gateway_header_is_used_and_named(model_dir):
     assert watch["p_value_corrected"] < 1e-6
     ignored = _pooled_cohort(texts["cohort-3"], server.tokenizer, vocab)
     assert ignored["cohort"] == KEYS.cohort_of("mallory") and ignored["label"] == str(KEYS.cohort_of("mallory"))
+
+
+def test_cached_green_rows_equal_the_librarys_processor_and_stay_bounded(model_dir):
+    """Direct check of the served KGW processor against transformers' own on 300 contexts: the
+    same scores exactly, and the row cache never exceeds its bound."""
+    import torch
+    from transformers import WatermarkingConfig
+
+    server = HFModelServer(model_dir, keys=KEYS)
+    vocab = server.model.config.vocab_size
+    ours = server.watermark_config(1).construct_processor(vocab, "cpu")
+    library = WatermarkingConfig(**KEYS.watermarking_config(1)).construct_processor(vocab, "cpu")
+    assert type(ours) is not type(library) and isinstance(ours, type(library))
+    ours.CACHE_BYTES = 1                                     # bound: the 64-row minimum
+    gen = torch.Generator().manual_seed(0)
+    for prev in list(range(300)) + [5, 7, 5]:
+        ids = torch.tensor([[3, prev], [prev, (prev * 7) % vocab]])
+        scores = torch.randn(2, vocab, generator=gen)
+        scores[0, :10] = float("-inf")                       # as after top-p
+        assert torch.equal(ours(ids, scores), library(ids, scores))
+        assert len(ours._rows) <= 64
