@@ -7,7 +7,6 @@ Errors print one line and exit 2 (see ``distillguard.cli.main``); rejected bundl
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -278,31 +277,10 @@ def scan(
     home: Optional[Path] = _home_option(),
 ) -> None:
     """`scan` with peers' indicators as one more signal (reasons name the peer and the indicator)."""
-    import orjson
+    from distillguard.cli import scan as scan_command
+    from distillguard.intel.home import resolve_home
 
-    from distillguard.cli import _print_intel, _print_scan, _progress
-    from distillguard.detect.baseline import Baseline
-    from distillguard.detect.scan import ScanOptions, scan_paths
-    from distillguard.intel.match import IntelSignal
-
-    if fmt not in ("table", "json"):
-        raise UsageError("--format must be 'table' or 'json'")
-    signal = IntelSignal(_load_home(home))
-    options = ScanOptions(baseline=Baseline.load(baseline) if baseline else None, fpr=fpr,
-                          workers=os.cpu_count() or 1, intel=signal)
-    options.check()
-    with _progress() as progress:
-        task = progress.add_task("scanning", total=None)
-        result = scan_paths(sources, options,
-                            progress=lambda stage, done, total: progress.update(task, completed=done, total=total))
-    data = result.to_dict()
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
-    if fmt == "json":
-        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        _print_scan(data, limit)
-        _print_intel(data, signal)
-    if fail_on_findings and data["summary"]["accounts_flagged"]:
-        raise typer.Exit(1)
+    # The same as `distillguard scan --intel HOME` with its defaults for the other options.
+    scan_command(sources=sources, baseline=baseline, fpr=fpr, fmt=fmt, out=out, html=None, engine="local",
+                 allowlist=None, price=10.0, fail_on_findings=fail_on_findings, limit=limit, workers=None,
+                 intel=resolve_home(home))
