@@ -31,6 +31,7 @@ from distillguard import __version__
 from distillguard.detect.baseline import Baseline, load_default
 from distillguard.errors import BadInputError, FieldError
 from distillguard.events.schema import CHAT_ENDPOINT, COMPLETIONS_ENDPOINT, _check_request, prompt_view
+from distillguard.gateway.appeals import APPEAL_PATH, AppealBook, AppealError, check_message
 from distillguard.gateway.config import GatewayConfig
 from distillguard.gateway.intel import LiveIntel
 from distillguard.gateway.keys import KeyInfo, KeyRing, check_entry, key_sha256
@@ -119,6 +120,8 @@ class Gateway:
         self.scorer = LiveScorer(self.baseline, config.fpr, allowlist=self.allowlist)
         self.policy = Policy(config.policy, allowlist=self.allowlist)
         self._load_admin_state()
+        self.appeals = AppealBook(Path(config.log.dir) / "appeals.jsonl")
+        self.refusals: dict[str, dict[str, Any]] = {}   # account -> its latest enforced block/throttle
         self.log = DurableLog(config.log.dir, segment_bytes=int(config.log.segment_mb * (1 << 20)),
                               sync=config.log.fsync)
         if config.log.sink == "duckdb":
@@ -237,6 +240,10 @@ class Gateway:
                 self.metrics.decisions.labels(decision.action, code, str(decision.enforced).lower()).inc()
 
 
+def _appealable(decision: Decision) -> bool:
+    return decision.action == "block" or any(not c.startswith("rate_limit_") for c in decision.codes)
+
+
 def _event(ts: float, info: KeyInfo, endpoint: str, body: dict[str, Any], ip: str | None,
            user_agent: str | None) -> dict[str, Any]:
     event: dict[str, Any] = {"id": uuid.uuid4().hex, "ts": ts, "account": info.account, "key": info.key_id,
@@ -331,8 +338,13 @@ async def proxy(request: Request) -> Response:
         event["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         await gw.record(event)
         gw.count(endpoint, status, decision)
-        return openai_error(status, decision.explanation or code, code, kind=kind, headers=headers,
-                            extra=decision.to_dict())
+        message, extra = decision.explanation or code, decision.to_dict()
+        if _appealable(decision):     # a judgement about this account, not only a busy rate limit
+            gw.refusals[info.account] = {"action": decision.action, "codes": list(decision.codes), "at": ts}
+            headers["x-distillguard-appeal"] = APPEAL_PATH
+            message += f' To appeal, POST {APPEAL_PATH} with this API key and {{"message": "why this is a mistake"}}.'
+            extra["appeal"] = {"method": "POST", "path": APPEAL_PATH}
+        return openai_error(status, message, code, kind=kind, headers=headers, extra=extra)
 
     forward = body
     if decision.enforced and decision.action == "modify":
@@ -554,10 +566,10 @@ def _admin_denied(gw: Gateway, request: Request) -> Response | None:
     return openai_error(401, "missing or wrong admin token", "invalidadmin_token")
 
 
-async def _json_body(request: Request) -> dict[str, Any] | Response:
+async def _json_body(request: Request, limit: int = 1 << 20) -> dict[str, Any] | Response:
     raw = await request.body()
-    if len(raw) > 1 << 20:
-        return openai_error(400, "request body too large", "request_too_large")
+    if len(raw) > limit:
+        return openai_error(400, f"request body larger than {limit:,} bytes", "request_too_large")
     try:
         data = orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError as exc:
@@ -676,6 +688,7 @@ async def admin_action(request: Request, gw: Gateway) -> Response:
         now = time.time()
         gw.policy.manual[account] = ManualAction(action=action, reason=reason, limits=limits, set_at=now,
                                                  expires_at=now + ttl if ttl else None)
+    gw.refusals.pop(account, None)    # what was refused before no longer stands as it was
     gw.save_admin_state()
     log.info("admin action %s on %s: %s", action, account, reason)
     return _ok({"account": account, "manual": gw.policy.manual[account].to_dict() if account in gw.policy.manual
@@ -760,6 +773,108 @@ async def admin_intel_reload(request: Request, gw: Gateway) -> Response:
     return _ok(_intel_view(gw))
 
 
+# -- appeals ----------------------------------------------------------------------------------------
+APPEAL_BODY_BYTES = 16_384
+REFUSAL_APPEALABLE_S = 7 * 86400.0   # a refusal older than this is no longer grounds for an appeal
+
+
+def _appeal_error(exc: AppealError, *, public: bool) -> Response:
+    headers = {"retry-after": str(max(1, int(exc.retry_after + 0.999)))} if exc.retry_after else None
+    extra = None
+    if exc.appeal is not None:
+        extra = {"appeal": exc.appeal.public() if public else exc.appeal.to_dict()}
+    return openai_error(exc.status, exc.message, exc.code, param=exc.param, headers=headers, extra=extra,
+                        kind="rate_limit_exceeded" if exc.status == 429 else "invalid_request_error")
+
+
+def _standing(gw: Gateway, account: str) -> dict[str, Any]:
+    """What the gateway holds against an account now: the grounds of an appeal, kept with it."""
+    manual = gw.policy.manual.get(account)
+    refusal = gw.refusals.get(account)
+    if refusal is not None and time.time() - refusal["at"] > REFUSAL_APPEALABLE_S:
+        refusal = None
+    view = _account_view(gw, account)
+    return {"appealable": (manual is not None and manual.action in ("block", "throttle")) or refusal is not None,
+            "manual": manual.to_dict() if manual is not None else None, "refusal": refusal,
+            "flagged": bool(view and view["flagged"]), "score": view["score"] if view else None,
+            "reasons": [r["detail"] for r in view["reasons"][:3]] if view else []}
+
+
+async def appeal_file(request: Request) -> Response:
+    """POST /v1/appeals with the user's own API key: {"message": "..."}."""
+    gw: Gateway = request.app.state.gateway
+    info = gw.authenticate(request)
+    if info is None:
+        gw.metrics.auth_failures.inc()
+        return openai_error(401, "Incorrect or missing API key. Send 'Authorization: Bearer <key>'.",
+                            "invalid_api_key")
+    data = await _json_body(request, APPEAL_BODY_BYTES)
+    if isinstance(data, Response):
+        return data
+    try:
+        check_message(data.get("message"))
+        appeal = await run_in_threadpool(gw.appeals.file, info.account, info.key_id, data.get("message"),
+                                         _standing(gw, info.account))
+    except AppealError as exc:
+        return _appeal_error(exc, public=True)
+    log.info("appeal %s filed by %s", appeal.id, info.account)
+    return _ok(appeal.public(), status=201)
+
+
+async def appeal_list(request: Request) -> Response:
+    """GET /v1/appeals: the caller's own appeals, newest first, with the analysts' answers."""
+    gw: Gateway = request.app.state.gateway
+    info = gw.authenticate(request)
+    if info is None:
+        gw.metrics.auth_failures.inc()
+        return openai_error(401, "Incorrect or missing API key.", "invalid_api_key")
+    return _ok({"object": "list", "data": [a.public() for a in gw.appeals.of_account(info.account)]})
+
+
+@admin
+async def admin_appeals(request: Request, gw: Gateway) -> Response:
+    status = request.query_params.get("status") or None
+    if status is not None and status not in ("open", "upheld", "lifted"):
+        return openai_error(400, "status must be open, upheld or lifted", "invalid_request", param="status")
+    try:
+        limit = max(1, min(10_000, int(request.query_params.get("limit", "500"))))
+    except ValueError:
+        return openai_error(400, "limit must be an integer", "invalid_request", param="limit")
+    rows = gw.appeals.queue(status, request.query_params.get("account") or None)
+    return _ok({"appeals": [a.to_dict() for a in rows[:limit]], "total": len(rows), "counts": gw.appeals.counts()})
+
+
+@admin
+async def admin_appeal(request: Request, gw: Gateway) -> Response:
+    appeal = gw.appeals.get(request.path_params["appeal"])
+    if appeal is None:
+        return openai_error(404, f"no appeal {request.path_params['appeal']!r}", "not_found")
+    return _ok(appeal.to_dict())
+
+
+@admin
+async def admin_appeal_decision(request: Request, gw: Gateway) -> Response:
+    """{"decision": "uphold" | "lift", "note": "...", "analyst": "..."}; lift removes the block."""
+    data = await _json_body(request, APPEAL_BODY_BYTES)
+    if isinstance(data, Response):
+        return data
+    appeal_id = request.path_params["appeal"]
+    try:
+        appeal = await run_in_threadpool(gw.appeals.decide, appeal_id, data.get("decision"), data.get("note"),
+                                         data.get("analyst"))
+    except AppealError as exc:
+        return _appeal_error(exc, public=False)
+    if appeal.status == "lifted":
+        # An operator's allow: exempt from the automatic rules (the live verdict would block again).
+        reason = f"appeal {appeal.id} lifted" + (f": {appeal.note}" if appeal.note else "")
+        gw.policy.manual[appeal.account] = ManualAction(action="allow", reason=reason, set_at=time.time())
+        gw.refusals.pop(appeal.account, None)
+        gw.save_admin_state()
+    log.info("appeal %s of %s %s", appeal.id, appeal.account, appeal.status)
+    manual = gw.policy.manual.get(appeal.account)
+    return _ok(appeal.to_dict() | {"manual": manual.to_dict() if manual is not None else None})
+
+
 def build_app(gateway: Gateway) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette):
@@ -773,6 +888,8 @@ def build_app(gateway: Gateway) -> Starlette:
         Route(CHAT_ENDPOINT, proxy, methods=["POST"]),
         Route(COMPLETIONS_ENDPOINT, proxy, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route(APPEAL_PATH, appeal_file, methods=["POST"]),
+        Route(APPEAL_PATH, appeal_list, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/admin/status", admin_status, methods=["GET"]),
@@ -784,6 +901,9 @@ def build_app(gateway: Gateway) -> Starlette:
         Route("/admin/clusters", admin_clusters, methods=["GET"]),
         Route("/admin/keys", admin_keys, methods=["POST"]),
         Route("/admin/keys/revoke", admin_keys, methods=["POST"]),
+        Route("/admin/appeals", admin_appeals, methods=["GET"]),
+        Route("/admin/appeals/{appeal}", admin_appeal, methods=["GET"]),
+        Route("/admin/appeals/{appeal}/decision", admin_appeal_decision, methods=["POST"]),
         Route("/admin/intel", admin_intel, methods=["GET"]),
         Route("/admin/intel/reload", admin_intel_reload, methods=["POST"]),
     ]
