@@ -22,10 +22,11 @@ import time
 from pathlib import Path
 
 import orjson
+import pandas as pd
 
 from distillguard.detect.baseline import Baseline, load_default
 from distillguard.detect.engine import input_columns_sql
-from distillguard.detect.features import account_features
+from distillguard.detect.features import features_with_end_users
 from distillguard.detect.scan import ScanOptions, scan_store
 from distillguard.detect.scoring import judge
 from distillguard.lab.campaigns import CampaignSpec
@@ -48,9 +49,17 @@ def campaigns_for(family: int) -> tuple[CampaignSpec, ...]:
         CampaignSpec("hydra", accounts=30, max_per_account=40, per_day=400, content="cot", family=family),
         CampaignSpec("hydra", name="hydra-b", accounts=25, max_per_account=50, per_day=300, content="rubric",
                      family=family + 1),
-        CampaignSpec("mixed", per_day=400, extraction_share=0.05, content="replay", family=family),
-        CampaignSpec("mixed", name="mixed-b", per_day=300, extraction_share=0.05, content="cot", family=family + 1),
-        CampaignSpec("mixed", name="mixed-c", per_day=500, extraction_share=0.10, content="sweep", family=family),
+        # Resellers. cot and sweep do not name their customers, so the account-level tests are
+        # measured on their own; the replay streams (organic-looking prompts) are findable only
+        # when the reseller names its customers (request.user) and the stream harvests at volume.
+        CampaignSpec("mixed", per_day=2000, extraction_share=0.05, content="replay", family=family),
+        CampaignSpec("mixed", name="mixed-b", per_day=300, extraction_share=0.05, content="cot", family=family + 1,
+                     end_user_ids=False),
+        CampaignSpec("mixed", name="mixed-c", per_day=500, extraction_share=0.10, content="sweep", family=family,
+                     end_user_ids=False),
+        CampaignSpec("mixed", name="mixed-d", per_day=400, extraction_share=0.05, content="replay", family=family),
+        CampaignSpec("mixed", name="mixed-e", per_day=2000, extraction_share=0.05, content="replay", family=family,
+                     end_user_ids=False),
     )
 
 
@@ -59,14 +68,16 @@ def queries_until_flag(store: EventStore, accounts: list[str], baseline: Baselin
     quoted = ", ".join("'" + a.replace("'", "''") + "'" for a in accounts)
     frame = store.con.sql(f"SELECT {input_columns_sql(store)} FROM events WHERE account IN ({quoted}) "
                           f"ORDER BY ts").df()
+    def flagged(head: pd.DataFrame) -> bool:  # the account itself, or one of its end users
+        rows = features_with_end_users("", head, max_tokens_cap=baseline.max_tokens_cap)
+        return any(judge(feats, baseline, fpr).flagged for _, feats in rows)
+
     for n in CHECKPOINTS:
         if n > len(frame):
             break
-        feats = account_features(frame.head(n), max_tokens_cap=baseline.max_tokens_cap)
-        if judge(feats, baseline, fpr).flagged:
+        if flagged(frame.head(n)):
             return n
-    feats = account_features(frame, max_tokens_cap=baseline.max_tokens_cap)
-    return len(frame) if judge(feats, baseline, fpr).flagged else None
+    return len(frame) if flagged(frame) else None
 
 
 def evaluate(seed: int, family: int, accounts: int, days: int, baseline: Baseline, fpr: float,
@@ -75,7 +86,7 @@ def evaluate(seed: int, family: int, accounts: int, days: int, baseline: Baselin
     if hard_negatives:
         # Many hard negatives (and no campaign) to measure each kind's false-positive rate.
         extra = {"batch_apps": hard_negatives, "eval_runs": hard_negatives, "researchers": hard_negatives,
-                 "batch_per_day": 300, "campaigns": ()}
+                 "power_users": hard_negatives, "batch_per_day": 300, "campaigns": ()}
     with tempfile.TemporaryDirectory() as tmp:
         config = TrafficConfig(seed=seed, accounts=accounts, days=days, campaigns=campaigns_for(family))
         if extra:
@@ -105,6 +116,12 @@ def evaluate(seed: int, family: int, accounts: int, days: int, baseline: Baselin
     return {"rows": rows, "seconds": elapsed, "events": summary.events, "until": until}
 
 
+def fpr_upper_bound(flagged: int, n: int, confidence: float = 0.95) -> float:
+    """One-sided Clopper-Pearson upper bound on a rate seen as flagged/n (0/n gives ~3/n)."""
+    from scipy.stats import beta
+    return 1.0 if flagged >= n else float(beta.ppf(confidence, flagged + 1, n - flagged))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", default="2001,2002,2003")
@@ -125,14 +142,14 @@ def main() -> None:
         rows += out["rows"]
         for k, v in out["until"].items():
             until[k] += v
-    print(f"\n| strategy | kind | accounts | flagged | metric | queries until flag (median, max) |")
+    print("\n| strategy | kind | accounts | flagged | metric | queries until flag (median, max) |")
     print("|---|---|---:|---:|---:|---:|")
     for strategy in sorted({r["strategy"] for r in rows}):
         group = [r for r in rows if r["strategy"] == strategy]
         kind = group[0]["kind"]
         flagged = sum(r["flagged"] for r in group)
         if kind == "organic":
-            metric = f"FPR {flagged / len(group):.4f}"
+            metric = f"FPR {flagged / len(group):.4f} (95% upper bound {fpr_upper_bound(flagged, len(group)):.4f})"
         elif strategy == "hydra":
             campaigns = collections.defaultdict(list)
             for r in group:
@@ -150,7 +167,8 @@ def main() -> None:
     if mixed:
         print("\nmixed resellers by campaign: " + ", ".join(
             f"{name} ({next(r.get('content') for r in mixed if r['campaign'] == name)} "
-            f"{next(r.get('extraction_share') for r in mixed if r['campaign'] == name):.0%}) "
+            f"{next(r.get('extraction_share') for r in mixed if r['campaign'] == name):.0%}"
+            f"{', end-user ids' if next(r.get('end_user_ids') for r in mixed if r['campaign'] == name) else ''}) "
             f"{sum(r['flagged'] for r in mixed if r['campaign'] == name)}/"
             f"{sum(1 for r in mixed if r['campaign'] == name)}"
             for name in sorted({r['campaign'] for r in mixed})))

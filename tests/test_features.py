@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from distillguard.detect import text as tx
-from distillguard.detect.features import (ACCOUNT_INPUT_COLUMNS, BREADTH_SAMPLE, FEATURES, account_features,
-                                          features_frame)
+from distillguard.detect.features import (ACCOUNT_INPUT_COLUMNS, BREADTH_SAMPLE, END_USER_MIN_QUERIES, FEATURES,
+                                          account_features, end_user_key, end_user_streams, features_frame,
+                                          features_with_end_users, split_end_user_key)
 from distillguard.taxonomy import AREAS
 
 T0 = 1_791_201_600.0  # 2026-10-05T12:00:00Z
@@ -31,6 +32,7 @@ def frame(prompts, t=None, **columns) -> pd.DataFrame:
         "has_tools": [False] * n,
         "temperature": [0.7] * n,
         "completion_tokens": [100] * n,
+        "end_user": [None] * n,
     }
     for name, value in columns.items():
         data[name] = list(value) if not np.isscalar(value) else [value] * n
@@ -328,3 +330,37 @@ def test_exact_repeats_are_not_a_template():
     # ... whereas three distinct prompts sharing a wrapper are one
     pets = [f"what is a good name for my {pet}? it is very playful" for pet in ("cat", "parrot", "goldfish")]
     assert account_features(frame(prompts + pets))["templated_count"] == 3
+
+
+# --- End users: accounts that name their own end users get a row per busy end user ---------------
+
+def test_end_user_streams_need_two_named_end_users():
+    n = 3 * END_USER_MIN_QUERIES
+    assert end_user_streams(frame(distinct(n))) == []                        # no ids at all
+    assert end_user_streams(frame(distinct(n), end_user="only-one")) == []   # one id: the account itself
+    users = ["a"] * (2 * END_USER_MIN_QUERIES) + ["b"] * END_USER_MIN_QUERIES
+    streams = end_user_streams(frame(distinct(n), end_user=users))
+    assert [(u, len(f)) for u, f in streams] == [("a", 2 * END_USER_MIN_QUERIES), ("b", END_USER_MIN_QUERIES)]
+
+
+def test_quiet_and_unnamed_end_users_get_no_row():
+    n = 2 * END_USER_MIN_QUERIES + 5
+    users = ["busy"] * (2 * END_USER_MIN_QUERIES) + ["quiet"] * 4 + [None]
+    streams = end_user_streams(frame(distinct(n), end_user=users))
+    assert [u for u, _ in streams] == ["busy"]
+
+
+def test_features_with_end_users_keys_and_values():
+    n = 2 * END_USER_MIN_QUERIES
+    users = ["u1"] * END_USER_MIN_QUERIES + ["u\u00e9 2"] * END_USER_MIN_QUERIES
+    rows = features_with_end_users("acct", frame(distinct(n), end_user=users), max_tokens_cap=4096)
+    keys = [k for k, _ in rows]
+    assert keys[0] == "acct" and sorted(keys[1:]) == sorted([end_user_key("acct", "u1"), end_user_key("acct", "u\u00e9 2")])
+    assert [split_end_user_key(k) for k in keys] == [("acct", None)] + [("acct", u) for u in
+                                                                          [split_end_user_key(k)[1] for k in keys[1:]]]
+    by_key = dict(rows)
+    assert by_key["acct"]["queries"] == n
+    assert by_key[end_user_key("acct", "u1")]["queries"] == END_USER_MIN_QUERIES
+    assert by_key[end_user_key("acct", "u1")]["template_keys"] == []
+    only = features_with_end_users("acct", frame(distinct(n), end_user=users), max_tokens_cap=4096, end_users=False)
+    assert [k for k, _ in only] == ["acct"] and only[0][1]["queries"] == n

@@ -170,3 +170,16 @@ def test_conformed_parquet_has_derived_columns(tmp_path):
     assert cols["n_turns"] == [1, 1]
     assert cols["max_tokens"] == [7, None]
     assert cols["logprobs"] == [False, False]
+
+
+def test_parquet_from_before_the_end_user_column_gets_it_from_requests(tmp_path, make_event):
+    events = [event_from_obj(make_event(i, request={"messages": [{"role": "user", "content": f"q{i}"}],
+                                                     **({"user": f"cus_{i % 2}"} if i < 4 else {})}))
+              for i in range(6)]
+    path = tmp_path / "old.parquet"
+    write_parquet(events, path)
+    table = pq.read_table(path)
+    pq.write_table(table.drop_columns(["end_user"]), path)
+    (out,) = list(iter_parquet_tables(path))
+    assert out.schema == EVENT_SCHEMA
+    assert out.column("end_user").to_pylist() == ["cus_0", "cus_1", "cus_0", "cus_1", None, None]

@@ -484,3 +484,73 @@ def test_templated_substream_in_a_reseller_is_flagged_on_its_own(tmp_path):
     assert lead["signal"] == "templated_substream"
     assert "sub-stream" in lead["detail"] and 0.05 < lead["value"] < 0.2
     assert reseller.verdict.p_value <= 0.001
+
+
+@pytest.fixture(scope="module")
+def reseller_lab(tmp_path_factory):
+    """Two resellers relaying 12 organic customers each, 5 % of their traffic one customer's replay
+    script (organic-looking prompts, single-turn): one names its customers in ``request.user``."""
+    from distillguard.lab.campaigns import CampaignSpec
+
+    work = tmp_path_factory.mktemp("resellers")
+    config = TrafficConfig(seed=43, accounts=0, days=3, batch_apps=0, eval_runs=0, researchers=0, power_users=0,
+                           campaigns=(CampaignSpec("mixed", name="named", per_day=2000, extraction_share=0.05,
+                                                   content="replay", family=3),
+                                      CampaignSpec("mixed", name="unnamed", per_day=2000, extraction_share=0.05,
+                                                   content="replay", family=3, end_user_ids=False)))
+    summary = generate(config, work / "lab")
+    labels = {orjson.loads(line)["campaign"]: orjson.loads(line)["account"]
+              for line in summary.labels_path.read_bytes().splitlines()}
+    return summary, labels
+
+
+def test_a_resellers_harvesting_end_user_is_flagged_on_its_own(reseller_lab):
+    from distillguard.lab.campaigns import _customer_id
+
+    summary, labels = reseller_lab
+    result = scan_paths([summary.events_path], ScanOptions())
+    by = {a.account: a for a in result.accounts}
+    named = by[labels["named"]]
+    script = _customer_id(labels["named"], 12)   # the reseller's 13th customer runs the script
+    assert named.flagged
+    assert [u.end_user for u in named.end_users] == [script]  # and none of its 12 organic customers
+    out = named.to_dict()
+    lead = out["reasons"][0]
+    assert lead["signal"] == "end_user_substream" and script in lead["detail"]
+    assert 0.02 < lead["value"] < 0.1                       # its share of the account's traffic
+    assert out["end_users"][0]["end_user"] == script and out["end_users"][0]["flagged"]
+    assert {r["signal"] for r in out["end_users"][0]["reasons"]} & {"single_turn", "new_prompts_per_day"}
+    # Every customer of the naming reseller was scored (12 customers + the script).
+    assert sum(k.startswith(labels["named"]) for k in result.end_user_features.index) == 13
+    # The other reseller names nobody: there is nothing to separate, so no end-user rows.
+    assert by[labels["unnamed"]].end_users == []
+    assert not any(k.startswith(labels["unnamed"]) for k in result.end_user_features.index)
+
+
+def test_allowlisted_reseller_end_users_are_authorised(reseller_lab):
+    summary, labels = reseller_lab
+    result = scan_paths([summary.events_path], ScanOptions(allowlist=frozenset({labels["named"]})))
+    named = next(a for a in result.accounts if a.account == labels["named"])
+    assert not named.flagged and named.verdict.status == "authorised"
+    assert [u.verdict.status for u in named.end_users] == ["authorised"]
+
+
+def test_a_store_from_before_the_end_user_column_reads_ids_from_requests(reseller_lab, tmp_path):
+    """Opened read-only, an old store is not migrated: end-user ids come from the request JSON."""
+    from distillguard.detect.engine import local_features
+    from distillguard.store import EventStore
+    from distillguard.store.ingest import ingest_paths
+
+    summary, labels = reseller_lab
+    path = tmp_path / "old.duckdb"
+    with EventStore(path) as store:
+        ingest_paths(store, [summary.events_path])
+        store.run("ALTER TABLE events DROP COLUMN end_user")
+        # a non-string id must be ignored here too, as on ingest
+        store.run("UPDATE events SET request = json_merge_patch(request, '{\"user\": 7}') WHERE account = ?",
+                  [labels["unnamed"]])
+    with EventStore(path, read_only=True) as store:
+        assert "end_user" not in store.columns()
+        features, _ = local_features(store, max_tokens_cap=4096)
+    users = [k for k in features.index if "\x1f" in k]
+    assert len(users) == 13 and all(k.startswith(labels["named"]) for k in users)

@@ -464,3 +464,22 @@ def test_response_text(response, expected):
 def test_parse_ts_of_naive_equals_utc():
     naive = datetime(2026, 10, 5, 12, 0, 0)
     assert parse_ts(naive.isoformat()) == datetime(2026, 10, 5, 12, tzinfo=timezone.utc).timestamp()
+
+
+@pytest.mark.parametrize("request_body, expected", [
+    ({"user": "cus_1"}, "cus_1"),
+    ({"safety_identifier": "sid-9", "user": "cus_1"}, "sid-9"),     # the newer field wins
+    ({"metadata": {"user_id": "anthropic-style"}}, "anthropic-style"),
+    ({"user": 42}, None),                                              # not a string: ignored, not an error
+    ({"user": "   "}, None),
+    ({"user": "", "metadata": {"user_id": "m"}}, "m"),
+    ({"metadata": "not an object"}, None),
+    ({}, None),
+    ({"user": "ü" * 1000}, "ü" * 256),                                # capped
+])
+def test_end_user_id_read_from_the_request(request_body, expected):
+    from distillguard.events.schema import end_user_of, prompt_view
+
+    body = {"messages": [{"role": "user", "content": "hi"}], **request_body}
+    assert end_user_of(body) == expected
+    assert prompt_view(body).end_user == expected

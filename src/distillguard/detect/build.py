@@ -16,7 +16,8 @@ from distillguard.store.ingest import ingest_paths
 def build_from_store(store: EventStore, *, source: str, max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP,
                      min_queries: int = 20, exclude: Iterable[str] = (),
                      progress: Callable[[int, int], None] | None = None) -> Baseline:
-    features, _ = local_features(store, max_tokens_cap=max_tokens_cap, progress=progress)
+    # Accounts only: the baseline describes organic accounts (end users are judged against it too).
+    features, _ = local_features(store, max_tokens_cap=max_tokens_cap, end_users=False, progress=progress)
     excluded = set(exclude)
     if excluded:
         features = features[~features.index.isin(excluded)]

@@ -14,20 +14,35 @@ from typing import Any, Callable, Iterator
 import orjson
 import pandas as pd
 
-from distillguard.detect.features import account_features, features_frame
+from distillguard.detect.features import END_USER_SEP, account_features, features_frame, features_with_end_users
 from distillguard.detect.hydra import AccountIdentity
 from distillguard.store import EventStore
 
 PARTITION_EVENTS = 200_000
 PARALLEL_MIN_EVENTS = 100_000  # below this, starting worker processes costs more than it saves
 _INPUT_COLUMNS = ("epoch(ts) AS t", "left(prompt_text, 4000) AS prompt", "left(system_prompt, 1000) AS system",
-                  "n_turns", "n_messages", "max_tokens", "logprobs", "has_tools", "temperature", "completion_tokens")
+                  "n_turns", "n_messages", "max_tokens", "logprobs", "has_tools", "temperature", "completion_tokens",
+                  "end_user")
+# A store written before the end_user column (and opened read-only, so not migrated) still has the
+# request bodies: read the id from there, strings only, as events.schema.end_user_of does.
+_END_USER_FROM_REQUEST = ("left(coalesce({0}), 256) AS end_user".format(", ".join(
+    f"CASE WHEN json_type(request, '{path}') = 'VARCHAR' AND trim(json_extract_string(request, '{path}')) <> '' "
+    f"THEN json_extract_string(request, '{path}') END"
+    for path in ("$.safety_identifier", "$.user", "$.metadata.user_id"))))
 
 
 def input_columns_sql(store: EventStore) -> str:
     """The feature input columns; a column an older store lacks is read as NULL."""
     present = set(store.columns())
-    return ", ".join(c if " AS " in c or c in present else f"NULL AS {c}" for c in _INPUT_COLUMNS)
+    out = []
+    for c in _INPUT_COLUMNS:
+        if " AS " in c or c in present:
+            out.append(c)
+        elif c == "end_user" and "request" in present:
+            out.append(_END_USER_FROM_REQUEST)
+        else:
+            out.append(f"NULL AS {c}")
+    return ", ".join(out)
 
 
 def _quote_list(values: list[str]) -> str:
@@ -44,9 +59,12 @@ def _one_blas_thread() -> None:
         pass
 
 
-def _features_of_groups(groups: list[tuple[str, pd.DataFrame]], max_tokens_cap: int) -> list[tuple[str, dict]]:
-    """Worker task: features of several accounts (module-level so a process pool can pickle it)."""
-    return [(account, account_features(frame, max_tokens_cap=max_tokens_cap)) for account, frame in groups]
+def _features_of_groups(groups: list[tuple[str, pd.DataFrame]], max_tokens_cap: int,
+                        end_users: bool = True) -> list[tuple[str, dict]]:
+    """Worker task: features of several accounts and their busy end users (module-level so a
+    process pool can pickle it)."""
+    return [row for account, frame in groups
+            for row in features_with_end_users(account, frame, max_tokens_cap=max_tokens_cap, end_users=end_users)]
 
 
 def _chunks(frame: pd.DataFrame, target_events: int) -> Iterator[list[tuple[str, pd.DataFrame]]]:
@@ -62,9 +80,12 @@ def _chunks(frame: pd.DataFrame, target_events: int) -> Iterator[list[tuple[str,
         yield chunk
 
 
-def local_features(store: EventStore, *, max_tokens_cap: int, workers: int = 1,
+def local_features(store: EventStore, *, max_tokens_cap: int, workers: int = 1, end_users: bool = True,
                    progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, dict[str, list[int]]]:
     """Features of every account (rows indexed by account) and each account's template keys.
+
+    With ``end_users``, accounts that name their end users also get one row per busy end user
+    (keyed by ``features.end_user_key``; no template keys).
 
     DuckDB streams one hash partition of accounts at a time (bounded memory); the per-account
     work, pure Python text processing, runs in a process pool on every core for large stores.
@@ -87,12 +108,15 @@ def local_features(store: EventStore, *, max_tokens_cap: int, workers: int = 1,
             frame = store.con.sql(f"SELECT account, {columns} FROM events {where}").df()
             chunks = list(_chunks(frame, max(1000, len(frame) // (4 * workers))))
             if pool is None:
-                results = (_features_of_groups(chunk, max_tokens_cap) for chunk in chunks)
+                results = (_features_of_groups(chunk, max_tokens_cap, end_users) for chunk in chunks)
             else:
-                results = pool.map(_features_of_groups, chunks, [max_tokens_cap] * len(chunks))
+                results = pool.map(_features_of_groups, chunks, [max_tokens_cap] * len(chunks),
+                                   [end_users] * len(chunks))
             for batch in results:
                 for account, feats in batch:
-                    template_keys[account] = feats.pop("template_keys")
+                    keys = feats.pop("template_keys")
+                    if keys or END_USER_SEP not in account:
+                        template_keys[account] = keys
                     rows.append(feats)
                     accounts.append(account)
             done += len(frame)

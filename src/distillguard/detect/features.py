@@ -5,7 +5,7 @@ The same function runs in the local engine (DuckDB + pandas) and inside Spark's
 
 Input frame columns (``ACCOUNT_INPUT_COLUMNS``): ``t`` epoch seconds, ``prompt``, ``system``,
 ``n_turns``, ``n_messages``, ``max_tokens``, ``logprobs``, ``has_tools``, ``temperature``,
-``completion_tokens``.
+``completion_tokens``, ``end_user``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from distillguard.detect import text as tx
 from distillguard.detect.minhash import band_keys, minhash_signatures, template_groups, template_shingles
 
 ACCOUNT_INPUT_COLUMNS = ("t", "prompt", "system", "n_turns", "n_messages", "max_tokens", "logprobs", "has_tools",
-                         "temperature", "completion_tokens")
+                         "temperature", "completion_tokens", "end_user")
 DEFAULT_MAX_TOKENS_CAP = 4096
 COVERAGE_SAMPLE = 300      # distinct prompts used for coverage statistics (evenly over time)
 BREADTH_SAMPLE = 40        # topic breadth is measured on windows of this many distinct prompts ...
@@ -47,6 +47,50 @@ SUBSTREAM_MIN_QUERIES = 200      # accounts this busy are searched for a sub-str
 SUBSTREAM_MIN_SIZE = 20          # queries in the sub-stream
 SUBSTREAM_MAX_SHARE = 0.8        # above this the sub-stream is the account, judged as such already
 FEATURES = BASE_FEATURES + tuple(SUBSTREAM_PREFIX + f for f in BASE_FEATURES) + ("substream_share",)
+# End users: an account that names its own end users (a reseller or platform passing OpenAI's
+# ``safety_identifier``/``user``) has each busy end user scored as a subject of its own, under a
+# row keyed ``account + END_USER_SEP + end user``. A 5 % extraction stream of organic-looking
+# prompts is invisible inside a reseller's traffic and plain once it is separated out.
+END_USER_SEP = "\x1f"
+END_USER_MIN_QUERIES = 20
+
+
+def end_user_key(account: str, end_user: str) -> str:
+    return f"{account}{END_USER_SEP}{end_user}"
+
+
+def split_end_user_key(key: str) -> tuple[str, str | None]:
+    """``(account, end_user)`` of a feature row's key (``end_user`` None for an account's own row)."""
+    account, sep, end_user = key.partition(END_USER_SEP)
+    return (account, end_user) if sep else (key, None)
+
+
+def end_user_streams(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """An account's end users with at least ``END_USER_MIN_QUERIES`` queries each, when it names
+    two or more (one end user only is the account itself), largest first."""
+    if "end_user" not in frame or len(frame) < END_USER_MIN_QUERIES:
+        return []
+    users = frame["end_user"]
+    named = users.notna()
+    if not named.any():
+        return []
+    counts = users[named].value_counts()
+    if len(counts) < 2:
+        return []
+    busy = counts[counts >= END_USER_MIN_QUERIES]
+    return [(str(u), frame[users == u]) for u in sorted(busy.index, key=lambda u: (-int(busy[u]), str(u)))]
+
+
+def features_with_end_users(account: str, frame: pd.DataFrame, *, max_tokens_cap: int,
+                            end_users: bool = True) -> list[tuple[str, dict[str, Any]]]:
+    """The account's feature row, then one row per busy end user (see ``end_user_streams``)."""
+    rows = [(account, account_features(frame, max_tokens_cap=max_tokens_cap))]
+    if end_users:
+        for user, sub in end_user_streams(frame):
+            feats = account_features(sub, max_tokens_cap=max_tokens_cap)
+            feats["template_keys"] = []  # links between accounts come from accounts' own rows
+            rows.append((end_user_key(account, user), feats))
+    return rows
 
 
 def _entropy_bits(counts: np.ndarray) -> float:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from distillguard.detect.baseline import Baseline, load_default
 from distillguard.detect.engine import account_totals, features_for, identities, local_features
+from distillguard.detect.features import END_USER_SEP, split_end_user_key
 from distillguard.detect.hydra import find_clusters
 from distillguard.detect.scoring import Reason, Verdict, judge, judge_frame
 from distillguard.detect.text import AREA_LIST
@@ -58,6 +59,20 @@ class ScanOptions:
 
 
 @dataclass
+class EndUserResult:
+    """One of an account's own end users (request ``safety_identifier``/``user``), scored as a subject."""
+
+    end_user: str
+    queries: int
+    verdict: Verdict
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"end_user": self.end_user, "queries": self.queries, "status": self.verdict.status,
+                "flagged": self.verdict.flagged, "p_value": float(f"{self.verdict.p_value:.4g}"),
+                "reasons": [r.to_dict() for r in self.verdict.reasons]}
+
+
+@dataclass
 class AccountResult:
     account: str
     verdict: Verdict
@@ -72,6 +87,7 @@ class AccountResult:
     plots: dict[str, list] = field(default_factory=dict)  # evidence series for reports (flagged accounts)
     intel: Any = None        # intel.match.AccountIntel when peers' indicators match this account
     intel_flagged: bool = False
+    end_users: list[EndUserResult] = field(default_factory=list)  # its end users flagged on their own
 
     @property
     def flagged(self) -> bool:
@@ -94,6 +110,8 @@ class AccountResult:
                "family_p": {k: float(f"{v:.4g}") for k, v in self.verdict.family_p.items()}, "reasons": reasons}
         if self.intel is not None:
             out["intel"] = self.intel.to_dict()
+        if self.end_users:
+            out["end_users"] = [u.to_dict() for u in self.end_users]
         return out
 
 
@@ -125,6 +143,7 @@ class ScanResult:
     calibration: dict[str, Any]
     price_per_million: float
     features: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
+    end_user_features: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)  # keyed account␟end user
 
     def summary(self) -> dict[str, Any]:
         flagged = [a for a in self.accounts if a.flagged]
@@ -225,7 +244,12 @@ def scan_store(store: EventStore, options: ScanOptions,
 def score_features(store: EventStore, features: pd.DataFrame, template_keys: dict[str, list[int]],
                    baseline: Baseline, options: ScanOptions) -> ScanResult:
     totals = account_totals(store)
+    is_end_user = features.index.str.contains(END_USER_SEP, regex=False)
+    user_features = features[is_end_user]
+    features = features[~is_end_user]
     verdicts = judge_frame(features, baseline, options.fpr, options.allowlist)
+    user_verdicts = judge_frame(user_features, baseline, options.fpr,
+                                [k for k in user_features.index if split_end_user_key(k)[0] in options.allowlist])
     results: dict[str, AccountResult] = {}
     for acct, verdict in verdicts.items():
         t = totals.loc[acct]
@@ -234,6 +258,7 @@ def score_features(store: EventStore, features: pd.DataFrame, template_keys: dic
             account=acct, verdict=verdict, queries=int(t["queries"]), completion_tokens=int(t["completion_tokens"]),
             prompt_tokens=int(t["prompt_tokens"]), first_seen=_iso(t["first_seen"]), last_seen=_iso(t["last_seen"]),
             top_area=AREA_LIST[int(top)] if np.isfinite(top) else "unknown")
+    _fold_end_users(results, user_features, user_verdicts)
     clusters = []
     for cluster in find_clusters(identities(store, template_keys)):
         members = list(cluster.accounts)
@@ -263,7 +288,40 @@ def score_features(store: EventStore, features: pd.DataFrame, template_keys: dic
     if options.intel is not None:
         calibration["intel"] = {"peers": sorted(options.intel.home.peers), **options.intel.stats_}
     return ScanResult(accounts=list(results.values()), clusters=clusters, calibration=calibration,
-                      price_per_million=options.price_per_million, features=features)
+                      price_per_million=options.price_per_million, features=features,
+                      end_user_features=user_features)
+
+
+def _fold_end_users(results: dict[str, AccountResult], features: pd.DataFrame,
+                    verdicts: dict[str, Verdict]) -> None:
+    """Attach end users flagged on their own to their accounts.
+
+    An account that is clear on its own but carries a flagged end user is flagged through it (the
+    end user's reasons, led by which end user and what share of the traffic it sent).
+    """
+    by_account: dict[str, list[EndUserResult]] = {}
+    for key, verdict in verdicts.items():
+        if verdict.status not in ("flagged", "authorised"):
+            continue
+        account, user = split_end_user_key(key)
+        if account in results:
+            by_account.setdefault(account, []).append(
+                EndUserResult(end_user=user or "", queries=int(features.at[key, "queries"]), verdict=verdict))
+    for account, users in by_account.items():
+        users.sort(key=lambda u: u.verdict.p_value)
+        result = results[account]
+        result.end_users = users
+        if result.verdict.status in ("flagged", "authorised", "repeated_runs"):
+            continue
+        lead_user = users[0]
+        share = lead_user.queries / max(1, result.queries)
+        others = f" ({len(users) - 1} more end users flagged too)" if len(users) > 1 else ""
+        lead = Reason("end_user_substream", "substream", share, lead_user.verdict.p_value,
+                      f"end user '{lead_user.end_user}' sent {lead_user.queries:,} of this account's "
+                      f"{result.queries:,} queries ({share:.0%}) and is flagged on its own{others}:")
+        result.verdict = Verdict(p_value=lead_user.verdict.p_value, flagged=lead_user.verdict.flagged,
+                                 status=lead_user.verdict.status, family_p=lead_user.verdict.family_p,
+                                 reasons=(lead,) + lead_user.verdict.reasons)
 
 
 def scan_paths(paths: Sequence[str | Path], options: ScanOptions,
@@ -273,4 +331,4 @@ def scan_paths(paths: Sequence[str | Path], options: ScanOptions,
             return scan_store(store, options, progress)
 
 
-__all__ = ["ScanOptions", "ScanResult", "AccountResult", "ClusterResult", "Reason", "scan_paths", "scan_store"]
+__all__ = ["ScanOptions", "ScanResult", "AccountResult", "EndUserResult", "ClusterResult", "Reason", "scan_paths", "scan_store"]

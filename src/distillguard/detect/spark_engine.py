@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from distillguard.detect.engine import input_columns_sql
-from distillguard.detect.features import FEATURES, account_features
+from distillguard.detect.features import END_USER_SEP, FEATURES, features_with_end_users
 from distillguard.errors import DistillguardError
 from distillguard.store import EventStore
 
@@ -57,10 +57,12 @@ def _feature_schema():
 def _per_account(max_tokens_cap: int):
     def apply(frame: pd.DataFrame) -> pd.DataFrame:
         account = str(frame["account"].iloc[0])
-        feats = account_features(frame, max_tokens_cap=max_tokens_cap)
-        row: dict[str, Any] = {"account": account, "template_keys": list(feats.pop("template_keys"))}
-        row.update({name: float(feats[name]) for name in FEATURES})
-        return pd.DataFrame([row])
+        rows = []
+        for key, feats in features_with_end_users(account, frame, max_tokens_cap=max_tokens_cap):
+            row: dict[str, Any] = {"account": key, "template_keys": list(feats.pop("template_keys"))}
+            row.update({name: float(feats[name]) for name in FEATURES})
+            rows.append(row)
+        return pd.DataFrame(rows)
 
     return apply
 
@@ -73,7 +75,7 @@ def spark_features_from_parquet(path: str | Path, *, max_tokens_cap: int,
     result = events.groupBy("account").applyInPandas(_per_account(max_tokens_cap), schema=_feature_schema())
     frame = result.toPandas()
     template_keys = {str(a): [int(k) for k in (keys if keys is not None else [])]
-                     for a, keys in zip(frame["account"], frame["template_keys"])}
+                     for a, keys in zip(frame["account"], frame["template_keys"]) if END_USER_SEP not in str(a)}
     features = frame.drop(columns=["template_keys"]).set_index("account")
     features.index.name = "account"
     features = features[list(FEATURES)].astype(np.float64)

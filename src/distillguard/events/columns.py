@@ -2,7 +2,7 @@
 
 Record fields become columns of the same name (JSON objects as JSON text), plus a few derived
 columns the detectors read without re-parsing request bodies: ``prompt_text``, ``system_prompt``,
-``n_turns``, ``max_tokens``, ``logprobs``, ``has_tools``, ``temperature`` and the token counts. The output text is
+``n_turns``, ``max_tokens``, ``logprobs``, ``has_tools``, ``temperature``, ``end_user`` and the token counts. The output text is
 not duplicated into a column: it stays inside ``response`` (see :func:`response_text`).
 """
 
@@ -36,6 +36,7 @@ EVENT_SCHEMA = pa.schema([
     ("logprobs", pa.bool_()),
     ("has_tools", pa.bool_()),
     ("temperature", pa.float64()),
+    ("end_user", pa.string()),            # the caller's end-user id (request.safety_identifier/user)
     ("request", pa.string()),              # JSON text
     ("response", pa.string()),             # JSON text (a string response is stored as a JSON string)
     ("identity", pa.string()),             # JSON text
@@ -82,6 +83,7 @@ class ColumnBuilder:
         c["logprobs"].append(view.logprobs)
         c["has_tools"].append(view.has_tools)
         c["temperature"].append(view.temperature)
+        c["end_user"].append(view.end_user)
         c["request"].append(_DUMPS(ev.request).decode())
         c["response"].append(_json_or_none(ev.response))
         c["identity"].append(_json_or_none(ev.identity))

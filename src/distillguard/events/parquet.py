@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from distillguard.errors import BadInputError, FieldError
 from distillguard.events.columns import EVENT_SCHEMA, ColumnBuilder, batches_to_tables, events_from_table
-from distillguard.events.schema import KNOWN_FIELDS, Event, event_from_obj
+from distillguard.events.schema import KNOWN_FIELDS, Event, end_user_of, event_from_obj
 
 PARQUET_MAGIC = b"PAR1"
 _JSON_TEXT = frozenset({"request", "response", "identity", "usage", "extra"})
@@ -59,6 +59,11 @@ def _conform(table: pa.Table, source: str, first_row: int) -> pa.Table:
     """
     if set(EVENT_SCHEMA.names) <= set(table.column_names):
         return table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
+    if set(EVENT_SCHEMA.names) - set(table.column_names) == {"end_user"}:
+        # Written by a version before the end-user column: derive it from the request bodies.
+        end_users = [_end_user_of_json(text) for text in table.column("request").to_pylist()]
+        table = table.append_column("end_user", pa.array(end_users, type=pa.string()))
+        return table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
     builder = ColumnBuilder()
     known = set(KNOWN_FIELDS)
     for i, row in enumerate(table.to_pylist()):
@@ -84,6 +89,14 @@ def _conform(table: pa.Table, source: str, first_row: int) -> pa.Table:
         except FieldError as exc:
             raise BadInputError(exc.message, source=source, line=first_row + i + 1, field=exc.field) from None
     return builder.take()
+
+
+def _end_user_of_json(text: str | None) -> str | None:
+    try:
+        request = orjson.loads(text) if text else None
+    except orjson.JSONDecodeError:
+        return None
+    return end_user_of(request) if isinstance(request, dict) else None
 
 
 def iter_parquet(path: str | Path) -> Iterator[Event]:

@@ -76,6 +76,27 @@ class PromptView:
     top_logprobs: int | None
     has_tools: bool
     temperature: float | None = None
+    end_user: str | None = None  # the API caller's own end user (``safety_identifier``/``user``), if it says
+
+
+# Where callers name their own end user: OpenAI's ``safety_identifier`` (and the older ``user``),
+# Anthropic-style ``metadata.user_id``. Resellers and platforms pass one per customer.
+END_USER_FIELDS = ("safety_identifier", "user")
+END_USER_MAX_CHARS = 256
+
+
+def end_user_of(request: dict[str, Any]) -> str | None:
+    """The end-user id a request carries, or None (non-string and empty values are ignored)."""
+    for name in END_USER_FIELDS:
+        value = request.get(name)
+        if isinstance(value, str) and value.strip():
+            return value[:END_USER_MAX_CHARS]
+    metadata = request.get("metadata")
+    if isinstance(metadata, dict):
+        value = metadata.get("user_id")
+        if isinstance(value, str) and value.strip():
+            return value[:END_USER_MAX_CHARS]
+    return None
 
 
 def format_ts(ts: float) -> str:
@@ -269,6 +290,7 @@ def prompt_view(request: dict[str, Any]) -> PromptView:
         top_logprobs=top_logprobs if isinstance(top_logprobs, int) and not isinstance(top_logprobs, bool) else None,
         has_tools=bool(request.get("tools") or request.get("functions")),
         temperature=_number(request.get("temperature")),
+        end_user=end_user_of(request),
     )
 
 

@@ -40,6 +40,7 @@ class CampaignSpec:
     start_day: int = 0
     days: int | None = None        # None: until the end of the period
     max_tokens: int = 4096
+    end_user_ids: bool = True      # mixed only: the reseller names each customer in ``request.user``
 
     def resolved(self, index: int) -> "CampaignSpec":
         if self.strategy not in STRATEGIES:
@@ -199,10 +200,18 @@ class MixedCampaign(Actor):
         # The reseller's genuine customers, whose conversations it relays.
         self.customers = [OrganicUser(ctx, i, "casual", name=f"{self.name}/customer/{i}") for i in range(12)]
         self.prompts = GENERATORS[spec.content](ctx, family=spec.family)
+        # Pseudonymous end-user ids, as OpenAI asks platforms to pass them (``user``); the
+        # extraction script is one more customer of the reseller, with an id of its own.
+        self.customer_ids = [_customer_id(self.account, i) for i in range(len(self.customers) + 1)]
 
     def labels(self) -> list[dict[str, Any]]:
         return [{"account": self.account, "kind": "extraction", "campaign": self.spec.name, "strategy": "mixed",
-                 "content": self.spec.content, "extraction_share": self.spec.extraction_share}]
+                 "content": self.spec.content, "extraction_share": self.spec.extraction_share,
+                 "end_user_ids": self.spec.end_user_ids}]
+
+    def _name_end_user(self, event: dict[str, Any], index: int) -> None:
+        if self.spec.end_user_ids:
+            event["request"]["user"] = self.customer_ids[index]
 
     def events(self) -> Iterator[dict[str, Any]]:
         rng = self.rng
@@ -227,6 +236,7 @@ class MixedCampaign(Actor):
                 messages.append({"role": "user", "content": human})
                 reply = reply or self.ctx.responses.reply(rng, None, 200)
                 ev = self.factory.chat(rng, ts, self.ident, messages, reply, max_tokens=2048, temperature=0.7)
+                self._name_end_user(ev, self.customers.index(customer))
                 out.append((ts, seq, ev))
                 seq += 1
                 history.append((human, reply))
@@ -239,11 +249,16 @@ class MixedCampaign(Actor):
                 m for m in prompt.messages if m["role"] != "system"]
             reply = self.ctx.responses.reply(rng, prompt.area, prompt.target_tokens)
             ev = self.factory.chat(rng, float(t), self.ident, messages, reply, max_tokens=2048, temperature=0.7)
+            self._name_end_user(ev, len(self.customers))
             out.append((float(t), seq, ev))
             seq += 1
         out.sort(key=lambda r: (r[0], r[1]))
         for _, _, ev in out:
             yield ev
+
+
+def _customer_id(account: str, index: int) -> str:
+    return "cus_" + hashlib.blake2b(f"{account}/{index}".encode(), digest_size=6).hexdigest()
 
 
 def build_campaign(ctx: LabContext, spec: CampaignSpec) -> SingleAccountCampaign | HydraCampaign | MixedCampaign:
