@@ -166,6 +166,33 @@ def test_account_page_shows_evidence(analyst, dash, flagged):
     assert samples and samples[0][1][:40].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")[:30] in page
 
 
+def test_coverage_growth_against_the_organic_band(analyst, dash, lab):
+    _, labels, _ = lab
+    snap = dash.snapshot
+    band = snap.coverage_band()
+    assert band and band[0][0] == 1 and all(p10 <= p50 <= p90 for _, p10, p50, p90, _ in band)
+    organic = [a for a in snap.data["accounts"] if not a["flagged"]]
+    assert all(n_accounts == sum(1 for a in organic if a["queries"] >= n) for n, *_, n_accounts in band)
+    hydra = [r["account"] for r in labels if r["strategy"] == "hydra" and snap.accounts[r["account"]]["flagged"]]
+    at10 = dict((n, p90) for n, _, _, p90, _ in band)[10]
+    above = [a for a in hydra if dict(snap.coverage(a)).get(10, 0) > at10]
+    assert len(above) >= len(hydra) // 2, "sweeping accounts cover more areas than organic ones"
+    name = hydra[0]
+    curve = snap.coverage(name)
+    assert curve[-1][0] == min(snap.accounts[name]["queries"], 200) and [n for n, _ in curve] == sorted(
+        n for n, _ in curve) and all(a <= b for (_, a), (_, b) in zip(curve, curve[1:]))
+    page = analyst.get(f"/accounts/{name}").text
+    assert "id=coverage" in page and "<polygon" in page and "class=median" in page
+    assert page.count("<circle") >= len(curve)
+
+
+def test_appeals_page_without_a_gateway_says_how_to_connect(analyst):
+    page = analyst.get("/appeals")
+    assert page.status_code == 200 and "id=no-gateway" in page.text and "--gateway-token-file" in page.text
+    reply = analyst.post("/appeals/ap-1/decision", data={"csrf": _csrf(page.text), "decision": "lift"})
+    assert reply.status_code == 409 and "--gateway" in reply.text
+
+
 def test_post_without_or_with_wrong_csrf_is_refused(analyst, dash, flagged):
     before = len(dash.actions.entries())
     target = {"target_kind": "account", "target": flagged[0]["account"], "action": "block"}
@@ -180,9 +207,12 @@ def test_action_lands_in_the_audit_log(analyst, dash, flagged):
     token = _csrf(analyst.get(f"/accounts/{name}").text)
     reply = analyst.post("/actions", data={"csrf": token, "target_kind": "account", "target": name,
                                            "action": "throttle", "note": "<b>too regular</b>"})
-    assert reply.status_code == 303 and reply.headers["location"] == f"/accounts/{name}"
     entry = dash.actions.entries(target=name)[0]
-    assert (entry["analyst"], entry["action"], entry["note"]) == ("alice", "throttle", "<b>too regular</b>")
+    assert reply.status_code == 303 and reply.headers["location"] == f"/accounts/{name}?done={entry['id']}"
+    assert (entry["analyst"], entry["action"], entry["note"], entry["pushed"]) == \
+        ("alice", "throttle", "<b>too regular</b>", None)          # no gateway: nothing pushed
+    notice = analyst.get(reply.headers["location"]).text
+    assert f"Recorded throttle on account {name} as audit entry #{entry['id']}." in notice
     audit = analyst.get("/audit").text
     assert name in audit and "throttle" in audit and "&lt;b&gt;too regular&lt;/b&gt;" in audit
     assert "<b>too regular</b>" not in audit
@@ -235,6 +265,11 @@ def test_false_positive_is_fed_back_on_rescan(analyst, dash, flagged):
     (["--password-file", "missing.txt"], None, "no such password file"),
     ([], "short", "at least 8 characters"),
     (["--db", "nope.duckdb"], PASSWORD, "no such DuckDB file"),
+    (["--gateway-token-file", "t.txt"], PASSWORD, "--gateway-token-file needs --gateway"),
+    (["--gateway", "ftp://gw.example"], PASSWORD, "--gateway must be the gateway's base URL"),
+    (["--gateway", "http://127.0.0.1:9", "--gateway-token-file", "missing.txt"], PASSWORD,
+     "no such gateway token file"),
+    (["--gateway", "http://127.0.0.1:9"], PASSWORD, "needs the gateway's admin token"),
 ])
 def test_cli_bad_input_is_one_line(lab, tmp_path, monkeypatch, capsys, args, env, message):
     from distillguard.cli import main
@@ -242,6 +277,7 @@ def test_cli_bad_input_is_one_line(lab, tmp_path, monkeypatch, capsys, args, env
     db, _, _ = lab
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DISTILLGUARD_WEB_PASSWORD", raising=False)
+    monkeypatch.delenv("DISTILLGUARD_ADMIN_TOKEN", raising=False)
     if env is not None:
         monkeypatch.setenv("DISTILLGUARD_WEB_PASSWORD", env)
     if "--db" not in args:

@@ -24,10 +24,12 @@ from starlette.routing import Route
 from distillguard.detect.scan import ScanOptions
 from distillguard.web import csrf, views
 from distillguard.web.auth import COOKIE, LoginLimiter, PasswordCheck, Session, SessionStore
-from distillguard.web.queries import ACTIONS, ActionLog, Snapshot
+from distillguard.web.gateway import GatewayError, GatewayLink
+from distillguard.web.queries import ACTIONS, APPEAL_DECISIONS, ActionLog, Snapshot
 
 RANKED_ROWS = 500
 MAX_FORM_BYTES = 16_384
+PUSH_CONCURRENCY = 8               # gateway calls in flight at once for a cluster's members
 _HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
@@ -45,6 +47,7 @@ class WebConfig:
     max_failures: int = 5            # failed logins per client address ...
     failure_window_s: float = 300.0  # ... within this window, then refused until it passes
     secure_cookie: bool = False      # set when served over HTTPS (a proxy in front)
+    gateway: GatewayLink | None = None   # --gateway: actions pushed there, appeals read and decided there
 
 
 class Dashboard:
@@ -56,6 +59,8 @@ class Dashboard:
         self.sessions = SessionStore()
         self.limiter = LoginLimiter(config.max_failures, config.failure_window_s)
         self.actions = ActionLog(config.state)
+        # `baseline build --include-false-positives STATE` finds the events of marked accounts here.
+        self.actions.set_meta("events_db", str(Path(config.db).resolve()))
         self._refresh_lock = threading.Lock()
         self._refresher: threading.Thread | None = None
         self.refresh_error: str | None = None
@@ -162,8 +167,14 @@ def _signed_in(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
-def _chrome(dash: Dashboard, session: Session) -> dict[str, Any]:
-    return {"user": session.user, "csrf": session.csrf, "banner": dash.status()}
+def _chrome(dash: Dashboard, session: Session, request: Request | None = None) -> dict[str, Any]:
+    chrome: dict[str, Any] = {"user": session.user, "csrf": session.csrf, "banner": dash.status()}
+    done = request.query_params.get("done", "") if request is not None else ""
+    if done.isdigit():   # after an action: what was recorded, and whether the gateway took it
+        entry = dash.actions.get(int(done))
+        if entry is not None:
+            chrome["notice"] = views.push_notice(entry)
+    return chrome
 
 
 def _safe_next(target: str | None) -> str:
@@ -247,10 +258,11 @@ async def account(request: Request, dash: Dashboard, session: Session) -> Respon
     if a is None:
         return _not_found("account", name, dash, session)
     unit, timeline = snap.timeline(name)
-    chrome = _chrome(dash, session)
+    chrome = _chrome(dash, session, request)
     return _html(views.account_page(a, unit=unit, timeline=timeline, cadence=snap.cadence(name),
                                     samples=snap.samples(name), plots=snap.plots.get(name, {}),
-                                    decisions=snap.decisions(name),
+                                    decisions=snap.decisions(name), coverage=snap.coverage(name),
+                                    band=snap.coverage_band(),
                                     state=dash.actions.current("account").get(name),
                                     history=dash.actions.entries(target_kind="account", target=name, limit=50),
                                     **chrome))
@@ -267,12 +279,27 @@ async def cluster(request: Request, dash: Dashboard, session: Session) -> Respon
     return _html(views.cluster_page(c, members, state=dash.actions.current("cluster").get(name),
                                     member_states=dash.actions.current("account"),
                                     history=dash.actions.entries(target_kind="cluster", target=name, limit=50),
-                                    edges=snap.links.get(name, []), **_chrome(dash, session)))
+                                    edges=snap.links.get(name, []), **_chrome(dash, session, request)))
 
 
 @_signed_in
 async def audit(request: Request, dash: Dashboard, session: Session) -> Response:
-    return _html(views.audit_page(dash.actions.entries(limit=1000), **_chrome(dash, session)))
+    return _html(views.audit_page(dash.actions.entries(limit=1000), gateway=dash.config.gateway is not None,
+                                  **_chrome(dash, session)))
+
+
+async def _push(dash: Dashboard, gateway: GatewayLink, entry_id: int, action: str, account: str, note: str,
+                analyst: str) -> str:
+    """Send one account action to the gateway and record the outcome on its audit row."""
+    reason = f"{note} ({analyst} via the dashboard, audit #{entry_id})" if note else \
+        f"{analyst} via the dashboard, audit #{entry_id}"
+    try:
+        await gateway.push(action, account, reason)
+        outcome = "sent"
+    except GatewayError as exc:
+        outcome = f"failed: {exc}"
+    dash.actions.set_pushed(entry_id, outcome)
+    return outcome
 
 
 @_signed_in
@@ -286,10 +313,89 @@ async def act(request: Request, dash: Dashboard, session: Session) -> Response:
                                       + ", ".join(ACTIONS) + ".", **_chrome(dash, session)), 400)
     if target not in known:
         return _not_found(kind, target, dash, session)
-    dash.actions.record(analyst=session.user, client=_client(request), target_kind=kind, target=target,
-                        action=action, note=form.get("note", "")[:500])
-    return RedirectResponse(views.url("accounts" if kind == "account" else "clusters", target), status_code=303,
-                            headers=_HEADERS)
+    gateway = dash.config.gateway
+    note = form.get("note", "")[:500]
+    # The audit row is written first: a gateway that is down loses the push, never the record.
+    entry = dash.actions.record(analyst=session.user, client=_client(request), target_kind=kind, target=target,
+                                action=action, note=note, pushed="pending" if gateway else None)
+    if kind == "account":
+        if gateway is not None:
+            await _push(dash, gateway, entry, action, target, note, session.user)
+    else:
+        # A cluster's action is each member's: one audit row per member, each pushed.
+        members = list(known[target]["accounts"])
+        rows = [(m, dash.actions.record(analyst=session.user, client=_client(request), target_kind="account",
+                                        target=m, action=action, note=f"cluster {target}: {note}".rstrip(": "),
+                                        pushed="pending" if gateway else None)) for m in members]
+        if gateway is not None:
+            limit = asyncio.Semaphore(PUSH_CONCURRENCY)
+
+            async def one(member: str, row: int) -> str:
+                async with limit:
+                    return await _push(dash, gateway, row, action, member, note, session.user)
+
+            outcomes = await asyncio.gather(*(one(m, row) for m, row in rows))
+            failed = [o for o in outcomes if o != "sent"]
+            dash.actions.set_pushed(entry, "sent" if not failed else
+                                    f"failed for {len(failed)} of {len(outcomes)} members: {failed[0][8:]}")
+    path = views.url("accounts" if kind == "account" else "clusters", target)
+    return RedirectResponse(f"{path}?done={entry}", status_code=303, headers=_HEADERS)
+
+
+# ------------------------------------------------------------------ appeals (held by the gateway)
+
+@_signed_in
+async def appeals(request: Request, dash: Dashboard, session: Session) -> Response:
+    chrome = _chrome(dash, session, request)
+    gateway = dash.config.gateway
+    if gateway is None:
+        return _html(views.appeals_page(None, {}, {}, error=None, **chrome))
+    try:
+        data = await gateway.appeals()
+    except GatewayError as exc:
+        return _html(views.appeals_page(None, {}, {}, error=str(exc), **chrome), 502)
+    return _html(views.appeals_page(data, dash.snapshot.accounts, dash.actions.current("account"), error=None,
+                                    **chrome))
+
+
+@_signed_in
+async def appeal_decision(request: Request, dash: Dashboard, session: Session) -> Response:
+    form: dict[str, str] = request.state.form
+    appeal_id, decision = request.path_params["appeal"], form.get("decision", "")
+    gateway = dash.config.gateway
+    if decision not in APPEAL_DECISIONS:
+        return _html(views.error_page(400, "Bad request", "decision must be uphold or lift.",
+                                      **_chrome(dash, session)), 400)
+    if gateway is None:
+        return _html(views.error_page(409, "No gateway", "Appeals live in the gateway: start the dashboard with "
+                                      "--gateway URL --gateway-token-file FILE.", **_chrome(dash, session)), 409)
+    note = form.get("note", "")[:500]
+    client = _client(request)
+    try:
+        appeal = await gateway.appeal(appeal_id)
+    except GatewayError as exc:
+        if exc.status == 404:
+            return _html(views.error_page(404, "No such appeal", f"The gateway has no appeal {appeal_id!r}.",
+                                          **_chrome(dash, session)), 404)
+        entry = dash.actions.record(analyst=session.user, client=client, target_kind="appeal", target=appeal_id,
+                                    action=decision, note=note, pushed=f"failed: {exc}")
+        return RedirectResponse(f"/appeals?done={entry}", status_code=303, headers=_HEADERS)
+    account = appeal.get("account", "")
+    entry = dash.actions.record(analyst=session.user, client=client, target_kind="appeal", target=appeal_id,
+                                action=decision, note=f"{account}: {note}".rstrip(": "), pushed="pending")
+    try:
+        await gateway.decide(appeal_id, decision, note, session.user)
+        outcome = "sent"
+    except GatewayError as exc:
+        outcome = f"failed: {exc}"
+    dash.actions.set_pushed(entry, outcome)
+    if outcome == "sent" and decision == "lift":
+        # The gateway's lift is an operator allow; here the account becomes a false positive
+        # (scanned as authorised on the next re-scan, and fed to `baseline build`).
+        dash.actions.record(analyst=session.user, client=client, target_kind="account", target=account,
+                            action="false_positive", note=f"appeal {appeal_id} lifted: {note}".rstrip(": "),
+                            pushed="sent")
+    return RedirectResponse(f"/appeals?done={entry}", status_code=303, headers=_HEADERS)
 
 
 @_signed_in
@@ -321,6 +427,7 @@ def build_app(config: WebConfig, dashboard: Dashboard | None = None) -> Starlett
         Route("/accounts/{account:path}", account), Route("/clusters", clusters),
         Route("/clusters/{cluster:path}", cluster), Route("/audit", audit),
         Route("/actions", act, methods=["POST"]), Route("/refresh", refresh, methods=["POST"]),
+        Route("/appeals", appeals), Route("/appeals/{appeal}/decision", appeal_decision, methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
     app.state.dashboard = dash

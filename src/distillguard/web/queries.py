@@ -17,6 +17,7 @@ from typing import Any
 
 import duckdb
 
+from distillguard.detect import text as tx
 from distillguard.detect.baseline import load_default
 from distillguard.detect.engine import identities, local_features
 from distillguard.detect.hydra import link_graph
@@ -25,6 +26,8 @@ from distillguard.errors import BadInputError
 from distillguard.store import EventStore
 
 ACTIONS = ("allowlist", "throttle", "block", "false_positive", "clear")
+APPEAL_DECISIONS = ("uphold", "lift")      # audit rows of target_kind 'appeal'
+TARGET_KINDS = ("account", "cluster", "appeal")
 # Accounts whose latest action is one of these are scanned as authorised on the next refresh.
 FEEDBACK_ACTIONS = ("allowlist", "false_positive")
 SAMPLES_PER_ACCOUNT = 8
@@ -46,6 +49,11 @@ _AGGREGATES = {
                  "count(*) AS n, max(ts) AS last FROM events WHERE extra IS NOT NULL AND "
                  "json_extract_string(extra, '$.decision.action') IS NOT NULL GROUP BY ALL ORDER BY account, n DESC",
 }
+# Coverage growth: capability areas (of the taxonomy's 17) among an account's first n queries, at
+# these n; read for the first COVERAGE_QUERIES queries of every account (areas saturate well before).
+COVERAGE_QUERIES = 200
+COVERAGE_GRID = (1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200)
+BAND_MIN_ACCOUNTS = 10     # organic accounts needed at a grid point to draw the band there
 CADENCE_LABELS = ["<1s", "1s", "3s", "10s", "30s", "1m40", "5m", "17m", "50m", "2.8h", "8h", "28h", "≥3.7d"]
 
 
@@ -82,6 +90,7 @@ class Snapshot:
                 mem.register("_t", table)
                 mem.execute(f"CREATE TABLE {name} AS SELECT * FROM _t")
                 mem.unregister("_t")
+            _coverage_tables(store, mem, result)
         data = result.to_dict()
         snap = cls(result=result, data=data, con=mem, events=events, seconds=time.perf_counter() - started,
                    taken_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
@@ -93,6 +102,14 @@ class Snapshot:
                 sub = graph.subgraph(c.accounts)
                 snap.links[c.cluster] = sorted((a, b, list(d["kinds"])) for a, b, d in sub.edges(data=True))
         return snap
+
+    def coverage(self, account: str) -> list[tuple[int, int]]:
+        """(queries, capability areas among them) of one account, at the grid points it reached."""
+        return self._rows("SELECT n, areas FROM coverage WHERE account = ? ORDER BY n", [account])
+
+    def coverage_band(self) -> list[tuple[int, float, float, float, int]]:
+        """(queries, p10, median, p90, accounts) of the areas organic (unflagged) accounts covered."""
+        return self._rows("SELECT n, p10, p50, p90, accounts FROM coverage_band ORDER BY n", [])
 
     def _rows(self, sql: str, params: list) -> list[tuple]:
         cur = self.con.cursor()  # one cursor per query: pages run in worker threads
@@ -131,6 +148,43 @@ class Snapshot:
         self.con.close()
 
 
+def _coverage_tables(store: EventStore, mem: duckdb.DuckDBPyConnection, result: ScanResult) -> None:
+    """``coverage`` (account, n, areas) and ``coverage_band`` (n, p10, p50, p90, accounts).
+
+    The band is drawn from the accounts this scan did not flag: the store's own organic traffic,
+    measured the same way as the account it is compared with. (The baseline file keeps fitted
+    signal distributions, not curves; a store's own population also matches its product's mix.)
+    Areas are classified once per distinct prompt among each account's first COVERAGE_QUERIES
+    queries: ~15 s per million events, at start-up and on re-scan only.
+    """
+    firsts = store.con.sql(
+        "SELECT account, rn, left(prompt_text, 600) AS prompt FROM (SELECT account, prompt_text, "
+        "row_number() OVER (PARTITION BY account ORDER BY ts, id) AS rn, "
+        "row_number() OVER (PARTITION BY account, hash(prompt_text) ORDER BY ts, id) AS k FROM events) "
+        f"WHERE rn <= {COVERAGE_QUERIES} AND k = 1").to_arrow_table()
+    import pyarrow as pa
+
+    areas = tx.area_ids(firsts.column("prompt").to_pylist())
+    mem.register("_areas", pa.table({"account": firsts.column("account"), "rn": firsts.column("rn"),
+                                     "area": pa.array(areas, type=pa.int16())}))
+    mem.register("_queries", pa.table({"account": [a.account for a in result.accounts],
+                                       "queries": [a.queries for a in result.accounts],
+                                       "flagged": [a.flagged for a in result.accounts]}))
+    grid = "[" + ", ".join(str(n) for n in COVERAGE_GRID) + "]"
+    mem.execute(
+        "CREATE TABLE coverage AS WITH first_area AS (SELECT account, area, min(rn) AS rn FROM _areas GROUP BY ALL), "
+        f"points AS (SELECT account, flagged, unnest(list_distinct(list_filter({grid}, lambda x: x <= queries) || "
+        f"[least(queries, {COVERAGE_QUERIES})])) AS n FROM _queries WHERE queries > 0) "
+        "SELECT p.account, p.n::INTEGER AS n, p.flagged, count(f.area)::INTEGER AS areas FROM points p "
+        "LEFT JOIN first_area f ON f.account = p.account AND f.rn <= p.n GROUP BY ALL ORDER BY p.account, n")
+    mem.execute(
+        "CREATE TABLE coverage_band AS SELECT n, quantile_cont(areas, 0.1) AS p10, quantile_cont(areas, 0.5) AS p50, "
+        f"quantile_cont(areas, 0.9) AS p90, count(*) AS accounts FROM coverage WHERE NOT flagged AND n IN "
+        f"(SELECT unnest({grid})) GROUP BY n HAVING count(*) >= {BAND_MIN_ACCOUNTS} ORDER BY n")
+    mem.unregister("_areas")
+    mem.unregister("_queries")
+
+
 class ActionLog:
     """The analysts' audit log: one row per action, in its own DuckDB file (never the event store)."""
 
@@ -154,16 +208,45 @@ class ActionLog:
         self.con.execute("CREATE TABLE IF NOT EXISTS audit_log (id BIGINT DEFAULT nextval('audit_seq') PRIMARY KEY, "
                          "ts TIMESTAMP NOT NULL, analyst VARCHAR NOT NULL, client VARCHAR, target_kind VARCHAR NOT NULL, "
                          "target VARCHAR NOT NULL, action VARCHAR NOT NULL, note VARCHAR)")
+        # pushed: NULL without a gateway; 'pending' while the push runs; 'sent'; 'failed: why'.
+        self.con.execute("ALTER TABLE audit_log ADD COLUMN IF NOT EXISTS pushed VARCHAR")
+        self.con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
 
-    def record(self, *, analyst: str, client: str, target_kind: str, target: str, action: str, note: str) -> int:
-        if action not in ACTIONS:
-            raise ValueError(f"unknown action {action!r}")
+    def _has_column(self, name: str) -> bool:
+        return bool(self.con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'audit_log' "
+                                     "AND column_name = ?", [name]).fetchone()[0])
+
+    def record(self, *, analyst: str, client: str, target_kind: str, target: str, action: str, note: str,
+               pushed: str | None = None) -> int:
+        allowed = APPEAL_DECISIONS if target_kind == "appeal" else ACTIONS
+        if target_kind not in TARGET_KINDS or action not in allowed:
+            raise ValueError(f"unknown action {action!r} on a {target_kind!r}")
         with self._lock:
             row = self.con.execute(
-                "INSERT INTO audit_log (ts, analyst, client, target_kind, target, action, note) "
-                "VALUES (now()::TIMESTAMP, ?, ?, ?, ?, ?, ?) RETURNING id",
-                [analyst, client, target_kind, target, action, note]).fetchone()
+                "INSERT INTO audit_log (ts, analyst, client, target_kind, target, action, note, pushed) "
+                "VALUES (now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                [analyst, client, target_kind, target, action, note, pushed]).fetchone()
         return int(row[0])
+
+    def set_pushed(self, entry_id: int, pushed: str) -> None:
+        with self._lock:
+            self.con.execute("UPDATE audit_log SET pushed = ? WHERE id = ?", [pushed, entry_id])
+
+    def get(self, entry_id: int) -> dict[str, Any] | None:
+        rows = self._select("WHERE id = ?", [entry_id], 1)
+        return rows[0] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+
+    def meta(self, key: str) -> str | None:
+        with self._lock:
+            if not self.con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'"
+                                    ).fetchone()[0]:
+                return None
+            row = self.con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
 
     def entries(self, *, target_kind: str | None = None, target: str | None = None,
                 limit: int = 500) -> list[dict[str, Any]]:
@@ -174,11 +257,14 @@ class ActionLog:
         if target is not None:
             where.append("target = ?")
             params.append(target)
-        sql = ("SELECT id, ts, analyst, client, target_kind, target, action, note FROM audit_log"
-               + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY id DESC LIMIT {int(limit)}")
+        return self._select("WHERE " + " AND ".join(where) if where else "", params, limit)
+
+    def _select(self, where: str, params: list, limit: int) -> list[dict[str, Any]]:
+        keys = ("id", "ts", "analyst", "client", "target_kind", "target", "action", "note", "pushed")
         with self._lock:
-            rows = self.con.execute(sql, params).fetchall()
-        keys = ("id", "ts", "analyst", "client", "target_kind", "target", "action", "note")
+            pushed = "pushed" if self._has_column("pushed") else "NULL AS pushed"   # a file read-only, never migrated
+            rows = self.con.execute(f"SELECT id, ts, analyst, client, target_kind, target, action, note, {pushed} "
+                                    f"FROM audit_log {where} ORDER BY id DESC LIMIT {int(limit)}", params).fetchall()
         return [dict(zip(keys, r)) for r in rows]
 
     def current(self, target_kind: str = "account") -> dict[str, str]:
@@ -188,6 +274,16 @@ class ActionLog:
                 "SELECT target, arg_max(action, id) FROM audit_log WHERE target_kind = ? GROUP BY target",
                 [target_kind]).fetchall()
         return {t: a for t, a in rows if a != "clear"}
+
+    def appeal_decisions(self) -> dict[str, int]:
+        """Appeals decided from the dashboard (the gateway took the decision): upheld, lifted."""
+        with self._lock:
+            pushed = "coalesce(pushed, 'sent')" if self._has_column("pushed") else "'sent'"
+            rows = self.con.execute(
+                f"SELECT action, count(DISTINCT target) FROM audit_log WHERE target_kind = 'appeal' AND {pushed} = 'sent' "
+                f"GROUP BY action").fetchall()
+        named = {"uphold": "upheld", "lift": "lifted"}
+        return {named[a]: int(n) for a, n in rows if a in named}
 
     def feedback_allowlist(self) -> frozenset[str]:
         return frozenset(t for t, a in self.current("account").items() if a in FEEDBACK_ACTIONS)

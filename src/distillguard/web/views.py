@@ -4,11 +4,13 @@ plots (the scan report's helpers), no JavaScript."""
 from __future__ import annotations
 
 import html
-from datetime import datetime
+import math
+from datetime import datetime, timezone
 from typing import Any, Sequence
 from urllib.parse import quote
 
-from distillguard.report.scan_html import _CSS, _bars, _line, _p
+from distillguard.detect.text import AREA_LIST
+from distillguard.report.scan_html import _CSS, _bars, _p
 from distillguard.web.queries import ACTIONS, CADENCE_LABELS
 
 _EXTRA_CSS = """
@@ -18,6 +20,8 @@ button{cursor:pointer}.pill{padding:.05rem .45rem;border-radius:9px;background:#
 .pill.block{background:#fbe0de}.pill.throttle{background:#fff1cc}.pill.allowlist,.pill.false_positive{background:#dff3e2}
 pre{white-space:pre-wrap;background:#f7f7fa;padding:.4rem .6rem;border-radius:6px;margin:.3rem 0;font-size:12px}
 .num{white-space:nowrap}.error{color:#b3261e}form.actions{display:flex;gap:.5rem;flex-wrap:wrap;align-items:center}
+.notice{padding:.5rem .8rem;border-radius:6px;margin:.6rem 0;background:#dff3e2}.notice.error{background:#fbe0de}
+.pill.open{background:#fff1cc}.pill.upheld{background:#fbe0de}.pill.lifted{background:#dff3e2}
 """
 
 
@@ -29,14 +33,19 @@ def url(kind: str, name: str) -> str:
     return f"/{kind}/{quote(name, safe='')}"
 
 
-def page(title: str, body: str, *, user: str | None = None, csrf: str | None = None, banner: str = "") -> str:
+def page(title: str, body: str, *, user: str | None = None, csrf: str | None = None, banner: str = "",
+         notice: tuple[str, bool] | None = None) -> str:
     nav = ""
     if user is not None:
         nav = (f"<nav><b>distillguard</b><a href='/accounts'>Accounts</a><a href='/clusters'>Clusters</a>"
-               f"<a href='/audit'>Audit log</a><span class=right><small>{e(banner)}</small>"
+               f"<a href='/appeals'>Appeals</a><a href='/audit'>Audit log</a><span class=right><small>{e(banner)}</small>"
                f"<form method=post action='/refresh'>{hidden_csrf(csrf)}<button>Re-scan</button></form>"
                f"<form method=post action='/logout'>{hidden_csrf(csrf)}<button>Log out {e(user)}</button></form>"
                f"</span></nav>")
+    if notice is not None:
+        text, failed = notice
+        nav += f"<p id=notice class='notice{' error' if failed else ''}' role={'alert' if failed else 'status'}>" \
+               f"{e(text)}</p>"
     return (f"<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content='width=device-width'>"
             f"<title>{e(title)} · distillguard</title><style>{_CSS}{_EXTRA_CSS}</style>{nav}{body}</html>")
 
@@ -57,6 +66,26 @@ def login_page(token: str, error: str = "", next_path: str = "/accounts") -> str
 def error_page(code: int, title: str, detail: str, **chrome: Any) -> str:
     return page(title, f"<h1>{code} · {e(title)}</h1><p>{e(detail)}</p><p><a href='/accounts'>Back to the "
                        f"ranked accounts</a></p>", **chrome)
+
+
+def push_notice(entry: dict[str, Any]) -> tuple[str, bool]:
+    """(text, failed) about one audit row just written: recorded, and whether the gateway took it."""
+    what = f"{entry['action'].replace('_', ' ')} on {entry['target_kind']} {entry['target']}"
+    pushed = entry.get("pushed")
+    if pushed is None:
+        return f"Recorded {what} as audit entry #{entry['id']}.", False
+    if pushed == "sent":
+        return f"Recorded {what} as audit entry #{entry['id']}; the gateway applied it.", False
+    if pushed == "pending":
+        return f"Recorded {what} as audit entry #{entry['id']}; the gateway has not answered yet.", True
+    return (f"Recorded {what} as audit entry #{entry['id']}, but the gateway did not apply it "
+            f"({pushed.removeprefix('failed: ')}). Try again when it is back.", True)
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return ""
+    return datetime.fromtimestamp(float(epoch), tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S") + "Z"
 
 
 def _state(action: str | None) -> str:
@@ -132,19 +161,34 @@ def _action_form(kind: str, target: str, csrf: str | None) -> str:
             f"<input name=note placeholder='note (why)' size=40 maxlength=500>{buttons}</form>")
 
 
-def _history(entries: Sequence[dict[str, Any]], *, with_target: bool = False) -> str:
+def _pushed(pushed: str | None) -> str:
+    if pushed is None:
+        return ""
+    if pushed == "sent":
+        return "<span class=ok>sent</span>"
+    return f"<span class=error>{e(pushed)}</span>"
+
+
+def _target_link(kind: str, target: str) -> str:
+    href = "/appeals#" + quote(target, safe="") if kind == "appeal" else url(
+        "accounts" if kind == "account" else "clusters", target)
+    return f"<a href='{e(href)}'>{e(kind)} {e(target)}</a>"
+
+
+def _history(entries: Sequence[dict[str, Any]], *, with_target: bool = False, gateway: bool = False) -> str:
     if not entries:
         return "<p>No actions yet.</p>"
     head = "<th>target" if with_target else ""
+    gateway = gateway or any(x.get("pushed") is not None for x in entries)
     rows = []
     for x in entries:
-        target = (f"<td><a href='{url('accounts' if x['target_kind'] == 'account' else 'clusters', x['target'])}'>"
-                  f"{e(x['target_kind'])} {e(x['target'])}</a>") if with_target else ""
+        target = f"<td>{_target_link(x['target_kind'], x['target'])}" if with_target else ""
         ts = x["ts"].strftime("%Y-%m-%d %H:%M:%S") if isinstance(x["ts"], datetime) else x["ts"]
+        pushed = f"<td>{_pushed(x.get('pushed'))}" if gateway else ""
         rows.append(f"<tr><td class=num>{x['id']}<td>{e(ts)}Z<td>{e(x['analyst'])}{target}<td>{_state(x['action'])}"
-                    f"<td>{e(x['note'])}<td><small>{e(x['client'])}</small></tr>")
-    return (f"<table class=audit><tr><th class=num>#<th>when (UTC)<th>analyst{head}<th>action<th>note<th>from</tr>"
-            + "".join(rows) + "</table>")
+                    f"<td>{e(x['note'])}{pushed}<td><small>{e(x['client'])}</small></tr>")
+    return (f"<table class=audit><tr><th class=num>#<th>when (UTC)<th>analyst{head}<th>action<th>note"
+            f"{'<th>gateway' if gateway else ''}<th>from</tr>" + "".join(rows) + "</table>")
 
 
 def _intel(intel: dict[str, Any] | None) -> str:
@@ -168,10 +212,51 @@ def _decisions(rows: Sequence[tuple[str, bool, int, datetime]]) -> str:
             f"<th>last</tr>{body}</table>")
 
 
+def coverage_svg(points: Sequence[tuple[int, int]], band: Sequence[tuple[int, float, float, float, int]],
+                 *, width: int = 420, height: int = 170) -> str:
+    """The account's capability areas vs queries (red) over organic accounts' 10–90 % band (grey)
+    and median (dashed); queries on a log scale."""
+    if not points:
+        return ""
+    areas = len(AREA_LIST)
+    xmax = max([p[0] for p in points] + [b[0] for b in band] + [10])
+    left, right, top, bottom = 26, 10, 16, 30
+
+    def x(n: float) -> float:
+        return left + math.log10(max(n, 1)) / math.log10(xmax) * (width - left - right)
+
+    def y(v: float) -> float:
+        return height - bottom - v / areas * (height - top - bottom)
+
+    parts = []
+    if len(band) >= 2:
+        upper = " ".join(f"{x(n):.1f},{y(p90):.1f}" for n, _, _, p90, _ in band)
+        lower = " ".join(f"{x(n):.1f},{y(p10):.1f}" for n, p10, _, _, _ in reversed(band))
+        parts.append(f'<polygon points="{upper} {lower}" fill="#dfe3ee"><title>organic accounts (unflagged): '
+                     f'10–90 % of areas covered</title></polygon>')
+        median = " ".join(f"{x(n):.1f},{y(p50):.1f}" for n, _, p50, _, _ in band)
+        parts.append(f'<polyline class=median points="{median}" fill="none" stroke="#5c6784" stroke-dasharray="4 3"/>')
+    line = " ".join(f"{x(n):.1f},{y(v):.1f}" for n, v in points)
+    parts.append(f'<polyline class=account points="{line}" fill="none" stroke="#b3261e" stroke-width="2"/>')
+    parts += [f'<circle cx="{x(n):.1f}" cy="{y(v):.1f}" r="2.5" fill="#b3261e"><title>{v} areas in the first '
+              f'{n:,} queries</title></circle>' for n, v in points]
+    ticks = [t for t in (1, 10, 100, 1000) if t <= xmax]
+    parts += [f'<text x="{x(t):.1f}" y="{height - bottom + 12}" font-size="9" text-anchor="middle">{t}</text>'
+              for t in ticks]
+    parts.append(f'<text x="{left - 4}" y="{y(areas) + 4:.1f}" font-size="9" text-anchor="end">{areas}</text>'
+                 f'<text x="{left - 4}" y="{y(0):.1f}" font-size="9" text-anchor="end">0</text>')
+    return (f'<svg id=coverage width="{width}" height="{height}" role="img" aria-label="coverage growth">'
+            f'<text x="0" y="10" font-size="10">coverage growth: capability areas (of {areas}) vs queries; grey: '
+            f'organic 10–90 %, dashed: median</text>{"".join(parts)}<text x="{width - right}" y="{height - 4}" '
+            f'font-size="9" text-anchor="end">queries (log)</text></svg>')
+
+
 def account_page(a: dict[str, Any], *, unit: str, timeline: Sequence[tuple[datetime, int, int]],
                  cadence: Sequence[int], samples: Sequence[tuple[datetime, str]], plots: dict[str, list],
                  state: str | None, history: Sequence[dict[str, Any]], csrf: str | None,
-                 decisions: Sequence[tuple[str, bool, int, datetime]] = (), **chrome: Any) -> str:
+                 decisions: Sequence[tuple[str, bool, int, datetime]] = (),
+                 coverage: Sequence[tuple[int, int]] = (),
+                 band: Sequence[tuple[int, float, float, float, int]] = (), **chrome: Any) -> str:
     fmt = "%Y-%m-%d" if unit == "day" else "%m-%d %H:00"
     labels = [t.strftime(fmt) for t, _, _ in timeline]
     verdict = "<span class=flag>flagged</span>" if a["flagged"] else e(a["status"])
@@ -191,9 +276,11 @@ def account_page(a: dict[str, Any], *, unit: str, timeline: Sequence[tuple[datet
            _series(list(cadence), CADENCE_LABELS, label="gaps between consecutive requests", width=420,
                    color="#6a4fb3")]
     if plots:
-        out += [_bars(plots["hour_histogram"], label="requests by hour of day (UTC)"),
-                _line(plots["coverage_growth"], label="coverage growth: distinct prompts vs queries")]
-    out.append("</div><h2>Sample prompts (earliest)</h2>")
+        out.append(_bars(plots["hour_histogram"], label="requests by hour of day (UTC)"))
+    out.append("</div>")
+    if coverage:
+        out.append(f"<h2>Coverage growth</h2><div class=plots>{coverage_svg(coverage, band)}</div>")
+    out.append("<h2>Sample prompts (earliest)</h2>")
     out += [f"<p><small>{e(ts.strftime('%Y-%m-%d %H:%M:%S'))}Z</small><pre>{e(text)}</pre>" for ts, text in samples]
     out.append(f"<h2>Actions on this account</h2>{_history(history)}")
     return page(f"Account {a['account']}", "".join(out), csrf=csrf, **chrome)
@@ -250,7 +337,67 @@ def cluster_page(c: dict[str, Any], members: Sequence[dict[str, Any]], *, state:
     return page(f"Cluster {c['cluster']}", "".join(out), csrf=csrf, **chrome)
 
 
-def audit_page(entries: Sequence[dict[str, Any]], **chrome: Any) -> str:
+def audit_page(entries: Sequence[dict[str, Any]], gateway: bool = False, **chrome: Any) -> str:
     return page("Audit log", "<h1>Audit log</h1><p><small>Every action taken in the dashboard, newest first. "
                              "Allowlisted accounts and false positives are scanned as authorised on the next "
-                             "re-scan.</small></p>" + _history(entries, with_target=True), **chrome)
+                             "re-scan." + (" The gateway column says whether the gateway applied the action."
+                                           if gateway else "") + "</small></p>"
+                + _history(entries, with_target=True, gateway=gateway), **chrome)
+
+
+_NO_GATEWAY = ("<p id=no-gateway>Appeals are filed by blocked users at the gateway "
+               "(<code>POST /v1/appeals</code> with their own API key) and kept there. Connect the dashboard to it "
+               "to see and decide them:</p><pre>distillguard web --db events.duckdb --gateway http://127.0.0.1:8080 "
+               "--gateway-token-file admin-token.txt</pre><p><small>The token file holds the gateway's admin token "
+               "(its <code>--admin-token</code>); actions taken here are then applied at the gateway too.</small></p>")
+
+
+def appeals_page(data: dict[str, Any] | None, accounts: dict[str, dict[str, Any]], states: dict[str, str],
+                 *, error: str | None, csrf: str | None, **chrome: Any) -> str:
+    out = ["<h1>Appeals</h1>"]
+    if error is not None:
+        out.append(f"<p class='notice error' role=alert>The gateway could not be read: {e(error)}</p>")
+        return page("Appeals", "".join(out), csrf=csrf, **chrome)
+    if data is None:
+        return page("Appeals", "".join(out) + _NO_GATEWAY, csrf=csrf, **chrome)
+    counts = data.get("counts", {})
+    out.append("<div>" + "".join(f"<div class=card><b>{int(counts.get(k, 0)):,}</b>{k}</div>"
+                                 for k in ("open", "upheld", "lifted")) + "</div>")
+    rows = data.get("appeals", [])
+    if not rows:
+        out.append("<p>No appeals yet.</p>")
+        return page("Appeals", "".join(out), csrf=csrf, **chrome)
+    out.append("<p><small>Open appeals first, oldest first; risk and reasons are from the dashboard's scan. "
+               "<b>Lift</b> removes the block at the gateway (an operator allow) and marks the account a false "
+               "positive here; <b>uphold</b> keeps it (the user may appeal again after 24 h).</small></p>"
+               "<table id=appeals><tr><th>appeal<th>account<th>status<th class=num>risk<th>why the gateway refused"
+               "<th>message<th>decision</tr>")
+    for x in rows:
+        name = str(x.get("account", ""))
+        a = accounts.get(name)
+        account = (f"<a href='{url('accounts', name)}'>{e(name)}</a> {_state(states.get(name))}" if a is not None
+                   else f"{e(name)} <small>(not in the scanned store)</small>")
+        risk = (f"{'<span class=flag>flagged</span> ' if a['flagged'] else ''}{a['score']:.2f}<br><small>p "
+                f"{_p(a['p_value'])}</small>" if a is not None else "")
+        reasons = "<br>".join(f"<small>{e(r['detail'])}</small>" for r in (a or {}).get("reasons", [])[:2])
+        standing = x.get("standing") or {}
+        grounds = []
+        if standing.get("manual"):
+            grounds.append(f"operator {e(standing['manual'].get('action'))}: {e(standing['manual'].get('reason'))}")
+        if standing.get("refusal"):
+            grounds.append(f"{e(standing['refusal'].get('action'))} ({e(', '.join(standing['refusal'].get('codes', [])))})")
+        status = str(x.get("status", ""))
+        if status == "open":
+            decision = (f"<form method=post action='/appeals/{e(quote(str(x['id']), safe=''))}/decision' "
+                        f"class=actions>{hidden_csrf(csrf)}<input name=note placeholder='answer to the user' size=24 "
+                        f"maxlength=500><button name=decision value=uphold>uphold</button>"
+                        f"<button name=decision value=lift>lift</button></form>")
+        else:
+            decision = (f"{_when(x.get('decided_at'))} by {e(x.get('analyst') or '—')}"
+                        + (f"<br><small>{e(x.get('note'))}</small>" if x.get("note") else ""))
+        out.append(f"<tr id='{e(x['id'])}'><td>{e(x['id'])}<br><small>{_when(x.get('created_at'))}</small><td>{account}"
+                   f"<td><span class='pill {e(status)}'>{e(status)}</span><td class=num>{risk}"
+                   f"<td>{'<br>'.join(grounds)}{'<br>' if grounds and reasons else ''}{reasons}"
+                   f"<td><pre>{e(x.get('message'))}</pre><td>{decision}</tr>")
+    out.append("</table>")
+    return page("Appeals", "".join(out), csrf=csrf, **chrome)
