@@ -280,3 +280,53 @@ def test_structured_logs_are_json_lines():
     record = orjson.loads(stream.getvalue())
     assert record["msg"] == "decision" and record["account"] == "acct-ü" and record["codes"] == ["manual_block"]
     assert record["level"] == "info" and record["ts"].endswith("Z")
+
+
+def test_live_scorer_judges_a_resellers_end_users_on_their_own(tmp_path):
+    """A reseller's traffic (12 organic customers and one customer's replay script, 5 %), in time
+    order: the script's requests are assessed as its end user's and acted on; the reseller's other
+    customers are never limited by extraction rules, and the account itself stays clear."""
+    from distillguard.gateway.replay import load_events
+    from distillguard.lab.campaigns import CampaignSpec, _customer_id
+    from distillguard.lab.traffic import TrafficConfig, generate
+
+    config = TrafficConfig(seed=43, accounts=0, days=3, batch_apps=0, eval_runs=0, researchers=0, power_users=0,
+                           campaigns=(CampaignSpec("mixed", per_day=2000, extraction_share=0.05, content="replay",
+                                                   family=3),))
+    events = load_events(generate(config, tmp_path).events_path)
+    account = events[0]["account"]
+    script = _customer_id(account, 12)
+    scorer = LiveScorer(load_default(), 1e-3, max_end_users=64)
+    policy = Policy(PolicyConfig())
+    acted: dict[str, list[str]] = {"script": [], "customers": []}
+    first_flag = None
+    for i, ev in enumerate(events):
+        facts = read_request(prompt_view(ev["request"]), 4096)
+        a = scorer.observe(account, facts, ev["ts_epoch"])
+        scorer.add_output(account, ev["usage"]["completion_tokens"], a.repeat, end_user_key=a.end_user_key,
+                          end_user_repeat=a.end_user_repeat)
+        d = policy.decide(a, now=ev["ts_epoch"])
+        who = "script" if ev["request"].get("user") == script else "customers"
+        if a.end_user is not None:
+            assert who == "script" and a.end_user == script
+            assert a.verdict.reasons[0].signal == "end_user_substream"
+            if a.verdict.flagged and first_flag is None:
+                first_flag = i
+        if d.action != "allow" and not any(c.startswith("rate_limit_account") for c in d.codes):
+            acted[who].append(d.codes[0])
+            if who == "script":
+                assert "end_user" in d.codes and f"end user '{script}'" in d.explanation
+    assert first_flag is not None
+    assert acted["customers"] == []
+    assert len(acted["script"]) >= 50
+    assert not scorer.accounts[account].verdict.flagged          # the reseller itself is clear
+    assert len(scorer.end_users) == 13 <= scorer.max_end_users
+
+
+def test_end_user_states_are_bounded():
+    scorer = LiveScorer(load_default(), 1e-3, max_end_users=5)
+    for i in range(12):
+        req = {"messages": [{"role": "user", "content": f"question {i}"}], "user": f"u{i}"}
+        scorer.observe("platform", read_request(prompt_view(req), 4096), BASE + i)
+    assert len(scorer.end_users) == 5
+    assert [k.split("\x1f")[1] for k in scorer.end_users] == ["u7", "u8", "u9", "u10", "u11"]

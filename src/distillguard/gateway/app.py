@@ -326,6 +326,8 @@ async def proxy(request: Request) -> Response:
                          "p_value": assessment.verdict.p_value}
         if assessment.cluster:
             event["risk"]["cluster"] = assessment.cluster
+        if assessment.end_user is not None:
+            event["risk"]["end_user"] = assessment.end_user
         if assessment.intel is not None:
             event["risk"]["intel"] = round(assessment.intel.score, 4)
     headers = decision_headers(decision, request_id)
@@ -425,7 +427,8 @@ def _after(gw: Gateway, account: str, assessment: Any, event: dict[str, Any], cl
     if tokens is None:
         tokens = len(str(event.get("response") or "")) // 4
     if assessment is not None:
-        gw.scorer.add_output(account, int(tokens), assessment.repeat)
+        gw.scorer.add_output(account, int(tokens), assessment.repeat, end_user_key=assessment.end_user_key,
+                             end_user_repeat=assessment.end_user_repeat)
     gw.policy.charge_tokens(account, assessment.cluster if assessment else None,
                             float(usage.get("total_tokens") or tokens), now=clock)
 

@@ -68,6 +68,7 @@ class RequestFacts:
     impersonal: bool
     temperature0: bool
     area: int
+    end_user: str | None = None   # the caller's own end user (request safety_identifier/user)
 
 
 def read_request(view: PromptView, max_tokens_cap: int) -> RequestFacts:
@@ -91,7 +92,7 @@ def read_request(view: PromptView, max_tokens_cap: int) -> RequestFacts:
         orphan_followup=single and view.n_messages <= 1 + has_system and followup,
         near_cap=view.max_tokens is not None and view.max_tokens >= 0.9 * max_tokens_cap,
         single_turn=single, impersonal=not bool(tx.human_style([prompt])[0]),
-        temperature0=view.temperature == 0.0, area=tx.area_index(prompt))
+        temperature0=view.temperature == 0.0, area=tx.area_index(prompt), end_user=view.end_user)
 
 
 # Counters a request adds one to when its fact holds (fact name == slot name).

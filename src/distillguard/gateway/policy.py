@@ -298,9 +298,13 @@ class Policy:
                 "elevated": "elevated_risk"}.get(rule.when, rule.name)
         verdict = a.cluster_verdict if rule.when == "cluster_flagged" and a.cluster_verdict else a.verdict
         why = _top_reasons(verdict)
-        subject = (f"account {a.account!r}" if rule.when != "cluster_flagged"
-                   else f"account {a.account!r} belongs to cluster {a.cluster} ({a.cluster_size} accounts, "
-                        f"attribution confidence {a.cluster_confidence:.0%})")
+        if rule.when == "cluster_flagged":
+            subject = (f"account {a.account!r} belongs to cluster {a.cluster} ({a.cluster_size} accounts, "
+                       f"attribution confidence {a.cluster_confidence:.0%})")
+        elif a.end_user is not None:
+            subject = f"end user {a.end_user!r} of account {a.account!r}"
+        else:
+            subject = f"account {a.account!r}"
         p_text = f"p = {verdict.p_value:.1e}" if verdict.p_value > 0 else "p < 1e-300"
         also = ""
         if a.intel is not None:       # peers' intel adds to a decision of ours, never softens it
@@ -311,6 +315,8 @@ class Policy:
             d.explanation = f"{subject} is flagged for model extraction ({p_text}): {why}{also}"
             if also:
                 d.codes.append("intel_match")
+            if a.end_user is not None and rule.when != "cluster_flagged":
+                d.codes.append("end_user")
             return
         if rule.when in ("flagged", "cluster_flagged"):
             lead = (f"{subject} is flagged for model extraction ({p_text}) on broad automated coverage; "
@@ -320,6 +326,8 @@ class Policy:
         self._act(rule, d, a, now, tokens_wanted, code, lead)
         if also and d.action != "allow":
             d.codes.append("intel_match")
+        if a.end_user is not None and rule.when != "cluster_flagged" and d.action != "allow":
+            d.codes.append("end_user")
 
     def _apply_intel(self, rule: Rule, d: Decision, a: Assessment, now: float, tokens_wanted: float) -> None:
         """A rule on peers' intel: the explanation names the peers and indicators that matched."""
@@ -342,7 +350,12 @@ class Policy:
              lead: str) -> None:
         modified = False
         if "throttle" in rule.actions:
-            self._check_limits(d, "account", a.account, rule.limits, now, tokens_wanted)
+            if a.end_user is not None and a.end_user_key is not None and rule.when != "cluster_flagged":
+                # The end user's requests only, in buckets of its own: the reseller's other
+                # customers are not slowed down.
+                self._check_limits(d, "end_user", a.end_user_key, rule.limits, now, tokens_wanted)
+            else:
+                self._check_limits(d, "account", a.account, rule.limits, now, tokens_wanted)
         if "strip_logprobs" in rule.actions:
             d.strip_logprobs = modified = True
         if "strip_reasoning" in rule.actions:

@@ -7,6 +7,12 @@ infrastructure, identity or templates (the batch scan's edge rule,
 belongs to a cluster of ``MIN_CLUSTER`` or more, the cluster's verdict (the members' states
 merged and judged as one actor).
 
+A request that names its caller's end user (``safety_identifier``/``user``, as resellers and
+platforms send) is folded into that end user's state too, as the batch scan scores busy end users
+on their own. When the end user is flagged (or elevated) and its account is not, the request is
+assessed as the end user's: the policy acts on that end user's requests only, with its own
+throttle buckets. End-user states are an LRU of at most ``max_end_users``.
+
 Verdicts are the batch scan's test (:func:`distillguard.detect.scoring.judge`) at the same
 false-positive rate. A full verdict costs a few hundred microseconds, so it is recomputed on a
 schedule: every query while harvest is significant and the account is young, then as traffic
@@ -18,13 +24,15 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import threading
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from typing import Any
 
 from distillguard.detect.baseline import Baseline
 from distillguard.detect.hydra import (CREATED_BUCKET_S, EDGE_WEIGHT_ONE_STRONG, MAX_GROUP, MIN_CLUSTER, STRONG, WEAK,
                                       edge_evidence, email_pattern)
-from distillguard.detect.scoring import HARVEST_ALPHA, Verdict, judge
+from distillguard.detect.features import end_user_key
+from distillguard.detect.scoring import HARVEST_ALPHA, Reason, Verdict, judge
 from distillguard.detect.signals import HARVEST, SIGNALS
 from distillguard.gateway.online import _HOURS, AccountState, RequestFacts, merged_features
 
@@ -33,6 +41,7 @@ _KIND_BITS = 3
 _HARVEST_SIGNALS = tuple(s for s in SIGNALS if s.family == HARVEST)
 YOUNG = 200     # queries during which a harvesting account is re-judged on every query
 ELEVATED_FACTOR = 10.0
+MAX_END_USERS = 20_000  # end-user states kept (LRU), under 8 KB each
 
 
 def _attr(kind: str, value: Any) -> int:
@@ -73,6 +82,9 @@ class Assessment:
     cluster_confidence: float = 0.0
     repeat: bool = False            # the prompt was seen before in this account
     intel: Any = None               # intel.match.AccountIntel: peers' live indicators this account matches
+    end_user: str | None = None     # set when the verdict is this request's end user's, not the account's
+    end_user_key: str | None = None  # the end-user state this request was folded into (if it named one)
+    end_user_repeat: bool = False
 
 
 class _Cluster:
@@ -89,12 +101,14 @@ class _Cluster:
 
 class LiveScorer:
     def __init__(self, baseline: Baseline, fpr: float, *, allowlist: set[str] | None = None,
-                 max_tokens_cap: int | None = None) -> None:
+                 max_tokens_cap: int | None = None, max_end_users: int = MAX_END_USERS) -> None:
         self.baseline = baseline
         self.fpr = fpr
         self.allowlist = allowlist if allowlist is not None else set()
         self.max_tokens_cap = max_tokens_cap or baseline.max_tokens_cap
         self.accounts: dict[str, AccountState] = {}
+        self.end_users: OrderedDict[str, AccountState] = OrderedDict()   # end_user_key -> state (LRU)
+        self.max_end_users = max_end_users
         self._by_attr: dict[int, list[str]] = {}   # attribute -> accounts (up to MAX_GROUP)
         self._too_common: set[int] = set()           # attributes shared by more than MAX_GROUP accounts
         self._parent: dict[str, str] = {}          # union-find over linked accounts
@@ -117,7 +131,26 @@ class LiveScorer:
             fresh = self._new_attrs(state, ip, user_agent, identity, new_templates)
             if fresh:
                 self._link(account, state, fresh)
-            verdict, elevated = self._account_verdict(account, state)
+            verdict, elevated = self._account_verdict(account, state, account)
+            end_user = eu_key = None
+            eu_repeat = False
+            if facts.end_user is not None:
+                eu_key = end_user_key(account, facts.end_user)
+                eu_state = self.end_users.get(eu_key)
+                if eu_state is None:
+                    eu_state = self.end_users[eu_key] = AccountState()
+                    if len(self.end_users) > self.max_end_users:
+                        self.end_users.popitem(last=False)
+                else:
+                    self.end_users.move_to_end(eu_key)
+                eu_repeat, _ = eu_state.update(facts, ts)
+                # Judged only while the account has traffic besides this end user's (otherwise
+                # the end user is the account, judged already).
+                if eu_state.queries < state.queries and not verdict.flagged:
+                    eu_verdict, eu_elevated = self._account_verdict(eu_key, eu_state, account)
+                    if eu_verdict.flagged or (eu_elevated and not elevated):
+                        verdict, elevated, end_user = _end_user_verdict(
+                            facts.end_user, eu_state.queries, state.queries, eu_verdict), eu_elevated, facts.end_user
             cluster = self._cluster_of(account)
             cluster_verdict = None
             if cluster is not None:
@@ -129,13 +162,18 @@ class LiveScorer:
                               cluster_size=len(cluster.members) if cluster else 0,
                               cluster_verdict=cluster_verdict,
                               cluster_confidence=self._confidence(cluster) if cluster else 0.0, repeat=repeat,
-                              intel=evidence)
+                              intel=evidence, end_user=end_user, end_user_key=eu_key, end_user_repeat=eu_repeat)
 
-    def add_output(self, account: str, completion_tokens: int, repeat: bool) -> None:
+    def add_output(self, account: str, completion_tokens: int, repeat: bool, *, end_user_key: str | None = None,
+                   end_user_repeat: bool = False) -> None:
         with self.lock:
             state = self.accounts.get(account)
             if state is not None:
                 state.add_output(completion_tokens, repeat)
+            if end_user_key is not None:
+                eu_state = self.end_users.get(end_user_key)
+                if eu_state is not None:
+                    eu_state.add_output(completion_tokens, end_user_repeat)
 
     # -- verdicts --------------------------------------------------------------------------
     def _harvest_p(self, features: dict[str, float]) -> float:
@@ -160,7 +198,9 @@ class LiveScorer:
             elevated = loose is not None and loose.status in ("flagged", "authorised")
         return verdict, elevated
 
-    def _account_verdict(self, account: str, state: AccountState) -> tuple[Verdict, bool]:
+    def _account_verdict(self, name: str, state: AccountState, account: str) -> tuple[Verdict, bool]:
+        """The verdict of one state (an account's, or an end user's: ``name``); ``account`` is
+        the billing account, whose allowlisting authorises it."""
         queries = state.queries
         if queries < self.baseline.min_queries:
             return INSUFFICIENT, False
@@ -333,6 +373,15 @@ class LiveScorer:
         with self.lock:
             cluster = self._cluster_of(account)
             return cluster.name if cluster else None
+
+
+def _end_user_verdict(end_user: str, queries: int, account_queries: int, verdict: Verdict) -> Verdict:
+    """An end user's verdict, led by which end user and its share, as the batch scan words it."""
+    share = queries / max(1, account_queries)
+    lead = Reason("end_user_substream", "substream", share, verdict.p_value,
+                  f"end user '{end_user}' sent {queries:,} of this account's {account_queries:,} queries "
+                  f"({share:.0%}) and is {'flagged' if verdict.flagged else 'elevated'} on its own:")
+    return replace(verdict, reasons=(lead,) + verdict.reasons)
 
 
 def _may_link(kinds: set[str]) -> bool:
