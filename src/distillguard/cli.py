@@ -219,17 +219,49 @@ def baseline_build(
     accounts: int = typer.Option(3000, "--accounts", min=50, help="Lab accounts (when no sources are given)."),
     days: int = typer.Option(14, "--days", min=1, help="Lab days (when no sources are given)."),
     max_tokens_cap: int = typer.Option(4096, "--max-tokens-cap", min=1, help="The model's output-token limit."),
+    include_false_positives: Optional[Path] = typer.Option(
+        None, "--include-false-positives", metavar="STATE",
+        help="The dashboard's state file (DB.web.duckdb): the events of accounts analysts marked false positive "
+             "are added to the organic traffic."),
+    false_positives_db: Optional[Path] = typer.Option(
+        None, "--false-positives-db", help="The store holding those accounts' events (default: the store the "
+                                           "dashboard scanned, recorded in STATE)."),
 ) -> None:
     """Fit every signal on organic traffic and save the calibration."""
-    from distillguard.detect.build import build_from_lab, build_from_paths
+    from distillguard.detect.build import account_features_from, build_from_lab, build_from_paths
 
+    if false_positives_db is not None and include_false_positives is None:
+        raise UsageError("--false-positives-db needs --include-false-positives STATE")
+    extra, note = None, ""
+    if include_false_positives is not None:
+        from distillguard.web.queries import ActionLog
+
+        log = ActionLog(include_false_positives, read_only=True)
+        try:
+            marked = sorted(a for a, act in log.current("account").items() if act == "false_positive")
+            recorded = log.meta("events_db")
+        finally:
+            log.close()
+        events_db = false_positives_db or (Path(recorded) if recorded else None)
+        if events_db is None:
+            raise UsageError(f"{include_false_positives} does not name the store it scanned: pass "
+                             f"--false-positives-db STORE")
+        with err_console.status("reading the analysts' false positives…", spinner="dots"):
+            extra = account_features_from(events_db, marked, max_tokens_cap=max_tokens_cap)
+        missing = len(marked) - len(extra)
+        note = (f" + {len(extra)} false positive(s) from {include_false_positives}"
+                + (f" ({missing} marked account(s) have no events in {events_db})" if missing else ""))
+        if not marked:
+            err_console.print(f"note: no account is marked false positive in {include_false_positives}")
     with err_console.status("fitting the organic baseline…", spinner="dots"):
         if sources:
             exclude = _non_organic(labels) if labels else set()
-            baseline = build_from_paths(sources, source=", ".join(str(s) for s in sources),
-                                        max_tokens_cap=max_tokens_cap, exclude=exclude)
+            baseline = build_from_paths(sources, source=", ".join(str(s) for s in sources) + note,
+                                        max_tokens_cap=max_tokens_cap, exclude=exclude, extra=extra)
         else:
-            baseline = build_from_lab(seed=seed, accounts=accounts, days=days, max_tokens_cap=max_tokens_cap)
+            baseline = build_from_lab(seed=seed, accounts=accounts, days=days, max_tokens_cap=max_tokens_cap,
+                                      extra=extra)
+            baseline.source += note
     baseline.save(out)
     console.print(f"baseline of {baseline.accounts_:,} organic accounts ({baseline.source}) → {out}")
 
