@@ -125,8 +125,9 @@ def test_cli_writes_report_and_json(db, tmp_path, report):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--out", "r.pdf"], "PDF output is not supported"),
-    (["--out", "r.txt"], "must end in .html"),
+    (["--out", "r.txt"], "must end in .html or .pdf"),
+    (["--out", "r.html", "--gateway-token-file", "t.txt"], "--gateway-token-file needs --gateway"),
+    (["--out", "r.html", "--gateway", "gw:8080"], "--gateway must be the gateway's base URL"),
     (["--out", "r.html", "--period", "3x"], "--period"),
     (["--out", "r.html", "--price-per-mtok", "-1"], "--price-per-mtok must be >= 0"),
 ])
@@ -166,6 +167,87 @@ def test_cli_reads_the_dashboards_outcomes(db, tmp_path, report):
     assert singles[0] not in [c["campaign"] for c in data["campaigns"]]
     assert data["summary"]["campaigns"] == report.summary["campaigns"] - 1
     page = (tmp_path / "r.html").read_text()
-    assert "Marked false positives" in page and "block 1" in page
+    assert "False positives and appeals" in page and "block 1" in page and "1 account(s) marked false positive" in page
     bad = _cli("report", "--db", str(db), "--out", str(tmp_path / "r.html"), "--state", str(tmp_path / "no.duckdb"))
     assert bad.returncode == 2 and "no such dashboard state file" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_pdf_without_chromium_is_one_clear_line(db, tmp_path, monkeypatch, capsys):
+    from distillguard.cli import main
+
+    monkeypatch.setenv("PATH", str(tmp_path))          # no chromium anywhere on it
+    monkeypatch.delenv("DISTILLGUARD_CHROMIUM", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "--db", str(db), "--out", str(tmp_path / "r.pdf")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "PDF output needs Chromium" in err and "apt-get install chromium" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r.pdf").exists()
+    monkeypatch.setenv("DISTILLGUARD_CHROMIUM", str(tmp_path / "no-such-chrome"))
+    with pytest.raises(SystemExit):
+        main(["report", "--db", str(db), "--out", str(tmp_path / "r.pdf")])
+    assert "DISTILLGUARD_CHROMIUM" in capsys.readouterr().err
+
+
+def test_cli_writes_a_pdf_with_chromium(db, tmp_path, report):
+    import os
+    import shutil
+
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        if os.environ.get("DISTILLGUARD_REQUIRE_BROWSER") == "1":
+            pytest.fail("chromium is missing but DISTILLGUARD_REQUIRE_BROWSER=1")
+        pytest.skip("chromium is not installed (.ci/run installs it)")
+    proc = _cli("report", "--db", str(db), "--period", "all", "--out", str(tmp_path / "r.pdf"))
+    assert proc.returncode == 0, proc.stderr
+    pdf = (tmp_path / "r.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
+    pages = len(re.findall(rb"/Type\s*/Page(?![s\w])", pdf))
+    assert pages >= 2, f"{pages} page(s): the lab report has campaigns, plots and tables"
+
+
+def test_report_counts_appeals_from_the_gateway_and_the_audit_log(db, tmp_path, report):
+    import json
+
+    import httpx
+
+    from distillguard.gateway.server import ServerThread
+    from distillguard.web.queries import ActionLog
+    from gateway_support import ADMIN, FaultyUpstream, running_gateway
+
+    admin = {"authorization": f"Bearer {ADMIN}"}
+    (tmp_path / "gw").mkdir()
+    with ServerThread(FaultyUpstream()) as upstream, running_gateway(tmp_path / "gw", upstream.url) as (gw, url):
+        for account, key in (("alice", "sk-alice-0001"), ("bob", "sk-bob-00002"), ("research-lab", "sk-research-3")):
+            httpx.post(f"{url}/admin/accounts/{account}/action", json={"action": "block"}, headers=admin)
+            filed = httpx.post(url + "/v1/appeals", json={"message": "please"},
+                               headers={"authorization": f"Bearer {key}"})
+            assert filed.status_code == 201
+            if account != "alice":
+                decision = "lift" if account == "bob" else "uphold"
+                httpx.post(f"{url}/admin/appeals/{filed.json()['id']}/decision", json={"decision": decision},
+                           headers=admin)
+        (tmp_path / "token.txt").write_text(ADMIN + "\n")
+        proc = _cli("report", "--db", str(db), "--period", "all", "--out", str(tmp_path / "r.html"),
+                    "--json", str(tmp_path / "r.json"), "--gateway", url,
+                    "--gateway-token-file", str(tmp_path / "token.txt"))
+        assert proc.returncode == 0, proc.stderr
+        data = json.loads((tmp_path / "r.json").read_text())
+        assert data["appeals"] == {"open": 1, "upheld": 1, "lifted": 1} and url in data["appeals_source"]
+        page = (tmp_path / "r.html").read_text()
+        assert "id=appeals" in page and "appeals lifted" in page
+        wrong = tmp_path / "wrong.txt"
+        wrong.write_text("not the token\n")
+        bad = _cli("report", "--db", str(db), "--out", str(tmp_path / "r.html"), "--gateway", url,
+                   "--gateway-token-file", str(wrong))
+        assert bad.returncode == 2 and "cannot read the appeals from the gateway" in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
+    log = ActionLog(tmp_path / "web.duckdb")
+    log.record(analyst="a", client="c", target_kind="appeal", target="ap-1", action="lift", note="", pushed="sent")
+    log.record(analyst="a", client="c", target_kind="appeal", target="ap-2", action="uphold", note="",
+               pushed="failed: gateway down")                   # never took effect: not counted
+    log.record(analyst="a", client="c", target_kind="appeal", target="ap-3", action="uphold", note="", pushed="sent")
+    log.close()
+    proc = _cli("report", "--db", str(db), "--period", "all", "--out", str(tmp_path / "r2.html"),
+                "--json", str(tmp_path / "r2.json"), "--state", str(tmp_path / "web.duckdb"))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "r2.json").read_text())
+    assert data["appeals"] == {"upheld": 1, "lifted": 1} and "dashboard" in data["appeals_source"]

@@ -394,7 +394,8 @@ def _print_scan(data: dict, limit: int) -> None:
 @app.command()
 def report(
     db: Path = typer.Option(..., "--db", help="DuckDB event store (opened read-only)."),
-    out: Path = typer.Option(..., "--out", help="Incident report to write (.html; .pdf is not supported yet)."),
+    out: Path = typer.Option(..., "--out", help="Incident report to write: .html, or .pdf (printed by headless "
+                                                "Chromium)."),
     period: str = typer.Option("30d", "--period",
                                help="Window ending at the newest event: e.g. 30d, 12h, 2w, or all."),
     price: float = typer.Option(10.0, "--price-per-mtok", help="USD per million output tokens, for the value."),
@@ -406,19 +407,28 @@ def report(
     state: Optional[Path] = typer.Option(None, "--state",
                                          help="The dashboard's state file: its false positives are scanned as "
                                               "authorised and its actions reported."),
+    gateway: Optional[str] = typer.Option(None, "--gateway", metavar="URL",
+                                          help="A running gateway: its appeals (open, upheld, lifted) are reported."),
+    gateway_token_file: Optional[Path] = typer.Option(
+        None, "--gateway-token-file", help="File whose first line is the gateway's admin token "
+                                           "(else DISTILLGUARD_ADMIN_TOKEN)."),
 ) -> None:
-    """Incident report in numbers: campaigns, tokens extracted, value, areas, attribution, plots."""
+    """Incident report in numbers: campaigns, tokens extracted, value, areas, attribution, outcomes, plots."""
     import orjson
 
     from distillguard.detect.baseline import Baseline
     from distillguard.detect.scan import ScanOptions
-    from distillguard.report.incident import build_report, parse_period, write_report
+    from distillguard.report.incident import appeal_counts, build_report, check_out, parse_period, write_report
 
-    if out.suffix.lower() == ".pdf":
-        raise UsageError(f"{out}: PDF output is not supported yet; write .html (print it to PDF from a browser)")
-    if out.suffix.lower() not in (".html", ".htm"):
-        raise UsageError(f"{out}: --out must end in .html")
+    check_out(out)
     parse_period(period)
+    if gateway_token_file is not None and gateway is None:
+        raise UsageError("--gateway-token-file needs --gateway URL")
+    link = None
+    if gateway is not None:
+        from distillguard.web.gateway import GatewayLink, check_url, read_admin_token
+
+        link = GatewayLink(check_url(gateway), read_admin_token(gateway_token_file))
     if price < 0:
         raise UsageError("--price-per-mtok must be >= 0")
     options = ScanOptions(baseline=Baseline.load(baseline) if baseline else None, fpr=fpr, price_per_million=price,
@@ -427,6 +437,7 @@ def report(
     options.check()
     false_positives: frozenset[str] = frozenset()
     outcomes: dict[str, int] = {}
+    decided: dict[str, int] = {}
     if state is not None:
         from distillguard.web.queries import ActionLog
 
@@ -436,10 +447,27 @@ def report(
             false_positives = frozenset(a for a, act in current.items() if act == "false_positive")
             for act in [*current.values(), *log.current("cluster").values()]:
                 outcomes[act] = outcomes.get(act, 0) + 1
+            decided = log.appeal_decisions()
         finally:
             log.close()
+    appeals = None
+    if link is not None:
+        import asyncio
+
+        from distillguard.web.gateway import GatewayError
+
+        try:
+            appeals = asyncio.run(link.appeals(limit=10_000))["appeals"]
+        except (GatewayError, KeyError, TypeError) as exc:
+            raise UsageError(f"cannot read the appeals from the gateway: {exc}") from None
     result = build_report(db, period=period, options=options, false_positives=false_positives)
     result.outcomes = outcomes
+    if appeals is not None:
+        result.appeals = appeal_counts(appeals, None if period.strip().lower() == "all" else result.window[0])
+        result.appeals_source = f"the gateway at {link.url}, filed in this period"
+    elif decided:
+        result.appeals = {"upheld": decided.get("upheld", 0), "lifted": decided.get("lifted", 0)}
+        result.appeals_source = "decided from the dashboard; connect --gateway for open ones"
     write_report(result, out)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -71,11 +71,26 @@ class IncidentReport:
     daily: list[tuple[str, int, int]]       # (day, all queries, queries of flagged accounts)
     false_positives: list[str] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)  # analysts' current actions: action -> targets
+    appeals: dict[str, int] = field(default_factory=dict)   # open / upheld / lifted
+    appeals_source: str = ""                                 # where the appeal counts come from
 
     def to_dict(self) -> dict[str, Any]:
         return {"period": self.period, "window": list(self.window), "events": self.events, "summary": self.summary,
                 "campaigns": [c.to_dict() for c in self.campaigns], "daily": [list(d) for d in self.daily],
-                "false_positives": self.false_positives, "outcomes": self.outcomes}
+                "false_positives": self.false_positives, "outcomes": self.outcomes, "appeals": self.appeals,
+                "appeals_source": self.appeals_source}
+
+
+def appeal_counts(appeals: list[dict[str, Any]], since: str | None) -> dict[str, int]:
+    """open / upheld / lifted among the gateway's appeals filed at or after ``since`` (RFC 3339 UTC)."""
+    start = datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp() if since else None
+    counts = {"open": 0, "upheld": 0, "lifted": 0}
+    for a in appeals:
+        if start is not None and float(a.get("created_at") or 0.0) < start:
+            continue
+        if a.get("status") in counts:
+            counts[a["status"]] += 1
+    return counts
 
 
 # ------------------------------------------------------------------ building
@@ -246,7 +261,8 @@ def render_incident_html(report: IncidentReport) -> str:
     s = report.summary
     first, last = report.window
     parts = [f"<!doctype html><html lang=en><meta charset=utf-8><title>distillguard incident report</title>"
-             f"<style>{_CSS}</style>", "<h1>Distillation incident report</h1>",
+             f"<style>{_CSS}@page{{size:A4;margin:12mm}}@media print{{body{{margin:0;max-width:none}}"
+             f"tr,svg,.card{{break-inside:avoid}}}}</style>", "<h1>Distillation incident report</h1>",
              f"<p><small>Period: {_e(report.period)} ({_e(first or '—')} → {_e(last or '—')}), "
              f"{report.events:,} events, {s['accounts_scanned']:,} accounts scanned. Value estimated at "
              f"${s['price_per_million_tokens']:g} per million output tokens.</small></p>"]
@@ -286,28 +302,54 @@ def render_incident_html(report: IncidentReport) -> str:
             if c.hour_histogram:
                 parts.append(_bars(c.hour_histogram, label=f"{c.campaign}: requests by hour (UTC)"))
         parts.append("</div>")
-    if report.outcomes:
-        parts.append("<h2>Analyst outcomes</h2><p id=outcomes>Current actions from the dashboard's audit log: "
-                     + ", ".join(f"{_e(k.replace('_', ' '))} {v:,}" for k, v in sorted(report.outcomes.items()))
-                     + ".</p>")
-    if report.false_positives:
-        parts.append("<h2>Marked false positives</h2><p id=false-positives>Scanned as authorised: "
-                     + ", ".join(_e(a) for a in report.false_positives) + "</p>")
+    if report.outcomes or report.appeals or report.false_positives:
+        parts.append("<h2>False positives and appeals</h2>")
+        if report.appeals:
+            parts.append("<div id=appeals>" + "".join(
+                f"<div class=card><b>{report.appeals.get(k, 0):,}</b>appeals {k}</div>"
+                for k in ("open", "upheld", "lifted") if k in report.appeals) + "</div>"
+                + f"<p><small>Appeals filed by blocked users ({_e(report.appeals_source)}). A lifted appeal is a "
+                  f"false positive the gateway no longer acts on.</small></p>")
+        if report.outcomes:
+            parts.append(hbars([(k.replace("_", " "), v) for k, v in sorted(report.outcomes.items(),
+                                                                            key=lambda kv: -kv[1])],
+                               label="analysts' current actions (accounts and clusters)", color="#6a4fb3"))
+            parts.append("<p id=outcomes>Current actions from the dashboard's audit log: "
+                         + ", ".join(f"{_e(k.replace('_', ' '))} {v:,}" for k, v in sorted(report.outcomes.items()))
+                         + ".</p>")
+        if report.false_positives:
+            parts.append(f"<p id=false-positives>{len(report.false_positives):,} account(s) marked false positive "
+                         f"by analysts were scanned as authorised: "
+                         + ", ".join(_e(a) for a in report.false_positives) + "</p>")
     parts.append("</html>")
     return "\n".join(parts)
 
 
-def write_report(report: IncidentReport, path: str | Path) -> Path:
-    path = Path(path)
-    suffix = path.suffix.lower()
+def check_out(path: str | Path) -> str:
+    """'html' or 'pdf' by the file's suffix; a PDF needs Chromium, looked for now (before a scan)."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".html", ".htm"):
+        return "html"
     if suffix == ".pdf":
-        raise UsageError(f"{path}: PDF output is not supported yet; write .html (print it to PDF from a browser)")
-    if suffix not in (".html", ".htm"):
-        raise UsageError(f"{path}: --out must end in .html")
+        from distillguard.report.pdf import find_chromium
+
+        find_chromium()
+        return "pdf"
+    raise UsageError(f"{path}: --out must end in .html or .pdf")
+
+
+def write_report(report: IncidentReport, path: str | Path) -> Path:
+    """The report as self-contained HTML, or as PDF printed by headless Chromium."""
+    path = Path(path)
+    kind = check_out(path)
+    if kind == "pdf":
+        from distillguard.report.pdf import html_to_pdf
+
+        return html_to_pdf(render_incident_html(report), path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_incident_html(report), encoding="utf-8")
     return path
 
 
-__all__ = ["Campaign", "IncidentReport", "build_report", "campaigns_of", "parse_period", "render_incident_html",
-           "write_report", "hbars", "daily_plot"]
+__all__ = ["Campaign", "IncidentReport", "appeal_counts", "build_report", "campaigns_of", "check_out", "parse_period",
+           "render_incident_html", "write_report", "hbars", "daily_plot"]
