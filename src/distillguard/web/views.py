@@ -213,14 +213,14 @@ def _decisions(rows: Sequence[tuple[str, bool, int, datetime]]) -> str:
 
 
 def coverage_svg(points: Sequence[tuple[int, int]], band: Sequence[tuple[int, float, float, float, int]],
-                 *, width: int = 420, height: int = 170) -> str:
+                 *, width: int = 560, height: int = 190) -> str:
     """The account's capability areas vs queries (red) over organic accounts' 10–90 % band (grey)
     and median (dashed); queries on a log scale."""
     if not points:
         return ""
     areas = len(AREA_LIST)
     xmax = max([p[0] for p in points] + [b[0] for b in band] + [10])
-    left, right, top, bottom = 26, 10, 16, 30
+    left, right, top, bottom = 26, 10, 32, 30
 
     def x(n: float) -> float:
         return left + math.log10(max(n, 1)) / math.log10(xmax) * (width - left - right)
@@ -246,8 +246,9 @@ def coverage_svg(points: Sequence[tuple[int, int]], band: Sequence[tuple[int, fl
     parts.append(f'<text x="{left - 4}" y="{y(areas) + 4:.1f}" font-size="9" text-anchor="end">{areas}</text>'
                  f'<text x="{left - 4}" y="{y(0):.1f}" font-size="9" text-anchor="end">0</text>')
     return (f'<svg id=coverage width="{width}" height="{height}" role="img" aria-label="coverage growth">'
-            f'<text x="0" y="10" font-size="10">coverage growth: capability areas (of {areas}) vs queries; grey: '
-            f'organic 10–90 %, dashed: median</text>{"".join(parts)}<text x="{width - right}" y="{height - 4}" '
+            f'<text x="0" y="10" font-size="10">coverage growth: capability areas (of {areas}) among the first n '
+            f'queries</text><text x="0" y="23" font-size="10"><tspan fill="#b3261e">red: this account</tspan>; grey '
+            f'band: organic accounts 10–90 %; dashed: their median</text>{"".join(parts)}<text x="{width - right}" y="{height - 4}" '
             f'font-size="9" text-anchor="end">queries (log)</text></svg>')
 
 
