@@ -368,3 +368,30 @@ def test_gateway_decisions_show_on_the_account_page(tmp_path):
                               samples=snap.samples("acct-gw"), plots={}, state=None, history=[], csrf="t",
                               decisions=rows, user="u", banner="")
     assert "Gateway decisions" in page and "shadow" in page and "enforced" in page
+
+
+def test_a_state_file_from_before_the_gateway_push_still_reads(tmp_path):
+    """A read-only open (report, baseline build) of an audit log written before the pushed column."""
+    import duckdb
+
+    from distillguard.web.queries import ActionLog
+
+    con = duckdb.connect(str(tmp_path / "old.web.duckdb"))
+    con.execute("CREATE SEQUENCE audit_seq")     # the schema as the first version wrote it
+    con.execute("CREATE TABLE audit_log (id BIGINT DEFAULT nextval('audit_seq') PRIMARY KEY, ts TIMESTAMP NOT NULL, "
+                "analyst VARCHAR NOT NULL, client VARCHAR, target_kind VARCHAR NOT NULL, target VARCHAR NOT NULL, "
+                "action VARCHAR NOT NULL, note VARCHAR)")
+    con.execute("INSERT INTO audit_log (ts, analyst, client, target_kind, target, action, note) "
+                "VALUES (now()::TIMESTAMP, 'a', 'c', 'account', 'x', 'false_positive', '')")
+    con.close()
+    old = ActionLog(tmp_path / "old.web.duckdb", read_only=True)
+    assert old.entries()[0]["pushed"] is None and old.current() == {"x": "false_positive"}
+    assert old.appeal_decisions() == {} and old.meta("events_db") is None
+    old.close()
+    migrated = ActionLog(tmp_path / "old.web.duckdb")      # read-write: gains the column and the meta table
+    entry = migrated.record(analyst="a", client="c", target_kind="appeal", target="ap-1", action="lift", note="",
+                            pushed="sent")
+    assert migrated.get(entry)["pushed"] == "sent" and migrated.appeal_decisions() == {"lifted": 1}
+    with pytest.raises(ValueError):
+        migrated.record(analyst="a", client="c", target_kind="appeal", target="ap-1", action="block", note="")
+    migrated.close()

@@ -8,6 +8,7 @@ page never scans the raw events: every page query runs on the small aggregate ta
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -212,9 +213,11 @@ class ActionLog:
         self.con.execute("ALTER TABLE audit_log ADD COLUMN IF NOT EXISTS pushed VARCHAR")
         self.con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
 
-    def _has_column(self, name: str) -> bool:
+    @functools.cached_property
+    def _pushed_column(self) -> bool:
+        """False only for a file opened read-only that was written before the column existed."""
         return bool(self.con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'audit_log' "
-                                     "AND column_name = ?", [name]).fetchone()[0])
+                                     "AND column_name = 'pushed'").fetchone()[0])
 
     def record(self, *, analyst: str, client: str, target_kind: str, target: str, action: str, note: str,
                pushed: str | None = None) -> int:
@@ -262,7 +265,7 @@ class ActionLog:
     def _select(self, where: str, params: list, limit: int) -> list[dict[str, Any]]:
         keys = ("id", "ts", "analyst", "client", "target_kind", "target", "action", "note", "pushed")
         with self._lock:
-            pushed = "pushed" if self._has_column("pushed") else "NULL AS pushed"   # a file read-only, never migrated
+            pushed = "pushed" if self._pushed_column else "NULL AS pushed"
             rows = self.con.execute(f"SELECT id, ts, analyst, client, target_kind, target, action, note, {pushed} "
                                     f"FROM audit_log {where} ORDER BY id DESC LIMIT {int(limit)}", params).fetchall()
         return [dict(zip(keys, r)) for r in rows]
@@ -278,7 +281,7 @@ class ActionLog:
     def appeal_decisions(self) -> dict[str, int]:
         """Appeals decided from the dashboard (the gateway took the decision): upheld, lifted."""
         with self._lock:
-            pushed = "coalesce(pushed, 'sent')" if self._has_column("pushed") else "'sent'"
+            pushed = "coalesce(pushed, 'sent')" if self._pushed_column else "'sent'"
             rows = self.con.execute(
                 f"SELECT action, count(DISTINCT target) FROM audit_log WHERE target_kind = 'appeal' AND {pushed} = 'sent' "
                 f"GROUP BY action").fetchall()
