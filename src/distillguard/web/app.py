@@ -288,6 +288,10 @@ async def audit(request: Request, dash: Dashboard, session: Session) -> Response
                                   **_chrome(dash, session)))
 
 
+def _noted(prefix: str, note: str) -> str:
+    return f"{prefix}: {note}" if note else prefix
+
+
 async def _push(dash: Dashboard, gateway: GatewayLink, entry_id: int, action: str, account: str, note: str,
                 analyst: str) -> str:
     """Send one account action to the gateway and record the outcome on its audit row."""
@@ -325,7 +329,7 @@ async def act(request: Request, dash: Dashboard, session: Session) -> Response:
         # A cluster's action is each member's: one audit row per member, each pushed.
         members = list(known[target]["accounts"])
         rows = [(m, dash.actions.record(analyst=session.user, client=_client(request), target_kind="account",
-                                        target=m, action=action, note=f"cluster {target}: {note}".rstrip(": "),
+                                        target=m, action=action, note=_noted(f"cluster {target}", note),
                                         pushed="pending" if gateway else None)) for m in members]
         if gateway is not None:
             limit = asyncio.Semaphore(PUSH_CONCURRENCY)
@@ -382,7 +386,7 @@ async def appeal_decision(request: Request, dash: Dashboard, session: Session) -
         return RedirectResponse(f"/appeals?done={entry}", status_code=303, headers=_HEADERS)
     account = appeal.get("account", "")
     entry = dash.actions.record(analyst=session.user, client=client, target_kind="appeal", target=appeal_id,
-                                action=decision, note=f"{account}: {note}".rstrip(": "), pushed="pending")
+                                action=decision, note=_noted(account, note), pushed="pending")
     try:
         await gateway.decide(appeal_id, decision, note, session.user)
         outcome = "sent"
@@ -393,7 +397,7 @@ async def appeal_decision(request: Request, dash: Dashboard, session: Session) -
         # The gateway's lift is an operator allow; here the account becomes a false positive
         # (scanned as authorised on the next re-scan, and fed to `baseline build`).
         dash.actions.record(analyst=session.user, client=client, target_kind="account", target=account,
-                            action="false_positive", note=f"appeal {appeal_id} lifted: {note}".rstrip(": "),
+                            action="false_positive", note=_noted(f"appeal {appeal_id} lifted", note),
                             pushed="sent")
     return RedirectResponse(f"/appeals?done={entry}", status_code=303, headers=_HEADERS)
 
