@@ -81,12 +81,15 @@ def queries_until_flag(store: EventStore, accounts: list[str], baseline: Baselin
 
 
 def evaluate(seed: int, family: int, accounts: int, days: int, baseline: Baseline, fpr: float,
-             hard_negatives: int = 0) -> dict:
+             hard_negatives: int = 0, resellers: int = 0, reseller_per_day: int = 1000) -> dict:
     extra = {}
     if hard_negatives:
         # Many hard negatives (and no campaign) to measure each kind's false-positive rate.
         extra = {"batch_apps": hard_negatives, "eval_runs": hard_negatives, "researchers": hard_negatives,
                  "power_users": hard_negatives, "batch_per_day": 300, "campaigns": ()}
+    if resellers:
+        extra = {**(extra or {"batch_apps": 0, "eval_runs": 0, "researchers": 0, "power_users": 0, "campaigns": ()}),
+                 "resellers": resellers, "reseller_per_day": reseller_per_day}
     with tempfile.TemporaryDirectory() as tmp:
         config = TrafficConfig(seed=seed, accounts=accounts, days=days, campaigns=campaigns_for(family))
         if extra:
@@ -132,12 +135,16 @@ def main() -> None:
     parser.add_argument("--fpr", type=float, default=0.001)
     parser.add_argument("--hard-negatives", type=int, default=0,
                         help="run N accounts of each hard-negative kind and no campaign (FPR per kind)")
+    parser.add_argument("--resellers", type=int, default=0,
+                        help="run N organic resellers (aggregators of organic customers; half name them) and no campaign")
+    parser.add_argument("--reseller-per-day", type=int, default=1000)
     args = parser.parse_args()
     baseline = Baseline.load(args.baseline) if args.baseline else load_default()
     rows: list[dict] = []
     until: dict[str, list[int | None]] = collections.defaultdict(list)
     for seed in (int(s) for s in args.seeds.split(",")):
-        out = evaluate(seed, args.family, args.accounts, args.days, baseline, args.fpr, args.hard_negatives)
+        out = evaluate(seed, args.family, args.accounts, args.days, baseline, args.fpr, args.hard_negatives,
+                       args.resellers, args.reseller_per_day)
         print(f"seed {seed}: {out['events']:,} events scanned in {out['seconds']:.1f} s", flush=True)
         rows += out["rows"]
         for k, v in out["until"].items():

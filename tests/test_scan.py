@@ -554,3 +554,19 @@ def test_a_store_from_before_the_end_user_column_reads_ids_from_requests(reselle
         features, _ = local_features(store, max_tokens_cap=4096)
     users = [k for k in features.index if "\x1f" in k]
     assert len(users) == 13 and all(k.startswith(labels["named"]) for k in users)
+
+
+def test_organic_resellers_are_not_flagged(tmp_path):
+    """Hard negative: aggregators relaying organic customers' conversations (busy, broad, round the
+    clock; half of them name their customers). Before timing stopped counting as automation on its
+    own, about one in seven of these was flagged."""
+    # (seed 7001: reseller 4 was one of those flagged by the old rule)
+    config = TrafficConfig(seed=7001, accounts=0, days=7, batch_apps=0, eval_runs=0, researchers=0, power_users=0,
+                           campaigns=(), resellers=5, reseller_per_day=1000)
+    summary = generate(config, tmp_path / "lab")
+    labels = [orjson.loads(line) for line in summary.labels_path.read_bytes().splitlines()]
+    assert {row["strategy"] for row in labels} == {"reseller"} and len(labels) == 5
+    result = scan_paths([summary.events_path], ScanOptions())
+    assert len(result.accounts) == 5
+    assert [a.account for a in result.accounts if a.flagged or a.end_users] == []
+    assert len(result.end_user_features) == 3 * 12        # resellers 0, 2 and 4 name their 12 customers

@@ -10,7 +10,7 @@ import pytest
 
 from distillguard.detect.baseline import Baseline
 from distillguard.detect.scoring import (FAMILY_ALPHA, HARVEST_ALPHA, REASON_ALPHA, REPEAT_LIMIT, Verdict,
-                                         family_p_values, fisher_statistic, judge, judge_frame)
+                                         content_automation_p, family_p_values, fisher_statistic, judge, judge_frame)
 from distillguard.detect.signals import AUTOMATION, COVERAGE, ELICITATION, FAMILIES, HARVEST, SIGNAL_BY_NAME, SIGNALS
 from test_baseline import organic_frame
 
@@ -144,6 +144,24 @@ def test_coverage_plus_automation_with_harvest_is_flagged(baseline, typical):
     v = judge(busy(typical, topic_entropy=3.5), baseline, FPR)
     assert v.family_p[ELICITATION] > FAMILY_ALPHA
     assert v.flagged
+
+
+def test_aggregator_broad_and_round_the_clock_but_conversational_is_not_flagged(baseline, typical):
+    """Many people behind one key (a reseller, a team): busy, broad and round the clock, yet their
+    prompts are human conversations. Timing alone does not complete the coverage route."""
+    q = 5000.0
+    row = busy(typical, topic_entropy=3.5, single_turn_count=0.4 * q, impersonal_count=0.5 * q,
+               templated_count=0.05 * q, near_cap_count=0.0, gap_cv=1.0, regularity=0.0, hour_entropy=4.58)
+    p = baseline.p_values(row)
+    assert p["round_the_clock"] <= 1e-3                  # automation by timing only ...
+    v = judge(row, baseline, FPR)
+    assert v.family_p[HARVEST] <= HARVEST_ALPHA and v.family_p[COVERAGE] <= FAMILY_ALPHA
+    assert v.family_p[AUTOMATION] <= FAMILY_ALPHA
+    assert content_automation_p(p) > FAMILY_ALPHA        # ... nothing in the prompts themselves
+    assert not v.flagged and v.status == "clear"
+    # The same traffic made single-turn (prompts fired one by one) is flagged.
+    v = judge(dict(row, single_turn_count=q), baseline, FPR)
+    assert v.flagged and "single_turn" in {r.signal for r in v.reasons}
 
 
 def test_elicitation_at_human_volume_is_not_flagged(baseline, typical):

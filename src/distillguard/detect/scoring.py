@@ -7,7 +7,9 @@ not that conjunction: a batch application harvests in one narrow task, a researc
 at human volume, an evaluation re-runs a bounded set. So an account is flagged when
 
 * its harvest family is significant (p <= ``HARVEST_ALPHA``),
-* elicitation is significant, or coverage and automation both are (p <= ``FAMILY_ALPHA``),
+* elicitation is significant, or coverage and automation both are (p <= ``FAMILY_ALPHA``;
+  automation shown in the prompts themselves, not by timing alone: a reseller or any app with
+  many users behind one key is broad and round the clock without extracting),
 * most of its queries are not exact repeats of earlier ones (re-asking harvests nothing), and
 * Fisher's combination of the four family p-values, calibrated on organic accounts by Brown's
   method, is at most the chosen false-positive rate.
@@ -31,6 +33,7 @@ from distillguard.detect.signals import AUTOMATION, COVERAGE, ELICITATION, FAMIL
 
 HARVEST_ALPHA = 1e-3
 FAMILY_ALPHA = 0.05
+TIMING_SIGNALS = frozenset({"regular_cadence", "round_the_clock"})
 REPEAT_LIMIT = 0.5
 REASON_ALPHA = 1e-2
 
@@ -100,6 +103,15 @@ def _num(x: float) -> str:
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:,.2f}"
 
 
+def content_automation_p(p: dict[str, float]) -> float:
+    """Automation shown by the prompts themselves (Bonferroni minimum over the automation signals
+    but timing). Round-the-clock hours and Poisson-like spacing are also what many people behind
+    one key look like (a reseller, a team, an app's users), so timing alone never completes the
+    "coverage and automation" route: broad topics plus round-the-clock hours is an aggregator."""
+    members = [p[s.name] for s in SIGNALS if s.family == AUTOMATION and s.name not in TIMING_SIGNALS]
+    return min(1.0, min(members) * len(members))
+
+
 def judge(row: pd.Series | dict[str, Any], baseline: Baseline, fpr: float, *, authorised: bool = False,
           p: dict[str, float] | None = None) -> Verdict:
     """Score one account's features against the baseline (``p``: its p-values, if computed already)."""
@@ -115,7 +127,8 @@ def judge(row: pd.Series | dict[str, Any], baseline: Baseline, fpr: float, *, au
     reasons.sort(key=lambda r: r.p_value)
     queries = float(row["queries"])
     repeat_share = float(row.get("repeat_share", 0.0) or 0.0)
-    evidence = fam[ELICITATION] <= FAMILY_ALPHA or (fam[COVERAGE] <= FAMILY_ALPHA and fam[AUTOMATION] <= FAMILY_ALPHA)
+    evidence = fam[ELICITATION] <= FAMILY_ALPHA or (fam[COVERAGE] <= FAMILY_ALPHA and fam[AUTOMATION] <= FAMILY_ALPHA
+                                                    and content_automation_p(p) <= FAMILY_ALPHA)
     suspicious = fam[HARVEST] <= HARVEST_ALPHA and evidence and combined <= fpr
     if queries < baseline.min_queries:
         status, flagged = "insufficient_data", False

@@ -192,8 +192,8 @@ RESELLER_SYSTEM = "You are ChatPal, a friendly assistant. Be helpful and concise
 class MixedCampaign(Actor):
     """A reseller account: organic customer traffic with a share of extraction hidden inside."""
 
-    def __init__(self, ctx: LabContext, spec: CampaignSpec) -> None:
-        super().__init__(ctx, f"campaign/{spec.name}")
+    def __init__(self, ctx: LabContext, spec: CampaignSpec, name: str | None = None) -> None:
+        super().__init__(ctx, name or f"campaign/{spec.name}")
         self.spec = spec
         rng = self.rng
         self.ident = make_identity(rng, self.account, ctx, business=True, user_agent="OpenAI/NodeJS 4.96.0")
@@ -208,6 +208,8 @@ class MixedCampaign(Actor):
         return [{"account": self.account, "kind": "extraction", "campaign": self.spec.name, "strategy": "mixed",
                  "content": self.spec.content, "extraction_share": self.spec.extraction_share,
                  "end_user_ids": self.spec.end_user_ids}]
+
+    extracting = True
 
     def _name_end_user(self, event: dict[str, Any], index: int) -> None:
         if self.spec.end_user_ids:
@@ -242,7 +244,8 @@ class MixedCampaign(Actor):
                 history.append((human, reply))
                 ts += len(reply) / 60.0 + float(rng.lognormal(3.7, 0.9))
         # The hidden extraction: one customer's script, mixed into the same account.
-        bad_times = bot_times(rng, start, self.ctx.end, max(1, int(round(bad_per_day))), "office", 1.0)
+        bad_times = (bot_times(rng, start, self.ctx.end, max(1, int(round(bad_per_day))), "office", 1.0)
+                     if self.extracting else np.zeros(0))
         for t in bad_times:
             prompt = self.prompts(rng)
             messages = [{"role": "system", "content": RESELLER_SYSTEM}] + [
@@ -255,6 +258,23 @@ class MixedCampaign(Actor):
         out.sort(key=lambda r: (r[0], r[1]))
         for _, _, ev in out:
             yield ev
+
+
+class OrganicReseller(MixedCampaign):
+    """A hard negative: a reseller (or any aggregator app) relaying its customers' conversations,
+    busy, broad and round the clock, with no extraction inside."""
+
+    extracting = False
+
+    def __init__(self, ctx: LabContext, index: int, per_day: int = 1000, end_user_ids: bool = True) -> None:
+        # (a share of 1e-9: the customers get the whole volume; ``extracting`` turns the script off)
+        spec = CampaignSpec("mixed", name=f"reseller-{index}", per_day=per_day, extraction_share=1e-9,
+                            content="replay", end_user_ids=end_user_ids)
+        super().__init__(ctx, spec, name=f"organic/reseller/{index}")
+
+    def labels(self) -> list[dict[str, Any]]:
+        return [{"account": self.account, "kind": "organic", "campaign": None, "strategy": "reseller",
+                 "end_user_ids": self.spec.end_user_ids, "per_day": self.spec.per_day}]
 
 
 def _customer_id(account: str, index: int) -> str:

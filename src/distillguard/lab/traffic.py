@@ -18,7 +18,7 @@ from distillguard.errors import UsageError
 from distillguard.events.jsonl import JsonlWriter
 from distillguard.events.schema import format_ts
 from distillguard.lab.base import LabContext
-from distillguard.lab.campaigns import CampaignSpec, build_campaign, default_campaigns
+from distillguard.lab.campaigns import CampaignSpec, OrganicReseller, build_campaign, default_campaigns
 from distillguard.lab.corpus import Conversation, load_corpus
 from distillguard.lab.organic import BatchApp, EvalRun, OrganicUser, Researcher
 from distillguard.lab.text import ResponsePool
@@ -37,9 +37,13 @@ class TrafficConfig:
     batch_per_day: int = 1500
     eval_runs: int = 1
     researchers: int = 1
+    resellers: int = 0             # organic resellers (hard negatives): aggregators of organic customers
+    reseller_per_day: int = 1000   # each one's queries per day (even-numbered ones name their customers)
     campaigns: tuple[CampaignSpec, ...] = field(default_factory=lambda: tuple(default_campaigns()))
 
     def check(self) -> None:
+        if self.resellers < 0 or self.reseller_per_day <= 0:
+            raise UsageError("resellers must be >= 0 and reseller_per_day > 0")
         if self.accounts < 0 or self.days <= 0:
             raise UsageError("--accounts must be >= 0 and --days > 0")
         if self.days > 366:
@@ -82,6 +86,8 @@ def build_actors(config: TrafficConfig, ctx: LabContext) -> list[Any]:
     actors += [BatchApp(ctx, i, per_day=config.batch_per_day) for i in range(config.batch_apps)]
     actors += [EvalRun(ctx, i) for i in range(config.eval_runs)]
     actors += [Researcher(ctx, i) for i in range(config.researchers)]
+    actors += [OrganicReseller(ctx, i, per_day=config.reseller_per_day, end_user_ids=i % 2 == 0)
+               for i in range(config.resellers)]
     names = set()
     for i, spec in enumerate(config.campaigns):
         spec = spec.resolved(i)
