@@ -330,3 +330,4 @@ def test_end_user_states_are_bounded():
         scorer.observe("platform", read_request(prompt_view(req), 4096), BASE + i)
     assert len(scorer.end_users) == 5
     assert [k.split("\x1f")[1] for k in scorer.end_users] == ["u7", "u8", "u9", "u10", "u11"]
+    assert scorer._end_user_count == {"platform": 5}     # the Bonferroni k follows evictions

@@ -517,6 +517,9 @@ def test_a_resellers_harvesting_end_user_is_flagged_on_its_own(reseller_lab):
     out = named.to_dict()
     lead = out["reasons"][0]
     assert lead["signal"] == "end_user_substream" and script in lead["detail"]
+    assert "one of 13 busy end users" in lead["detail"]
+    # Bonferroni over the 13: the account's p-value is 13 times its end user's.
+    assert out["p_value"] == pytest.approx(min(1.0, 13 * named.end_users[0].verdict.p_value), rel=1e-3)
     assert 0.02 < lead["value"] < 0.1                       # its share of the account's traffic
     assert out["end_users"][0]["end_user"] == script and out["end_users"][0]["flagged"]
     assert {r["signal"] for r in out["end_users"][0]["reasons"]} & {"single_turn", "new_prompts_per_day"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -248,8 +249,7 @@ def score_features(store: EventStore, features: pd.DataFrame, template_keys: dic
     user_features = features[is_end_user]
     features = features[~is_end_user]
     verdicts = judge_frame(features, baseline, options.fpr, options.allowlist)
-    user_verdicts = judge_frame(user_features, baseline, options.fpr,
-                                [k for k in user_features.index if split_end_user_key(k)[0] in options.allowlist])
+    user_verdicts = judge_end_users(user_features, baseline, options.fpr, options.allowlist)
     results: dict[str, AccountResult] = {}
     for acct, verdict in verdicts.items():
         t = totals.loc[acct]
@@ -292,6 +292,21 @@ def score_features(store: EventStore, features: pd.DataFrame, template_keys: dic
                       end_user_features=user_features)
 
 
+def judge_end_users(features: pd.DataFrame, baseline: Baseline, fpr: float,
+                    allowlist: frozenset[str] | set[str] = frozenset()) -> dict[str, Verdict]:
+    """Judge end-user rows; each of an account's k busy end users at ``fpr / k`` (Bonferroni), so
+    an account's chance of a false flag through its end users stays within ``fpr`` however many
+    customers it relays."""
+    if features.empty:
+        return {}
+    accounts = [split_end_user_key(k)[0] for k in features.index]
+    per_account = Counter(accounts)
+    p_frame = baseline.p_value_frame(features)
+    rows = features.to_dict("index")
+    return {key: judge(rows[key], baseline, fpr / per_account[account], authorised=account in allowlist, p=p)
+            for (key, p), account in zip(zip(p_frame.index, p_frame.to_dict("records")), accounts)}
+
+
 def _fold_end_users(results: dict[str, AccountResult], features: pd.DataFrame,
                     verdicts: dict[str, Verdict]) -> None:
     """Attach end users flagged on their own to their accounts.
@@ -300,6 +315,7 @@ def _fold_end_users(results: dict[str, AccountResult], features: pd.DataFrame,
     end user's reasons, led by which end user and what share of the traffic it sent).
     """
     by_account: dict[str, list[EndUserResult]] = {}
+    judged = Counter(split_end_user_key(key)[0] for key in verdicts)
     for key, verdict in verdicts.items():
         if verdict.status not in ("flagged", "authorised"):
             continue
@@ -316,10 +332,12 @@ def _fold_end_users(results: dict[str, AccountResult], features: pd.DataFrame,
         lead_user = users[0]
         share = lead_user.queries / max(1, result.queries)
         others = f" ({len(users) - 1} more end users flagged too)" if len(users) > 1 else ""
-        lead = Reason("end_user_substream", "substream", share, lead_user.verdict.p_value,
-                      f"end user '{lead_user.end_user}' sent {lead_user.queries:,} of this account's "
-                      f"{result.queries:,} queries ({share:.0%}) and is flagged on its own{others}:")
-        result.verdict = Verdict(p_value=lead_user.verdict.p_value, flagged=lead_user.verdict.flagged,
+        k = judged[account]
+        p_value = min(1.0, lead_user.verdict.p_value * k)  # Bonferroni over the account's k end users
+        lead = Reason("end_user_substream", "substream", share, p_value,
+                      f"end user '{lead_user.end_user}' (one of {k} busy end users) sent {lead_user.queries:,} "
+                      f"of this account's {result.queries:,} queries ({share:.0%}) and is flagged on its own{others}:")
+        result.verdict = Verdict(p_value=p_value, flagged=lead_user.verdict.flagged,
                                  status=lead_user.verdict.status, family_p=lead_user.verdict.family_p,
                                  reasons=(lead,) + lead_user.verdict.reasons)
 

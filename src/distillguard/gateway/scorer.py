@@ -31,7 +31,7 @@ from typing import Any
 from distillguard.detect.baseline import Baseline
 from distillguard.detect.hydra import (CREATED_BUCKET_S, EDGE_WEIGHT_ONE_STRONG, MAX_GROUP, MIN_CLUSTER, STRONG, WEAK,
                                       edge_evidence, email_pattern)
-from distillguard.detect.features import end_user_key
+from distillguard.detect.features import end_user_key, split_end_user_key
 from distillguard.detect.scoring import HARVEST_ALPHA, Reason, Verdict, judge
 from distillguard.detect.signals import HARVEST, SIGNALS
 from distillguard.gateway.online import _HOURS, AccountState, RequestFacts, merged_features
@@ -109,6 +109,7 @@ class LiveScorer:
         self.accounts: dict[str, AccountState] = {}
         self.end_users: OrderedDict[str, AccountState] = OrderedDict()   # end_user_key -> state (LRU)
         self.max_end_users = max_end_users
+        self._end_user_count: dict[str, int] = {}   # account -> end-user states it has in the LRU
         self._by_attr: dict[int, list[str]] = {}   # attribute -> accounts (up to MAX_GROUP)
         self._too_common: set[int] = set()           # attributes shared by more than MAX_GROUP accounts
         self._parent: dict[str, str] = {}          # union-find over linked accounts
@@ -139,15 +140,24 @@ class LiveScorer:
                 eu_state = self.end_users.get(eu_key)
                 if eu_state is None:
                     eu_state = self.end_users[eu_key] = AccountState()
+                    self._end_user_count[account] = self._end_user_count.get(account, 0) + 1
                     if len(self.end_users) > self.max_end_users:
-                        self.end_users.popitem(last=False)
+                        evicted, _ = self.end_users.popitem(last=False)
+                        owner = split_end_user_key(evicted)[0]
+                        left = self._end_user_count.get(owner, 1) - 1
+                        if left > 0:
+                            self._end_user_count[owner] = left
+                        else:
+                            self._end_user_count.pop(owner, None)
                 else:
                     self.end_users.move_to_end(eu_key)
                 eu_repeat, _ = eu_state.update(facts, ts)
                 # Judged only while the account has traffic besides this end user's (otherwise
                 # the end user is the account, judged already).
                 if eu_state.queries < state.queries and not verdict.flagged:
-                    eu_verdict, eu_elevated = self._account_verdict(eu_key, eu_state, account)
+                    # Each of the account's k tracked end users at fpr / k, as in the scan.
+                    k = self._end_user_count.get(account, 1)
+                    eu_verdict, eu_elevated = self._account_verdict(eu_key, eu_state, account, self.fpr / k)
                     if eu_verdict.flagged or (eu_elevated and not elevated):
                         verdict, elevated, end_user = _end_user_verdict(
                             facts.end_user, eu_state.queries, state.queries, eu_verdict), eu_elevated, facts.end_user
@@ -189,16 +199,18 @@ class LiveScorer:
             step = max(1.0, 0.1 * queries)
         return queries - scored_at >= step
 
-    def _judge(self, features: dict[str, float], authorised: bool) -> tuple[Verdict, bool]:
-        verdict = judge(features, self.baseline, self.fpr, authorised=authorised)
+    def _judge(self, features: dict[str, float], authorised: bool, fpr: float | None = None) -> tuple[Verdict, bool]:
+        fpr = self.fpr if fpr is None else fpr
+        verdict = judge(features, self.baseline, fpr, authorised=authorised)
         elevated = verdict.flagged or verdict.status == "authorised"
         if not elevated and verdict.family_p:
-            loose = judge(features, self.baseline, self.fpr * ELEVATED_FACTOR, authorised=authorised) \
-                if verdict.p_value <= self.fpr * ELEVATED_FACTOR else None
+            loose = judge(features, self.baseline, fpr * ELEVATED_FACTOR, authorised=authorised) \
+                if verdict.p_value <= fpr * ELEVATED_FACTOR else None
             elevated = loose is not None and loose.status in ("flagged", "authorised")
         return verdict, elevated
 
-    def _account_verdict(self, name: str, state: AccountState, account: str) -> tuple[Verdict, bool]:
+    def _account_verdict(self, name: str, state: AccountState, account: str,
+                         fpr: float | None = None) -> tuple[Verdict, bool]:
         """The verdict of one state (an account's, or an end user's: ``name``); ``account`` is
         the billing account, whose allowlisting authorises it."""
         queries = state.queries
@@ -208,7 +220,7 @@ class LiveScorer:
         harvesting = self._harvest_p(features) <= HARVEST_ALPHA * ELEVATED_FACTOR
         cached = state.verdict
         if self._due(queries, state.scored_at, cached, harvesting):
-            verdict, elevated = self._judge(features, account in self.allowlist)
+            verdict, elevated = self._judge(features, account in self.allowlist, fpr)
             state.verdict, state.elevated, state.scored_at = verdict, elevated, float(queries)
             return verdict, elevated
         return cached, state.elevated
