@@ -26,8 +26,8 @@ import pandas as pd
 
 from distillguard.detect.baseline import Baseline, load_default
 from distillguard.detect.engine import input_columns_sql
-from distillguard.detect.features import features_with_end_users
-from distillguard.detect.scan import ScanOptions, scan_store
+from distillguard.detect.features import features_frame, features_with_end_users
+from distillguard.detect.scan import ScanOptions, judge_end_users, scan_store
 from distillguard.detect.scoring import judge
 from distillguard.lab.campaigns import CampaignSpec
 from distillguard.lab.traffic import TrafficConfig, generate
@@ -68,9 +68,16 @@ def queries_until_flag(store: EventStore, accounts: list[str], baseline: Baselin
     quoted = ", ".join("'" + a.replace("'", "''") + "'" for a in accounts)
     frame = store.con.sql(f"SELECT {input_columns_sql(store)} FROM events WHERE account IN ({quoted}) "
                           f"ORDER BY ts").df()
-    def flagged(head: pd.DataFrame) -> bool:  # the account itself, or one of its end users
-        rows = features_with_end_users("", head, max_tokens_cap=baseline.max_tokens_cap)
-        return any(judge(feats, baseline, fpr).flagged for _, feats in rows)
+    def flagged(head: pd.DataFrame) -> bool:  # the account itself, or one of its end users (as scan judges them)
+        (_, own), *users = features_with_end_users("acct", head, max_tokens_cap=baseline.max_tokens_cap)
+        if judge(own, baseline, fpr).flagged:
+            return True
+        if not users:
+            return False
+        for _, feats in users:
+            feats.pop("template_keys", None)
+        frame = features_frame([feats for _, feats in users], [key for key, _ in users])
+        return any(v.flagged for v in judge_end_users(frame, baseline, fpr).values())
 
     for n in CHECKPOINTS:
         if n > len(frame):

@@ -557,6 +557,15 @@ def test_a_store_from_before_the_end_user_column_reads_ids_from_requests(reselle
         features, _ = local_features(store, max_tokens_cap=4096)
     users = [k for k in features.index if "\x1f" in k]
     assert len(users) == 13 and all(k.startswith(labels["named"]) for k in users)
+    # Opened read-write, it gains the column, filled from the bodies (not NULL for the old rows).
+    with EventStore(path) as store:
+        assert "end_user" in store.columns()
+        named, ignored = store.run("SELECT count(end_user) FILTER (WHERE account = ?), "
+                                   "count(end_user) FILTER (WHERE account = ?) FROM events",
+                                   [labels["named"], labels["unnamed"]])[0]
+        assert named > 0 and ignored == 0
+        migrated, _ = local_features(store, max_tokens_cap=4096)
+    assert sorted(k for k in migrated.index if "\x1f" in k) == sorted(users)
 
 
 def test_organic_resellers_are_not_flagged(tmp_path):

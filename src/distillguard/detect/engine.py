@@ -16,6 +16,7 @@ import pandas as pd
 
 from distillguard.detect.features import END_USER_SEP, account_features, features_frame, features_with_end_users
 from distillguard.detect.hydra import AccountIdentity
+from distillguard.events.columns import END_USER_FROM_REQUEST_SQL
 from distillguard.store import EventStore
 
 PARTITION_EVENTS = 200_000
@@ -23,14 +24,6 @@ PARALLEL_MIN_EVENTS = 100_000  # below this, starting worker processes costs mor
 _INPUT_COLUMNS = ("epoch(ts) AS t", "left(prompt_text, 4000) AS prompt", "left(system_prompt, 1000) AS system",
                   "n_turns", "n_messages", "max_tokens", "logprobs", "has_tools", "temperature", "completion_tokens",
                   "end_user")
-# A store written before the end_user column (and opened read-only, so not migrated) still has the
-# request bodies: read the id from there, strings only, as events.schema.end_user_of does.
-_END_USER_FROM_REQUEST = ("left(coalesce({0}), 256) AS end_user".format(", ".join(
-    f"CASE WHEN json_type(request, '{path}') = 'VARCHAR' AND trim(json_extract_string(request, '{path}')) <> '' "
-    f"THEN json_extract_string(request, '{path}') END"
-    for path in ("$.safety_identifier", "$.user", "$.metadata.user_id"))))
-
-
 def input_columns_sql(store: EventStore) -> str:
     """The feature input columns; a column an older store lacks is read as NULL."""
     present = set(store.columns())
@@ -39,7 +32,8 @@ def input_columns_sql(store: EventStore) -> str:
         if " AS " in c or c in present:
             out.append(c)
         elif c == "end_user" and "request" in present:
-            out.append(_END_USER_FROM_REQUEST)
+            # a store from before the column, opened read-only (so not migrated): read the bodies
+            out.append(f"{END_USER_FROM_REQUEST_SQL} AS end_user")
         else:
             out.append(f"NULL AS {c}")
     return ", ".join(out)

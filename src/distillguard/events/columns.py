@@ -46,6 +46,13 @@ EVENT_SCHEMA = pa.schema([
 
 _DUMPS = orjson.dumps
 
+# SQL (DuckDB) for the ``end_user`` column from the ``request`` JSON text, for stores written before
+# the column existed: strings only, as :func:`distillguard.events.schema.end_user_of` reads them.
+END_USER_FROM_REQUEST_SQL = "left(coalesce({0}), 256)".format(", ".join(
+    f"CASE WHEN json_type(request, '{path}') = 'VARCHAR' AND trim(json_extract_string(request, '{path}')) <> '' "
+    f"THEN json_extract_string(request, '{path}') END"
+    for path in ("$.safety_identifier", "$.user", "$.metadata.user_id")))
+
 
 def _json_or_none(value: Any) -> str | None:
     return None if value is None else _DUMPS(value).decode()

@@ -11,7 +11,7 @@ import duckdb
 import pyarrow as pa
 
 from distillguard.errors import BadInputError
-from distillguard.events.columns import EVENT_SCHEMA
+from distillguard.events.columns import END_USER_FROM_REQUEST_SQL, EVENT_SCHEMA
 
 _DUCK_TYPES = {
     pa.string(): "VARCHAR", pa.timestamp("us"): "TIMESTAMP", pa.int32(): "INTEGER",
@@ -93,6 +93,8 @@ class EventStore:
         for f in EVENT_SCHEMA:
             if f.name not in present:
                 self.run(f"ALTER TABLE events ADD COLUMN {f.name} {_DUCK_TYPES[f.type]}")
+                if f.name == "end_user":  # derivable from the stored request bodies: fill it in
+                    self.run(f"UPDATE events SET end_user = {END_USER_FROM_REQUEST_SQL}")
 
     def _has_events_table(self) -> bool:
         rows = self.run("SELECT count(*) FROM information_schema.tables WHERE table_name = 'events'")
