@@ -25,23 +25,30 @@ SESSION_TTL_S = 8 * 3600.0
 _SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}
 
 
+def read_secret(path: Path | None, env: str, what: str, missing: str) -> str:
+    """A secret from the first line of a file, or else from the environment variable ``env``;
+    ``what`` names it in errors, ``missing`` is the error when neither gives one."""
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise BadInputError(f"no such {what} file", source=str(path)) from None
+        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+            raise BadInputError(f"cannot read the {what} file ({type(exc).__name__})", source=str(path)) from None
+        secret = text.splitlines()[0].strip() if text.strip() else ""
+        if not secret:
+            raise BadInputError(f"the {what} file is empty", source=str(path))
+        return secret
+    secret = os.environ.get(env, "")
+    if not secret:
+        raise UsageError(missing)
+    return secret
+
+
 def read_password(password_file: Path | None) -> str:
     """The analyst password from ``--password-file`` (first line) or the environment."""
-    if password_file is not None:
-        try:
-            text = password_file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise BadInputError("no such password file", source=str(password_file)) from None
-        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-            raise BadInputError(f"cannot read the password file ({type(exc).__name__})",
-                                source=str(password_file)) from None
-        password = text.splitlines()[0].strip() if text.strip() else ""
-        if not password:
-            raise BadInputError("the password file is empty", source=str(password_file))
-    else:
-        password = os.environ.get(PASSWORD_ENV, "")
-        if not password:
-            raise UsageError(f"the dashboard needs a password: --password-file FILE or {PASSWORD_ENV}")
+    password = read_secret(password_file, PASSWORD_ENV, "password",
+                           f"the dashboard needs a password: --password-file FILE or {PASSWORD_ENV}")
     if len(password) < 8:
         raise UsageError("the dashboard password must be at least 8 characters")
     return password

@@ -15,7 +15,8 @@ from urllib.parse import quote
 
 import httpx
 
-from distillguard.errors import BadInputError, UsageError
+from distillguard.errors import UsageError
+from distillguard.web.auth import read_secret
 
 ADMIN_TOKEN_ENV = "DISTILLGUARD_ADMIN_TOKEN"
 # What a dashboard throttle asks the gateway for (the default policy's flagged_coverage limits).
@@ -33,24 +34,8 @@ class GatewayError(Exception):
 
 def read_admin_token(token_file: Path | None) -> str:
     """The gateway's admin token from ``--gateway-token-file`` (first line) or the environment."""
-    import os
-
-    if token_file is not None:
-        try:
-            text = token_file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise BadInputError("no such gateway token file", source=str(token_file)) from None
-        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-            raise BadInputError(f"cannot read the gateway token file ({type(exc).__name__})",
-                                source=str(token_file)) from None
-        token = text.splitlines()[0].strip() if text.strip() else ""
-        if not token:
-            raise BadInputError("the gateway token file is empty", source=str(token_file))
-        return token
-    token = os.environ.get(ADMIN_TOKEN_ENV, "")
-    if not token:
-        raise UsageError(f"--gateway needs the gateway's admin token: --gateway-token-file FILE or {ADMIN_TOKEN_ENV}")
-    return token
+    return read_secret(token_file, ADMIN_TOKEN_ENV, "gateway token",
+                       f"--gateway needs the gateway's admin token: --gateway-token-file FILE or {ADMIN_TOKEN_ENV}")
 
 
 def check_url(url: str) -> str:
