@@ -15,7 +15,7 @@ from distillguard.detect.baseline import Baseline, load_default
 from distillguard.detect.engine import account_totals, features_for, identities, local_features
 from distillguard.detect.features import END_USER_SEP, split_end_user_key
 from distillguard.detect.hydra import find_clusters
-from distillguard.detect.scoring import Reason, Verdict, judge, judge_frame
+from distillguard.detect.scoring import Reason, Verdict, end_user_verdict, judge, judge_frame
 from distillguard.detect.text import AREA_LIST
 from distillguard.errors import UsageError
 from distillguard.store import EventStore, SourceKind, source_kind
@@ -299,12 +299,15 @@ def judge_end_users(features: pd.DataFrame, baseline: Baseline, fpr: float,
     customers it relays."""
     if features.empty:
         return {}
-    accounts = [split_end_user_key(k)[0] for k in features.index]
-    per_account = Counter(accounts)
+    account_of = {key: split_end_user_key(key)[0] for key in features.index}
+    per_account = Counter(account_of.values())
     p_frame = baseline.p_value_frame(features)
     rows = features.to_dict("index")
-    return {key: judge(rows[key], baseline, fpr / per_account[account], authorised=account in allowlist, p=p)
-            for (key, p), account in zip(zip(p_frame.index, p_frame.to_dict("records")), accounts)}
+    out = {}
+    for key, p in zip(p_frame.index, p_frame.to_dict("records")):
+        account = account_of[key]
+        out[key] = judge(rows[key], baseline, fpr / per_account[account], authorised=account in allowlist, p=p)
+    return out
 
 
 def _fold_end_users(results: dict[str, AccountResult], features: pd.DataFrame,
@@ -330,16 +333,8 @@ def _fold_end_users(results: dict[str, AccountResult], features: pd.DataFrame,
         if result.verdict.status in ("flagged", "authorised", "repeated_runs"):
             continue
         lead_user = users[0]
-        share = lead_user.queries / max(1, result.queries)
-        others = f" ({len(users) - 1} more end users flagged too)" if len(users) > 1 else ""
-        k = judged[account]
-        p_value = min(1.0, lead_user.verdict.p_value * k)  # Bonferroni over the account's k end users
-        lead = Reason("end_user_substream", "substream", share, p_value,
-                      f"end user '{lead_user.end_user}' (one of {k} busy end users) sent {lead_user.queries:,} "
-                      f"of this account's {result.queries:,} queries ({share:.0%}) and is flagged on its own{others}:")
-        result.verdict = Verdict(p_value=p_value, flagged=lead_user.verdict.flagged,
-                                 status=lead_user.verdict.status, family_p=lead_user.verdict.family_p,
-                                 reasons=(lead,) + lead_user.verdict.reasons)
+        result.verdict = end_user_verdict(lead_user.end_user, lead_user.queries, result.queries, judged[account],
+                                          lead_user.verdict, more=len(users) - 1)
 
 
 def scan_paths(paths: Sequence[str | Path], options: ScanOptions,

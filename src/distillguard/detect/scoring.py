@@ -170,6 +170,23 @@ def _judge_substream(row: Any, baseline: Baseline, fpr: float, authorised: bool,
                    family_p=sub.family_p, reasons=(lead,) + sub.reasons)
 
 
+def end_user_verdict(end_user: str, queries: int, account_queries: int, k: int, verdict: Verdict, *,
+                     more: int = 0) -> Verdict:
+    """An account's verdict through one of its ``k`` busy end users (each judged at fpr / k): the
+    end user's verdict, its p-value Bonferroni-adjusted by ``k``, led by which end user it is and
+    what share of the account's traffic it sent (``more``: other end users flagged too). The scan
+    and the gateway both word it so."""
+    share = queries / max(1, account_queries)
+    p_value = min(1.0, verdict.p_value * k)
+    standing = "flagged" if verdict.flagged or verdict.status == "authorised" else "elevated"
+    others = f" ({more} more end users flagged too)" if more else ""
+    lead = Reason("end_user_substream", "substream", share, p_value,
+                  f"end user '{end_user}' (one of {k} busy end users) sent {queries:,} of this account's "
+                  f"{account_queries:,} queries ({share:.0%}) and is {standing} on its own{others}:")
+    return Verdict(p_value=p_value, flagged=verdict.flagged, status=verdict.status, family_p=verdict.family_p,
+                   reasons=(lead,) + verdict.reasons)
+
+
 def judge_frame(features: pd.DataFrame, baseline: Baseline, fpr: float,
                 allowlist: Iterable[str] = ()) -> dict[str, Verdict]:
     allowed = set(allowlist)

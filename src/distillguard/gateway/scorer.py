@@ -25,14 +25,14 @@ import hashlib
 import ipaddress
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from distillguard.detect.baseline import Baseline
 from distillguard.detect.hydra import (CREATED_BUCKET_S, EDGE_WEIGHT_ONE_STRONG, MAX_GROUP, MIN_CLUSTER, STRONG, WEAK,
                                       edge_evidence, email_pattern)
 from distillguard.detect.features import end_user_key, split_end_user_key
-from distillguard.detect.scoring import HARVEST_ALPHA, Reason, Verdict, judge
+from distillguard.detect.scoring import HARVEST_ALPHA, Verdict, end_user_verdict, judge
 from distillguard.detect.signals import HARVEST, SIGNALS
 from distillguard.gateway.online import _HOURS, AccountState, RequestFacts, merged_features
 
@@ -159,8 +159,8 @@ class LiveScorer:
                     k = self._end_user_count.get(account, 1)
                     eu_verdict, eu_elevated = self._account_verdict(eu_key, eu_state, account, self.fpr / k)
                     if eu_verdict.flagged or (eu_elevated and not elevated):
-                        verdict, elevated, end_user = _end_user_verdict(
-                            facts.end_user, eu_state.queries, state.queries, eu_verdict), eu_elevated, facts.end_user
+                        verdict = end_user_verdict(facts.end_user, eu_state.queries, state.queries, k, eu_verdict)
+                        elevated, end_user = eu_elevated, facts.end_user
             cluster = self._cluster_of(account)
             cluster_verdict = None
             if cluster is not None:
@@ -385,15 +385,6 @@ class LiveScorer:
         with self.lock:
             cluster = self._cluster_of(account)
             return cluster.name if cluster else None
-
-
-def _end_user_verdict(end_user: str, queries: int, account_queries: int, verdict: Verdict) -> Verdict:
-    """An end user's verdict, led by which end user and its share, as the batch scan words it."""
-    share = queries / max(1, account_queries)
-    lead = Reason("end_user_substream", "substream", share, verdict.p_value,
-                  f"end user '{end_user}' sent {queries:,} of this account's {account_queries:,} queries "
-                  f"({share:.0%}) and is {'flagged' if verdict.flagged else 'elevated'} on its own:")
-    return replace(verdict, reasons=(lead,) + verdict.reasons)
 
 
 def _may_link(kinds: set[str]) -> bool:
