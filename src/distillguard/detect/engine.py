@@ -24,6 +24,8 @@ PARALLEL_MIN_EVENTS = 100_000  # below this, starting worker processes costs mor
 _INPUT_COLUMNS = ("epoch(ts) AS t", "left(prompt_text, 4000) AS prompt", "left(system_prompt, 1000) AS system",
                   "n_turns", "n_messages", "max_tokens", "logprobs", "has_tools", "temperature", "completion_tokens",
                   "end_user")
+
+
 def input_columns_sql(store: EventStore) -> str:
     """The feature input columns; a column an older store lacks is read as NULL."""
     present = set(store.columns())
@@ -109,7 +111,7 @@ def local_features(store: EventStore, *, max_tokens_cap: int, workers: int = 1, 
             for batch in results:
                 for account, feats in batch:
                     keys = feats.pop("template_keys")
-                    if keys or END_USER_SEP not in account:
+                    if END_USER_SEP not in account:  # end users' rows carry none (links are accounts')
                         template_keys[account] = keys
                     rows.append(feats)
                     accounts.append(account)

@@ -75,11 +75,11 @@ def _clean(x: float) -> float | None:
 
 def family_p_values(p: dict[str, float]) -> dict[str, float]:
     """Bonferroni-adjusted minimum p-value within each family."""
-    out = {}
-    for family in FAMILIES:
-        members = [p[s.name] for s in SIGNALS if s.family == family]
-        out[family] = min(1.0, min(members) * len(members)) if members else 1.0
-    return out
+    return {family: _bonferroni_min([p[s.name] for s in SIGNALS if s.family == family]) for family in FAMILIES}
+
+
+def _bonferroni_min(ps: list[float]) -> float:
+    return min(1.0, min(ps) * len(ps)) if ps else 1.0
 
 
 def fisher_statistic(family_p: dict[str, float]) -> float:
@@ -108,8 +108,7 @@ def content_automation_p(p: dict[str, float]) -> float:
     but timing). Round-the-clock hours and Poisson-like spacing are also what many people behind
     one key look like (a reseller, a team, an app's users), so timing alone never completes the
     "coverage and automation" route: broad topics plus round-the-clock hours is an aggregator."""
-    members = [p[s.name] for s in SIGNALS if s.family == AUTOMATION and s.name not in TIMING_SIGNALS]
-    return min(1.0, min(members) * len(members))
+    return _bonferroni_min([p[s.name] for s in SIGNALS if s.family == AUTOMATION and s.name not in TIMING_SIGNALS])
 
 
 def judge(row: pd.Series | dict[str, Any], baseline: Baseline, fpr: float, *, authorised: bool = False,
