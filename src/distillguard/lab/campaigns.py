@@ -209,8 +209,6 @@ class MixedCampaign(Actor):
                  "content": self.spec.content, "extraction_share": self.spec.extraction_share,
                  "end_user_ids": self.spec.end_user_ids}]
 
-    extracting = True
-
     def _name_end_user(self, event: dict[str, Any], index: int) -> None:
         if self.spec.end_user_ids:
             event["request"]["user"] = self.customer_ids[index]
@@ -227,7 +225,8 @@ class MixedCampaign(Actor):
         n_sessions = int(rng.poisson(organic_per_day * days / 2.5))
         session_starts = np.sort(start + rng.uniform(0, days * DAY, size=n_sessions))
         for s in session_starts:
-            customer = self.customers[int(rng.integers(len(self.customers)))]
+            index = int(rng.integers(len(self.customers)))
+            customer = self.customers[index]
             turns = customer.pick_conversation()
             ts = float(s)
             history: list[tuple[str, str]] = []
@@ -238,14 +237,14 @@ class MixedCampaign(Actor):
                 messages.append({"role": "user", "content": human})
                 reply = reply or self.ctx.responses.reply(rng, None, 200)
                 ev = self.factory.chat(rng, ts, self.ident, messages, reply, max_tokens=2048, temperature=0.7)
-                self._name_end_user(ev, self.customers.index(customer))
+                self._name_end_user(ev, index)
                 out.append((ts, seq, ev))
                 seq += 1
                 history.append((human, reply))
                 ts += len(reply) / 60.0 + float(rng.lognormal(3.7, 0.9))
         # The hidden extraction: one customer's script, mixed into the same account.
         bad_times = (bot_times(rng, start, self.ctx.end, max(1, int(round(bad_per_day))), "office", 1.0)
-                     if self.extracting else np.zeros(0))
+                     if self.spec.extraction_share > 0 else np.zeros(0))
         for t in bad_times:
             prompt = self.prompts(rng)
             messages = [{"role": "system", "content": RESELLER_SYSTEM}] + [
@@ -264,11 +263,9 @@ class OrganicReseller(MixedCampaign):
     """A hard negative: a reseller (or any aggregator app) relaying its customers' conversations,
     busy, broad and round the clock, with no extraction inside."""
 
-    extracting = False
-
     def __init__(self, ctx: LabContext, index: int, per_day: int = 1000, end_user_ids: bool = True) -> None:
-        # (a share of 1e-9: the customers get the whole volume; ``extracting`` turns the script off)
-        spec = CampaignSpec("mixed", name=f"reseller-{index}", per_day=per_day, extraction_share=1e-9,
+        # An extraction share of 0 (only campaigns' specs are checked to be > 0): no script at all.
+        spec = CampaignSpec("mixed", name=f"reseller-{index}", per_day=per_day, extraction_share=0.0,
                             content="replay", end_user_ids=end_user_ids)
         super().__init__(ctx, spec, name=f"organic/reseller/{index}")
 
