@@ -137,20 +137,7 @@ class LiveScorer:
             eu_repeat = False
             if facts.end_user is not None:
                 eu_key = end_user_key(account, facts.end_user)
-                eu_state = self.end_users.get(eu_key)
-                if eu_state is None:
-                    eu_state = self.end_users[eu_key] = AccountState()
-                    self._end_user_count[account] = self._end_user_count.get(account, 0) + 1
-                    if len(self.end_users) > self.max_end_users:
-                        evicted, _ = self.end_users.popitem(last=False)
-                        owner = split_end_user_key(evicted)[0]
-                        left = self._end_user_count.get(owner, 1) - 1
-                        if left > 0:
-                            self._end_user_count[owner] = left
-                        else:
-                            self._end_user_count.pop(owner, None)
-                else:
-                    self.end_users.move_to_end(eu_key)
+                eu_state = self._end_user_state(account, eu_key)
                 eu_repeat, _ = eu_state.update(facts, ts)
                 # Judged only while the account has traffic besides this end user's (otherwise
                 # the end user is the account, judged already).
@@ -173,6 +160,24 @@ class LiveScorer:
                               cluster_verdict=cluster_verdict,
                               cluster_confidence=self._confidence(cluster) if cluster else 0.0, repeat=repeat,
                               intel=evidence, end_user=end_user, end_user_key=eu_key, end_user_repeat=eu_repeat)
+
+    def _end_user_state(self, account: str, key: str) -> AccountState:
+        """The end user's state, most recently used now; a new one may evict the least recent
+        (``_end_user_count`` follows, it is each account's Bonferroni k)."""
+        state = self.end_users.get(key)
+        if state is not None:
+            self.end_users.move_to_end(key)
+            return state
+        state = self.end_users[key] = AccountState()
+        self._end_user_count[account] = self._end_user_count.get(account, 0) + 1
+        if len(self.end_users) > self.max_end_users:
+            owner = split_end_user_key(self.end_users.popitem(last=False)[0])[0]
+            left = self._end_user_count[owner] - 1
+            if left:
+                self._end_user_count[owner] = left
+            else:
+                del self._end_user_count[owner]
+        return state
 
     def add_output(self, account: str, completion_tokens: int, repeat: bool, *, end_user_key: str | None = None,
                    end_user_repeat: bool = False) -> None:
