@@ -238,7 +238,7 @@ def baseline_build(
 
         log = ActionLog(include_false_positives, read_only=True)
         try:
-            marked = sorted(a for a, act in log.current("account").items() if act == "false_positive")
+            marked = sorted(log.false_positives())
             recorded = log.meta("events_db")
         finally:
             log.close()
@@ -444,7 +444,7 @@ def report(
         log = ActionLog(state, read_only=True)
         try:
             current = log.current("account")
-            false_positives = frozenset(a for a, act in current.items() if act == "false_positive")
+            false_positives = log.false_positives(current)
             for act in [*current.values(), *log.current("cluster").values()]:
                 outcomes[act] = outcomes.get(act, 0) + 1
             decided = log.appeal_decisions()

@@ -291,6 +291,12 @@ class ActionLog:
     def feedback_allowlist(self) -> frozenset[str]:
         return frozenset(t for t, a in self.current("account").items() if a in FEEDBACK_ACTIONS)
 
+    def false_positives(self, current: dict[str, str] | None = None) -> frozenset[str]:
+        """Accounts whose latest action is ``false_positive`` (``current``: ``current("account")``
+        if the caller has it already)."""
+        current = self.current("account") if current is None else current
+        return frozenset(t for t, a in current.items() if a == "false_positive")
+
     def close(self) -> None:
         with self._lock:
             self.con.close()
