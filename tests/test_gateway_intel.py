@@ -146,9 +146,10 @@ def test_matching_accounts_get_intel_reasons_and_the_graduated_action(tmp_path, 
         view = _account(url, "walter")
         assert not view["flagged"] and view["reasons"][0]["detail"].startswith(
             f"IP /24 hash matched indicator {weak_ip_id} from peer lab-a, confidence 90, TLP:AMBER")
-        # trent sends A's templated prompts: matched once a template recurs in his account
+        # trent sends A's templated prompts: an account's first prompts are checked, so the
+        # template matches on his very first request (an actor moving from a peer brings it along)
         actions = [_send(url, "sk-trent-00003", p).headers["x-distillguard-action"] for p in TEMPLATE_PROMPTS[:5]]
-        assert actions[0] == "allow" and actions[-1] == "modify", actions
+        assert actions == ["modify"] * 5, actions
         view = _account(url, "trent")
         assert view["intel"]["matches"][0]["indicator"] == template_id
         assert view["reasons"][0]["detail"].startswith(f"prompt-template signature matched indicator {template_id}")

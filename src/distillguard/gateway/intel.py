@@ -11,8 +11,9 @@ The costly parts run at start and at (re)load, never per request:
 Per request the gateway reads the account's evidence (one dict lookup). When peers sent IP /24
 indicators, the client address's hash comes from a bounded cache (one more lookup; one HMAC for
 an address not seen before). When peers sent prompt-template signatures, a prompt is checked
-only when the live scorer sees a template newly recurring in the account (three near-duplicate
-prompts), a handful of times per account, at most ``MAX_TEMPLATE_CHECKS``.
+when it is one of the account's first ``FIRST_PROMPTS_CHECKED`` or when the live scorer sees a
+template newly recurring in the account (three near-duplicate prompts), at most
+``MAX_TEMPLATE_CHECKS`` times per account.
 
 Evidence and reasons are the scan's (:class:`~distillguard.intel.match.AccountIntel`), so the
 wording and the weights (kind strength x confidence x peer trust) are the same everywhere.
@@ -43,6 +44,7 @@ log = logging.getLogger("distillguard.gateway")
 IDENTITY_KINDS = (("email", "email"), ("org_domain", "email"), ("payment", "payment"), ("asn", "asn"))
 MAX_IPS_PER_ACCOUNT = 16          # matched /24 hashes remembered per account (re-checked at reload)
 MAX_TEMPLATE_CHECKS = 32          # keyed template checks per account (each ~50 µs)
+FIRST_PROMPTS_CHECKED = 3         # an account's first prompts are checked against peers' templates
 IP_CACHE = 1 << 18                # client addresses whose /24 hash is cached
 FORCED_RELOAD_S = 900.0           # re-read at least this often (indicators reaching valid_from)
 

@@ -79,6 +79,16 @@ def recorded_answers(events: Iterable[dict[str, Any]]) -> Callable[[httpx.Reques
         answers[orjson.dumps(ev["request"])] = orjson.dumps(body)
 
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=answers.get(request.content, b'{"choices": []}'),
+        # A stream, not ``content=``: httpx reads bytes content at once, and the gateway relays
+        # the upstream's raw stream, which httpx then reports as already consumed.
+        return httpx.Response(200, stream=_OneChunk(answers.get(request.content, b'{"choices": []}')),
                               headers={"content-type": "application/json"})
     return handler
+
+
+class _OneChunk(httpx.AsyncByteStream):
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def __aiter__(self):
+        yield self.data

@@ -34,6 +34,7 @@ from distillguard.detect.hydra import (CREATED_BUCKET_S, EDGE_WEIGHT_ONE_STRONG,
 from distillguard.detect.features import end_user_key, split_end_user_key
 from distillguard.detect.scoring import HARVEST_ALPHA, Verdict, end_user_verdict, judge
 from distillguard.detect.signals import HARVEST, SIGNALS
+from distillguard.gateway.intel import FIRST_PROMPTS_CHECKED
 from distillguard.gateway.online import _HOURS, AccountState, RequestFacts, merged_features
 
 _KINDS = ("template", "payment", "ip24", "email_pattern", "org", "user_agent", "created_burst")
@@ -153,7 +154,10 @@ class LiveScorer:
             if cluster is not None:
                 cluster_verdict = self._cluster_verdict(cluster)
             intel = self.intel
-            evidence = None if intel is None else intel.observe(account, ip, prompt if new_templates else None)
+            # An account's first prompts are checked too: an actor moving from a peer brings its
+            # templates with its first request, before any template recurs here.
+            check = new_templates or state.queries <= FIRST_PROMPTS_CHECKED
+            evidence = None if intel is None else intel.observe(account, ip, prompt if check else None)
             return Assessment(account=account, queries=state.queries, verdict=verdict, elevated=elevated,
                               cluster=cluster.name if cluster else None,
                               cluster_size=len(cluster.members) if cluster else 0,
