@@ -1,0 +1,156 @@
+"""The leaf of one exchange: salted per-field commitments over the event record's canonical form.
+
+Canonical form. The committed fields are the record's own fields (the derived columns the store
+adds, ``prompt_text`` and the like, are functions of ``request`` and are not committed), each as
+bytes, in this order:
+
+========================================  ==================================================
+``id account key endpoint model ip``       UTF-8 of the string
+``user_agent``
+``ts``                                     decimal integer microseconds since the epoch (UTC),
+                                           ``round(ts * 1e6)`` as the store keeps it
+``status``                                 decimal integer
+``request response identity usage``        the JSON text the store keeps: compact, object
+``extra``                                  members in the order received, numbers in orjson's
+                                           shortest round-trip form (``extra`` = every field
+                                           outside the schema, absent when there is none)
+========================================  ==================================================
+
+A missing value is distinct from any present one. Commitment of field ``f`` with value ``v``::
+
+    C_f = SHA-256("dg-field/v1" 0x00 || f || 0x00 || salt_f || 0x00)            (absent)
+    C_f = SHA-256("dg-field/v1" 0x00 || f || 0x00 || salt_f || 0x01 || v)       (present)
+
+and the leaf data is ``"dg-event/v1\\n" || C_id || C_ts || ... || C_extra`` (14 × 32 bytes), hashed
+as an RFC 6962 leaf. Salts are 16 bytes, ``SHA-256(seed || f)[:16]`` with the event's seed
+``HMAC-SHA256(salt key, "dg-salt/v1" 0x00 || id)``; the salt key is derived from the log's Ed25519
+signing key, so the gateway (at append) and the store (from stored rows) derive the same salts
+while nobody without the key can. Revealing a field means disclosing its value and salt; redacting
+it means disclosing only ``C_f``: the leaf still recomputes, and the salt keeps a low-entropy value
+(an IP address, an e-mail) from being guessed from its commitment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any, Iterator
+
+import orjson
+import pyarrow as pa
+
+from distillguard.events.schema import CHAT_ENDPOINT, COMPLETIONS_ENDPOINT, KNOWN_FIELDS, derive_id, parse_ts
+
+FIELDS = ("id", "ts", "account", "key", "endpoint", "model", "ip", "user_agent", "status",
+          "request", "response", "identity", "usage", "extra")
+STRING_FIELDS = frozenset({"id", "account", "key", "endpoint", "model", "ip", "user_agent"})
+JSON_FIELDS = frozenset({"request", "response", "identity", "usage", "extra"})
+LEAF_PREFIX = b"dg-event/v1\n"
+_FIELD_PREFIX = {f: b"dg-field/v1\x00" + f.encode() + b"\x00" for f in FIELDS}
+_FIELD_NAMES = {f: f.encode() for f in FIELDS}
+_SALT_LABEL = b"dg-salt/v1\x00"
+_sha256 = hashlib.sha256
+
+
+def salt_key_from_private(private_raw: bytes) -> bytes:
+    """The commitment salt key of a log, derived (one-way) from its Ed25519 private key bytes."""
+    return hmac.digest(private_raw, b"distillguard evidence salt key v1", "sha256")
+
+
+def salts(salt_key: bytes, event_id: str) -> dict[str, bytes]:
+    seed = hmac.digest(salt_key, _SALT_LABEL + event_id.encode("utf-8"), "sha256")
+    return {f: _sha256(seed + _FIELD_NAMES[f]).digest()[:16] for f in FIELDS}
+
+
+def commitment(name: str, salt: bytes, value: bytes | None) -> bytes:
+    if value is None:
+        return _sha256(_FIELD_PREFIX[name] + salt + b"\x00").digest()
+    return _sha256(_FIELD_PREFIX[name] + salt + b"\x01" + value).digest()
+
+
+def leaf_data(commitments: list[bytes]) -> bytes:
+    return LEAF_PREFIX + b"".join(commitments)
+
+
+def leaf_hash_of(values: dict[str, bytes | None], salt_key: bytes) -> bytes:
+    s = salts(salt_key, (values["id"] or b"").decode("utf-8"))
+    data = LEAF_PREFIX + b"".join([commitment(f, s[f], values[f]) for f in FIELDS])
+    return _sha256(b"\x00" + data).digest()
+
+
+def _text(value: Any) -> bytes | None:
+    return None if value is None else str(value).encode("utf-8")
+
+
+def values_from_record(obj: dict[str, Any]) -> dict[str, bytes | None]:
+    """Field bytes of a record as the gateway logs it (a dict that ``event_from_obj`` accepts,
+    ``ts`` in epoch seconds); identical to :func:`values_from_table` on the row the store keeps."""
+    ts = parse_ts(obj["ts"])
+    endpoint = obj.get("endpoint")
+    request = obj["request"]
+    if endpoint is None:
+        endpoint = COMPLETIONS_ENDPOINT if ("prompt" in request and "messages" not in request) else CHAT_ENDPOINT
+    event_id = obj.get("id")
+    if event_id is None or event_id == "":
+        event_id = derive_id(ts, obj["account"], request, obj.get("response"))
+    extra = {k: v for k, v in obj.items() if k not in KNOWN_FIELDS}
+    status = obj.get("status")
+    dumps = orjson.dumps
+    return {
+        "id": _text(event_id), "ts": str(round(ts * 1e6)).encode(),
+        "account": _text(obj.get("account")), "key": _text(obj.get("key")),
+        "endpoint": _text(endpoint), "model": _text(obj.get("model")),
+        "ip": _text(obj.get("ip")), "user_agent": _text(obj.get("user_agent")),
+        "status": None if status is None else str(int(status)).encode(),
+        "request": dumps(request),
+        "response": None if obj.get("response") is None else dumps(obj["response"]),
+        "identity": None if obj.get("identity") is None else dumps(obj["identity"]),
+        "usage": None if obj.get("usage") is None else dumps(obj["usage"]),
+        "extra": dumps(extra) if extra else None,
+    }
+
+
+_TABLE_COLUMNS = ("id", "ts", "account", "key", "endpoint", "model", "ip", "user_agent", "status",
+                  "request", "response", "identity", "usage", "extra")
+
+
+def values_from_table(table: pa.Table) -> Iterator[dict[str, bytes | None]]:
+    """Field bytes of each stored row (``EVENT_SCHEMA`` columns), in row order."""
+    ts = table.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False)
+    cols = {c: table.column(c).to_pylist() for c in _TABLE_COLUMNS if c != "ts"}
+    for i in range(table.num_rows):
+        row: dict[str, bytes | None] = {"ts": str(int(ts[i])).encode()}
+        for c, col in cols.items():
+            v = col[i]
+            row[c] = None if v is None else str(v).encode("utf-8")
+        yield row
+
+
+def leaf_hashes_from_table(table: pa.Table, salt_key: bytes) -> list[bytes]:
+    """Leaf hashes of stored rows in row order (the bulk path: ``evidence build``)."""
+    n = table.num_rows
+    if n == 0:
+        return []
+    columns: list[list[bytes | None]] = []
+    for c in FIELDS:
+        if c == "ts":
+            ts = table.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False).tolist()
+            columns.append([str(t).encode() for t in ts])
+        elif c == "status":
+            columns.append([None if v is None else str(v).encode() for v in table.column(c).to_pylist()])
+        else:
+            columns.append([None if v is None else v.encode("utf-8") for v in table.column(c).to_pylist()])
+    ids = columns[0]
+    sha, digest = _sha256, hmac.digest
+    spec = [(_FIELD_PREFIX[c], _FIELD_NAMES[c], columns[j]) for j, c in enumerate(FIELDS)]
+    out = []
+    for i in range(n):
+        seed = digest(salt_key, _SALT_LABEL + (ids[i] or b""), "sha256")
+        parts = []
+        for prefix, name, col in spec:
+            v = col[i]
+            salt = sha(seed + name).digest()[:16]
+            parts.append(sha(prefix + salt + b"\x00").digest() if v is None
+                         else sha(prefix + salt + b"\x01" + v).digest())
+        out.append(sha(b"\x00" + LEAF_PREFIX + b"".join(parts)).digest())
+    return out
