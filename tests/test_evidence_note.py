@@ -104,7 +104,7 @@ def test_redacting_a_field_keeps_the_leaf():
     key = b"s" * 32
     s = salts(key, "e1")
     commits = [commitment(f, s[f], values[f]) for f in FIELDS]
-    leaf = leaf_hash(b"dg-event/v1\n" + b"".join(commits))
+    leaf = leaf_hash(b"dg-event/v1\n" + b"\xff" * 8 + b"".join(commits))
     assert leaf == leaf_hash_of(values, key)
     # a verifier given only the ip's commitment, and everything else in clear, gets the same leaf;
     # a guessed ip without the salt does not reproduce the commitment

@@ -21,8 +21,12 @@ A missing value is distinct from any present one. Commitment of field ``f`` with
     C_f = SHA-256("dg-field/v1" 0x00 || f || 0x00 || salt_f || 0x00)            (absent)
     C_f = SHA-256("dg-field/v1" 0x00 || f || 0x00 || salt_f || 0x01 || v)       (present)
 
-and the leaf data is ``"dg-event/v1\\n" || C_id || C_ts || ... || C_extra`` (14 × 32 bytes), hashed
-as an RFC 6962 leaf. Salts are 16 bytes, ``SHA-256(seed || f)[:16]`` with the event's seed
+and the leaf data is ``"dg-event/v1\\n" || prev || C_id || C_ts || ... || C_extra`` (8 + 14 × 32
+bytes), hashed as an RFC 6962 leaf. ``prev`` is the index, in the same tree, of the same account's
+previous leaf (8 bytes big-endian; all ones for its first): the account's exchanges form a chain, so
+a package that leaves one out (even one its signer re-signed) breaks the chain.
+
+Salts are 16 bytes, ``SHA-256(seed || f)[:16]`` with the event's seed
 ``HMAC-SHA256(salt key, "dg-salt/v1" 0x00 || id)``; the salt key is derived from the log's Ed25519
 signing key, so the gateway (at append) and the store (from stored rows) derive the same salts
 while nobody without the key can. Revealing a field means disclosing its value and salt; redacting
@@ -68,13 +72,21 @@ def commitment(name: str, salt: bytes, value: bytes | None) -> bytes:
     return _sha256(_FIELD_PREFIX[name] + salt + b"\x01" + value).digest()
 
 
-def leaf_data(commitments: list[bytes]) -> bytes:
-    return LEAF_PREFIX + b"".join(commitments)
+def prev_bytes(prev: int | None) -> bytes:
+    """The account's previous leaf in this tree, 8 bytes big-endian; all ones when it has none."""
+    return _NO_PREV if prev is None else prev.to_bytes(8, "big")
 
 
-def leaf_hash_of(values: dict[str, bytes | None], salt_key: bytes) -> bytes:
+_NO_PREV = b"\xff" * 8
+
+
+def leaf_data(prev: int | None, commitments: list[bytes]) -> bytes:
+    return LEAF_PREFIX + prev_bytes(prev) + b"".join(commitments)
+
+
+def leaf_hash_of(values: dict[str, bytes | None], salt_key: bytes, prev: int | None = None) -> bytes:
     s = salts(salt_key, (values["id"] or b"").decode("utf-8"))
-    data = LEAF_PREFIX + b"".join([commitment(f, s[f], values[f]) for f in FIELDS])
+    data = leaf_data(prev, [commitment(f, s[f], values[f]) for f in FIELDS])
     return _sha256(b"\x00" + data).digest()
 
 
@@ -126,8 +138,9 @@ def values_from_table(table: pa.Table) -> Iterator[dict[str, bytes | None]]:
         yield row
 
 
-def leaf_hashes_from_table(table: pa.Table, salt_key: bytes) -> list[bytes]:
-    """Leaf hashes of stored rows in row order (the bulk path: ``evidence build``)."""
+def leaf_hashes_from_table(table: pa.Table, salt_key: bytes, prevs: list[int | None] | None = None) -> list[bytes]:
+    """Leaf hashes of stored rows in row order (the bulk path: ``evidence build``); ``prevs`` gives
+    each row's account-chain pointer (default: none)."""
     n = table.num_rows
     if n == 0:
         return []
@@ -152,5 +165,6 @@ def leaf_hashes_from_table(table: pa.Table, salt_key: bytes) -> list[bytes]:
             salt = sha(seed + name).digest()[:16]
             parts.append(sha(prefix + salt + b"\x00").digest() if v is None
                          else sha(prefix + salt + b"\x01" + v).digest())
-        out.append(sha(b"\x00" + LEAF_PREFIX + b"".join(parts)).digest())
+        prev = _NO_PREV if prevs is None or prevs[i] is None else prevs[i].to_bytes(8, "big")
+        out.append(sha(b"\x00" + LEAF_PREFIX + prev + b"".join(parts)).digest())
     return out

@@ -84,8 +84,8 @@ class Checkpoint:
             root = base64.b64decode(root_b64, validate=True)
         except (binascii.Error, ValueError):
             raise NoteError("checkpoint: root hash is not base64") from None
-        if len(root) != 32:
-            raise NoteError("checkpoint: root hash is not 32 bytes")
+        if len(root) != 32 or base64.b64encode(root).decode() != root_b64:
+            raise NoteError("checkpoint: root hash is not 32 bytes of canonical base64")
         if any(not line for line in ext):
             raise NoteError("checkpoint: empty extension line")
         return cls(origin, int(size_s), root, tuple(ext))
@@ -117,6 +117,8 @@ class SignedNote:
                 payload = base64.b64decode(parts[2], validate=True)
             except (binascii.Error, ValueError):
                 raise NoteError("signature line is not base64") from None
+            if base64.b64encode(payload).decode() != parts[2]:
+                raise NoteError("signature line is not canonical base64")
             if len(payload) < 5:
                 raise NoteError("signature line too short")
             sigs.append((parts[1], payload))

@@ -1,0 +1,154 @@
+"""The gateway's tree: each logged exchange becomes a leaf, checkpoints are signed periodically.
+
+Files under ``LOGDIR/evidence/`` (beside the durable log's segments):
+
+* ``origin``: the log id (checkpoint origin), written once;
+* ``leaves.txt``: one line per leaf, ``<event id> <account's previous leaf index or -> <account tag>
+  <hex leaf hash>``, in the order the gateway logged the events (appended and fsynced before each
+  checkpoint that covers them; the tag, a keyed hash of the account, lets a restart resume the
+  account chains without writing account ids beside the log);
+* ``checkpoints/<size>.note``: every signed checkpoint (C2SP signed notes).
+
+The request path only computes the leaf (salted field commitments, ~20 µs) and folds it into an
+O(log n) frontier; writing and signing happen in :meth:`GatewayTree.checkpoint`, which the gateway
+calls from a timer thread and on shutdown. Leaves computed after the last checkpoint of a process
+that then crashed are lost from the tree (their events are still in the log and the store; a later
+``evidence build`` puts them in the store's own tree).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from distillguard.errors import BadInputError
+from distillguard.evidence.leaf import leaf_hash_of, salt_key_from_private, values_from_record
+from distillguard.evidence.merkle import Frontier
+from distillguard.evidence.note import Checkpoint, sign_checkpoint
+from distillguard.evidence.treestore import check_log_id
+
+
+def _dir(log_dir: str | Path) -> Path:
+    return Path(log_dir) / "evidence"
+
+
+def read_origin(log_dir: str | Path) -> str:
+    try:
+        return (_dir(log_dir) / "origin").read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise BadInputError("no evidence tree in this log directory (no evidence/origin)", source=str(log_dir)) from None
+
+
+def read_leaves(log_dir: str | Path, start: int = 0, *, tags: dict[str, int] | None = None) -> list[tuple[str, int | None, bytes]]:
+    """(event id, prev, leaf) from ``start`` on; ``tags`` (if given) gets each account tag's last index."""
+    path = _dir(log_dir) / "leaves.txt"
+    out: list[tuple[str, int | None, bytes]] = []
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return out
+    for i, line in enumerate(data.split(b"\n")[:-1]):   # a torn last line (no newline) is ignored
+        parts = line.split(b" ")
+        if len(parts) != 4 or len(parts[3]) != 64 or not (parts[1] == b"-" or parts[1].isdigit()):
+            raise BadInputError(f"malformed leaf line {i + 1}", source=str(path))
+        if tags is not None:
+            tags[parts[2].decode("ascii")] = i
+        if i < start:
+            continue
+        prev = None if parts[1] == b"-" else int(parts[1])
+        out.append((parts[0].decode("utf-8"), prev, bytes.fromhex(parts[3].decode("ascii"))))
+    return out
+
+
+def read_notes(log_dir: str | Path) -> list[str]:
+    folder = _dir(log_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return [p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.note"))]
+
+
+class GatewayTree:
+    """Leaves of one gateway log, a frontier for its root, and the checkpoint signer."""
+
+    def __init__(self, log_dir: str | Path, log_id: str, signing_key: Any, *, interval_s: float = 60.0) -> None:
+        self.dir = _dir(log_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "checkpoints").mkdir(exist_ok=True)
+        origin_file = self.dir / "origin"
+        if origin_file.exists():
+            existing = origin_file.read_text(encoding="utf-8").strip()
+            if existing != log_id:
+                raise BadInputError(f"this log directory's tree is {existing!r}, not {log_id!r}", source=str(log_dir))
+        else:
+            origin_file.write_text(check_log_id(log_id) + "\n", encoding="utf-8")
+        self.log_id = log_id
+        self.private = signing_key.private
+        from cryptography.hazmat.primitives import serialization
+
+        raw = self.private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                         serialization.NoEncryption())
+        self.salt_key = salt_key_from_private(raw)
+        self.frontier = Frontier()
+        self.last: dict[str, int] = {}        # account tag -> its last leaf index
+        for _, _, leaf in read_leaves(log_dir, tags=self.last):
+            self.frontier.append(leaf)
+        self.pending: list[bytes] = []     # lines not yet on disk
+        self.lock = threading.Lock()
+        self.interval_s = interval_s
+        self.signed_size = -1
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Fold one logged record in (call in the order records are appended to the log)."""
+        values = values_from_record(record)
+        tag = hmac.digest(self.salt_key, b"dg-account-tag\x00" + (values["account"] or b""), "sha256")[:12].hex()
+        with self.lock:
+            index = self.frontier.size
+            prev = self.last.get(tag)
+            self.last[tag] = index
+            leaf = leaf_hash_of(values, self.salt_key, prev)
+            self.frontier.append(leaf)
+            self.pending.append(b"%s %s %s %s\n" % (values["id"], b"-" if prev is None else str(prev).encode(),
+                                                     tag.encode(), leaf.hex().encode()))
+
+    def checkpoint(self) -> str | None:
+        """Write pending leaves, then sign a checkpoint of the tree so far (None if nothing new)."""
+        with self.lock:
+            lines, self.pending = self.pending, []
+            size, root = self.frontier.size, self.frontier.root()
+        if lines:
+            with open(self.dir / "leaves.txt", "ab") as fh:
+                fh.write(b"".join(lines))
+                fh.flush()
+                os.fsync(fh.fileno())
+        if size == self.signed_size:
+            return None
+        note = sign_checkpoint(Checkpoint(self.log_id, size, root), self.private)
+        target = self.dir / "checkpoints" / f"{size:015d}.note"
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(note, encoding="utf-8")
+        os.replace(tmp, target)
+        self.signed_size = size
+        return note
+
+    def start(self) -> None:
+        def run() -> None:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    self.checkpoint()
+                except OSError:     # a full disk: try again next tick
+                    time.sleep(0)
+
+        self._thread = threading.Thread(target=run, name="distillguard-evidence-checkpoints", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.checkpoint()
