@@ -94,6 +94,7 @@ class GatewayTree:
         self.salt_key = salt_key_from_private(raw)
         self.frontier = Frontier()
         self.last: dict[str, int] = {}        # account tag -> its last leaf index
+        self.tags: dict[bytes, str] = {}      # account -> its tag
         for _, _, leaf in read_leaves(log_dir, tags=self.last):
             self.frontier.append(leaf)
         self.pending: list[bytes] = []     # lines not yet on disk
@@ -106,7 +107,10 @@ class GatewayTree:
     def add(self, record: dict[str, Any]) -> None:
         """Fold one logged record in (call in the order records are appended to the log)."""
         values = values_from_record(record)
-        tag = hmac.digest(self.salt_key, b"dg-account-tag\x00" + (values["account"] or b""), "sha256")[:12].hex()
+        account = values["account"] or b""
+        tag = self.tags.get(account)
+        if tag is None:
+            tag = self.tags[account] = hmac.digest(self.salt_key, b"dg-account-tag\x00" + account, "sha256")[:12].hex()
         with self.lock:
             index = self.frontier.size
             prev = self.last.get(tag)

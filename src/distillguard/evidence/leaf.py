@@ -26,8 +26,9 @@ bytes), hashed as an RFC 6962 leaf. ``prev`` is the index, in the same tree, of 
 previous leaf (8 bytes big-endian; all ones for its first): the account's exchanges form a chain, so
 a package that leaves one out (even one its signer re-signed) breaks the chain.
 
-Salts are 16 bytes, ``SHA-256(seed || f)[:16]`` with the event's seed
-``HMAC-SHA256(salt key, "dg-salt/v1" 0x00 || id)``; the salt key is derived from the log's Ed25519
+Salts are 16 bytes each: the i-th field's salt is bytes ``16i .. 16i+15`` of ``SHAKE256(seed)``
+with the event's seed ``HMAC-SHA256(salt key, "dg-salt/v1" 0x00 || id)`` (one salt reveals
+nothing about another); the salt key is derived from the log's Ed25519
 signing key, so the gateway (at append) and the store (from stored rows) derive the same salts
 while nobody without the key can. Revealing a field means disclosing its value and salt; redacting
 it means disclosing only ``C_f``: the leaf still recomputes, and the salt keeps a low-entropy value
@@ -51,9 +52,9 @@ STRING_FIELDS = frozenset({"id", "account", "key", "endpoint", "model", "ip", "u
 JSON_FIELDS = frozenset({"request", "response", "identity", "usage", "extra"})
 LEAF_PREFIX = b"dg-event/v1\n"
 _FIELD_PREFIX = {f: b"dg-field/v1\x00" + f.encode() + b"\x00" for f in FIELDS}
-_FIELD_NAMES = {f: f.encode() for f in FIELDS}
 _SALT_LABEL = b"dg-salt/v1\x00"
 _sha256 = hashlib.sha256
+_shake = hashlib.shake_256
 
 
 def salt_key_from_private(private_raw: bytes) -> bytes:
@@ -61,9 +62,13 @@ def salt_key_from_private(private_raw: bytes) -> bytes:
     return hmac.digest(private_raw, b"distillguard evidence salt key v1", "sha256")
 
 
+_SALT_BYTES = 16 * len(FIELDS)
+
+
 def salts(salt_key: bytes, event_id: str) -> dict[str, bytes]:
     seed = hmac.digest(salt_key, _SALT_LABEL + event_id.encode("utf-8"), "sha256")
-    return {f: _sha256(seed + _FIELD_NAMES[f]).digest()[:16] for f in FIELDS}
+    stream = _shake(seed).digest(_SALT_BYTES)
+    return {f: stream[16 * i:16 * i + 16] for i, f in enumerate(FIELDS)}
 
 
 def commitment(name: str, salt: bytes, value: bytes | None) -> bytes:
@@ -107,7 +112,9 @@ def values_from_record(obj: dict[str, Any]) -> dict[str, bytes | None]:
         event_id = derive_id(ts, obj["account"], request, obj.get("response"))
     extra = {k: v for k, v in obj.items() if k not in KNOWN_FIELDS}
     status = obj.get("status")
-    dumps = orjson.dumps
+    def dumps(value: Any) -> bytes:   # numpy scalars as the gateway's log writes them (OPT_SERIALIZE_NUMPY)
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+
     return {
         "id": _text(event_id), "ts": str(round(ts * 1e6)).encode(),
         "account": _text(obj.get("account")), "key": _text(obj.get("key")),
@@ -155,14 +162,15 @@ def leaf_hashes_from_table(table: pa.Table, salt_key: bytes, prevs: list[int | N
             columns.append([None if v is None else v.encode("utf-8") for v in table.column(c).to_pylist()])
     ids = columns[0]
     sha, digest = _sha256, hmac.digest
-    spec = [(_FIELD_PREFIX[c], _FIELD_NAMES[c], columns[j]) for j, c in enumerate(FIELDS)]
+    spec = [(_FIELD_PREFIX[c], 16 * j, columns[j]) for j, c in enumerate(FIELDS)]
+    shake, size = _shake, _SALT_BYTES
     out = []
     for i in range(n):
-        seed = digest(salt_key, _SALT_LABEL + (ids[i] or b""), "sha256")
+        stream = shake(digest(salt_key, _SALT_LABEL + (ids[i] or b""), "sha256")).digest(size)
         parts = []
-        for prefix, name, col in spec:
+        for prefix, off, col in spec:
             v = col[i]
-            salt = sha(seed + name).digest()[:16]
+            salt = stream[off:off + 16]
             parts.append(sha(prefix + salt + b"\x00").digest() if v is None
                          else sha(prefix + salt + b"\x01" + v).digest())
         prev = _NO_PREV if prevs is None or prevs[i] is None else prevs[i].to_bytes(8, "big")

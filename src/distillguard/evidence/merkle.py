@@ -69,12 +69,14 @@ class Levels:
         if len(leaves) % HASH_SIZE:
             raise ValueError("packed leaf hashes must be a multiple of 32 bytes")
         self.levels: list[bytearray] = [bytearray(leaves)]
+        self._memo: dict[tuple[int, int], bytes] = {}
         self._rebuild_from(0)
 
     @classmethod
     def from_levels(cls, levels: list[bytes]) -> "Levels":
         obj = cls.__new__(cls)
         obj.levels = [bytearray(b) for b in levels]
+        obj._memo = {}
         return obj
 
     @property
@@ -113,15 +115,35 @@ class Levels:
         return bytes(self.levels[level][off:off + HASH_SIZE])
 
     def subtree(self, start: int, end: int) -> bytes:
-        """MTH(D[start:end]) for the ranges the RFC's recursions produce (``start`` aligned to the
-        largest power of two not above ``end - start``)."""
+        """MTH(D[start:end]): one lookup for a full aligned block; otherwise the fold of the range's
+        aligned peaks (right to left), memoised: the log is append-only, so a range's hash never
+        changes once all its leaves exist."""
         width = end - start
         if width <= 0:
             return EMPTY_ROOT
         if width & (width - 1) == 0 and start % width == 0:
             return self._node(width.bit_length() - 1, start // width)
-        k = _split(width)
-        return node_hash(self.subtree(start, start + k), self.subtree(start + k, end))
+        key = (start, end)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        top = width.bit_length() - 1
+        if start % (1 << top):       # not a range the RFC's recursions produce: split by definition
+            k = _split(width)
+            h = node_hash(self.subtree(start, start + k), self.subtree(start + k, end))
+        else:
+            peaks, pos = [], start
+            for b in range(top, -1, -1):
+                if width >> b & 1:
+                    peaks.append(self._node(b, pos >> b))
+                    pos += 1 << b
+            h = peaks[-1]
+            for peak in reversed(peaks[:-1]):
+                h = node_hash(peak, h)
+        if len(self._memo) > 65536:
+            self._memo.clear()
+        self._memo[key] = h
+        return h
 
     def root(self, size: int | None = None) -> bytes:
         size = self.size if size is None else size
@@ -130,21 +152,24 @@ class Levels:
         return self.subtree(0, size)
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
-        """RFC 9162 §2.1.3.1 PATH(index, D[0:size]), deepest sibling first."""
+        """RFC 9162 §2.1.3.1 PATH(index, D[0:size]), deepest sibling first.
+
+        Below level ``inner`` (where ``index`` and ``size - 1`` part ways) every sibling is a full
+        block except the one at ``inner - 1`` (the tree's ragged right part); above it, the path
+        runs along the right edge and takes the full left sibling wherever ``index`` has a 1 bit.
+        """
         size = self.size if size is None else size
         if not 0 <= index < size <= self.size:
             raise ProofError(f"no leaf {index} in a tree of {size} (log holds {self.size})")
-        path: list[bytes] = []
-        start, end = 0, size
-        while end - start > 1:
-            k = _split(end - start)
-            if index < start + k:
-                path.append(self.subtree(start + k, end))
-                end = start + k
-            else:
-                path.append(self.subtree(start, start + k))
-                start += k
-        path.reverse()
+        inner = (index ^ (size - 1)).bit_length()
+        node = self._node
+        path = [node(k, (index >> k) ^ 1) for k in range(inner - 1)]
+        if inner:
+            start = ((index >> (inner - 1)) ^ 1) << (inner - 1)
+            path.append(self.subtree(start, min(start + (1 << (inner - 1)), size)))
+        for k in range(inner, size.bit_length()):
+            if index >> k & 1:
+                path.append(node(k, (index >> k) ^ 1))
         return path
 
     def consistency_proof(self, old: int, new: int | None = None) -> list[bytes]:

@@ -1,0 +1,205 @@
+"""Evidence log figures: proofs on a 10M-leaf tree, building trees, gateway CPU with the tree on.
+
+    python benchmarks/bench_evidence.py proofs [--leaves 10000000] [--pairs 1000] [--inclusions 10000]
+    python benchmarks/bench_evidence.py build --db STORE.duckdb        # tree over a real store
+    python benchmarks/bench_evidence.py build-synthetic [--leaves 1000000]
+    python benchmarks/bench_evidence.py gateway [--duration 10] [--rounds 3]
+
+``proofs``: builds the stored levels of a tree of N synthetic leaves, then times consistency proofs
+between random pairs of sizes (produced from the levels and verified) and inclusion proofs for
+10,000 random leaves (produced and verified). ``build``: ``evidence build`` on a copy of a store
+(leaf commitments from every stored row, then the levels, written to the store). ``gateway``: two
+gateways in front of one fixed upstream (``distillguard serve``), the same but for ``[evidence]``,
+loaded in turn with wrk (bench_gateway.py's method) for several rounds; CPU per request of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def synthetic_leaves(n: int) -> bytes:
+    sha = hashlib.sha256
+    return b"".join([sha(b"\x00" + i.to_bytes(8, "big")).digest() for i in range(n)])
+
+
+def bench_proofs(args) -> dict:
+    from distillguard.evidence.merkle import Levels, verify_consistency, verify_inclusion
+
+    t0 = time.perf_counter()
+    leaves = synthetic_leaves(args.leaves)
+    t_leaves = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    levels = Levels(leaves)
+    t_levels = time.perf_counter() - t0
+    del leaves
+    rng = random.Random(7)
+    n = levels.size
+    roots = {}
+    pairs = []
+    for _ in range(args.pairs):
+        a, b = sorted(rng.randint(1, n) for _ in range(2))
+        pairs.append((a, b))
+        for s in (a, b):
+            if s not in roots:
+                roots[s] = levels.root(s)
+    times, cpu = [], []
+    for a, b in pairs:
+        t, c = time.perf_counter(), time.process_time()
+        proof = levels.consistency_proof(a, b)
+        ok = verify_consistency(a, b, proof, roots[a], roots[b])
+        times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+        assert ok
+    root = levels.root()
+    idx = [rng.randrange(n) for _ in range(args.inclusions)]
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in idx:
+        assert verify_inclusion(levels.leaf(i), i, n, levels.inclusion_proof(i), root)
+    t_incl, c_incl = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in idx:
+        levels.inclusion_proof(i)
+    t_incl_only, c_incl_only = time.perf_counter() - t0, time.process_time() - c0
+    times.sort()
+    cpu.sort()
+    return {"leaves": n, "leaf_hash_s": t_leaves, "levels_s": t_levels, "consistency_pairs": len(pairs),
+            "consistency_ms_median": 1000 * statistics.median(times), "consistency_ms_max": 1000 * times[-1],
+            "consistency_ms_p99": 1000 * times[int(0.99 * (len(times) - 1))],
+            "consistency_cpu_ms_median": 1000 * statistics.median(cpu), "consistency_cpu_ms_max": 1000 * cpu[-1],
+            "inclusions": len(idx), "inclusion_prove_and_verify_s": t_incl, "inclusion_prove_s": t_incl_only,
+            "inclusion_prove_and_verify_cpu_s": c_incl, "inclusion_prove_cpu_s": c_incl_only,
+            "load_average": os.getloadavg()[0]}
+
+
+def bench_build_synthetic(args) -> dict:
+    from distillguard.evidence.merkle import Levels
+
+    leaves = synthetic_leaves(args.leaves)
+    t0 = time.perf_counter()
+    levels = Levels()
+    for start in range(0, len(leaves), 32 * 20_000):   # appended in batches, as evidence build does
+        levels.extend(leaves[start:start + 32 * 20_000])
+    return {"leaves": levels.size, "levels_s": time.perf_counter() - t0}
+
+
+def bench_build(args) -> dict:
+    from distillguard.evidence import treestore
+    from distillguard.evidence.leaf import salt_key_from_private
+    from distillguard.store import EventStore
+
+    work = Path(tempfile.mkdtemp(prefix="dg-evbench-"))
+    db = work / "store.duckdb"
+    shutil.copy(args.db, db)
+    try:
+        with EventStore(db) as store:
+            events = store.count()
+            t0 = time.perf_counter()
+            report = treestore.build(store, salt_key_from_private(b"\x01" * 32), "bench/store")
+            total = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            levels = treestore.load_levels(store, "bench/store")
+            t_load = time.perf_counter() - t0
+            assert levels.size == events
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"events": events, "build_s": total, "events_per_s": events / total, "reload_levels_s": t_load}
+
+
+def bench_gateway(args) -> dict:
+    import bench_gateway as bg
+
+    from distillguard.intel.keys import SigningKey
+
+    work = Path(tempfile.mkdtemp(prefix="dg-evbench-gw-"))
+    keys = [f"sk-bench-{i:06d}" for i in range(args.accounts)]
+    keys_path = work / "keys.json"
+    keys_path.write_text(json.dumps({k: f"bench-account-{i:06d}" for i, k in enumerate(keys)}))
+    script = work / "post.lua"
+    bg.wrk_script(script, keys)
+    key_path = work / "signing.pem"
+    key_path.write_bytes(SigningKey.generate().pem())
+    upstream, up_url = bg.start_upstream(0.0)
+    gateways = {}
+    try:
+        for name in ("off", "on"):
+            d = work / name
+            d.mkdir()
+            config = d / "gateway.toml"
+            config.write_text(f'[evidence]\nkey = "{key_path}"\ninterval_s = 5\n' if name == "on" else "")
+            gateways[name] = start(bg, up_url, d, keys_path, config)
+        cpu = {"off": [], "on": []}
+        for name in ("off", "on"):
+            bg.run_wrk(gateways[name][1], script, args.connections, 3)        # warm-up
+        for r in range(args.rounds):
+            for name in (("off", "on") if r % 2 == 0 else ("on", "off")):
+                proc, url = gateways[name]
+                c0 = bg.cpu_seconds(proc)
+                res = bg.run_wrk(url, script, args.connections, args.duration)
+                cpu[name].append((bg.cpu_seconds(proc) - c0) / res["requests"] * 1000)
+    finally:
+        for proc, _ in gateways.values():
+            bg.stop(proc)
+        bg.stop(upstream)
+    from distillguard.evidence.gateway_tree import read_leaves, read_notes
+
+    leaves = len(read_leaves(work / "on" / "log"))
+    notes = len(read_notes(work / "on" / "log"))
+    shutil.rmtree(work, ignore_errors=True)
+    off, on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
+    return {"rounds": args.rounds, "cpu_ms_off": cpu["off"], "cpu_ms_on": cpu["on"], "median_off": off,
+            "median_on": on, "overhead": on / off - 1, "leaves": leaves, "checkpoints": notes}
+
+
+def start(bg, upstream: str, work: Path, keys: Path, config: Path):
+    import subprocess
+
+    port = bg.free_port()
+    proc = subprocess.Popen(bg.CLI + ["gateway", "--config", str(config), "--upstream", upstream, "--port", str(port),
+                                      "--keys", str(keys), "--db", str(work / "events.duckdb"), "--log-dir",
+                                      str(work / "log"), "--mode", "shadow"],
+                            stdout=subprocess.DEVNULL, stderr=open(work / "gateway.log", "wb"))
+    url = f"http://127.0.0.1:{port}"
+    bg.wait_ready(url + "/healthz", proc)
+    return proc, url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("proofs")
+    p.add_argument("--leaves", type=int, default=10_000_000)
+    p.add_argument("--pairs", type=int, default=1000)
+    p.add_argument("--inclusions", type=int, default=10_000)
+    p = sub.add_parser("build")
+    p.add_argument("--db", type=Path, required=True)
+    p = sub.add_parser("build-synthetic")
+    p.add_argument("--leaves", type=int, default=1_000_000)
+    p = sub.add_parser("gateway")
+    p.add_argument("--duration", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--accounts", type=int, default=1000)
+    args = parser.parse_args()
+    fn = {"proofs": bench_proofs, "build": bench_build, "build-synthetic": bench_build_synthetic,
+          "gateway": bench_gateway}[args.what]
+    result = fn(args)
+    print(json.dumps(result, indent=1, default=float))
+
+
+
+if __name__ == "__main__":
+    main()
