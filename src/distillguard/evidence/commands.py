@@ -183,3 +183,55 @@ def witness(
         out.write_text(cosigned, encoding="utf-8")
     else:
         print(cosigned, end="")
+
+
+@evidence_app.command("publish")
+def publish(
+    db: Path = typer.Option(..., "--db", help="The DuckDB store with our trees."),
+    home: Optional[Path] = typer.Option(None, "--home", help="Intel home (default: $DISTILLGUARD_INTEL_HOME or ./intel)."),
+) -> None:
+    """Publish our newest checkpoints (with consistency proofs) to our TAXII 'shared' collection."""
+    from distillguard.evidence.exchange import publish_checkpoints
+    from distillguard.intel.home import IntelHome, resolve_home
+    from distillguard.intel.store import IntelStore
+
+    h = IntelHome.load(resolve_home(home))
+    with _store(db) as store, IntelStore(h.db_path) as istore:
+        n = publish_checkpoints(store, h, istore)
+    console.print(f"published {n} checkpoint(s); peers witness them after 'distillguard intel sync'")
+
+
+@evidence_app.command("witness-peers")
+def witness_peers_cmd(
+    state: Path = typer.Option(..., "--state", help="Our witness state directory."),
+    name: str = typer.Option(..., "--name", help="Our witness name (as our cosignatures carry it)."),
+    home: Optional[Path] = typer.Option(None, "--home", help="Intel home (default: $DISTILLGUARD_INTEL_HOME or ./intel)."),
+) -> None:
+    """Cosign peers' checkpoints pulled with 'intel sync' (each checked against the last we cosigned)
+    and publish the cosignatures."""
+    from distillguard.evidence.exchange import witness_peers
+    from distillguard.intel.home import IntelHome, resolve_home
+    from distillguard.intel.store import IntelStore
+
+    h = IntelHome.load(resolve_home(home))
+    with IntelStore(h.db_path) as istore:
+        result = witness_peers(h, istore, state, name)
+    console.print(f"cosigned {len(result['cosigned'])}: {escape(', '.join(result['cosigned']) or '-')}")
+    for reason in result["refused"]:
+        console.print(f"[red]refused[/red] {escape(reason)}")
+
+
+@evidence_app.command("collect")
+def collect(
+    db: Path = typer.Option(..., "--db", help="The DuckDB store with our trees."),
+    home: Optional[Path] = typer.Option(None, "--home", help="Intel home (default: $DISTILLGUARD_INTEL_HOME or ./intel)."),
+) -> None:
+    """Merge peers' cosignatures of our checkpoints (pulled with 'intel sync') into the store."""
+    from distillguard.evidence.exchange import collect_cosignatures
+    from distillguard.intel.home import IntelHome, resolve_home
+    from distillguard.intel.store import IntelStore
+
+    h = IntelHome.load(resolve_home(home))
+    with _store(db) as store, IntelStore(h.db_path) as istore:
+        n = collect_cosignatures(store, h, istore)
+    console.print(f"{n} new cosignature(s) kept")

@@ -189,6 +189,26 @@ def add_checkpoint(store: EventStore, note: str) -> Checkpoint:
     return cp
 
 
+def merge_cosignatures(store: EventStore, cp: Checkpoint, signed: SignedNote, witnesses: dict) -> int:
+    """Add the valid cosignatures of ``witnesses`` (name -> key) in ``signed`` to our kept checkpoint
+    with the same text; returns how many were new."""
+    ensure_tables(store)
+    rows = store.run("SELECT note FROM evidence_checkpoints WHERE log_id = ? AND size = ?", [cp.origin, cp.size])
+    if not rows:
+        return 0
+    ours = SignedNote.parse(rows[0][0])
+    if ours.text != signed.text:
+        return 0
+    have = {n for n, _ in ours.signatures}
+    new = [(n, p) for n, p in signed.signatures if n in witnesses and n not in have
+           and signed.cosignature(n, witnesses[n]) is not None]
+    if new:
+        ours.signatures.extend(new)
+        store.run("UPDATE evidence_checkpoints SET note = ? WHERE log_id = ? AND size = ?",
+                  [ours.render(), cp.origin, cp.size])
+    return len(new)
+
+
 def sign_current(store: EventStore, log_id: str, private, levels: Levels | None = None) -> str:
     """Sign a checkpoint of tree ``log_id`` at its current size and keep it."""
     levels = levels if levels is not None else load_levels(store, log_id)
