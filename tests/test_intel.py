@@ -16,6 +16,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import stix2
 from stix2validator import ValidationOptions, validate_instance
 
 from distillguard.errors import BadInputError
@@ -29,7 +30,8 @@ from distillguard.intel.match import IntelSignal
 from distillguard.intel.publish import revoke, sign_and_publish
 from distillguard.intel.signing import VerificationError, sign_objects
 from distillguard.intel.store import IntelStore, peer_collection
-from distillguard.intel.vocab import TLP_IDS, atlas_id
+from distillguard.intel.extension import CREATOR_ID, EXTENSION_ID, extension_definition, template_pattern_value
+from distillguard.intel.vocab import ATLAS, TLP_IDS, atlas_id
 from distillguard.store import EventStore
 from intel_support import make_homes, make_lab_a, read_events
 
@@ -137,10 +139,43 @@ def test_lab_a_flags_its_hydra_campaign(lab_a):
     assert campaigns[0].confidence >= 80
 
 
-def test_bundle_passes_stix2_validator(exported):
+STRICT = ValidationOptions(version="2.1", strict=True)
+
+
+def test_bundle_passes_stix2_validator_strict_and_parses_without_custom_content(exported):
+    """0 errors and 0 warnings under --strict (every 'should' an error), for the bundle as written
+    to disk and for its signature object; stix2 loads both with allow_custom=False."""
+    result, path = exported
+    written = orjson.loads(path.read_bytes())
+    for instance in (result.bundle, written, orjson.loads(path.with_name(path.name + ".sig").read_bytes())):
+        report = validate_instance(instance, STRICT)
+        assert report.is_valid and not report.warnings, [str(e) for e in report.errors + report.warnings]
+        stix2.parse(instance, allow_custom=False)
+    parsed = stix2.parse(written, allow_custom=False)
+    assert len(parsed.objects) == len(written["objects"])
+    assert not any(k.startswith("x_") for o in written["objects"] for k in o)
+
+
+def test_stix2_validator_cli_strict(exported):
+    """The validator's own command line, as a peer would run it."""
+    _, path = exported
+    cli = Path(sys.executable).with_name("stix2_validator")
+    run = subprocess.run([str(cli), "--strict", "--version", "2.1", str(path)], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "STIX JSON: Valid" in run.stdout and "[X]" not in run.stdout
+
+
+def test_strict_validator_catches_what_we_removed(exported):
+    """The check is not vacuous: the previous form (x_ properties, UUIDv5 attack patterns) fails it."""
     result, _ = exported
-    report = validate_instance(result.bundle, ValidationOptions(version="2.1"))
-    assert report.is_valid, [str(e) for e in report.errors]
+    old = copy.deepcopy(result.bundle)
+    ind = next(o for o in old["objects"] if o["type"] == "indicator")
+    ind["x_distillguard_kind"] = ind.pop("extensions")[EXTENSION_ID]["kind"]
+    report = validate_instance(old, STRICT)
+    assert not report.is_valid and any("401" in str(e) for e in report.errors)
+    with pytest.raises(stix2.exceptions.STIXError):
+        stix2.parse(old, allow_custom=False)
 
 
 def test_bundle_content(exported, homes, lab_a):
@@ -149,28 +184,32 @@ def test_bundle_content(exported, homes, lab_a):
     by_type: dict[str, list[dict]] = {}
     for obj in result.objects:
         by_type.setdefault(obj["type"], []).append(obj)
-    assert {"identity", "campaign", "threat-actor", "attack-pattern", "indicator", "observed-data", "sighting",
+    assert {"identity", "campaign", "threat-actor", "extension-definition", "indicator", "observed-data", "sighting",
             "relationship", "marking-definition"} <= set(by_type)
     assert by_type["identity"][0]["id"] == home_a.identity_id and by_type["identity"][0]["name"] == "Lab A"
-    atlas = {p["external_references"][0]["external_id"] for p in by_type["attack-pattern"]}
-    assert atlas == {"AML.T0024.002", "AML.T0040", "AML.T0005.001"}
+    assert "attack-pattern" not in by_type   # ATLAS's own objects are referred to by their ids
     assert by_type["marking-definition"][0]["id"] == TLP_IDS["amber"]
+    assert by_type["extension-definition"] == [extension_definition()]
     for obj in result.objects:
-        if obj["type"] not in ("marking-definition", "attack-pattern", "user-account"):
+        if obj["type"] not in ("marking-definition", "extension-definition", "user-account") and obj["id"] != CREATOR_ID:
             assert obj["object_marking_refs"] == [TLP_IDS["amber"]], obj["type"]
-    kinds = {i["x_distillguard_kind"] for i in by_type["indicator"]}
+    kinds = {i["extensions"][EXTENSION_ID]["kind"] for i in by_type["indicator"]}
     assert {"email", "payment", "ip24", "template"} <= kinds
     for ind in by_type["indicator"]:
         assert ind["valid_until"] > ind["valid_from"] and 1 <= ind["confidence"] <= 100
     campaign = by_type["campaign"][0]
     rels = {(r["source_ref"].split("--")[0], r["relationship_type"], r["target_ref"]) for r in by_type["relationship"]}
     assert ("campaign", "attributed-to", by_type["threat-actor"][0]["id"]) in rels
-    assert ("campaign", "uses", atlas_id("AML.T0024.002")) in rels
+    for technique, _, stix_id in ATLAS:
+        assert ("campaign", "uses", stix_id) in rels and ("threat-actor", "uses", stix_id) in rels
+    assert atlas_id("AML.T0024.002") == "attack-pattern--3f567912-629a-5e0b-ab0c-0102977c2d6c"   # MITRE's id
     assert ("indicator", "indicates", campaign["id"]) in rels
     observed = by_type["observed-data"][0]
     cluster = next(c for c in lab_a.scan["clusters"] if c["flagged"])
     assert observed["number_observed"] == cluster["queries"] == result.campaigns[0].queries
-    assert observed["x_distillguard_accounts"] == len(cluster["accounts"]) == len(observed["object_refs"])
+    counts = observed["extensions"][EXTENSION_ID]
+    assert counts["accounts"] == len(cluster["accounts"]) == len(observed["object_refs"])
+    assert counts["queries"] == cluster["queries"]
     sighting = by_type["sighting"][0]
     assert sighting["sighting_of_ref"] == campaign["id"] and sighting["where_sighted_refs"] == [home_a.identity_id]
     assert sighting["first_seen"] <= sighting["last_seen"]
@@ -227,7 +266,8 @@ def test_export_options_and_empty_scans(lab_a, homes):
     ind = next(o for o in green.objects if o["type"] == "indicator")
     span = datetime.fromisoformat(ind["valid_until"][:19]) - datetime.fromisoformat(ind["valid_from"][:19])
     assert span == timedelta(days=7)
-    assert nothing.campaigns == [] and {o["type"] for o in nothing.objects} == {"identity", "marking-definition"}
+    assert nothing.campaigns == [] and {o["type"] for o in nothing.objects} == {"identity", "marking-definition",
+                                                                                 "extension-definition"}
     with pytest.raises(Exception, match="not a scan result"):
         confirmed_campaigns({"hello": 1})
 
@@ -252,6 +292,56 @@ def test_import_verifies_and_stores(exported, fresh_b):
             import_bundle(copy_path, fresh_b, store)
         assert store.count(peer_collection("lab-a")) == len(result.objects)
         assert int(store.one("SELECT count(*) FROM intel_indicators")[0]) == imported.indicators
+
+
+def _previous_form(bundle: dict) -> dict:
+    """The bundle as the previous version wrote it: x_ properties, the custom template pattern type."""
+    old = copy.deepcopy(bundle)
+    for obj in old["objects"]:
+        ext = obj.pop("extensions", {}).get(EXTENSION_ID) if obj["type"] in ("indicator", "observed-data") else None
+        if obj["type"] == "indicator":
+            obj["x_distillguard_kind"], obj["x_distillguard_key_id"] = ext["kind"], ext["community_key_id"]
+            if ext["kind"] == "template":
+                obj["pattern"] = template_pattern_value(obj["pattern_type"], obj["pattern"])
+                obj["pattern_type"], obj["pattern_version"] = "x-distillguard-minhash", "1"
+    return old
+
+
+def test_bundles_of_the_previous_version_still_import(exported, fresh_b, homes, tmp_path):
+    """Peers on the previous version are not cut off: their x_ form yields the same indicator rows;
+    and an indicator hashed under another community key is told apart in either form."""
+    result, path = exported
+    home_a, _ = homes
+    old = _previous_form(orjson.loads(path.read_bytes()))
+    assert any(o.get("pattern_type") == "x-distillguard-minhash" for o in old["objects"])
+    old_path = _signed(tmp_path, home_a, old["objects"], "old.json")
+    with IntelStore(fresh_b.db_path) as store:
+        imported = import_bundle(old_path, fresh_b, store)
+        rows = store.all("SELECT kind, hash, template FROM intel_indicators ORDER BY ALL")
+    assert imported.indicators == sum(result.indicators.values()) and imported.ignored == 0
+    assert imported.kinds == result.indicators
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    clone = copy.copy(fresh_b)
+    clone.path = fresh
+    for name in ("signing.pem", "signing.pub", "community.key"):
+        (fresh / name).write_bytes((fresh_b.path / name).read_bytes())
+    clone.save()
+    with IntelStore(clone.db_path) as store:
+        import_bundle(path, clone, store)
+        assert store.all("SELECT kind, hash, template FROM intel_indicators ORDER BY ALL") == rows
+    for form in (orjson.loads(path.read_bytes()), old):
+        other = copy.deepcopy(form)
+        for obj in other["objects"]:
+            if obj["type"] == "indicator":
+                if "extensions" in obj:
+                    obj["extensions"][EXTENSION_ID]["community_key_id"] = "0" * 16
+                else:
+                    obj["x_distillguard_key_id"] = "0" * 16
+        other_path = _signed(tmp_path, home_a, other["objects"], f"other-{len(list(tmp_path.iterdir()))}.json")
+        with IntelStore(fresh_b.db_path) as store:
+            again = import_bundle(other_path, fresh_b, store)
+        assert again.other_key == sum(result.indicators.values()) and again.indicators == 0
 
 
 def _tamper(path: Path, tmp_path: Path, change) -> Path:

@@ -1,10 +1,12 @@
 """`intel export`: the confirmed campaigns of a scan as a STIX 2.1 bundle, nothing raw inside.
 
 One campaign per flagged hydra cluster and per flagged account outside one. Each carries our
-``identity``, the ``campaign`` (and a ``threat-actor`` when a cluster is attributed), the MITRE
-ATLAS ``attack-pattern``s it uses, ``indicator``s for the keyed hashes of its accounts'
+``identity``, the ``campaign`` (and a ``threat-actor`` when a cluster is attributed), ``uses``
+relationships to the MITRE ATLAS techniques (ATLAS's own attack-pattern ids), ``indicator``s for the keyed hashes of its accounts'
 identifiers and for its prompt templates' keyed signatures, an ``observed-data`` with counts and
 first/last seen, a ``sighting`` by us, and the relationships between them; all marked TLP 2.0.
+What STIX has no property for travels in distillguard's extension (extension.py), so the bundle
+passes ``stix2-validator --strict`` and ``stix2.parse(..., allow_custom=False)``.
 
 An identifier is shared only when no account outside the flagged set uses it (a /24 or an
 organisation domain shared with customers in good standing would flag them at our peers); what
@@ -26,12 +28,12 @@ import pandas as pd
 import stix2
 
 from distillguard.errors import UsageError
+from distillguard.intel.extension import creator_identity, extension, extension_definition, template_pattern
 from distillguard.intel.home import IntelHome
 from distillguard.intel.identifiers import (KIND_WORDS, TemplateSignature, campaign_templates, containment,
                                             local_identifiers, local_prompt_signatures)
 from distillguard.intel.keys import CommunityKey
-from distillguard.intel.vocab import (ATLAS, ATLAS_CREATED, TEMPLATE_PATTERN_TYPE, atlas_id, atlas_url,
-                                      identifier_pattern, now_ts, tlp_marking)
+from distillguard.intel.vocab import ATLAS, identifier_pattern, now_ts, tlp_marking
 
 MIN_ATTRIBUTION = 0.5         # a cluster at least this well attributed becomes a threat-actor
 TEMPLATE_CLEAR_ACCOUNTS = 2   # a template matching this many clear accounts' prompts is withheld
@@ -166,7 +168,7 @@ def export_bundle(scan: dict[str, Any], con, home: IntelHome, options: ExportOpt
     previous = previous or {}
     now = now_ts()
     valid_until = now_ts(timedelta(days=options.valid_days))
-    marking = stix2.parse(tlp_marking(options.tlp), allow_custom=True)
+    marking = stix2.parse(tlp_marking(options.tlp), allow_custom=False)
     common = {"created_by_ref": home.identity_id, "object_marking_refs": [marking.id]}
 
     def created(obj_id: str) -> str:
@@ -176,14 +178,11 @@ def export_bundle(scan: dict[str, Any], con, home: IntelHome, options: ExportOpt
     identity = stix2.Identity(id=home.identity_id, created=home.identity_created, modified=home.identity_created,
                               name=home.org, identity_class="organization", sectors=["technology"],
                               object_marking_refs=[marking.id])
-    objects: list[Any] = [marking, identity]
+    objects: list[Any] = [marking, identity, stix2.parse(creator_identity(), allow_custom=False),
+                          stix2.parse(extension_definition(), allow_custom=False)]
     result = ExportResult(bundle={}, campaigns=campaigns)
     if campaigns:
-        patterns = [stix2.AttackPattern(id=atlas_id(tid), created=ATLAS_CREATED, modified=ATLAS_CREATED, name=name,
-                                        description=text, external_references=[{
-                                            "source_name": "mitre-atlas", "external_id": tid, "url": atlas_url(tid)}])
-                    for tid, name, text in ATLAS]
-        objects += patterns
+        patterns = [stix_id for _, _, stix_id in ATLAS]   # ATLAS's objects: referred to, not embedded
         flagged = {a for c in campaigns for a in c.accounts}
         hashed = local_identifiers(con, key)
         exclusive, withheld = _exclusive(hashed, flagged)
@@ -192,7 +191,7 @@ def export_bundle(scan: dict[str, Any], con, home: IntelHome, options: ExportOpt
         for campaign in campaigns:
             objects += _campaign_objects(campaign, con, key, ids, exclusive, clear_prompts, patterns, common,
                                          created, now, valid_until, result)
-    bundle = stix2.Bundle(objects=objects, allow_custom=True)
+    bundle = stix2.Bundle(objects=objects, allow_custom=False)
     result.bundle = orjson.loads(bundle.serialize())
     return result
 
@@ -236,7 +235,7 @@ def _campaign_objects(campaign: Campaign, con, key: CommunityKey, ids: _Ids, exc
         return stix2.Relationship(id=rid, created=created(rid), modified=now, relationship_type=kind,
                                   source_ref=source, target_ref=target, **common)
 
-    out += [rel("uses", cid, p.id) for p in patterns]
+    out += [rel("uses", cid, p) for p in patterns]
     if cluster and (campaign.attribution or 0.0) >= MIN_ATTRIBUTION:
         tid = ids("threat-actor", members)
         actor = stix2.ThreatActor(
@@ -248,7 +247,7 @@ def _campaign_objects(campaign: Campaign, con, key: CommunityKey, ids: _Ids, exc
             confidence=int(round(100 * campaign.attribution)), first_seen=campaign.first_seen,
             last_seen=campaign.last_seen, **common)
         out += [actor, rel("attributed-to", cid, tid)]
-        out += [rel("uses", tid, p.id) for p in patterns]
+        out += [rel("uses", tid, p) for p in patterns]
     # Indicators: keyed identifier hashes used by this campaign's accounts and nobody else's.
     rows = exclusive[exclusive["account"].isin(set(campaign.accounts))].drop_duplicates(["kind", "hash"])
     for kind, digest in sorted(zip(rows["kind"], rows["hash"])):
@@ -259,7 +258,7 @@ def _campaign_objects(campaign: Campaign, con, key: CommunityKey, ids: _Ids, exc
                         f"account in this campaign (see distillguard docs/intel.md for the normalisation).",
             indicator_types=["malicious-activity", "attribution"], pattern=identifier_pattern(kind, digest),
             pattern_type="stix", valid_from=now, valid_until=valid_until, confidence=campaign.confidence,
-            x_distillguard_kind=kind, x_distillguard_key_id=key.key_id, allow_custom=True, **common))
+            extensions=extension(kind=kind, community_key_id=key.key_id), **common))
         out.append(rel("indicates", iid, cid))
         result.indicators[kind] = result.indicators.get(kind, 0) + 1
     for template in _templates(campaign, con, key, clear_prompts, result):
@@ -268,9 +267,10 @@ def _campaign_objects(campaign: Campaign, con, key: CommunityKey, ids: _Ids, exc
             id=iid, created=created(iid), modified=now, name=f"Distillation campaign {short}: prompt template",
             description=f"MinHash (64 permutations) of the template's 3-token shingles, each HMAC-ed under community "
                         f"key {key.key_id} first; used by {template.prompts:,} distinct prompts of this campaign.",
-            indicator_types=["malicious-activity"], pattern=template.to_pattern(), pattern_type=TEMPLATE_PATTERN_TYPE,
-            pattern_version="1", valid_from=now, valid_until=valid_until, confidence=campaign.confidence,
-            x_distillguard_kind="template", x_distillguard_key_id=key.key_id, allow_custom=True, **common))
+            indicator_types=["malicious-activity"], pattern=template_pattern(template.to_pattern()),
+            pattern_type="stix", pattern_version="2.1", valid_from=now, valid_until=valid_until,
+            confidence=campaign.confidence, extensions=extension(kind="template", community_key_id=key.key_id),
+            **common))
         out.append(rel("indicates", iid, cid))
         result.indicators["template"] = result.indicators.get("template", 0) + 1
     # Observed data and our sighting: counts and first/last seen, with accounts as opaque SCOs.
@@ -280,9 +280,9 @@ def _campaign_objects(campaign: Campaign, con, key: CommunityKey, ids: _Ids, exc
     observed = stix2.ObservedData(
         id=oid, created=created(oid), modified=now, first_observed=campaign.first_seen,
         last_observed=campaign.last_seen, number_observed=max(1, min(campaign.queries, 999_999_999)),
-        object_refs=[a.id for a in accounts], x_distillguard_accounts=len(campaign.accounts),
-        x_distillguard_queries=campaign.queries, x_distillguard_output_tokens=campaign.output_tokens,
-        allow_custom=True, **common)
+        object_refs=[a.id for a in accounts], extensions=extension(
+            accounts=len(campaign.accounts), queries=campaign.queries, output_tokens=campaign.output_tokens),
+        **common)
     sid = ids("sighting", members)
     sighting = stix2.Sighting(
         id=sid, created=created(sid), modified=now, sighting_of_ref=cid, where_sighted_refs=[common["created_by_ref"]],

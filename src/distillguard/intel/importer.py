@@ -21,7 +21,8 @@ from distillguard.intel.home import IntelHome
 from distillguard.intel.identifiers import TemplateSignature
 from distillguard.intel.signing import SignatureCheck
 from distillguard.intel.store import IntelStore, peer_collection, utcnow
-from distillguard.intel.vocab import TEMPLATE_PATTERN_TYPE, parse_identifier_pattern, parse_ts, tlp_name
+from distillguard.intel.extension import indicator_extension, template_pattern_value
+from distillguard.intel.vocab import parse_identifier_pattern, parse_ts, tlp_name
 
 BATCH = 20_000
 DEFAULT_CONFIDENCE = 50   # STIX: no confidence given means unknown; count it as middling
@@ -57,20 +58,25 @@ class ImportResult:
 
 
 def indicator_row(obj: dict[str, Any], peer: str, community_key_id: str, imported) -> tuple[dict | None, str]:
-    """A row for ``intel_indicators`` ('ok'), or None with why ('ignored', 'other_key')."""
+    """A row for ``intel_indicators`` ('ok'), or None with why ('ignored', 'other_key').
+
+    Reads this version's form (distillguard's STIX extension) and the previous one (``x_`` properties,
+    pattern type ``x-distillguard-minhash``), so peers on either version exchange indicators.
+    """
     pattern_type, pattern = obj.get("pattern_type"), obj.get("pattern", "")
-    key_id = obj.get("x_distillguard_key_id")
-    if pattern_type == "stix":
+    _, key_id = indicator_extension(obj)
+    template = template_pattern_value(pattern_type, pattern)
+    if template is not None:
+        try:
+            TemplateSignature.from_pattern(template)
+        except ValueError:
+            return None, "ignored"
+        kind, digest = "template", None
+    elif pattern_type == "stix":
         parsed = parse_identifier_pattern(pattern)
         if parsed is None:
             return None, "ignored"
         kind, digest, template = parsed[0], parsed[1], None
-    elif pattern_type == TEMPLATE_PATTERN_TYPE:
-        try:
-            TemplateSignature.from_pattern(pattern)
-        except ValueError:
-            return None, "ignored"
-        kind, digest, template = "template", None, pattern
     else:
         return None, "ignored"
     if key_id is not None and key_id != community_key_id:

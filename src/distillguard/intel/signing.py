@@ -1,6 +1,7 @@
 """Detached Ed25519 signatures over a bundle's objects.
 
-The signature is a small STIX custom object (``x-distillguard-signature``) kept beside the bundle
+The signature is a small STIX object (``x-distillguard-signature``, a ``new-sdo`` of distillguard's
+extension, so strict STIX tools accept it) kept beside the bundle
 (``bundle.json.sig``) or beside the objects in a TAXII collection. It lists every signed object
 by id, version and SHA-256 of its canonical JSON (keys sorted, no whitespace, UTF-8), so it
 survives transport that re-serialises objects (TAXII envelopes, pretty-printing) but not a
@@ -19,6 +20,7 @@ from typing import Any, Callable, Iterable
 import orjson
 
 from distillguard.errors import DistillguardError
+from distillguard.intel.extension import new_sdo_extension
 from distillguard.intel.home import IntelHome
 from distillguard.intel.keys import SigningKey, verify
 from distillguard.intel.vocab import now_ts, parse_ts
@@ -50,7 +52,8 @@ def sign_objects(objects: Iterable[dict[str, Any]], key: SigningKey, home: Intel
     sig = {"type": SIGNATURE_TYPE, "spec_version": "2.1", "id": f"{SIGNATURE_TYPE}--{uuid.uuid4()}",
            "created": now, "modified": now, "created_by_ref": home.identity_id, "signer": home.org,
            "key_id": key.key_id, "algorithm": "Ed25519", "bundle_id": bundle_id,
-           "expires": now_ts(timedelta(days=valid_days)), "object_digests": digests}
+           "expires": now_ts(timedelta(days=valid_days)), "object_digests": digests,
+           "extensions": new_sdo_extension()}
     sig["signature"] = key.sign(_message(sig))
     return sig
 

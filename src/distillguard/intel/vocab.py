@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 from datetime import datetime, timedelta, timezone
 
 # TLP 2.0 marking definitions as published by OASIS (cti-stix-common-objects, extension
@@ -33,22 +32,23 @@ def tlp_name(marking_refs: list[str] | None) -> str:
     return f"TLP:{max(levels, key=order.index).upper()}" if levels else "TLP:unmarked"
 
 
-# MITRE ATLAS techniques a distillation campaign uses.
+# MITRE ATLAS techniques a distillation campaign uses, under ATLAS's OWN STIX ids, so every
+# producer (and MITRE's data) refers to the same objects. Source: MITRE's published STIX bundle,
+# github.com/mitre-atlas/atlas-navigator-data dist/stix-atlas.json (ATLAS 5.6.0, commit 6f66878,
+# 2026-04-30). MITRE mints these ids as UUIDv5, which stix2-validator --strict flags (103: SDOs
+# SHOULD use UUIDv4), so bundles refer to them (relationships, the MISP galaxy) without embedding
+# MITRE's objects: a consumer resolves them from ATLAS's own feed.
 ATLAS = (
-    ("AML.T0040", "AI Model Inference API Access",
-     "Uses the victim's model inference API to send queries and collect outputs."),
-    ("AML.T0024.002", "Extract AI Model",
-     "Exfiltration via AI inference API: queries chosen to extract the model's functionality."),
-    ("AML.T0005.001", "Train Proxy via Replication",
-     "Trains a proxy (student) model on the victim model's outputs to replicate it."),
+    ("AML.T0040", "AI Model Inference API Access", "attack-pattern--5ac1f849-523e-51bf-a1e9-1a97ab91cc91"),
+    ("AML.T0024.002", "Extract AI Model", "attack-pattern--3f567912-629a-5e0b-ab0c-0102977c2d6c"),
+    ("AML.T0005.001", "Train Proxy via Replication", "attack-pattern--298dc6c6-5683-5475-b724-2a2a3db3a7dc"),
 )
-_ATLAS_NS = uuid.UUID("8f0c6a8e-3a38-4c36-9d8b-2b7f4d6e1a55")
-ATLAS_CREATED = "2024-01-01T00:00:00.000Z"
+_ATLAS_IDS = {tid: sid for tid, _, sid in ATLAS}
 
 
 def atlas_id(technique: str) -> str:
-    """A fixed attack-pattern id per ATLAS technique, the same for every distillguard producer."""
-    return f"attack-pattern--{uuid.uuid5(_ATLAS_NS, technique)}"
+    """ATLAS's own STIX id of a technique we use."""
+    return _ATLAS_IDS[technique]
 
 
 def atlas_url(technique: str) -> str:
@@ -64,6 +64,7 @@ PATTERN_FOR_KIND = {
     "org_domain": ("domain-name", "x_hmac_sha256"),
 }
 KIND_FOR_PATTERN = {v: k for k, v in PATTERN_FOR_KIND.items()}
+# Template indicators of the previous version (read, no longer written: see extension.py).
 TEMPLATE_PATTERN_TYPE = "x-distillguard-minhash"
 _PATTERN = re.compile(r"^\[([a-z0-9-]+):([a-z0-9_]+) = '([0-9a-f]{64})'\]$")
 
