@@ -186,3 +186,16 @@ class AppealBook:
             self._append(decided)
             self._appeals[appeal_id] = decided
         return decided
+
+    def merge(self, record: dict[str, Any]) -> Appeal | None:
+        """Take another replica's version of an appeal (the fleet's shared state); kept when it
+        is new here or further along (open -> decided). Returns it when it changed the book."""
+        names = set(Appeal.__dataclass_fields__)
+        appeal = Appeal(**{k: v for k, v in record.items() if k in names})
+        with self._lock:
+            held = self._appeals.get(appeal.id)
+            if held is not None and (held == appeal or (held.status != "open" and appeal.status == "open")):
+                return None
+            self._append(appeal)
+            self._appeals[appeal.id] = appeal
+        return appeal

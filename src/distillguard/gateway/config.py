@@ -69,6 +69,8 @@ class GatewayConfig:
     max_body_bytes: int = 4 << 20
     trust_forwarded_for: bool = False
     trust_client_timestamps: bool = False    # replay tools only: honour x-distillguard-replay-ts
+    state: str | None = None                 # redis://...: shared state of a fleet of replicas (None: embedded)
+    state_prefix: str = "dg"                 # key prefix of this fleet in that Redis
     log: LogConfig = field(default_factory=LogConfig)
     intel: IntelConfig = field(default_factory=IntelConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -90,6 +92,9 @@ class GatewayConfig:
             raise BadInputError(f"expected a number >= 0, got {self.intel.reload_s}", field="intel.reload_s")
         if self.policy.mode not in ("enforce", "shadow"):
             raise BadInputError(f"expected enforce or shadow, got {self.policy.mode!r}", field="policy.mode")
+        if self.state is not None:
+            from distillguard.gateway.fleet.state import check_url
+            check_url(self.state)
         if self.policy.fail not in ("open", "closed"):
             raise BadInputError(f"expected open or closed, got {self.policy.fail!r}", field="policy.fail")
         return self
@@ -97,7 +102,7 @@ class GatewayConfig:
 
 _TOP = {"upstream": str, "upstream_api_key": str, "host": str, "port": int, "db": Path, "keys": Path,
         "admin_token": str, "baseline": Path, "fpr": float, "connect_timeout_s": float, "timeout_s": float,
-        "max_connections": int, "max_body_bytes": int, "trust_forwarded_for": bool,
+        "max_connections": int, "max_body_bytes": int, "trust_forwarded_for": bool, "state": str, "state_prefix": str,
         "trust_client_timestamps": bool}
 _INTEL = {"home": Path, "reload_s": float}
 _LOG = {"dir": Path, "sink": str, "parquet_dir": Path, "replica": str, "segment_mb": float,

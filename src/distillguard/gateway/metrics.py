@@ -42,5 +42,19 @@ class Metrics:
         Gauge("distillguard_events_loaded", "Events loaded from the log into the sink",
               registry=r).set_function(loaded)
 
+    def fleet(self, member) -> None:
+        """Gauges of a fleet replica's shared state (gateway.fleet.member.FleetMember)."""
+        r, state = self.registry, member.state
+        Gauge("distillguard_state_shared", "1 while the fleet's shared state (Redis) answers, 0 on local state",
+              registry=r).set_function(lambda: float(state.connected))
+        Gauge("distillguard_state_lag_seconds", "Age of the last other replicas' observation when folded in",
+              registry=r).set_function(lambda: state.lag_s)
+        Gauge("distillguard_state_buffered", "Observations waiting for Redis to come back",
+              registry=r).set_function(lambda: float(len(state.outbox)))
+        Gauge("distillguard_state_folded", "Other replicas' observations folded into this replica's scorer",
+              registry=r).set_function(lambda: float(state.counts["folded"]))
+        Gauge("distillguard_state_published", "Observations published to the other replicas",
+              registry=r).set_function(lambda: float(state.counts["published"]))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
