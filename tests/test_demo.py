@@ -36,3 +36,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert gw["codes"].get("extraction_flagged", 0) > 0 and gw["codes"].get("cluster_flagged", 0) > 0
     assert any(code.startswith("rate_limit_") for code in gw["codes"])    # throttling shown too
     assert "example block explanation" in text
+    # Step 7: an evidence package for the biggest campaign verifies offline; a flipped bit does not.
+    ev = summary["evidence"]
+    assert ev["campaign"] and ev["exchanges"] > 0 and ev["verified"] and ev["tamper_caught"]
+    assert "VERIFIED" in text

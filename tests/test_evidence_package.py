@@ -265,3 +265,20 @@ def test_cli_export_and_verify(built, tmp_path):
     assert res.exit_code != 0 and "proofs.jsonl was changed" in str(res.exception)
     res = runner.invoke(evidence_app, ["keys", "--key", str(keyf), "--log-id", LOG, "--signer", "acme"])
     assert res.output.splitlines() == [vkey(LOG, KEY.public), vkey("acme", KEY.public)]
+
+
+def test_demo_step_packages_the_biggest_campaign(built, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from distillguard.evidence.demo import export_and_verify_biggest
+
+    db = tmp_path / "fresh.duckdb"
+    make_store(db, records(60)).close()
+    scan = orjson.loads(built["scan"].read_bytes())
+    console = Console(file=io.StringIO(), width=120)
+    result = export_and_verify_biggest(db, scan, tmp_path, console=console)
+    assert result["campaign"] == "C1" and result["accounts"] == 2 and result["exchanges"] == 40
+    assert result["verified"] and result["tamper_caught"]
+    assert "VERIFIED" in console.file.getvalue() and "FAILED" in console.file.getvalue()

@@ -104,7 +104,12 @@ def run_demo(out: Path, *, seed: int = 7, console: Console | None = None) -> dic
 
     console.rule("[bold]6. Watermarks[/bold]: each account's answers carry its cohort's key; detection names it")
     watermark = run_watermark_demo(out, console, seed=seed)
-    return {"events": summary.events, "inserted": first.inserted, "duplicates_second": again.read - again.inserted,
+
+    console.rule("[bold]7. Evidence[/bold]: a signed, witnessed package for the biggest campaign, verified offline")
+    from distillguard.evidence.demo import export_and_verify_biggest
+
+    evidence = export_and_verify_biggest(db, result.to_dict(), out, console=console)
+    return {"evidence": evidence, "events": summary.events, "inserted": first.inserted, "duplicates_second": again.read - again.inserted,
             "quarantined": report.bad, "caught": caught, "extraction_accounts": len(extraction),
             "organic_flagged": len(organic_flagged), "gateway": gateway, "watermark": watermark}
 

@@ -147,32 +147,31 @@ def values_from_table(table: pa.Table) -> Iterator[dict[str, bytes | None]]:
 
 def leaf_hashes_from_table(table: pa.Table, salt_key: bytes, prevs: list[int | None] | None = None) -> list[bytes]:
     """Leaf hashes of stored rows in row order (the bulk path: ``evidence build``); ``prevs`` gives
-    each row's account-chain pointer (default: none)."""
+    each row's account-chain pointer (default: none). Column by column, values straight from the
+    Arrow buffers as bytes: the same bytes :func:`leaf_hash_of` hashes, a few times faster."""
     n = table.num_rows
     if n == 0:
         return []
-    columns: list[list[bytes | None]] = []
-    for c in FIELDS:
-        if c == "ts":
-            ts = table.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False).tolist()
-            columns.append([str(t).encode() for t in ts])
+    sha, digest, shake = _sha256, hmac.digest, _shake
+    ids = table.column("id").cast(pa.binary()).to_pylist()
+    label = _SALT_LABEL
+    streams = [shake(digest(salt_key, label + (i or b""), "sha256")).digest(_SALT_BYTES) for i in ids]
+    columns: list[list[bytes]] = []
+    for j, c in enumerate(FIELDS):
+        if c == "id":
+            values = ids
+        elif c == "ts":
+            values = [str(t).encode() for t in table.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False).tolist()]
         elif c == "status":
-            columns.append([None if v is None else str(v).encode() for v in table.column(c).to_pylist()])
+            values = [None if v is None else str(v).encode() for v in table.column(c).to_pylist()]
         else:
-            columns.append([None if v is None else v.encode("utf-8") for v in table.column(c).to_pylist()])
-    ids = columns[0]
-    sha, digest = _sha256, hmac.digest
-    spec = [(_FIELD_PREFIX[c], 16 * j, columns[j]) for j, c in enumerate(FIELDS)]
-    shake, size = _shake, _SALT_BYTES
-    out = []
-    for i in range(n):
-        stream = shake(digest(salt_key, _SALT_LABEL + (ids[i] or b""), "sha256")).digest(size)
-        parts = []
-        for prefix, off, col in spec:
-            v = col[i]
-            salt = stream[off:off + 16]
-            parts.append(sha(prefix + salt + b"\x00").digest() if v is None
-                         else sha(prefix + salt + b"\x01" + v).digest())
-        prev = _NO_PREV if prevs is None or prevs[i] is None else prevs[i].to_bytes(8, "big")
-        out.append(sha(b"\x00" + LEAF_PREFIX + prev + b"".join(parts)).digest())
-    return out
+            values = table.column(c).cast(pa.binary()).to_pylist()
+        prefix, lo, hi = _FIELD_PREFIX[c], 16 * j, 16 * j + 16
+        present, absent = prefix, prefix
+        columns.append([sha(absent + st[lo:hi] + b"\x00").digest() if v is None
+                        else sha(present + st[lo:hi] + b"\x01" + v).digest() for st, v in zip(streams, values)])
+    head = b"\x00" + LEAF_PREFIX
+    if prevs is None:
+        return [sha(head + _NO_PREV + b"".join(parts)).digest() for parts in zip(*columns)]
+    return [sha(head + (_NO_PREV if p is None else p.to_bytes(8, "big")) + b"".join(parts)).digest()
+            for p, parts in zip(prevs, zip(*columns))]

@@ -120,7 +120,7 @@ def export_package(store: EventStore, signing_key: Any, salt_key: bytes, out: Pa
         raise UsageError(f"{out} exists and is not empty")
     store.con.register("_accts", pa.table({"account": pa.array(opts.accounts, pa.string())}))
     try:
-        table = store.con.execute("SELECT e.* FROM events e JOIN _accts USING (account) ORDER BY e.ts, e.id").to_arrow_table()
+        table = store.con.sql("SELECT e.* FROM events e JOIN _accts USING (account) ORDER BY e.ts, e.id").to_arrow_table()
     finally:
         store.con.unregister("_accts")
     if table.num_rows == 0:
@@ -158,7 +158,7 @@ def export_package(store: EventStore, signing_key: Any, salt_key: bytes, out: Pa
             leaf = levels.leaf(idx)
             if leaf_hash_of(row, salt_key, prev) != leaf:
                 raise BadInputError(f"stored exchange {row['id'].decode()} no longer matches leaf {idx} of {log_id}: "
-                                    "the store was changed after the exchange was logged")
+                                    "the store was changed after the exchange was logged (or this is not the key the tree was built with)")
             s = salts(salt_key, row["id"].decode())
             fields: dict[str, Any] = {}
             for f in FIELDS:

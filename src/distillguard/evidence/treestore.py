@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 import pyarrow as pa
 
 from distillguard.errors import BadInputError
-from distillguard.evidence.leaf import leaf_hash_of, leaf_hashes_from_table, values_from_table
+from distillguard.evidence.leaf import FIELDS, leaf_hash_of, leaf_hashes_from_table, values_from_table
 from distillguard.evidence.merkle import HASH_SIZE, Levels
 from distillguard.evidence.note import Checkpoint, NoteError, SignedNote, open_checkpoint, sign_checkpoint
 from distillguard.store import EventStore
@@ -72,8 +72,8 @@ def logs(store: EventStore) -> dict[str, int]:
 def load_levels(store: EventStore, log_id: str) -> Levels:
     if not _has_tables(store):
         return Levels()
-    leaves = store.con.execute("SELECT hash FROM evidence_leaves WHERE log_id = ? ORDER BY idx",
-                               [log_id]).to_arrow_table().column(0)
+    leaves = store.con.sql("SELECT hash FROM evidence_leaves WHERE log_id = ? ORDER BY idx",
+                           params=[log_id]).to_arrow_table().column(0)
     level0 = b"".join(leaves.to_pylist())
     rows = store.run("SELECT level, hashes FROM evidence_levels WHERE log_id = ? ORDER BY level", [log_id])
     upper = [bytes(h) for _, h in rows]
@@ -134,28 +134,46 @@ def append_leaves(store: EventStore, log_id: str, event_ids: list[str], accounts
 
 def build(store: EventStore, salt_key: bytes, log_id: str, *, batch_size: int = 20_000,
           progress: Callable[[int], None] | None = None) -> BuildReport:
-    """Append every stored event that no tree holds yet to tree ``log_id``, in (ts, id) order."""
+    """Append every stored event that no tree holds yet to tree ``log_id``, in (ts, id) order.
+
+    The order (and each account's chain) comes from a narrow sorted query of ids and accounts;
+    the wide rows are then read in storage order, unsorted, and each leaf put in its place.
+    """
     check_log_id(log_id)
     ensure_tables(store)
     t0 = time.perf_counter()
     levels = load_levels(store, log_id)
     last = last_per_account(store, log_id)
-    new_ids: list[str] = []
-    new_accounts: list[str] = []
-    new_hashes: list[bytes] = []
-    where = "id NOT IN (SELECT event_id FROM evidence_leaves)" if store.run(
-        "SELECT count(*) FROM evidence_leaves")[0][0] else None
-    for table in store.iter_tables(batch_size=batch_size, where=where):
-        accounts = table.column("account").to_pylist()
-        prevs = chain(accounts, levels.size + len(new_hashes), last)
-        new_ids.extend(table.column("id").to_pylist())
-        new_accounts.extend(accounts)
-        new_hashes.extend(leaf_hashes_from_table(table, salt_key, prevs))
-        if progress is not None:
-            progress(len(new_hashes))
-    if new_hashes:
-        levels = append_leaves(store, log_id, new_ids, new_accounts, new_hashes, levels)
-    return BuildReport(log_id, len(new_hashes), levels.size, time.perf_counter() - t0)
+    where = " WHERE id NOT IN (SELECT event_id FROM evidence_leaves)" if store.run(
+        "SELECT count(*) FROM evidence_leaves")[0][0] else ""
+    store.run("BEGIN TRANSACTION")       # one snapshot for both reads
+    try:
+        order = store.con.sql(f"SELECT id, account FROM events{where} ORDER BY ts, id").to_arrow_table()
+        ids = order.column("id").to_pylist()
+        accounts = order.column("account").to_pylist()
+        del order
+        prevs = chain(accounts, levels.size, last)
+        pos = {event_id: i for i, event_id in enumerate(ids)}
+        hashes: list[bytes | None] = [None] * len(ids)
+        cursor = store.con.cursor()
+        try:
+            reader = cursor.sql(f"SELECT {', '.join(FIELDS)} FROM events{where}").to_arrow_reader(batch_size)
+            done = 0
+            for batch in reader:
+                table = pa.Table.from_batches([batch])
+                where_in = [pos[i] for i in table.column("id").to_pylist()]
+                for k, h in zip(where_in, leaf_hashes_from_table(table, salt_key, [prevs[k] for k in where_in])):
+                    hashes[k] = h
+                done += table.num_rows
+                if progress is not None:
+                    progress(done)
+        finally:
+            cursor.close()
+    finally:
+        store.run("COMMIT")
+    if ids:
+        levels = append_leaves(store, log_id, ids, accounts, hashes, levels)  # type: ignore[arg-type]
+    return BuildReport(log_id, len(ids), levels.size, time.perf_counter() - t0)
 
 
 def leaf_positions(store: EventStore, event_ids: Iterable[str]) -> dict[str, tuple[str, int, int | None]]:
@@ -261,7 +279,7 @@ def import_gateway_dir(store: EventStore, log_dir: str | Path, salt_key: bytes) 
     if ids:
         store.con.register("_want", pa.table({"id": pa.array(ids, pa.string())}))
         try:
-            table = store.con.execute("SELECT e.* FROM events e JOIN _want w USING (id)").to_arrow_table()
+            table = store.con.sql("SELECT e.* FROM events e JOIN _want w USING (id)").to_arrow_table()
         finally:
             store.con.unregister("_want")
         stored = {v["id"].decode(): (a, v) for a, v in zip(table.column("account").to_pylist(), values_from_table(table))}
