@@ -1,0 +1,2 @@
+"""Output shaping: answers that serve a reader but are worth less as training data to a copier
+(antidistillation sampling, sparse anchor-step perturbation, reasoning summaries). See docs/shaping.md."""
