@@ -257,3 +257,19 @@ def test_ingest_from_duckdb_store(tmp_path, ingested):
     with EventStore(dst, read_only=True) as store:
         ids = {r[0] for r in store.run("SELECT id FROM events")}
     assert ids == {event_from_obj(r).id for r in good_records()}
+
+
+@pytest.mark.parametrize("depth", [70, 300, 1000])
+def test_ingest_over_deep_lines_are_bad_input_not_a_traceback(tmp_path, write_jsonl, make_event, depth):
+    """A line nested 255-1,024 deep once parsed, then failed to serialise: traceback, nothing stored."""
+    deep = make_event(1, request={"messages": [{"role": "user", "content": "x"}], "metadata": "DEEP"})
+    # orjson itself cannot write it (that is the point): splice the nesting in as text
+    line_of = orjson.dumps(deep).replace(b'"DEEP"', b'{"a":' * depth + b"1" + b"}" * depth)
+    path = write_jsonl("deep.jsonl", [make_event(0), line_of, make_event(2)])
+    strict = cli("ingest", path, "--db", tmp_path / "strict.duckdb", cwd=tmp_path)
+    line = assert_one_line_error(strict)
+    assert "deep.jsonl:2" in line and "nested deeper than" in line
+    skip = cli("ingest", path, "--db", tmp_path / "skip.duckdb", "--skip-bad", cwd=tmp_path)
+    assert skip.returncode == 0 and "Traceback" not in skip.stderr, skip.stderr[-2000:]
+    assert stored(tmp_path / "skip.duckdb") == 2
+    assert (tmp_path / "skip.duckdb.quarantine.jsonl").read_text().count("\n") == 1

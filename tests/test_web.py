@@ -92,7 +92,7 @@ def test_login_sets_a_strict_httponly_session_cookie(server):
 
 def test_wrong_password_is_refused(server):
     client, reply = login(server.url, password="wrong password", transport=httpx.HTTPTransport(
-        local_address="127.0.0.3"))
+        local_address="127.0.0.4"))
     try:
         assert reply.status_code == 401 and "Wrong password" in reply.text
         assert "dg_session" not in client.cookies
@@ -395,3 +395,33 @@ def test_a_state_file_from_before_the_gateway_push_still_reads(tmp_path):
     with pytest.raises(ValueError):
         migrated.record(analyst="a", client="c", target_kind="appeal", target="ap-1", action="block", note="")
     migrated.close()
+
+
+def test_login_lock_out_is_keyed_on_the_peer_not_x_forwarded_for(server, dash):
+    """Rotating X-Forwarded-For from 127.0.0.1 once reset the lock-out (uvicorn believed the
+    header from loopback): unlimited password guesses."""
+    try:
+        for i in range(3):
+            client, reply = login(server.url, password="guess guess", headers={"x-forwarded-for": f"198.51.100.{i}"})
+            client.close()
+            assert reply.status_code == 401
+        client, reply = login(server.url, headers={"x-forwarded-for": "203.0.113.99"})
+        client.close()
+        assert reply.status_code == 429
+    finally:
+        dash.limiter.succeeded("127.0.0.1")     # the other tests sign in from 127.0.0.1 too
+
+
+@pytest.mark.parametrize("token", [b"%E2%80%AE", "é".encode() * 32, b"%ED%B2%80", b"\xff\xfe"])
+def test_a_non_ascii_csrf_token_is_refused_not_a_server_error(server, analyst, token):
+    """hmac.compare_digest raised TypeError on non-ASCII text: HTTP 500 on login and signed-in forms."""
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        client.get("/login")
+        reply = client.post("/login", content=b"csrf=" + token + b"&password=x", headers=form)
+        assert reply.status_code in (400, 403)
+    reply = analyst.post("/refresh", content=b"csrf=" + token, headers=form)
+    assert reply.status_code in (400, 403)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        reply = client.get("/accounts", headers={"cookie": b"dg_session=abc." + "é".encode()})
+        assert reply.status_code in (303, 307, 401)

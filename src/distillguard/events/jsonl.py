@@ -18,6 +18,7 @@ import orjson
 
 from distillguard.errors import BadInputError, FieldError
 from distillguard.events.schema import Event, event_from_obj
+from distillguard.private import open_private
 
 try:
     from isal import isal_zlib as _isal_zlib
@@ -47,9 +48,9 @@ class Quarantine:
         self._fh: IO[bytes] | None = None
 
     def add(self, source: str, line: int, field: str | None, error: str, raw: bytes) -> None:
-        if self._fh is None:
+        if self._fh is None:   # bad lines are traffic too: owner-only
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "ab")
+            self._fh = open(open_private(self.path), "ab")
         record: dict[str, Any] = {"source": source, "line": line, "field": field, "error": error}
         try:
             record["raw"] = raw.decode("utf-8")

@@ -29,6 +29,11 @@ _OPTIONAL_STRINGS = ("key", "model", "ip", "user_agent")
 # milliseconds or garbage, and silently accepting it would put events decades off.
 _MIN_EPOCH, _MAX_EPOCH = 631152000.0, 7258118400.0
 _MAX_INT64 = 2**63 - 1
+# How deep a request or response body may nest (the body itself is level 1). orjson parses 1,024
+# levels but serialises only 254, so a deeper body could be parsed and answered yet never logged
+# or stored; 64 is far above any real OpenAI body (tool schemas run to about 10) and leaves the
+# event record (the body one level down) well inside what every writer and reader handles.
+MAX_JSON_DEPTH = 64
 
 
 @dataclass(slots=True)
@@ -139,6 +144,24 @@ def derive_id(ts: float, account: str, request: Any, response: Any) -> str:
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
+def nesting_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when ``value`` (decoded JSON) nests deeper than ``limit`` levels; a scalar is level 0."""
+    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in (node.values() if isinstance(node, dict) else node):
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
+
+
+def _check_depth(value: Any, name: str) -> None:
+    if nesting_exceeds(value):
+        raise FieldError(name, f"nested deeper than {MAX_JSON_DEPTH} levels")
+
+
 def event_from_obj(obj: Any) -> Event:
     """Validate one decoded JSON record and build an :class:`Event`.
 
@@ -168,6 +191,7 @@ def event_from_obj(obj: Any) -> Event:
     response = obj.get("response")
     if response is not None and not isinstance(response, (dict, str)):
         raise FieldError("response", f"expected an object or a string, got {_type(response)}")
+    _check_depth(response, "response")
     for name in _OPTIONAL_STRINGS:
         value = obj.get(name)
         if value is not None and not isinstance(value, str):
@@ -194,6 +218,8 @@ def event_from_obj(obj: Any) -> Event:
     elif not isinstance(event_id, str):
         raise FieldError("id", f"expected a string, got {_type(event_id)}")
     extra = {k: v for k, v in obj.items() if k not in KNOWN_FIELDS} if len(obj) > 3 else {}
+    for name, value in (("identity", obj.get("identity")), ("usage", usage), *extra.items()):
+        _check_depth(value, name)
     return Event(ts=ts, account=account, request=request, response=response, id=event_id,
                  key=obj.get("key"), endpoint=endpoint, model=obj.get("model"), ip=obj.get("ip"),
                  user_agent=obj.get("user_agent"), identity=obj.get("identity"), usage=usage,
@@ -201,6 +227,7 @@ def event_from_obj(obj: Any) -> Event:
 
 
 def _check_request(request: dict[str, Any], endpoint: str) -> None:
+    _check_depth(request, "request")
     messages = request.get("messages")
     if messages is not None:
         if not isinstance(messages, list):

@@ -4,6 +4,7 @@ Every key is optional; see ``docs/gateway.md`` for a commented example. Errors n
 
     upstream = "http://127.0.0.1:8000"
     port = 8080
+    trusted_proxies = ["10.0.0.0/8"]   # only these peers' X-Forwarded-For names the client
     [log]
     dir = "gateway-log"
     sink = "duckdb"              # duckdb | parquet | none
@@ -31,6 +32,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from distillguard.errors import BadInputError
+from distillguard.gateway.clientaddr import LOOPBACK, parse_trusted
 from distillguard.gateway.policy import ACTIONS, CONDITIONS, DEFAULT_RULES, EVIDENCE, Limits, PolicyConfig, Rule
 
 
@@ -67,7 +69,8 @@ class GatewayConfig:
     timeout_s: float = 120.0
     max_connections: int = 512
     max_body_bytes: int = 4 << 20
-    trust_forwarded_for: bool = False
+    trust_forwarded_for: bool = False        # legacy switch: X-Forwarded-For from loopback peers only
+    trusted_proxies: tuple[str, ...] = ()    # peers (IPs/CIDRs) whose X-Forwarded-For names the client
     trust_client_timestamps: bool = False    # replay tools only: honour x-distillguard-replay-ts
     state: str | None = None                 # redis://...: shared state of a fleet of replicas (None: embedded)
     state_prefix: str = "dg"                 # key prefix of this fleet in that Redis
@@ -95,9 +98,16 @@ class GatewayConfig:
         if self.state is not None:
             from distillguard.gateway.fleet.state import check_url
             check_url(self.state)
+        self.proxy_networks()
         if self.policy.fail not in ("open", "closed"):
             raise BadInputError(f"expected open or closed, got {self.policy.fail!r}", field="policy.fail")
         return self
+
+    def proxy_networks(self) -> tuple:
+        """The networks whose ``X-Forwarded-For`` is believed (``trust_forwarded_for`` alone:
+        loopback, for replay tools on the same host)."""
+        entries = self.trusted_proxies or (LOOPBACK if self.trust_forwarded_for else ())
+        return parse_trusted(entries)
 
 
 _TOP = {"upstream": str, "upstream_api_key": str, "host": str, "port": int, "db": Path, "keys": Path,
@@ -197,12 +207,17 @@ def load_config(path: str | Path | None, **overrides: Any) -> GatewayConfig:
 
 def _from_dict(data: dict[str, Any]) -> GatewayConfig:
     config = GatewayConfig()
-    unknown = set(data) - set(_TOP) - {"log", "policy", "intel"}
+    unknown = set(data) - set(_TOP) - {"log", "policy", "intel", "trusted_proxies"}
     if unknown:
         raise BadInputError(f"unknown key '{sorted(unknown)[0]}'", field=sorted(unknown)[0])
     for key, kind in _TOP.items():
         if key in data:
             setattr(config, key, _typed(data[key], kind, key))
+    if "trusted_proxies" in data:
+        proxies = data["trusted_proxies"]
+        if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
+            raise BadInputError("expected a list of IP addresses or networks", field="trusted_proxies")
+        config.trusted_proxies = tuple(proxies)
     log = data.get("log", {})
     if not isinstance(log, dict):
         raise BadInputError("expected a table", field="log")

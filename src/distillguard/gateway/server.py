@@ -22,8 +22,12 @@ def uvicorn_config(app: Any, host: str, port: int, *, log_level: str = "warning"
         http = "httptools"
     except ImportError:
         http = "h11"
+    # proxy_headers off: uvicorn's default rewrites the client address from X-Forwarded-For for any
+    # peer on 127.0.0.1, so a local client could pose as any IP (and dodge the dashboard's login
+    # lock-out). The gateway reads the header itself, only from its configured trusted proxies
+    # (:mod:`distillguard.gateway.clientaddr`).
     return uvicorn.Config(app, host=host, port=port, loop=loop, http=http, log_level=log_level, access_log=False,
-                          lifespan="on", timeout_graceful_shutdown=10, backlog=4096)
+                          lifespan="on", timeout_graceful_shutdown=10, backlog=4096, proxy_headers=False)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

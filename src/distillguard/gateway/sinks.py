@@ -25,7 +25,8 @@ from distillguard.errors import FieldError
 from distillguard.events.columns import ColumnBuilder
 from distillguard.events.jsonl import Quarantine
 from distillguard.events.schema import event_from_obj
-from distillguard.gateway.wal import list_segments, read_complete_lines
+from distillguard.gateway.wal import has_complete_line, list_segments, read_complete_lines
+from distillguard.private import write_private
 from distillguard.store import EventStore
 
 
@@ -150,12 +151,9 @@ class Loader:
             return 0, 0
 
     def _write_checkpoint(self) -> None:
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(orjson.dumps({"segment": self.segment, "offset": self.offset, "loaded": self.loaded}))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.checkpoint_path)
+        write_private(self.checkpoint_path,
+                      orjson.dumps({"segment": self.segment, "offset": self.offset, "loaded": self.loaded}),
+                      sync=True)
 
     def pending_bytes(self) -> int:
         """Bytes in the log not yet loaded (the backlog)."""
@@ -193,6 +191,11 @@ class Loader:
                     if self.pause_s:
                         time.sleep(self.pause_s)
                 if seq < current:
+                    # Deleted only once every complete line in it is in the sink: what is left
+                    # after the offset must be a torn tail (no newline), never a whole record.
+                    if has_complete_line(path, self.offset):
+                        raise RuntimeError(f"{path.name}: unread records after offset {self.offset}; "
+                                           "segment kept")
                     if path.stat().st_size > self.offset:
                         self.torn += 1
                     self.segment, self.offset = seq + 1, 0

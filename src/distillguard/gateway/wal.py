@@ -9,6 +9,12 @@ Segments are ``segment-00000001.jsonl`` …; a restarted log never appends to an
 tail may be torn by a crash: readers skip a last line without its newline). The
 :class:`Loader` (see :mod:`distillguard.gateway.sinks`) moves records from the log into a sink
 and remembers how far it got in a checkpoint file.
+
+Record format (stable; the evidence chain and the loader depend on it): one JSON object per line,
+UTF-8, terminated by ``\n``, no size limit (readers read a line of any length). A batch that
+cannot be written whole (disk full, I/O error) is cut back off the segment, so a failed write
+never leaves a torn record between good ones; its requests get :class:`LogWriteError`.
+Segments are created 0600 in a 0700 directory (they hold every prompt and answer).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from distillguard.errors import BadInputError
+from distillguard.private import open_private, private_dir
 
 _SEGMENT = re.compile(r"^segment-(\d{8})\.jsonl$")
 
@@ -48,21 +55,28 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class LogWriteError(RuntimeError):
+    """The log could not store a record (disk full, I/O error): the request must not be answered
+    as if it were logged."""
+
+
 @dataclass
 class LogStats:
     appended: int = 0
     commits: int = 0
     bytes: int = 0
     fsync_seconds: float = 0.0
+    failed: int = 0               # records whose write failed (their requests were refused)
 
 
 class DurableLog:
     """Append-only, fsynced, segmented JSON Lines log with group commit."""
 
-    def __init__(self, directory: str | Path, *, segment_bytes: int = 64 << 20, sync: bool = True) -> None:
+    def __init__(self, directory: str | Path, *, segment_bytes: int = 64 << 20, sync: bool = True,
+                 retry_s: float = 1.0) -> None:
         self.dir = Path(directory)
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.dir)
         except OSError as exc:
             raise BadInputError(f"cannot create the log directory ({exc.strerror})", source=str(self.dir)) from None
         if not os.access(self.dir, os.W_OK):
@@ -80,16 +94,25 @@ class DurableLog:
         self._done = 0            # ... and ever committed (or failed)
         self.stats = LogStats()
         self.error: BaseException | None = None
+        self.failed_at = 0.0      # monotonic time of the latest failed write
+        self.retry_s = retry_s    # how long after a failed write new requests are refused outright
         self._thread = threading.Thread(target=self._run, name="distillguard-log-writer", daemon=True)
         self._thread.start()
 
     # -- writer side -------------------------------------------------------------------------
     def _open_segment(self):
         path = self.dir / segment_name(self._seq)
-        fh = open(path, "ab", buffering=0)
+        fh = open(open_private(path), "ab", buffering=0)
+        self._size = os.fstat(fh.fileno()).st_size
         if self.sync:
             _fsync_dir(self.dir)  # the new file's name is durable too
         return fh
+
+    def failing(self) -> bool:
+        """True while the latest write failed less than ``retry_s`` ago: refuse new work (503)
+        instead of answering requests whose records cannot be stored. After ``retry_s`` requests
+        are let through again, so the log notices when space comes back."""
+        return self.error is not None and time.monotonic() - self.failed_at < self.retry_s
 
     @property
     def current_segment(self) -> int:
@@ -113,8 +136,6 @@ class DurableLog:
     def _enqueue(self, record: bytes, fut, loop) -> None:
         if self._closed:
             raise RuntimeError("the event log is closed")
-        if self.error is not None:
-            raise RuntimeError(f"the event log failed: {self.error}")
         with self._lock:
             self._pending.append((record, fut, loop))
             self._queued += 1
@@ -132,24 +153,45 @@ class DurableLog:
             if closing and not self._pending:
                 return
 
+    def _write_all(self, data: bytes) -> None:
+        # A raw write may store only part of the data (a nearly full disk): go on until all of it
+        # is written or the OS refuses with an error. Ignoring a short write once acknowledged a
+        # record whose tail never reached the disk (the exchange lost on a full disk).
+        view = memoryview(data)
+        while view:
+            n = self._fh.write(view)
+            if not n:
+                raise OSError(28, "no progress writing the event log")
+            view = view[n:]
+
     def _commit(self, batch: list) -> None:
+        data = b"".join(rec + b"\n" for rec, _, _ in batch)
+        start = self._size
         try:
-            data = b"".join(rec + b"\n" for rec, _, _ in batch)
-            self._fh.write(data)
+            self._write_all(data)
             if self.sync:
                 t = time.perf_counter()
                 os.fdatasync(self._fh.fileno())
                 self.stats.fsync_seconds += time.perf_counter() - t
+            self._size = start + len(data)
             self.stats.appended += len(batch)
             self.stats.commits += 1
             self.stats.bytes += len(data)
-            if self._fh.tell() >= self.segment_bytes:
+            error = None
+            self.error = None
+        except BaseException as exc:  # a full disk must fail the requests, not hang them
+            self.error = exc
+            self.failed_at = time.monotonic()
+            self.stats.failed += len(batch)
+            error = LogWriteError(f"event log write failed: {exc}")
+            self._cut_back(start)
+        try:
+            if error is None and self._size >= self.segment_bytes:
                 self._fh.close()
                 self._seq += 1
                 self._fh = self._open_segment()
-            error = None
-        except BaseException as exc:  # a full disk must fail the requests, not hang them
-            self.error = error = exc
+        except OSError as exc:          # no room for a new segment: the next write retries
+            self.error, self.failed_at = exc, time.monotonic()
         self._done += len(batch)
         by_loop: dict = {}
         for _, fut, loop in batch:
@@ -160,6 +202,24 @@ class DurableLog:
                 loop.call_soon_threadsafe(_resolve, futures, error)
             except RuntimeError:  # the loop is gone (shutdown); the records are on disk anyway
                 pass
+
+    def _cut_back(self, size: int) -> None:
+        """Remove a partly written batch, so the next record starts on a line of its own."""
+        try:
+            os.ftruncate(self._fh.fileno(), size)
+            self._size = size
+        except (OSError, ValueError):
+            # Cannot cut (closed file, I/O error): never append after a torn line; a new segment
+            # starts clean, and readers skip the torn last line of this one.
+            try:
+                self._fh.close()
+            except OSError:
+                pass
+            self._seq += 1
+            try:
+                self._fh = self._open_segment()
+            except OSError:
+                pass   # the next commit fails again and retries
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until everything queued so far is on disk (or failed); False on timeout."""
@@ -188,19 +248,44 @@ def _resolve(futures: list[asyncio.Future], error: BaseException | None) -> None
         if error is None:
             fut.set_result(None)
         else:
-            fut.set_exception(RuntimeError(f"event log write failed: {error}"))
+            fut.set_exception(error)
 
 
 def read_complete_lines(path: Path, offset: int, max_bytes: int = 16 << 20) -> tuple[list[bytes], int]:
-    """Whole lines of ``path`` from ``offset`` (at most about ``max_bytes``); returns them and the
-    offset just after the last newline read. A torn last line is left for later (or forever)."""
+    """Whole lines of ``path`` from ``offset`` (about ``max_bytes``, or one whole line when a line
+    is longer: records have no size limit); returns them and the offset just after the last
+    newline read. A torn last line (no newline yet) is left for later (or forever)."""
     with open(path, "rb") as fh:
         fh.seek(offset)
         data = fh.read(max_bytes)
-    end = data.rfind(b"\n")
+        end = data.rfind(b"\n")
+        if end < 0 and len(data) == max_bytes:   # a record longer than a slice: read to its end
+            parts = [data]
+            while True:
+                more = fh.read(max_bytes)
+                if not more:
+                    break
+                parts.append(more)
+                newline = more.find(b"\n")
+                if newline >= 0:
+                    data = b"".join(parts)
+                    end = len(data) - len(more) + newline
+                    break
     if end < 0:
         return [], offset
     return data[:end].split(b"\n"), offset + end + 1
+
+
+def has_complete_line(path: Path, offset: int, chunk: int = 1 << 20) -> bool:
+    """True when ``path`` holds a newline at or after ``offset`` (a whole record not yet read)."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        while True:
+            data = fh.read(chunk)
+            if not data:
+                return False
+            if b"\n" in data:
+                return True
 
 
 def iter_log_records(directory: str | Path) -> Iterator[bytes]:

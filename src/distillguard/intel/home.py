@@ -25,6 +25,7 @@ import orjson
 
 from distillguard.errors import BadInputError, UsageError
 from distillguard.intel.keys import CommunityKey, SigningKey, parse_public_key, public_key_id, public_key_text, write_secret
+from distillguard.private import private_dir
 
 HOME_ENV = "DISTILLGUARD_INTEL_HOME"
 TLP_LEVELS = ("clear", "green", "amber", "amber+strict", "red")
@@ -111,7 +112,7 @@ class IntelHome:
                                    "title": name, "description": text}
                             for name, text in DEFAULT_COLLECTIONS.items()}
         home.check()
-        path.mkdir(parents=True, exist_ok=True)
+        private_dir(path)              # secrets and peers' indicators: owner-only
         key = SigningKey.generate()
         write_secret(path / "signing.pem", key.pem())
         (path / "signing.pub").write_text(public_key_text(key.public) + "\n", encoding="ascii")

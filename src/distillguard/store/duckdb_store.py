@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -12,6 +13,7 @@ import pyarrow as pa
 
 from distillguard.errors import BadInputError
 from distillguard.events.columns import END_USER_FROM_REQUEST_SQL, EVENT_SCHEMA
+from distillguard.private import restrict
 
 _DUCK_TYPES = {
     pa.string(): "VARCHAR", pa.timestamp("us"): "TIMESTAMP", pa.int32(): "INTEGER",
@@ -65,10 +67,16 @@ class EventStore:
             raise BadInputError("no such DuckDB file", source=self.path)
         if self.path != ":memory:" and Path(self.path).exists() and not is_duckdb_file(self.path):
             raise BadInputError("not a DuckDB database file", source=self.path)
+        # The store holds traffic: DuckDB creates its files under the umask, so a new store is
+        # created owner-only (0600) and the files of an existing one are narrowed to that.
+        old_umask = os.umask(0o077)
         try:
             self.con = duckdb.connect(self.path, read_only=read_only)
         except duckdb.Error as exc:
             raise BadInputError(f"cannot open DuckDB file ({exc})", source=self.path) from None
+        finally:
+            os.umask(old_umask)
+        self._private_files()
         self.run("SET TimeZone = 'UTC'")
         self.run("SET enable_progress_bar = false")
         self.run(f"SET memory_limit = '{memory_limit}'")
@@ -99,6 +107,12 @@ class EventStore:
     def _has_events_table(self) -> bool:
         rows = self.run("SELECT count(*) FROM information_schema.tables WHERE table_name = 'events'")
         return bool(rows and rows[0][0])
+
+    def _private_files(self) -> None:
+        """0600 for the database and its write-ahead log (DuckDB creates the WAL on a write)."""
+        if self.path != ":memory:" and os.access(self.path, os.W_OK):
+            restrict(self.path)
+            restrict(self.path + ".wal")
 
     def close(self) -> None:
         self.con.close()
@@ -186,6 +200,7 @@ class EventStore:
             raise failure[0]
         result.inserted = int(rows[0][0]) if rows else 0
         result.duplicates = result.read - result.inserted
+        self._private_files()
         return result
 
     def iter_tables(self, batch_size: int = 10_000, where: str | None = None) -> Iterator[pa.Table]:

@@ -86,7 +86,7 @@ class SessionStore:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _sign(self, sid: str) -> str:
-        return hmac.new(self.secret, sid.encode(), hashlib.sha256).hexdigest()
+        return hmac.new(self.secret, sid.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
     def create(self, user: str) -> tuple[Session, str]:
         sid = secrets.token_urlsafe(24)
@@ -102,7 +102,8 @@ class SessionStore:
         if not cookie or "." not in cookie:
             return None
         sid, _, mac = cookie.rpartition(".")
-        if not hmac.compare_digest(mac, self._sign(sid)):
+        # bytes: a cookie may carry any text, and compare_digest raises on non-ASCII str
+        if not hmac.compare_digest(mac.encode("utf-8", "surrogatepass"), self._sign(sid).encode()):
             return None
         with self._lock:
             session = self._sessions.get(sid)

@@ -18,5 +18,7 @@ def new_token() -> str:
 
 
 def valid(expected: str | None, given: object) -> bool:
-    """Constant-time comparison; a missing or non-text value never matches."""
-    return bool(expected) and isinstance(given, str) and bool(given) and hmac.compare_digest(expected, given)
+    """Constant-time comparison; a missing or non-text value never matches. Compared as UTF-8
+    bytes: ``compare_digest`` raises on non-ASCII text, and a form field is whatever was sent."""
+    return (bool(expected) and isinstance(given, str) and bool(given)
+            and hmac.compare_digest(expected.encode("utf-8", "surrogatepass"), given.encode("utf-8", "surrogatepass")))
