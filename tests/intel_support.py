@@ -46,6 +46,25 @@ def read_events(path: Path) -> list[dict]:
         return [orjson.loads(line) for line in fh]
 
 
+def raw_needles(lab: "Lab") -> set[str]:
+    """Every identifier and prompt text of a lab's input, lowercased: none may appear in an export."""
+    needles: set[str] = set()
+    for e in read_events(lab.events):
+        needles.add(e["account"])
+        needles.add(e["ip"])
+        needles.add(e["ip"].rsplit(".", 1)[0] + ".")        # the /24 as text
+        for value in (e.get("identity") or {}).values():
+            if isinstance(value, str) and len(value) >= 6 and not value[:4].isdigit():
+                needles.add(value)
+        if "@" in e["identity"].get("email", ""):
+            needles.add(e["identity"]["email"].split("@")[1])  # the e-mail domain
+            needles.add(e["identity"]["email"].split("@")[0])  # the local part
+        prompt = e["request"]["messages"][-1]["content"]
+        needles.add(prompt[:60])
+        needles.update(line for line in prompt.splitlines() if len(line) >= 24)
+    return {n.lower() for n in needles if n and len(n) >= 6}
+
+
 def write_events(path: Path, events: list[dict]) -> None:
     path.write_bytes(gzip.compress(b"".join(orjson.dumps(e) + b"\n" for e in events)))
 

@@ -33,7 +33,7 @@ from distillguard.intel.store import IntelStore, peer_collection
 from distillguard.intel.extension import CREATOR_ID, EXTENSION_ID, extension_definition, template_pattern_value
 from distillguard.intel.vocab import ATLAS, TLP_IDS, atlas_id
 from distillguard.store import EventStore
-from intel_support import make_homes, make_lab_a, read_events
+from intel_support import make_homes, make_lab_a, raw_needles, read_events
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -220,21 +220,7 @@ def test_no_raw_identifier_or_prompt_text_leaves(exported, lab_a):
     _, path = exported
     text = path.read_text(encoding="utf-8").lower()
     sig_text = path.with_name(path.name + ".sig").read_text(encoding="utf-8").lower()
-    needles: set[str] = set()
-    for e in read_events(lab_a.events):
-        needles.add(e["account"])
-        needles.add(e["ip"])
-        needles.add(e["ip"].rsplit(".", 1)[0] + ".")        # the /24 as text
-        for value in (e.get("identity") or {}).values():
-            if isinstance(value, str) and len(value) >= 6 and not value[:4].isdigit():
-                needles.add(value)
-        if "@" in e["identity"].get("email", ""):
-            needles.add(e["identity"]["email"].split("@")[1])  # the e-mail domain
-            needles.add(e["identity"]["email"].split("@")[0])  # the local part
-        prompt = e["request"]["messages"][-1]["content"]
-        needles.add(prompt[:60])
-        needles.update(line for line in prompt.splitlines() if len(line) >= 24)
-    needles = {n.lower() for n in needles if n and len(n) >= 6}
+    needles = raw_needles(lab_a)
     assert len(needles) > 1000
     leaks = [n for n in needles if n in text or n in sig_text]
     assert leaks == []
