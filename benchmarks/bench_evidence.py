@@ -89,11 +89,12 @@ def bench_build_synthetic(args) -> dict:
     from distillguard.evidence.merkle import Levels
 
     leaves = synthetic_leaves(args.leaves)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     levels = Levels()
     for start in range(0, len(leaves), 32 * 20_000):   # appended in batches, as evidence build does
         levels.extend(leaves[start:start + 32 * 20_000])
-    return {"leaves": levels.size, "levels_s": time.perf_counter() - t0}
+    return {"leaves": levels.size, "levels_s": time.perf_counter() - t0, "levels_cpu_s": time.process_time() - c0,
+            "load_average": os.getloadavg()[0]}
 
 
 def bench_build(args) -> dict:
@@ -107,16 +108,18 @@ def bench_build(args) -> dict:
     try:
         with EventStore(db) as store:
             events = store.count()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             report = treestore.build(store, salt_key_from_private(b"\x01" * 32), "bench/store")
-            total = time.perf_counter() - t0
+            total, cpu = time.perf_counter() - t0, time.process_time() - c0
             t0 = time.perf_counter()
             levels = treestore.load_levels(store, "bench/store")
             t_load = time.perf_counter() - t0
             assert levels.size == events
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"events": events, "build_s": total, "events_per_s": events / total, "reload_levels_s": t_load}
+    return {"events": events, "build_s": total, "build_cpu_s": cpu, "events_per_s": events / total,
+            "events_per_cpu_s": events / cpu, "reload_levels_s": t_load, "appended": report.appended,
+            "load_average": os.getloadavg()[0]}
 
 
 def bench_gateway(args) -> dict:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from distillguard.events.columns import ColumnBuilder
 from distillguard.events.schema import event_from_obj
-from distillguard.evidence.leaf import FIELDS, commitment, leaf_hash_of, leaf_hashes_from_table, salts, \
+from distillguard.evidence.leaf import CLEAR_FIELDS, COMMITTED_FIELDS, commitment, leaf_hash_of, leaf_hashes_from_table, salts, \
     values_from_record, values_from_table
 from distillguard.evidence.merkle import leaf_hash
 from distillguard.evidence.note import Checkpoint, NoteError, SignedNote, key_id, open_checkpoint, sign_checkpoint
@@ -103,11 +103,17 @@ def test_redacting_a_field_keeps_the_leaf():
     values = values_from_record(record)
     key = b"s" * 32
     s = salts(key, "e1")
-    commits = [commitment(f, s[f], values[f]) for f in FIELDS]
-    leaf = leaf_hash(b"dg-event/v1\n" + b"\xff" * 8 + b"".join(commits))
+    commits = [commitment(f, s[f], values[f]) for f in COMMITTED_FIELDS]
+    clear = b"".join(b"\x00" if values[f] is None else b"\x01" + len(values[f]).to_bytes(4, "big") + values[f]
+                     for f in CLEAR_FIELDS)
+    leaf = leaf_hash(b"dg-event/v2\n" + b"\xff" * 8 + clear + b"".join(commits))
     assert leaf == leaf_hash_of(values, key)
     # a verifier given only the ip's commitment, and everything else in clear, gets the same leaf;
     # a guessed ip without the salt does not reproduce the commitment
-    assert commitment("ip", b"\0" * 16, b"10.0.0.1") != commits[FIELDS.index("ip")]
-    assert commitment("ip", s["ip"], b"10.0.0.2") != commits[FIELDS.index("ip")]
+    ip = commits[COMMITTED_FIELDS.index("ip")]
+    assert commitment("ip", b"\0" * 16, b"10.0.0.1") != ip
+    assert commitment("ip", s["ip"], b"10.0.0.2") != ip
     assert commitment("ip", s["ip"], None) != commitment("ip", s["ip"], b"")
+    # clear fields are length-prefixed: moving bytes between neighbours changes the leaf
+    moved = dict(values, account=b"acc", endpoint=b"t" + values["endpoint"])
+    assert leaf_hash_of(moved, key) != leaf

@@ -282,3 +282,52 @@ def test_demo_step_packages_the_biggest_campaign(built, tmp_path):
     assert result["campaign"] == "C1" and result["accounts"] == 2 and result["exchanges"] == 40
     assert result["verified"] and result["tamper_caught"]
     assert "VERIFIED" in console.file.getvalue() and "FAILED" in console.file.getvalue()
+
+
+json_junk = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+                         lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+                         max_leaves=8)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(st.sampled_from(["exchanges.jsonl", "proofs.jsonl", "manifest"]), st.integers(0, 39), st.text(max_size=12),
+       json_junk)
+def test_malformed_content_under_a_valid_signature_fails_cleanly(built, tmp_path_factory, where, line, key, junk):
+    """A signer-made package with arbitrary JSON in any place: VerifyError with a reason, never a crash."""
+    pkg = tmp_path_factory.mktemp("junk") / "pkg"
+    shutil.copytree(built["pkg"], pkg)
+
+    def edit(pkg: Path, manifest: dict) -> None:
+        if where == "manifest":
+            target = manifest
+            target[key or "logs"] = junk
+            return
+        lines = _lines(pkg, where)
+        obj = orjson.loads(lines[line])
+        path = [k for k in ("fields", "proof", "index", "log", "prev", "tree_size") if k in obj]
+        name = path[len(key) % len(path)]
+        if name == "fields" and isinstance(obj["fields"], dict):
+            obj["fields"][key or "ip"] = junk
+        else:
+            obj[name] = junk
+        lines[line] = orjson.dumps(obj)
+        _set_lines(pkg, where, lines)
+
+    try:
+        _resign(pkg, edit)
+    except (TypeError, KeyError, AttributeError):
+        return                      # the junk broke our own test helper, not the verifier
+    try:
+        verify_package(pkg, built["keys"])
+    except VerifyError as exc:
+        assert str(exc) and "\n" not in str(exc)
+
+
+@given(st.text(max_size=120))
+def test_key_lines_never_crash(text):
+    keys = Keys()
+    try:
+        keys.add_vkey(text)
+    except VerifyError:
+        pass

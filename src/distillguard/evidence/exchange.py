@@ -9,6 +9,8 @@ bundle signature and keeps the objects under ``peer:<name>``). No change to the 
   whichever one it cosigned last;
 * ``x-distillguard-cosignature``: a peer's cosigned version of one of our checkpoints (``note``).
 
+Both are ``new-sdo`` objects of distillguard's STIX extension (:mod:`distillguard.intel.extension`).
+
 The log key of a peer's checkpoint is that peer's registered Ed25519 key (the one that verifies its
 bundles), so a witness needs no other key exchange.
 """
@@ -24,6 +26,7 @@ import orjson
 from distillguard.evidence import treestore
 from distillguard.evidence.note import Checkpoint, NoteError, SignedNote, open_checkpoint
 from distillguard.evidence.witness import CHECKPOINT_TYPE, Witness, WitnessError
+from distillguard.intel.extension import new_sdo_extension
 from distillguard.intel.home import IntelHome
 from distillguard.intel.keys import parse_public_key
 from distillguard.intel.publish import sign_and_publish
@@ -55,7 +58,7 @@ def publish_checkpoints(store: EventStore, home: IntelHome, istore: IntelStore) 
         now = now_ts()
         objects.append({"type": CHECKPOINT_TYPE, "spec_version": "2.1", "id": f"{CHECKPOINT_TYPE}--{uuid.uuid4()}",
                         "created": now, "modified": now, "created_by_ref": home.identity_id, "origin": log_id,
-                        "tree_size": size, "note": note, "proofs": proofs})
+                        "tree_size": size, "note": note, "proofs": proofs, "extensions": new_sdo_extension()})
     if objects:
         sign_and_publish(_bundle(objects), home, istore, valid_days=home.valid_days)
     return len(objects)
@@ -100,7 +103,7 @@ def witness_peers(home: IntelHome, istore: IntelStore, state: str | Path, name: 
         now = now_ts()
         cosigned.append({"type": COSIGNATURE_TYPE, "spec_version": "2.1", "id": f"{COSIGNATURE_TYPE}--{uuid.uuid4()}",
                          "created": now, "modified": now, "created_by_ref": home.identity_id, "origin": cp.origin,
-                         "tree_size": cp.size, "note": note_out})
+                         "tree_size": cp.size, "note": note_out, "extensions": new_sdo_extension()})
         out["cosigned"].append(f"{cp.origin}@{cp.size}")
     Path(state).mkdir(parents=True, exist_ok=True)
     seen_path.write_text("".join(f"{i}\n" for i in sorted(seen)), encoding="utf-8")

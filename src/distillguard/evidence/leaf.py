@@ -16,23 +16,30 @@ bytes, in this order:
                                            outside the schema, absent when there is none)
 ========================================  ==================================================
 
-A missing value is distinct from any present one. Commitment of field ``f`` with value ``v``::
+A missing value is distinct from any present one. The fields split in two:
 
-    C_f = SHA-256("dg-field/v1" 0x00 || f || 0x00 || salt_f || 0x00)            (absent)
-    C_f = SHA-256("dg-field/v1" 0x00 || f || 0x00 || salt_f || 0x01 || v)       (present)
+* **clear** (``id ts account endpoint model status usage``: who, when, which endpoint and model,
+  the outcome; never personal beyond the account id the claim is about), encoded in the leaf as
+  ``0x00`` (absent) or ``0x01 || 4-byte big-endian length || value``;
+* **committed** (``key ip user_agent identity request response extra``: what may be personal and
+  can be redacted), each as a salted hash::
 
-and the leaf data is ``"dg-event/v1\\n" || prev || C_id || C_ts || ... || C_extra`` (8 + 14 × 32
-bytes), hashed as an RFC 6962 leaf. ``prev`` is the index, in the same tree, of the same account's
-previous leaf (8 bytes big-endian; all ones for its first): the account's exchanges form a chain, so
-a package that leaves one out (even one its signer re-signed) breaks the chain.
+    C_f = SHA-256("dg-field/v2" 0x00 || f || 0x00 || salt_f || value)       present
+    C_f = SHA-256("dg-field/v2" 0x00 || f || 0x00 || 0x00)                  absent (a constant)
 
-Salts are 16 bytes each: the i-th field's salt is bytes ``16i .. 16i+15`` of ``SHAKE256(seed)``
-with the event's seed ``HMAC-SHA256(salt key, "dg-salt/v1" 0x00 || id)`` (one salt reveals
-nothing about another); the salt key is derived from the log's Ed25519
-signing key, so the gateway (at append) and the store (from stored rows) derive the same salts
-while nobody without the key can. Revealing a field means disclosing its value and salt; redacting
-it means disclosing only ``C_f``: the leaf still recomputes, and the salt keeps a low-entropy value
-(an IP address, an e-mail) from being guessed from its commitment.
+The leaf data is ``"dg-event/v2\\n" || prev || clear fields || C_key || ... || C_extra``, hashed as an
+RFC 6962 leaf. ``prev`` is the index, in the same tree, of the same account's previous leaf (8 bytes
+big-endian; all ones for its first): the account's exchanges form a chain, so a package that leaves
+one out (even one its signer re-signed) breaks the chain.
+
+Salts are 16 bytes each: the i-th committed field's salt is bytes ``16i .. 16i+15`` of
+``SHAKE256(seed)`` with the event's seed ``HMAC-SHA256(salt key, "dg-salt/v2" 0x00 || id)`` (one salt
+reveals nothing about another); the salt key is derived from the log's Ed25519 signing key, so the
+gateway (at append) and the store (from stored rows) derive the same salts while nobody without
+the key can. Revealing a field means disclosing its value and salt; redacting it means disclosing
+only ``C_f``: the leaf still recomputes, and the salt keeps a low-entropy value (an IP address, an
+e-mail) from being guessed from its commitment. An absent field's commitment is a constant, so a
+redacted field that was absent shows as absent.
 """
 
 from __future__ import annotations
@@ -48,13 +55,16 @@ from distillguard.events.schema import CHAT_ENDPOINT, COMPLETIONS_ENDPOINT, KNOW
 
 FIELDS = ("id", "ts", "account", "key", "endpoint", "model", "ip", "user_agent", "status",
           "request", "response", "identity", "usage", "extra")
-STRING_FIELDS = frozenset({"id", "account", "key", "endpoint", "model", "ip", "user_agent"})
-JSON_FIELDS = frozenset({"request", "response", "identity", "usage", "extra"})
-LEAF_PREFIX = b"dg-event/v1\n"
-_FIELD_PREFIX = {f: b"dg-field/v1\x00" + f.encode() + b"\x00" for f in FIELDS}
-_SALT_LABEL = b"dg-salt/v1\x00"
+CLEAR_FIELDS = ("id", "ts", "account", "endpoint", "model", "status", "usage")
+COMMITTED_FIELDS = ("key", "ip", "user_agent", "identity", "request", "response", "extra")
+LEAF_PREFIX = b"dg-event/v2\n"
+_FIELD_PREFIX = {f: b"dg-field/v2\x00" + f.encode() + b"\x00" for f in COMMITTED_FIELDS}
+_ABSENT = {f: hashlib.sha256(_FIELD_PREFIX[f] + b"\x00").digest() for f in COMMITTED_FIELDS}
+_SALT_LABEL = b"dg-salt/v2\x00"
+_SALT_BYTES = 16 * len(COMMITTED_FIELDS)
 _sha256 = hashlib.sha256
 _shake = hashlib.shake_256
+_NO_PREV = b"\xff" * 8
 
 
 def salt_key_from_private(private_raw: bytes) -> bytes:
@@ -62,19 +72,21 @@ def salt_key_from_private(private_raw: bytes) -> bytes:
     return hmac.digest(private_raw, b"distillguard evidence salt key v1", "sha256")
 
 
-_SALT_BYTES = 16 * len(FIELDS)
-
-
 def salts(salt_key: bytes, event_id: str) -> dict[str, bytes]:
+    """The committed fields' salts of one event."""
     seed = hmac.digest(salt_key, _SALT_LABEL + event_id.encode("utf-8"), "sha256")
     stream = _shake(seed).digest(_SALT_BYTES)
-    return {f: stream[16 * i:16 * i + 16] for i, f in enumerate(FIELDS)}
+    return {f: stream[16 * i:16 * i + 16] for i, f in enumerate(COMMITTED_FIELDS)}
 
 
 def commitment(name: str, salt: bytes, value: bytes | None) -> bytes:
     if value is None:
-        return _sha256(_FIELD_PREFIX[name] + salt + b"\x00").digest()
-    return _sha256(_FIELD_PREFIX[name] + salt + b"\x01" + value).digest()
+        return _ABSENT[name]
+    return _sha256(_FIELD_PREFIX[name] + salt + value).digest()
+
+
+def clear_bytes(value: bytes | None) -> bytes:
+    return b"\x00" if value is None else b"\x01" + len(value).to_bytes(4, "big") + value
 
 
 def prev_bytes(prev: int | None) -> bytes:
@@ -82,16 +94,13 @@ def prev_bytes(prev: int | None) -> bytes:
     return _NO_PREV if prev is None else prev.to_bytes(8, "big")
 
 
-_NO_PREV = b"\xff" * 8
-
-
-def leaf_data(prev: int | None, commitments: list[bytes]) -> bytes:
-    return LEAF_PREFIX + prev_bytes(prev) + b"".join(commitments)
+def leaf_data(prev: int | None, clear: list[bytes | None], commitments: list[bytes]) -> bytes:
+    return LEAF_PREFIX + prev_bytes(prev) + b"".join(map(clear_bytes, clear)) + b"".join(commitments)
 
 
 def leaf_hash_of(values: dict[str, bytes | None], salt_key: bytes, prev: int | None = None) -> bytes:
     s = salts(salt_key, (values["id"] or b"").decode("utf-8"))
-    data = leaf_data(prev, [commitment(f, s[f], values[f]) for f in FIELDS])
+    data = leaf_data(prev, [values[f] for f in CLEAR_FIELDS], [commitment(f, s[f], values[f]) for f in COMMITTED_FIELDS])
     return _sha256(b"\x00" + data).digest()
 
 
@@ -145,6 +154,14 @@ def values_from_table(table: pa.Table) -> Iterator[dict[str, bytes | None]]:
         yield row
 
 
+def _column_bytes(table: pa.Table, name: str) -> list[bytes | None]:
+    if name == "ts":
+        return [str(t).encode() for t in table.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False).tolist()]
+    if name == "status":
+        return [None if v is None else str(v).encode() for v in table.column(name).to_pylist()]
+    return table.column(name).cast(pa.binary()).to_pylist()
+
+
 def leaf_hashes_from_table(table: pa.Table, salt_key: bytes, prevs: list[int | None] | None = None) -> list[bytes]:
     """Leaf hashes of stored rows in row order (the bulk path: ``evidence build``); ``prevs`` gives
     each row's account-chain pointer (default: none). Column by column, values straight from the
@@ -153,25 +170,20 @@ def leaf_hashes_from_table(table: pa.Table, salt_key: bytes, prevs: list[int | N
     if n == 0:
         return []
     sha, digest, shake = _sha256, hmac.digest, _shake
-    ids = table.column("id").cast(pa.binary()).to_pylist()
+    ids = _column_bytes(table, "id")
     label = _SALT_LABEL
     streams = [shake(digest(salt_key, label + (i or b""), "sha256")).digest(_SALT_BYTES) for i in ids]
-    columns: list[list[bytes]] = []
-    for j, c in enumerate(FIELDS):
-        if c == "id":
-            values = ids
-        elif c == "ts":
-            values = [str(t).encode() for t in table.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False).tolist()]
-        elif c == "status":
-            values = [None if v is None else str(v).encode() for v in table.column(c).to_pylist()]
-        else:
-            values = table.column(c).cast(pa.binary()).to_pylist()
-        prefix, lo, hi = _FIELD_PREFIX[c], 16 * j, 16 * j + 16
-        present, absent = prefix, prefix
-        columns.append([sha(absent + st[lo:hi] + b"\x00").digest() if v is None
-                        else sha(present + st[lo:hi] + b"\x01" + v).digest() for st, v in zip(streams, values)])
+    clear = b"\x00", b"\x01"
+    parts: list[list[bytes]] = []
+    for c in CLEAR_FIELDS:
+        values = ids if c == "id" else _column_bytes(table, c)
+        parts.append([clear[0] if v is None else clear[1] + len(v).to_bytes(4, "big") + v for v in values])
+    for j, c in enumerate(COMMITTED_FIELDS):
+        values = _column_bytes(table, c)
+        prefix, absent, lo, hi = _FIELD_PREFIX[c], _ABSENT[c], 16 * j, 16 * j + 16
+        parts.append([absent if v is None else sha(prefix + st[lo:hi] + v).digest() for st, v in zip(streams, values)])
     head = b"\x00" + LEAF_PREFIX
     if prevs is None:
-        return [sha(head + _NO_PREV + b"".join(parts)).digest() for parts in zip(*columns)]
-    return [sha(head + (_NO_PREV if p is None else p.to_bytes(8, "big")) + b"".join(parts)).digest()
-            for p, parts in zip(prevs, zip(*columns))]
+        return [sha(head + _NO_PREV + b"".join(row)).digest() for row in zip(*parts)]
+    return [sha(head + (_NO_PREV if p is None else p.to_bytes(8, "big")) + b"".join(row)).digest()
+            for p, row in zip(prevs, zip(*parts))]

@@ -17,14 +17,15 @@ import pyarrow as pa
 
 import distillguard
 from distillguard.errors import BadInputError, UsageError, load_json_file
-from distillguard.evidence.leaf import FIELDS, commitment, leaf_hash_of, salts, values_from_table
+from distillguard.evidence.leaf import CLEAR_FIELDS, COMMITTED_FIELDS, FIELDS, commitment, leaf_hash_of, salts, \
+    values_from_table
 from distillguard.evidence.note import Checkpoint, SignedNote, open_checkpoint
 from distillguard.evidence.treestore import best_checkpoint, leaf_positions, load_levels, sign_current
 from distillguard.store import EventStore
 
 FORMAT = "distillguard-evidence/1"
 MANIFEST_CONTEXT = "distillguard-evidence-manifest/v1"
-NEVER_REDACTED = frozenset({"id", "ts", "account"})
+NEVER_REDACTED = frozenset(CLEAR_FIELDS)
 PERSONAL_FIELDS = ("ip", "user_agent", "identity", "key")
 
 
@@ -112,10 +113,9 @@ def _write(path: Path, data: bytes, files: dict[str, str], root: Path) -> None:
 
 def export_package(store: EventStore, signing_key: Any, salt_key: bytes, out: Path, opts: ExportOptions) -> dict[str, Any]:
     """Write the package to ``out`` (must not exist or be empty); returns the manifest."""
-    bad = [f for f in opts.redact if f not in FIELDS or f in NEVER_REDACTED]
+    bad = [f for f in opts.redact if f not in COMMITTED_FIELDS]
     if bad:
-        raise UsageError(f"cannot redact {', '.join(bad)} (redactable: "
-                         f"{', '.join(f for f in FIELDS if f not in NEVER_REDACTED)})")
+        raise UsageError(f"cannot redact {', '.join(bad)} (redactable: {', '.join(COMMITTED_FIELDS)})")
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} exists and is not empty")
     store.con.register("_accts", pa.table({"account": pa.array(opts.accounts, pa.string())}))
@@ -160,13 +160,16 @@ def export_package(store: EventStore, signing_key: Any, salt_key: bytes, out: Pa
                 raise BadInputError(f"stored exchange {row['id'].decode()} no longer matches leaf {idx} of {log_id}: "
                                     "the store was changed after the exchange was logged (or this is not the key the tree was built with)")
             s = salts(salt_key, row["id"].decode())
-            fields: dict[str, Any] = {}
-            for f in FIELDS:
+            fields: dict[str, Any] = {f: {"value": None if row[f] is None else row[f].decode("utf-8")}
+                                      for f in CLEAR_FIELDS}
+            for f in COMMITTED_FIELDS:
                 v = row[f]
                 if f in opts.redact:
                     fields[f] = {"commitment": commitment(f, s[f], v).hex()}
+                elif v is None:
+                    fields[f] = {"value": None}
                 else:
-                    fields[f] = {"salt": s[f].hex(), "value": None if v is None else v.decode("utf-8")}
+                    fields[f] = {"salt": s[f].hex(), "value": v.decode("utf-8")}
             exchange_lines.append(orjson.dumps({"log": log_id, "index": idx, "prev": prev, "fields": fields}))
             proof_lines.append(orjson.dumps({"log": log_id, "index": idx, "tree_size": cp.size,
                                              "proof": [p.hex() for p in levels.inclusion_proof(idx, cp.size)]}))

@@ -19,7 +19,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from distillguard.errors import DistillguardError
-from distillguard.evidence.leaf import FIELDS, LEAF_PREFIX, commitment, prev_bytes
+from distillguard.evidence.leaf import CLEAR_FIELDS, COMMITTED_FIELDS, FIELDS, commitment, leaf_data
 from distillguard.evidence.merkle import leaf_hash, verify_inclusion
 from distillguard.evidence.note import SIG_COSIGNATURE, SIG_ED25519, NoteError, SignedNote, key_id, open_checkpoint
 from distillguard.evidence.package import FORMAT, MANIFEST_CONTEXT
@@ -92,10 +92,13 @@ class Finding:
                    f"{self.last_ts}: their logged fields are the revealed values (redacted: "
                    f"{', '.join(self.redacted) or 'none'}, committed by hash)")
         v = self.verdict
-        if v.get("scan"):
-            flagged = [a["account"] for a in v["scan"].get("accounts", []) if a.get("flagged")]
+        scan = v.get("scan") if isinstance(v.get("scan"), dict) else None
+        if scan is not None:
+            entries = scan.get("accounts") if isinstance(scan.get("accounts"), list) else []
+            flagged = [str(a.get("account")) for a in entries if isinstance(a, dict) and a.get("flagged")]
+            baseline = v.get("baseline") if isinstance(v.get("baseline"), dict) else {}
             out.append(f"the signer's scan verdict is bundled (flagged: {', '.join(flagged) or 'none'}; baseline sha256 "
-                       f"{(v.get('baseline') or {}).get('sha256')}; {v.get('code_version')})")
+                       f"{baseline.get('sha256')}; {v.get('code_version')})")
         return out
 
     def does_not_prove(self) -> list[str]:
@@ -155,24 +158,49 @@ def _leaf(fields: Any, prev: Any, where: str) -> tuple[bytes, dict[str, str | No
         raise VerifyError(f"{where}: prev must be null or a leaf index")
     if not isinstance(fields, dict) or set(fields) != set(FIELDS):
         raise VerifyError(f"{where}: the fields must be exactly {', '.join(FIELDS)}")
-    parts, revealed, redacted = [], {}, []
-    for f in FIELDS:
+    revealed: dict[str, str | None] = {}
+    redacted: list[str] = []
+    clear: list[bytes | None] = []
+    for f in CLEAR_FIELDS:
+        spec = fields[f]
+        if not (isinstance(spec, dict) and set(spec) == {"value"} and (spec["value"] is None or isinstance(spec["value"], str))):
+            raise VerifyError(f"{where}: field {f} must be {{value}} (it cannot be redacted)")
+        revealed[f] = spec["value"]
+        clear.append(None if spec["value"] is None else spec["value"].encode("utf-8"))
+    commits: list[bytes] = []
+    for f in COMMITTED_FIELDS:
         spec = fields[f]
         if isinstance(spec, dict) and set(spec) == {"commitment"}:
-            parts.append(_hex(spec["commitment"], 32, f"{where} field {f}"))
+            commits.append(_hex(spec["commitment"], 32, f"{where} field {f}"))
             redacted.append(f)
-        elif isinstance(spec, dict) and set(spec) == {"salt", "value"} and (spec["value"] is None or isinstance(spec["value"], str)):
+        elif isinstance(spec, dict) and set(spec) == {"value"} and spec["value"] is None:
+            commits.append(commitment(f, b"", None))
+            revealed[f] = None
+        elif isinstance(spec, dict) and set(spec) == {"salt", "value"} and isinstance(spec["value"], str):
             salt = _hex(spec["salt"], 16, f"{where} field {f} salt")
-            value = spec["value"]
-            parts.append(commitment(f, salt, None if value is None else value.encode("utf-8")))
-            revealed[f] = value
+            commits.append(commitment(f, salt, spec["value"].encode("utf-8")))
+            revealed[f] = spec["value"]
         else:
-            raise VerifyError(f"{where}: field {f} must be {{salt, value}} or {{commitment}}")
-    return leaf_hash(LEAF_PREFIX + prev_bytes(prev) + b"".join(parts)), revealed, redacted
+            raise VerifyError(f"{where}: field {f} must be {{salt, value}}, {{value: null}} or {{commitment}}")
+    return leaf_hash(leaf_data(prev, clear, commits)), revealed, redacted
 
 
 def verify_package(pkg: Path, keys: Keys) -> Finding:
     """Check everything; raise :class:`VerifyError` with the first failure's reason."""
+    try:
+        return _verify(pkg, keys)
+    except (TypeError, KeyError, AttributeError, ValueError, OverflowError) as exc:
+        # a signed package whose content has the wrong shape somewhere the checks below did not name
+        raise VerifyError(f"malformed package ({exc.__class__.__name__}: {str(exc)[:80]!r})") from None
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise VerifyError(f"{what} must be a string")
+    return value
+
+
+def _verify(pkg: Path, keys: Keys) -> Finding:
     if not pkg.is_dir():
         raise VerifyError(f"{pkg} is not a package directory")
     # 1. the manifest's signature
@@ -193,7 +221,7 @@ def verify_package(pkg: Path, keys: Keys) -> Finding:
         raise VerifyError(f"manifest signature does not verify under {signer}'s key")
     # 2. every file, and nothing else
     files = manifest.get("files")
-    if not isinstance(files, dict):
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise VerifyError("manifest lists no files")
     present = {p.relative_to(pkg).as_posix() for p in pkg.rglob("*") if p.is_file()} - {"manifest.json", "manifest.sig"}
     extra = present - set(files)
@@ -214,10 +242,12 @@ def verify_package(pkg: Path, keys: Keys) -> Finding:
     checkpoints: dict[str, Any] = {}
     log_reports = []
     for origin, meta in logs.items():
+        if not isinstance(meta, dict):
+            raise VerifyError(f"log {origin}: malformed manifest entry")
         if origin not in keys.logs:
             raise VerifyError(f"no key given for log {origin!r}")
-        note_name = meta.get("checkpoint") if isinstance(meta, dict) else None
-        if note_name not in blobs:
+        note_name = meta.get("checkpoint")
+        if not isinstance(note_name, str) or note_name not in blobs:
             raise VerifyError(f"log {origin}: its checkpoint file is not in the package")
         try:
             cp, note = open_checkpoint(blobs[note_name].decode("utf-8"), keys.logs[origin], origin=origin)
@@ -232,7 +262,7 @@ def verify_package(pkg: Path, keys: Keys) -> Finding:
                 witnesses.append((name, datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")))
         checkpoints[origin] = cp
         indexes = meta.get("indexes")
-        if not isinstance(indexes, list):
+        if not isinstance(indexes, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in indexes):
             raise VerifyError(f"log {origin}: manifest lists no leaf indexes")
         log_reports.append({"origin": origin, "size": cp.size, "witnesses": witnesses, "count": len(indexes),
                             "indexes": indexes})
@@ -243,7 +273,11 @@ def verify_package(pkg: Path, keys: Keys) -> Finding:
     proofs = _lines(blobs["proofs.jsonl"], "proofs.jsonl")
     if len(exchanges) != len(proofs) or len(exchanges) != manifest.get("exchanges"):
         raise VerifyError(f"{len(exchanges)} exchanges, {len(proofs)} proofs, manifest says {manifest.get('exchanges')}")
-    subject_accounts = set((manifest.get("subject") or {}).get("accounts") or [])
+    subject = manifest.get("subject")
+    if not isinstance(subject, dict) or not isinstance(subject.get("accounts"), list) or not all(
+            isinstance(a, str) for a in subject["accounts"]):
+        raise VerifyError("manifest names no subject accounts")
+    subject_accounts = set(subject["accounts"])
     seen: dict[str, list[int]] = {}
     accounts, times, redacted_any = set(), [], set()
     prev: tuple[str, int] | None = None
@@ -251,22 +285,22 @@ def verify_package(pkg: Path, keys: Keys) -> Finding:
     for n, (ex, pr) in enumerate(zip(exchanges, proofs), 1):
         where = f"exchange {n}"
         log_id, idx = ex.get("log"), ex.get("index")
-        if log_id not in checkpoints or not isinstance(idx, int) or isinstance(idx, bool):
+        if not isinstance(log_id, str) or log_id not in checkpoints or not isinstance(idx, int) or isinstance(idx, bool):
             raise VerifyError(f"{where}: unknown log or bad index")
-        if (pr.get("log"), pr.get("index")) != (log_id, idx):
+        if pr.get("log") != log_id or pr.get("index") != idx or isinstance(pr.get("index"), bool):
             raise VerifyError(f"{where}: its proof is for another exchange (reordered?)")
         if prev is not None and (log_id, idx) <= prev:
             raise VerifyError(f"{where}: exchanges out of log order (reordered or repeated)")
         prev = (log_id, idx)
         cp = checkpoints[log_id]
-        if pr.get("tree_size") != cp.size or not isinstance(pr.get("proof"), list):
+        if pr.get("tree_size") != cp.size or isinstance(pr.get("tree_size"), bool) or not isinstance(pr.get("proof"), list):
             raise VerifyError(f"{where}: proof is not against the package's checkpoint")
         path = [_hex(p, 32, f"{where} proof") for p in pr["proof"]]
         leaf, revealed, redacted = _leaf(ex.get("fields"), ex.get("prev"), where)
         if not verify_inclusion(leaf, idx, cp.size, path, cp.root):
             raise VerifyError(f"{where} (leaf {idx} of {log_id}): inclusion proof fails: the exchange or its proof "
                               "differs from what the log recorded")
-        if revealed.get("account") not in subject_accounts:
+        if not isinstance(revealed.get("account"), str) or revealed["account"] not in subject_accounts:
             raise VerifyError(f"{where}: account {str(revealed.get('account'))[:60]!r} is not the package's subject")
         # the account's chain: its first leaf has no predecessor, each next points at the one before
         chain_key = (log_id, revealed["account"])
@@ -288,7 +322,7 @@ def verify_package(pkg: Path, keys: Keys) -> Finding:
                               "(removed, added or reordered)")
     verdict = _json(blobs.get("verdict.json", b"{}"), "verdict.json")
     fmt = lambda us: datetime.fromtimestamp(us / 1e6, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # noqa: E731
-    return Finding(signer=signer, subject=manifest.get("subject") or {}, exchanges=len(exchanges),
+    return Finding(signer=signer, subject=subject, exchanges=len(exchanges),
                    accounts=sorted(accounts), first_ts=fmt(min(times)) if times else None,
                    last_ts=fmt(max(times)) if times else None, logs=log_reports, redacted=sorted(redacted_any),
                    files=sorted(files), verdict=verdict if isinstance(verdict, dict) else {})
