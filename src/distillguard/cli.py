@@ -57,32 +57,46 @@ def lab_traffic(
     start: str = typer.Option("2026-10-05", "--start", help="UTC start date, YYYY-MM-DD."),
     campaigns: Optional[str] = typer.Option(
         None, "--campaigns",
-        help="Comma-separated strategies to run (sweep,cot,rubric,agentic,replay,low_and_slow,hydra,mixed); "
-             "default: all. 'none' runs no campaign."),
+        help="Comma-separated strategies (sweep,cot,rubric,agentic,replay,low_and_slow,hydra,mixed) and/or evasive "
+             "families (see README; 'evasive' = all of them); default: the eight strategies. 'none' runs no campaign."),
     batch_per_day: int = typer.Option(1500, "--batch-per-day", min=0, help="Requests/day of each batch-app hard negative."),
+    family_accounts: int = typer.Option(1, "--family-accounts", min=0,
+                                        help="Instances of each evasive family (a swarm or a library group counts once)."),
+    hard_negatives: int = typer.Option(0, "--hard-negatives", min=0,
+                                       help="Accounts of each hard legitimate family (vuln_scanner, eval_harness, ...)."),
+    legit_families: Optional[str] = typer.Option(None, "--legit-families",
+                                                 help="Comma-separated legitimate families for --hard-negatives (default: all)."),
 ) -> None:
     """Simulate organic traffic (real ShareGPT conversations) and extraction campaigns."""
     from distillguard.lab.campaigns import default_campaigns
+    from distillguard.lab.evasive import ATTACK_FAMILIES
+    from distillguard.lab.legit import LEGIT_FAMILIES
     from distillguard.lab.traffic import TrafficConfig, generate
 
-    specs = default_campaigns()
+    specs, families = default_campaigns(), []
     if campaigns is not None:
         wanted = [c.strip() for c in campaigns.split(",") if c.strip()]
         if wanted == ["none"]:
             specs = []
         else:
             known = {s.strategy for s in specs}
-            unknown = [w for w in wanted if w not in known]
+            wanted = [f for w in wanted for f in (ATTACK_FAMILIES if w == "evasive" else (w,))]
+            unknown = [w for w in wanted if w not in known and w not in ATTACK_FAMILIES]
             if unknown:
-                raise UsageError(f"--campaigns: unknown strategy '{unknown[0]}' (choose from {', '.join(sorted(known))})")
+                raise UsageError(f"--campaigns: unknown strategy or family '{unknown[0]}' (choose from "
+                                 f"{', '.join(sorted(known))}, evasive, {', '.join(ATTACK_FAMILIES)})")
             specs = [s for s in specs if s.strategy in wanted]
+            families = [w for w in wanted if w in ATTACK_FAMILIES]
+    legit = ([c.strip() for c in legit_families.split(",") if c.strip()] if legit_families
+             else list(LEGIT_FAMILIES)) if hard_negatives else []
     config = TrafficConfig(seed=seed, accounts=accounts, days=days, start=start, campaigns=tuple(specs),
-                           batch_per_day=batch_per_day)
+                           batch_per_day=batch_per_day, families=tuple(families), family_instances=family_accounts,
+                           legit_families=tuple(legit), legit_accounts=hard_negatives)
     with _progress() as progress:
         task = progress.add_task("generating traffic", total=None)
         summary = generate(config, out, progress=lambda n: progress.update(task, completed=n))
     table = Table(title=f"lab traffic → {out}")
-    table.add_column("strategy")
+    table.add_column("family")
     table.add_column("accounts", justify="right")
     for strategy, n in sorted(summary.by_kind.items()):
         table.add_row(strategy, str(n))

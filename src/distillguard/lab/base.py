@@ -147,7 +147,10 @@ class EventFactory:
     def chat(self, rng: np.random.Generator, ts: float, ident: Identity, messages: list[dict[str, Any]],
              reply: str, *, max_tokens: int | None = None, temperature: float | None = None,
              logprobs: bool = False, top_logprobs: int | None = None, tools: list[dict] | None = None,
-             ip: str | None = None) -> dict[str, Any]:
+             ip: str | None = None, extra: dict[str, Any] | None = None,
+             more_replies: list[str] | None = None) -> dict[str, Any]:
+        """``extra``: further request fields (``n``, ``user`` ...); ``more_replies``: the other choices
+        of an ``n`` > 1 request, so usage counts every answer generated."""
         self._n += 1
         request: dict[str, Any] = {"model": MODEL, "messages": messages}
         if max_tokens is not None:
@@ -160,19 +163,26 @@ class EventFactory:
                 request["top_logprobs"] = top_logprobs
         if tools:
             request["tools"] = tools
-        completion_tokens = approx_tokens(reply)
-        finish = "stop"
-        if max_tokens is not None and completion_tokens > max_tokens:
-            reply = reply[: max_tokens * 4]
-            completion_tokens = max_tokens
-            finish = "length"
+        if extra:
+            request.update(extra)
+        choices = []
+        completion_tokens = 0
+        for index, text in enumerate([reply, *(more_replies or [])]):
+            tokens = approx_tokens(text)
+            finish = "stop"
+            if max_tokens is not None and tokens > max_tokens:
+                text = text[: max_tokens * 4]
+                tokens = max_tokens
+                finish = "length"
+            completion_tokens += tokens
+            choices.append({"index": index, "message": {"role": "assistant", "content": text},
+                            "finish_reason": finish})
         prompt_tokens = sum(approx_tokens(m.get("content") or "") + 4 for m in messages)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens}
         event_id = f"chatcmpl-{self._prefix}{self._n:07x}"
         response = {"id": event_id, "object": "chat.completion", "created": int(ts), "model": MODEL,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
-                                 "finish_reason": finish}]}
+                    "choices": choices}
         return {"id": event_id, "ts": ts, "account": ident.account, "key": ident.key,
                 "endpoint": "/v1/chat/completions", "model": MODEL,
                 "ip": ip or ident.ips[int(rng.integers(len(ident.ips)))], "user_agent": ident.user_agent,

@@ -197,6 +197,7 @@ class MixedCampaign(Actor):
         self.spec = spec
         rng = self.rng
         self.ident = make_identity(rng, self.account, ctx, business=True, user_agent="OpenAI/NodeJS 4.96.0")
+        self.system = RESELLER_SYSTEM
         # The reseller's genuine customers, whose conversations it relays.
         self.customers = [OrganicUser(ctx, i, "casual", name=f"{self.name}/customer/{i}") for i in range(12)]
         self.prompts = GENERATORS[spec.content](ctx, family=spec.family)
@@ -231,7 +232,7 @@ class MixedCampaign(Actor):
             ts = float(s)
             history: list[tuple[str, str]] = []
             for human, reply in turns:
-                messages = [{"role": "system", "content": RESELLER_SYSTEM}]
+                messages = [{"role": "system", "content": self.system}]
                 for h, r in history[-3:]:
                     messages += [{"role": "user", "content": h[:1500]}, {"role": "assistant", "content": r[:1500]}]
                 messages.append({"role": "user", "content": human})
@@ -247,7 +248,7 @@ class MixedCampaign(Actor):
                      if self.spec.extraction_share > 0 else np.zeros(0))
         for t in bad_times:
             prompt = self.prompts(rng)
-            messages = [{"role": "system", "content": RESELLER_SYSTEM}] + [
+            messages = [{"role": "system", "content": self.system}] + [
                 m for m in prompt.messages if m["role"] != "system"]
             reply = self.ctx.responses.reply(rng, prompt.area, prompt.target_tokens)
             ev = self.factory.chat(rng, float(t), self.ident, messages, reply, max_tokens=2048, temperature=0.7)

@@ -20,6 +20,8 @@ from distillguard.events.schema import format_ts
 from distillguard.lab.base import LabContext
 from distillguard.lab.campaigns import CampaignSpec, OrganicReseller, build_campaign, default_campaigns
 from distillguard.lab.corpus import Conversation, load_corpus
+from distillguard.lab.evasive import ATTACK_FAMILIES, build_attack
+from distillguard.lab.legit import LEGIT_FAMILIES
 from distillguard.lab.organic import BatchApp, EvalRun, OrganicUser, Researcher
 from distillguard.lab.text import ResponsePool
 
@@ -40,8 +42,20 @@ class TrafficConfig:
     resellers: int = 0             # organic resellers (hard negatives): aggregators of organic customers
     reseller_per_day: int = 1000   # each one's queries per day (even-numbered ones name their customers)
     campaigns: tuple[CampaignSpec, ...] = field(default_factory=lambda: tuple(default_campaigns()))
+    families: tuple[str, ...] = ()          # evasive attack families (lab/evasive.py) to run
+    family_instances: int = 1              # of each: accounts (a swarm or a library group counts once)
+    legit_families: tuple[str, ...] = ()    # hard legitimate families (lab/legit.py) to run
+    legit_accounts: int = 1                # accounts of each legitimate family
 
     def check(self) -> None:
+        unknown = [f for f in self.families if f not in ATTACK_FAMILIES]
+        if unknown:
+            raise UsageError(f"unknown attack family '{unknown[0]}' (choose from {', '.join(ATTACK_FAMILIES)})")
+        unknown = [f for f in self.legit_families if f not in LEGIT_FAMILIES]
+        if unknown:
+            raise UsageError(f"unknown legitimate family '{unknown[0]}' (choose from {', '.join(LEGIT_FAMILIES)})")
+        if self.family_instances < 0 or self.legit_accounts < 0:
+            raise UsageError("family instances and legitimate accounts must be >= 0")
         if self.resellers < 0 or self.reseller_per_day <= 0:
             raise UsageError("resellers must be >= 0 and reseller_per_day > 0")
         if self.accounts < 0 or self.days <= 0:
@@ -95,7 +109,21 @@ def build_actors(config: TrafficConfig, ctx: LabContext) -> list[Any]:
             raise UsageError(f"two campaigns are named '{spec.name}'")
         names.add(spec.name)
         actors.append(build_campaign(ctx, spec))
+    for family in dict.fromkeys(config.families):
+        for i in range(config.family_instances):
+            actors += build_attack(ctx, family, i)
+    for family in dict.fromkeys(config.legit_families):
+        actors += [LEGIT_FAMILIES[family](ctx, i) for i in range(config.legit_accounts)]
     return actors
+
+
+def with_family(row: dict[str, Any]) -> dict[str, Any]:
+    """A label row with ``family`` and ``expected_status`` (the older actors name only a strategy)."""
+    if "family" not in row:
+        status = "flagged" if row.get("kind") == "extraction" else (
+            "evaluation" if row.get("strategy") == "eval_run" else "clear")
+        row = {**row, "family": row.get("strategy"), "expected_status": status}
+    return row
 
 
 def merged_events(actors: list[Any]) -> Iterator[dict[str, Any]]:
@@ -111,7 +139,7 @@ def generate(config: TrafficConfig, out_dir: str | Path, *,
     out.mkdir(parents=True, exist_ok=True)
     ctx = build_context(config)
     actors = build_actors(config, ctx)
-    labels = [row for actor in actors for row in actor.labels()]
+    labels = [with_family(row) for actor in actors for row in actor.labels()]
     events_path = out / "events.jsonl.gz"
     labels_path = out / "labels.jsonl"
     tmp_path = out / "events.jsonl.gz.partial"
@@ -129,7 +157,7 @@ def generate(config: TrafficConfig, out_dir: str | Path, *,
             fh.write(orjson.dumps(row) + b"\n")
     by_kind: dict[str, int] = {}
     for row in labels:
-        by_kind[row["strategy"]] = by_kind.get(row["strategy"], 0) + 1
+        by_kind[row["family"]] = by_kind.get(row["family"], 0) + 1
     config_record = asdict(config) | {"campaigns": [asdict(a.spec) for a in actors if hasattr(a, "spec")]}
     manifest = {"config": config_record, "events": n, "accounts": len(labels), "accounts_by_strategy": by_kind,
                 "start": format_ts(ctx.start), "end": format_ts(ctx.end)}
