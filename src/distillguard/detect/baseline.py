@@ -145,7 +145,7 @@ class Baseline:
         # Null distribution of Fisher's statistic over family p-values, for accounts with enough
         # data: Brown's method matches a scaled chi-square to its mean and variance, which
         # accounts for the families being correlated.
-        from distillguard.detect.scoring import family_p_values, fisher_statistic
+        from distillguard.detect.combine import family_p_values, fisher_statistic
 
         eligible = features[features["queries"] >= self.min_queries]
         p_frame = self.p_value_frame(eligible)

@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 
 from distillguard.detect.baseline import Baseline
+from distillguard.detect.combine import bonferroni_min as _bonferroni_min, family_p_values, fisher_statistic
 from distillguard.detect.features import BASE_FEATURES, SUBSTREAM_PREFIX
-from distillguard.detect.signals import AUTOMATION, COVERAGE, ELICITATION, FAMILIES, HARVEST, SIGNALS
+from distillguard.detect.signals import AUTOMATION, COVERAGE, ELICITATION, HARVEST, SIGNALS
 
 HARVEST_ALPHA = 1e-3
 FAMILY_ALPHA = 0.05
@@ -71,19 +72,6 @@ def _clean(x: float) -> float | None:
     if x is None or not np.isfinite(x):
         return None
     return float(f"{x:.6g}")
-
-
-def family_p_values(p: dict[str, float]) -> dict[str, float]:
-    """Bonferroni-adjusted minimum p-value within each family."""
-    return {family: _bonferroni_min([p[s.name] for s in SIGNALS if s.family == family]) for family in FAMILIES}
-
-
-def _bonferroni_min(ps: list[float]) -> float:
-    return min(1.0, min(ps) * len(ps)) if ps else 1.0
-
-
-def fisher_statistic(family_p: dict[str, float]) -> float:
-    return float(-2.0 * sum(math.log(max(family_p[f], 1e-300)) for f in FAMILIES))
 
 
 def _detail(signal_name: str, row: pd.Series | dict[str, Any], baseline: Baseline) -> tuple[float, str]:

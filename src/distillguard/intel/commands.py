@@ -11,16 +11,14 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from distillguard.console import console, err_console
 from distillguard.errors import BadInputError, DistillguardError, UsageError
 
 intel_app = typer.Typer(help="Shared intelligence with peer organisations: signed STIX 2.1 over TAXII 2.1.",
                         no_args_is_help=True)
-console = Console()
-err_console = Console(stderr=True)
 
 HOME_HELP = "Intel home directory (default: $DISTILLGUARD_INTEL_HOME, else ./intel)."
 
@@ -277,7 +275,7 @@ def scan(
     home: Optional[Path] = _home_option(),
 ) -> None:
     """`scan` with peers' indicators as one more signal (reasons name the peer and the indicator)."""
-    from distillguard.cli import scan as scan_command
+    from distillguard.detect.commands import scan as scan_command
     from distillguard.intel.home import resolve_home
 
     # The same as `distillguard scan --intel HOME` with its defaults for the other options.
