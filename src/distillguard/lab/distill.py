@@ -53,7 +53,8 @@ def collect_through_gateway(teacher: Any, prompts: list[str], *, account: str, m
     import httpx
     import orjson
 
-    from distillguard.gateway.app import Gateway, _account_view, build_app
+    from distillguard.gateway.admin import account_view
+    from distillguard.gateway.app import Gateway, build_app
     from distillguard.gateway.config import load_config
     from distillguard.gateway.server import ServerThread
 
@@ -86,7 +87,7 @@ def collect_through_gateway(teacher: Any, prompts: list[str], *, account: str, m
                     collected += body["usage"]["completion_tokens"]
                 if i % 20 == 0:
                     say(f"teacher answers through the gateway: {collected:,} / {target_tokens:,} tokens")
-            view = _account_view(gateway, account) or {}
+            view = account_view(gateway, account) or {}
     verdict = {"queries": view.get("queries", 0), "flagged": view.get("flagged", False),
                "status": view.get("status"), "first_non_allow_decision_at": first_flag,
                "reasons": [r.get("code") for r in view.get("reasons", [])]}

@@ -1,0 +1,39 @@
+"""Answers in the OpenAI API's shapes: error JSON ({"error": {message, type, param, code}}), plain
+JSON results, and a small JSON-object request body read with a size limit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+JSON = "application/json"
+
+
+def openai_error(status: int, message: str, code: str, *, kind: str = "invalid_request_error",
+                 param: str | None = None, headers: dict[str, str] | None = None,
+                 extra: dict[str, Any] | None = None) -> Response:
+    body: dict[str, Any] = {"message": message, "type": kind, "param": param, "code": code}
+    if extra:
+        body["distillguard"] = extra
+    return Response(orjson.dumps({"error": body}), status_code=status, media_type=JSON, headers=headers)
+
+
+def json_ok(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type=JSON)
+
+
+async def read_json_object(request: Request, limit: int = 1 << 20) -> dict[str, Any] | Response:
+    """The body as a JSON object, or the OpenAI error to answer with (too large, not JSON, not an object)."""
+    raw = await request.body()
+    if len(raw) > limit:
+        return openai_error(400, f"request body larger than {limit:,} bytes", "request_too_large")
+    try:
+        data = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError as exc:
+        return openai_error(400, f"request body is not valid JSON ({exc})", "invalid_json")
+    if not isinstance(data, dict):
+        return openai_error(400, "request body must be a JSON object", "invalid_request")
+    return data

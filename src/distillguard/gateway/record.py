@@ -1,0 +1,62 @@
+"""Last step of the request path: the event record. One event per request (schema:
+:mod:`distillguard.events.schema`) is created when the request is read, filled in as it goes, and
+written to the durable log (fsync awaited before the client sees the end of the answer); then the
+answer's tokens are charged to the account (harvest signals, token buckets) and metrics counted."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from distillguard.gateway.keys import KeyInfo
+from distillguard.gateway.policy import Decision
+
+if TYPE_CHECKING:
+    from distillguard.gateway.core import Gateway
+
+
+def new_event(ts: float, info: KeyInfo, endpoint: str, body: dict[str, Any], ip: str | None,
+              user_agent: str | None) -> dict[str, Any]:
+    event: dict[str, Any] = {"id": uuid.uuid4().hex, "ts": ts, "account": info.account, "key": info.key_id,
+                             "endpoint": endpoint, "request": body}
+    model = body.get("model")
+    if isinstance(model, str):
+        event["model"] = model
+    if ip:
+        event["ip"] = ip
+    if user_agent:
+        event["user_agent"] = user_agent
+    if info.identity:
+        event["identity"] = info.identity
+    return event
+
+
+async def record(gw: Gateway, event: dict[str, Any], wait: bool = True) -> None:
+    """Write one event durably; with ``wait``, return only once it is on disk."""
+    future = gw.log.append(orjson.dumps(event, option=orjson.OPT_SERIALIZE_NUMPY))
+    if wait:
+        await future
+    gw.metrics.events_logged.inc()
+
+
+def count(gw: Gateway, endpoint: str, status: int, decision: Decision | None) -> None:
+    gw.metrics.requests.labels(endpoint, str(status)).inc()
+    if decision is not None and decision.action != "allow":
+        for code in decision.codes or ["none"]:
+            gw.metrics.decisions.labels(decision.action, code, str(decision.enforced).lower()).inc()
+
+
+def charge_answer(gw: Gateway, account: str, assessment: Any, event: dict[str, Any],
+                  clock: float | None = None) -> None:
+    """Once answered: output tokens feed harvest, and the token buckets are charged."""
+    usage = event.get("usage") or {}
+    tokens = usage.get("completion_tokens")
+    if tokens is None:
+        tokens = len(str(event.get("response") or "")) // 4
+    if assessment is not None:
+        gw.scorer.add_output(account, int(tokens), assessment.repeat, end_user_key=assessment.end_user_key,
+                             end_user_repeat=assessment.end_user_repeat)
+    gw.policy.charge_tokens(account, assessment.cluster if assessment else None,
+                            float(usage.get("total_tokens") or tokens), now=clock)
