@@ -27,9 +27,9 @@ from typing import Any
 
 from distillguard.errors import BadInputError
 from distillguard.evidence.leaf import leaf_hash_of, salt_key_from_private, values_from_record
+from distillguard.evidence.logid import check_log_id
 from distillguard.evidence.merkle import Frontier
 from distillguard.evidence.note import Checkpoint, sign_checkpoint
-from distillguard.evidence.treestore import check_log_id
 
 
 def _dir(log_dir: str | Path) -> Path:

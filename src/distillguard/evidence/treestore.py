@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from distillguard.errors import BadInputError
 from distillguard.evidence.leaf import FIELDS, leaf_hash_of, leaf_hashes_from_table, values_from_table
+from distillguard.evidence.logid import check_log_id
 from distillguard.evidence.merkle import HASH_SIZE, Levels
 from distillguard.evidence.note import Checkpoint, NoteError, SignedNote, open_checkpoint, sign_checkpoint
 from distillguard.store import EventStore
@@ -45,12 +46,6 @@ def _has_tables(store: EventStore) -> bool:
 def ensure_tables(store: EventStore) -> None:
     for ddl in _DDL:
         store.run(ddl)
-
-
-def check_log_id(log_id: str) -> str:
-    if not log_id or len(log_id) > 200 or any(c.isspace() for c in log_id) or "+" in log_id:
-        raise BadInputError(f"bad log id {log_id[:60]!r}: non-empty, at most 200 characters, no spaces or '+'")
-    return log_id
 
 
 @dataclass
