@@ -4,13 +4,15 @@
     python benchmarks/bench_evidence.py build --db STORE.duckdb        # tree over a real store
     python benchmarks/bench_evidence.py build-synthetic [--leaves 1000000]
     python benchmarks/bench_evidence.py gateway [--duration 10] [--rounds 3]
+    python benchmarks/bench_evidence.py add [--n 30000]                # CPU per leaf on the request path
 
 ``proofs``: builds the stored levels of a tree of N synthetic leaves, then times consistency proofs
 between random pairs of sizes (produced from the levels and verified) and inclusion proofs for
 10,000 random leaves (produced and verified). ``build``: ``evidence build`` on a copy of a store
 (leaf commitments from every stored row, then the levels, written to the store). ``gateway``: two
 gateways in front of one fixed upstream (``distillguard serve``), the same but for ``[evidence]``,
-loaded in turn with wrk (bench_gateway.py's method) for several rounds; CPU per request of each.
+loaded at the same time by one wrk each (bench_gateway.py's method) for several rounds; CPU per
+request of each process (user + system, all threads), compared round by round.
 """
 
 from __future__ import annotations
@@ -147,12 +149,18 @@ def bench_gateway(args) -> dict:
         cpu = {"off": [], "on": []}
         for name in ("off", "on"):
             bg.run_wrk(gateways[name][1], script, args.connections, 3)        # warm-up
-        for r in range(args.rounds):
-            for name in (("off", "on") if r % 2 == 0 else ("on", "off")):
-                proc, url = gateways[name]
-                c0 = bg.cpu_seconds(proc)
-                res = bg.run_wrk(url, script, args.connections, args.duration)
-                cpu[name].append((bg.cpu_seconds(proc) - c0) / res["requests"] * 1000)
+        from concurrent.futures import ThreadPoolExecutor
+
+        # Both gateways loaded at the same time, by one wrk each, so both see the same machine (the
+        # shared box's load swings more between runs than the effect being measured).
+        with ThreadPoolExecutor(2) as pool:
+            for _ in range(args.rounds):
+                c0 = {name: bg.cpu_seconds(proc) for name, (proc, _) in gateways.items()}
+                futures = {name: pool.submit(bg.run_wrk, url, script, args.connections // 2, args.duration, 1)
+                           for name, (_, url) in gateways.items()}
+                for name, fut in futures.items():
+                    res = fut.result()
+                    cpu[name].append((bg.cpu_seconds(gateways[name][0]) - c0[name]) / res["requests"] * 1000)
     finally:
         for proc, _ in gateways.values():
             bg.stop(proc)
@@ -163,8 +171,43 @@ def bench_gateway(args) -> dict:
     notes = len(read_notes(work / "on" / "log"))
     shutil.rmtree(work, ignore_errors=True)
     off, on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
+    paired = [b / a - 1 for a, b in zip(cpu["off"], cpu["on"])]     # each round: the two loaded together
     return {"rounds": args.rounds, "cpu_ms_off": cpu["off"], "cpu_ms_on": cpu["on"], "median_off": off,
-            "median_on": on, "overhead": on / off - 1, "leaves": leaves, "checkpoints": notes}
+            "median_on": on, "overhead_of_medians": on / off - 1, "paired_overheads": paired,
+            "median_paired_overhead": statistics.median(paired), "leaves": leaves, "checkpoints": notes,
+            "load_average": os.getloadavg()[0]}
+
+
+def bench_add(args) -> dict:
+    """CPU per ``GatewayTree.add`` (the request path's whole share) for an exchange shaped like the
+    gateway benchmark's (short prompt, the fixed upstream's answer, the gateway's extras)."""
+    import uuid
+
+    from distillguard.evidence.gateway_tree import GatewayTree
+    from distillguard.intel.keys import SigningKey
+    from distillguard.serve.fixed import DEFAULT_TEXT
+
+    tree = GatewayTree(tempfile.mkdtemp(prefix="dg-evbench-add-"), "bench/gw", SigningKey.generate())
+    usage = {"prompt_tokens": 20, "completion_tokens": 50, "total_tokens": 70}
+    event = {"id": uuid.uuid4().hex, "ts": time.time(), "account": "bench-account-000001", "key": "key-0123456789ab",
+             "endpoint": "/v1/chat/completions", "model": "m", "ip": "127.0.0.1", "user_agent": "wrk", "status": 200,
+             "request": {"model": "m", "max_tokens": 256, "messages": [
+                 {"role": "user", "content": "Summarise the causes of the French Revolution in five bullet points. (7)"}]},
+             "response": {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+                          "choices": [{"index": 0, "message": {"role": "assistant", "content": DEFAULT_TEXT},
+                                       "finish_reason": "stop"}], "usage": usage},
+             "usage": usage, "decision": {"action": "allow", "codes": [], "enforced": False, "score": 0.1},
+             "latency_ms": 1.2, "upstream_ms": 0.9, "cohort": "cohort-3"}
+    runs = []
+    for _ in range(3):
+        c0 = time.process_time()
+        for i in range(args.n):
+            event["id"] = f"{i:032x}"
+            event["account"] = f"bench-account-{i % 1000:06d}"
+            tree.add(event)
+        runs.append((time.process_time() - c0) / args.n * 1e6)
+    return {"adds": args.n, "cpu_us_per_add": runs, "median_cpu_us": statistics.median(runs),
+            "load_average": os.getloadavg()[0]}
 
 
 def start(bg, upstream: str, work: Path, keys: Path, config: Path):
@@ -191,6 +234,8 @@ def main() -> None:
     p.add_argument("--db", type=Path, required=True)
     p = sub.add_parser("build-synthetic")
     p.add_argument("--leaves", type=int, default=1_000_000)
+    p = sub.add_parser("add")
+    p.add_argument("--n", type=int, default=30_000)
     p = sub.add_parser("gateway")
     p.add_argument("--duration", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
@@ -198,7 +243,7 @@ def main() -> None:
     p.add_argument("--accounts", type=int, default=1000)
     args = parser.parse_args()
     fn = {"proofs": bench_proofs, "build": bench_build, "build-synthetic": bench_build_synthetic,
-          "gateway": bench_gateway}[args.what]
+          "gateway": bench_gateway, "add": bench_add}[args.what]
     result = fn(args)
     print(json.dumps(result, indent=1, default=float))
 
