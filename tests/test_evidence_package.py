@@ -331,3 +331,25 @@ def test_key_lines_never_crash(text):
         keys.add_vkey(text)
     except VerifyError:
         pass
+
+
+def test_cli_entry_point_verify_exit_codes(built, tmp_path):
+    """The installed CLI: exit 0 and the two lists; exit 1 with one line on a tampered package; 2 on usage."""
+    import subprocess
+    import sys
+
+    keys = keyfile(tmp_path)
+    cmd = [sys.executable, "-m", "distillguard", "evidence", "verify"]
+    ok = subprocess.run(cmd + [str(built["pkg"]), "--keys", str(keys)], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "It proves" in ok.stdout and "It does not prove" in ok.stdout, ok.stderr
+    bad = tmp_path / "pkg"
+    shutil.copytree(built["pkg"], bad)
+    _flip(bad, "verdict.json", 10, 0)
+    res = subprocess.run(cmd + [str(bad), "--keys", str(keys)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "verdict.json was changed" in res.stderr
+    res = subprocess.run(cmd + [str(tmp_path / "nope"), "--keys", str(keys)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "not a package directory" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "distillguard", "evidence", "export", "--db", str(built["db"]),
+                          "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "exactly one of --account and --campaign" in res.stderr

@@ -18,6 +18,7 @@ from distillguard.compare import commands as compare_commands
 from distillguard.console import console, err_console
 from distillguard.detect import commands as detect_commands
 from distillguard.errors import DistillguardError
+from distillguard.evidence import commands as evidence_commands
 from distillguard.gateway import commands as gateway_commands
 from distillguard.intel import commands as intel_commands
 from distillguard.lab import commands as lab_commands
@@ -47,6 +48,7 @@ app.add_typer(lab_commands.app, name="lab")
 app.add_typer(detect_commands.baseline_app, name="baseline")
 app.add_typer(watermark_commands.app, name="watermark")
 app.add_typer(intel_commands.intel_app, name="intel")
+app.add_typer(evidence_commands.evidence_app, name="evidence")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

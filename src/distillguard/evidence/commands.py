@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from distillguard.console import console
 from distillguard.errors import UsageError
 
 evidence_app = typer.Typer(help="Tamper-evident evidence: Merkle log, signed and witnessed checkpoints, "
                                 "evidence packages.", no_args_is_help=True)
-console = Console()
 
 KEY_HELP = "Our Ed25519 signing key (PEM; default: the intel home's signing.pem)."
 
