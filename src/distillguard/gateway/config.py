@@ -18,6 +18,9 @@ Every key is optional; see ``docs/gateway.md`` for a commented example. Errors n
     name = "flagged"
     when = "flagged"
     actions = ["block"]
+    [evidence]
+    key = "intel/signing.pem"    # every logged exchange becomes a Merkle leaf; checkpoints signed (docs/evidence.md)
+    interval_s = 60
     [intel]
     home = "intel"               # an intel home (distillguard intel init): peers' indicators feed the policy
     reload_s = 60                # re-read it when it changed (0: only on POST /admin/intel/reload)
@@ -55,6 +58,13 @@ class IntelConfig:
 
 
 @dataclass
+class EvidenceConfig:
+    key: Path | None = None              # Ed25519 signing key (PEM): set it to put every exchange in a Merkle tree
+    log_id: str | None = None            # the tree's origin (default: distillguard/<log.replica>)
+    interval_s: float = 60.0             # sign a checkpoint this often (and on shutdown)
+
+
+@dataclass
 class GatewayConfig:
     upstream: str = ""
     upstream_api_key: str | None = None
@@ -76,6 +86,7 @@ class GatewayConfig:
     state_prefix: str = "dg"                 # key prefix of this fleet in that Redis
     log: LogConfig = field(default_factory=LogConfig)
     intel: IntelConfig = field(default_factory=IntelConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     allowlist: set[str] = field(default_factory=set)
 
@@ -93,6 +104,8 @@ class GatewayConfig:
             raise BadInputError("the parquet sink needs log.parquet_dir", field="log.parquet_dir")
         if self.intel.reload_s < 0:
             raise BadInputError(f"expected a number >= 0, got {self.intel.reload_s}", field="intel.reload_s")
+        if self.evidence.interval_s <= 0:
+            raise BadInputError(f"expected a number > 0, got {self.evidence.interval_s}", field="evidence.interval_s")
         if self.policy.mode not in ("enforce", "shadow"):
             raise BadInputError(f"expected enforce or shadow, got {self.policy.mode!r}", field="policy.mode")
         if self.state is not None:
@@ -115,6 +128,7 @@ _TOP = {"upstream": str, "upstream_api_key": str, "host": str, "port": int, "db"
         "max_connections": int, "max_body_bytes": int, "trust_forwarded_for": bool, "state": str, "state_prefix": str,
         "trust_client_timestamps": bool}
 _INTEL = {"home": Path, "reload_s": float}
+_EVIDENCE = {"key": Path, "log_id": str, "interval_s": float}
 _LOG = {"dir": Path, "sink": str, "parquet_dir": Path, "replica": str, "segment_mb": float,
         "load_interval_s": float, "keep_segments": bool, "fsync": bool}
 
@@ -207,7 +221,7 @@ def load_config(path: str | Path | None, **overrides: Any) -> GatewayConfig:
 
 def _from_dict(data: dict[str, Any]) -> GatewayConfig:
     config = GatewayConfig()
-    unknown = set(data) - set(_TOP) - {"log", "policy", "intel", "trusted_proxies"}
+    unknown = set(data) - set(_TOP) - {"log", "policy", "intel", "trusted_proxies", "evidence"}
     if unknown:
         raise BadInputError(f"unknown key '{sorted(unknown)[0]}'", field=sorted(unknown)[0])
     for key, kind in _TOP.items():
@@ -232,6 +246,13 @@ def _from_dict(data: dict[str, Any]) -> GatewayConfig:
         if key not in _INTEL:
             raise BadInputError(f"unknown key '{key}'", field=f"intel.{key}")
         setattr(config.intel, key, _typed(value, _INTEL[key], f"intel.{key}"))
+    evidence = data.get("evidence", {})
+    if not isinstance(evidence, dict):
+        raise BadInputError("expected a table", field="evidence")
+    for key, value in evidence.items():
+        if key not in _EVIDENCE:
+            raise BadInputError(f"unknown key '{key}'", field=f"evidence.{key}")
+        setattr(config.evidence, key, _typed(value, _EVIDENCE[key], f"evidence.{key}"))
     policy = data.get("policy", {})
     if not isinstance(policy, dict):
         raise BadInputError("expected a table", field="policy")

@@ -59,6 +59,13 @@ class Gateway:
             self.sink = NullSink()
         self.loader = Loader(config.log.dir, self.sink, current_segment=lambda: self.log.current_segment,
                              keep_segments=config.log.keep_segments, interval_s=config.log.load_interval_s)
+        self.tree = None
+        if config.evidence.key is not None:   # every logged exchange a Merkle leaf (docs/evidence.md)
+            from distillguard.evidence.gateway_tree import GatewayTree
+            from distillguard.intel.keys import SigningKey
+
+            self.tree = GatewayTree(config.log.dir, config.evidence.log_id or f"distillguard/{config.log.replica}",
+                                    SigningKey.load(config.evidence.key), interval_s=config.evidence.interval_s)
         self.recovered = self.loader.load_once()     # what an earlier run logged but did not load
         self.metrics.gauges(backlog=self.log.backlog, unloaded_bytes=self.loader.pending_bytes,
                             accounts=lambda: len(self.scorer.accounts), loaded=lambda: self.loader.loaded)
@@ -86,6 +93,8 @@ class Gateway:
                                              connect_timeout=self.config.connect_timeout_s,
                                              timeout=self.config.timeout_s, transport=self.transport)
         self.loader.start()
+        if self.tree is not None:
+            self.tree.start()
         if self.intel is not None:
             self.intel.start()
 
@@ -97,6 +106,8 @@ class Gateway:
         gc.unfreeze()                 # the process may go on (tests, the demo) and must collect again
         gc.set_threshold(*self._gc_threshold)
         self.log.close()
+        if self.tree is not None:
+            self.tree.stop()        # a last checkpoint covering everything logged
         self.loader.stop(final_load=True)
         self.sink.close()
 

@@ -36,6 +36,8 @@ def new_event(ts: float, info: KeyInfo, endpoint: str, body: dict[str, Any], ip:
 async def record(gw: Gateway, event: dict[str, Any], wait: bool = True) -> None:
     """Write one event durably; with ``wait``, return only once it is on disk."""
     future = gw.log.append(orjson.dumps(event, option=orjson.OPT_SERIALIZE_NUMPY))
+    if gw.tree is not None:
+        gw.tree.add(event)            # the same order as the log (docs/evidence.md)
     if wait:
         await future
     gw.metrics.events_logged.inc()
