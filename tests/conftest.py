@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import copy
 import gzip
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property-based tests over outside input (tests/test_fuzz_*.py): few examples per run in the
+# suite ("ci", the default), many in a deliberate run: DISTILLGUARD_HYPOTHESIS=thorough pytest ...
+# (benchmarks/soak.py is the 10,000-inputs-per-target run against real servers).
+_SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+settings.register_profile("ci", max_examples=20, deadline=None, suppress_health_check=_SLOW_OK,
+                          print_blob=True)
+settings.register_profile("thorough", max_examples=1000, deadline=None, suppress_health_check=_SLOW_OK)
+settings.load_profile(os.environ.get("DISTILLGUARD_HYPOTHESIS", "ci"))
 
 # 2026-10-05T12:00:00Z
 BASE_EPOCH = 1791201600

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from distillguard.errors import BadInputError
+from distillguard.events.schema import MAX_JSON_DEPTH, nesting_exceeds
 from distillguard.intel.vocab import parse_ts
 
 MAX_OBJECT_CHARS = 4 << 20   # one STIX object larger than this is refused (no object of ours comes near)
@@ -73,6 +74,8 @@ class _Stream:
         while True:
             try:
                 value, end = _DECODER.raw_decode(self.buf, self.pos)
+            except RecursionError:
+                raise BadInputError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels", source=self.source) from None
             except json.JSONDecodeError as exc:
                 if len(self.buf) - self.pos > MAX_OBJECT_CHARS:
                     raise BadInputError(f"{what} is larger than {MAX_OBJECT_CHARS:,} characters or malformed JSON "
@@ -155,6 +158,8 @@ def check_object(obj: Any, index: int, source: str) -> None:
     where = f"object #{index} ({str(oid)[:80]})"
     if not isinstance(kind, str) or not isinstance(oid, str):
         raise BadInputError(f"{where}: every STIX object needs 'type' and 'id'", source=source)
+    if nesting_exceeds(obj):      # its digest (orjson) could not even be computed
+        raise BadInputError(f"{where}: nested deeper than {MAX_JSON_DEPTH} levels", source=source)
     m = _ID.match(oid)
     if not m or m.group(1) != kind:
         raise BadInputError(f"{where}: id must be '{kind}--<uuid>'", source=source)

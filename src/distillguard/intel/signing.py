@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 import orjson
 
 from distillguard.errors import DistillguardError
+from distillguard.events.schema import MAX_JSON_DEPTH, nesting_exceeds
 from distillguard.intel.extension import new_sdo_extension
 from distillguard.intel.home import IntelHome
 from distillguard.intel.keys import SigningKey, verify
@@ -81,12 +82,18 @@ class SignatureCheck:
         if not isinstance(sig, dict) or sig.get("type") != SIGNATURE_TYPE or not isinstance(
                 sig.get("object_digests"), list):
             raise VerificationError(f"not a distillguard signature (expected a {SIGNATURE_TYPE} object)")
+        if nesting_exceeds(sig):          # its signed message could not even be serialised
+            raise VerificationError(f"not a distillguard signature (nested deeper than {MAX_JSON_DEPTH} levels)")
         key_id = sig.get("key_id")
         peer = home.peer_by_key_id(str(key_id))
         if peer is None:
             raise VerificationError(f"unknown peer: signed by key {key_id} ({sig.get('signer', '?')!s}), which no "
                                     f"registered peer holds (register it with 'distillguard intel add-peer')")
-        if not verify(parse_public_key(peer.public_key), _message(sig), str(sig.get("signature", ""))):
+        try:
+            message = _message(sig)
+        except orjson.JSONEncodeError as exc:
+            raise VerificationError(f"not a distillguard signature ({exc})") from None
+        if not verify(parse_public_key(peer.public_key), message, str(sig.get("signature", ""))):
             raise VerificationError(f"tampered signature: it does not verify under peer {peer.name}'s key {key_id}")
         expires = parse_ts(sig.get("expires"))
         now = now or datetime.now(timezone.utc)
@@ -106,7 +113,11 @@ class SignatureCheck:
         if want is None:
             raise VerificationError(f"tampered bundle: object {ref[0]} (version {ref[1]}) is not covered by "
                                     f"peer {self.peer.name}'s signature")
-        if want != object_digest(obj):
+        try:
+            digest = object_digest(obj)
+        except orjson.JSONEncodeError as exc:   # e.g. an integer past 64 bits: it cannot be what was signed
+            raise VerificationError(f"tampered bundle: object {ref[0]} cannot be digested ({exc})") from None
+        if want != digest:
             raise VerificationError(f"tampered bundle: object {ref[0]} changed after peer {self.peer.name} signed it")
         self.seen.add(ref)
 
