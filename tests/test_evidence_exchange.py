@@ -99,3 +99,26 @@ def test_checkpoints_are_witnessed_over_taxii(tmp_path):
         db = forged
         third = round_trip()
         assert third["cosigned"] == [] and "not an append-only extension" in third["refused"][0]
+
+
+def test_checkpoints_kept_merge_cosignatures_and_refuse_forks(tmp_path):
+    import pytest
+
+    from distillguard.errors import BadInputError
+    from distillguard.evidence.note import Checkpoint, sign_checkpoint
+    from distillguard.evidence.witness import Witness
+    from distillguard.intel.keys import SigningKey
+
+    log, key = "x.example/log", SigningKey.generate()
+    w1, w2 = SigningKey.generate(), SigningKey.generate()
+    note = sign_checkpoint(Checkpoint(log, 3, b"\x01" * 32), key.private)
+    with EventStore(tmp_path / "s.duckdb") as store:
+        treestore.add_checkpoint(store, note)
+        treestore.add_checkpoint(store, Witness(tmp_path / "a", "w1", w1, {log: key.public}).cosign(note, []))
+        treestore.add_checkpoint(store, Witness(tmp_path / "b", "w2", w2, {log: key.public}).cosign(note, []))
+        treestore.add_checkpoint(store, note)                       # a plain copy again changes nothing
+        (size, kept), = treestore.checkpoints(store, log)
+        signed = SignedNote.parse(kept)
+        assert size == 3 and signed.cosignature("w1", w1.public) and signed.cosignature("w2", w2.public)
+        with pytest.raises(BadInputError, match="fork"):
+            treestore.add_checkpoint(store, sign_checkpoint(Checkpoint(log, 3, b"\x02" * 32), key.private))

@@ -190,15 +190,26 @@ def leaf_positions(store: EventStore, event_ids: Iterable[str]) -> dict[str, tup
 
 # -- checkpoints --------------------------------------------------------------------------------
 def add_checkpoint(store: EventStore, note: str) -> Checkpoint:
-    """Keep a signed checkpoint (a cosigned version of one already kept replaces it)."""
+    """Keep a signed checkpoint; a copy of one already kept (more cosignatures) is merged into it.
+
+    Two different checkpoints of one log at one size are a fork: refused, never replaced.
+    """
     ensure_tables(store)
-    cp = Checkpoint.parse(SignedNote.parse(note).text)
-    store.run("DELETE FROM evidence_checkpoints WHERE log_id = ? AND size = ? AND note = ?", [cp.origin, cp.size, note])
+    new = SignedNote.parse(note)
+    cp = Checkpoint.parse(new.text)
     old = store.run("SELECT note FROM evidence_checkpoints WHERE log_id = ? AND size = ?", [cp.origin, cp.size])
-    if old and len(SignedNote.parse(old[0][0]).signatures) > len(SignedNote.parse(note).signatures):
-        return cp          # keep the version with more cosignatures
-    store.run("DELETE FROM evidence_checkpoints WHERE log_id = ? AND size = ?", [cp.origin, cp.size])
-    store.run("INSERT INTO evidence_checkpoints VALUES (?, ?, ?, now())", [cp.origin, cp.size, note])
+    if not old:
+        store.run("INSERT INTO evidence_checkpoints VALUES (?, ?, ?, now())", [cp.origin, cp.size, note])
+        return cp
+    kept = SignedNote.parse(old[0][0])
+    if kept.text != new.text:
+        raise BadInputError(f"conflicting checkpoints of {cp.origin} at size {cp.size} (a fork): the one kept has "
+                            "another root")
+    merged = kept.signatures + [sig for sig in new.signatures if sig not in kept.signatures]
+    if len(merged) != len(kept.signatures):
+        kept.signatures = merged
+        store.run("UPDATE evidence_checkpoints SET note = ? WHERE log_id = ? AND size = ?",
+                  [kept.render(), cp.origin, cp.size])
     return cp
 
 
