@@ -51,6 +51,8 @@ async def admin_status(request: Request, gw: Gateway) -> Response:
                 "loaded": gw.loader.loaded, "recovered_at_start": gw.recovered, "sink": gw.sink.name,
                 "loader_error": gw.loader.error, "log_error": None if gw.log.error is None else str(gw.log.error)},
         "keys": len(gw.keys), "intel": gw.intel.status() if gw.intel is not None else None,
+        "state": gw.fleet.status() | {"loader": gw.loader.status()} if gw.fleet is not None
+        else {"backend": "embedded", "mode": "local"},
     })
 
 
@@ -132,6 +134,9 @@ async def admin_action(request: Request, gw: Gateway) -> Response:
                                                  expires_at=now + ttl if ttl else None)
     gw.refusals.pop(account, None)    # what was refused before no longer stands as it was
     gw.save_admin_state()
+    if gw.fleet is not None:
+        m = gw.policy.manual.get(account)
+        gw.fleet.share("manual", account, m.to_dict() if m is not None else None)
     log.info("admin action %s on %s: %s", action, account, reason)
     return json_ok({"account": account, "manual": gw.policy.manual[account].to_dict() if account in gw.policy.manual
                 else None})
@@ -153,6 +158,8 @@ async def admin_allowlist_change(request: Request, gw: Gateway) -> Response:
         if state is not None:
             state.verdict, state.scored_at = None, 0.0     # judge afresh with the new standing
     gw.save_admin_state()
+    if gw.fleet is not None:
+        gw.fleet.share("allow", account, True if account in gw.allowlist else None)
     return json_ok({"allowlist": sorted(gw.allowlist)})
 
 
@@ -174,6 +181,8 @@ async def admin_keys(request: Request, gw: Gateway) -> Response:
         if isinstance(gw.sink, DuckDBSink):
             with gw.sink.lock:
                 gw.sink.store.revoke_api_key(key_sha256(key))
+        if gw.fleet is not None:
+            gw.fleet.share("key", key_sha256(key), None)
         return json_ok({"revoked": removed})
     try:
         account, identity = check_entry({k: v for k, v in data.items() if k != "key"}, "request body")
@@ -185,6 +194,8 @@ async def admin_keys(request: Request, gw: Gateway) -> Response:
     if isinstance(gw.sink, DuckDBSink):
         with gw.sink.lock:
             gw.sink.store.put_api_key(key_sha256(key), account, orjson.dumps(identity).decode() if identity else None)
+    if gw.fleet is not None:
+        gw.fleet.share("key", key_sha256(key), {"account": account, "identity": identity})
     return json_ok({"account": info.account, "key_id": info.key_id}, status=201)
 
 

@@ -65,6 +65,8 @@ async def appeal_file(request: Request) -> Response:
     except AppealError as exc:
         return _appeal_error(exc, public=True)
     log.info("appeal %s filed by %s", appeal.id, info.account)
+    if gw.fleet is not None:
+        gw.fleet.share("appeal", appeal.id, appeal.to_dict())
     return json_ok(appeal.public(), status=201)
 
 
@@ -117,6 +119,10 @@ async def admin_appeal_decision(request: Request, gw: Gateway) -> Response:
         gw.policy.manual[appeal.account] = ManualAction(action="allow", reason=reason, set_at=time.time())
         gw.refusals.pop(appeal.account, None)
         gw.save_admin_state()
+        if gw.fleet is not None:
+            gw.fleet.share("manual", appeal.account, gw.policy.manual[appeal.account].to_dict())
+    if gw.fleet is not None:
+        gw.fleet.share("appeal", appeal.id, appeal.to_dict())
     log.info("appeal %s of %s %s", appeal.id, appeal.account, appeal.status)
     manual = gw.policy.manual.get(appeal.account)
     return json_ok(appeal.to_dict() | {"manual": manual.to_dict() if manual is not None else None})

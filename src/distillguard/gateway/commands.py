@@ -29,6 +29,14 @@ def gateway(
     intel: Optional[Path] = typer.Option(None, "--intel", metavar="HOME",
                                          help="An intel home: peers' live indicators feed the policy "
                                               "(overrides [intel] home; see docs/gateway.md)."),
+    state: Optional[str] = typer.Option(None, "--state", metavar="URL",
+                                        help="redis://host:port/db: share accounts, limits and operator state with "
+                                             "every replica pointing there (default: embedded, this process only)."),
+    workers: int = typer.Option(1, "--workers", min=1, max=256,
+                                help="Replica processes on this port (SO_REUSEPORT); more than 1 needs --state."),
+    replica: Optional[str] = typer.Option(None, "--replica",
+                                          help="This gateway's name in the fleet (default: host name and port); "
+                                               "its log goes to LOG_DIR/<replica>-w<i>/."),
 ) -> None:
     """The enforcing gateway: an OpenAI-compatible proxy that logs, scores and acts with reasons."""
     import uvicorn
@@ -48,10 +56,27 @@ def gateway(
         cfg.policy.fail = fail
     if intel is not None:
         cfg.intel.home = intel
+    if state is not None:
+        cfg.state = state
+    if replica is not None:
+        cfg.log.replica = replica
     cfg.validate()
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise UsageError(f"--log-level: expected debug, info, warning or error, got {log_level!r}")
     configure_logs(log_level)
+    if cfg.state is not None:
+        from distillguard.gateway.fleet.state import redact
+        from distillguard.gateway.fleet.workers import replica_config, serve_workers
+
+        if workers > 1:
+            err_console.print(f"distillguard gateway fleet: {workers} workers → {cfg.upstream}, shared state "
+                              f"{redact(cfg.state)}, logs under {cfg.log.dir}/")
+            serve_workers(cfg, workers, log_level, announce=err_console.print)
+            return
+        cfg = replica_config(cfg, 0)
+    elif workers > 1:
+        raise UsageError("--workers needs --state redis://... (the workers share accounts, limits and operator "
+                         "state there)")
     gw = Gateway(cfg)
     err_console.print(f"distillguard gateway on http://{cfg.host}:{cfg.port} → {cfg.upstream} "
                       f"(mode {cfg.policy.mode}, fail-{cfg.policy.fail}, {len(gw.keys)} keys, log {cfg.log.dir}, "

@@ -49,7 +49,16 @@ class Gateway:
         self.refusals: dict[str, dict[str, Any]] = {}   # account -> its latest enforced block/throttle
         self.log = DurableLog(config.log.dir, segment_bytes=int(config.log.segment_mb * (1 << 20)),
                               sync=config.log.fsync)
-        if config.log.sink == "duckdb":
+        fleet_loader = config.state is not None and config.log.sink == "duckdb"
+        if fleet_loader:
+            # A fleet: the replica holding the loader lease opens the store and loads every
+            # replica's log (<log root>/<replica>/); the others only write their own.
+            from distillguard.gateway.fleet.loader import FleetLoader
+            self.sink = NullSink()
+            self.loader = FleetLoader(Path(config.log.dir).parent, lambda: DuckDBSink(config.db), config.state,
+                                      holder=f"{config.log.replica}.{os.getpid()}", prefix=config.state_prefix,
+                                      keep_segments=config.log.keep_segments, interval_s=config.log.load_interval_s)
+        elif config.log.sink == "duckdb":
             self.sink = DuckDBSink(config.db)
             with self.sink.lock:
                 self.keys.load_store(self.sink.store.api_keys())
@@ -57,8 +66,9 @@ class Gateway:
             self.sink = ParquetSink(config.log.parquet_dir, replica=config.log.replica)
         else:
             self.sink = NullSink()
-        self.loader = Loader(config.log.dir, self.sink, current_segment=lambda: self.log.current_segment,
-                             keep_segments=config.log.keep_segments, interval_s=config.log.load_interval_s)
+        if not fleet_loader:
+            self.loader = Loader(config.log.dir, self.sink, current_segment=lambda: self.log.current_segment,
+                                 keep_segments=config.log.keep_segments, interval_s=config.log.load_interval_s)
         self.tree = None
         if config.evidence.key is not None:   # every logged exchange a Merkle leaf (docs/evidence.md)
             from distillguard.evidence.gateway_tree import GatewayTree
@@ -79,6 +89,11 @@ class Gateway:
         self.upstream_client = None
         self.upstream = config.upstream.rstrip("/")
         self.admin_token = config.admin_token or os.environ.get("DISTILLGUARD_ADMIN_TOKEN") or None
+        self.fleet = None             # fleet.member.FleetMember with --state: the replicas' shared state
+        if config.state is not None:
+            from distillguard.gateway.fleet.member import FleetMember
+            self.fleet = FleetMember(self, config.state, replica=config.log.replica, prefix=config.state_prefix)
+            self.metrics.fleet(self.fleet)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -97,8 +112,12 @@ class Gateway:
             self.tree.start()
         if self.intel is not None:
             self.intel.start()
+        if self.fleet is not None:
+            await self.fleet.start()
 
     async def stop(self) -> None:
+        if self.fleet is not None:
+            await self.fleet.stop()
         if self.upstream_client is not None:
             await self.upstream_client.aclose()
         if self.intel is not None:

@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from distillguard.events.schema import PromptView
 from distillguard.gateway.appeals import APPEAL_PATH
+from distillguard.gateway.fleet.observation import Observation
 from distillguard.gateway.keys import KeyInfo
 from distillguard.gateway.online import read_request
 from distillguard.gateway.openai_errors import openai_error
@@ -29,7 +30,7 @@ log = logging.getLogger("distillguard.gateway")
 REASONING_REQUEST_FIELDS = ("reasoning_effort", "reasoning", "include_reasoning", "thinking")
 
 
-def decide(gw: Gateway, info: KeyInfo, view: PromptView, ts: float, clock: float | None, ip: str | None,
+async def decide(gw: Gateway, info: KeyInfo, view: PromptView, ts: float, clock: float | None, ip: str | None,
            user_agent: str | None, event: dict[str, Any]) -> tuple[Decision, Any]:
     """The decision on this request and the scorer's assessment (None when scoring failed)."""
     assessment = None
@@ -37,7 +38,11 @@ def decide(gw: Gateway, info: KeyInfo, view: PromptView, ts: float, clock: float
         facts = read_request(view, gw.scorer.max_tokens_cap)
         assessment = gw.scorer.observe(info.account, facts, ts, ip=ip, user_agent=user_agent, identity=info.identity,
                                        prompt=view.prompt_text)
-        decision = gw.policy.decide(assessment, now=clock)
+        if gw.fleet is None:
+            decision = gw.policy.decide(assessment, now=clock)
+        else:                         # shared buckets; the observation to the other replicas
+            decision = await gw.fleet.decide(assessment, clock, Observation(
+                "q", info.account, ts, facts=facts, ip=ip, user_agent=user_agent, identity=info.identity))
     except Exception as exc:  # the policy engine must never take the API down by accident
         gw.metrics.internal_errors.labels(gw.config.policy.fail).inc()
         log.exception("policy evaluation failed for account %s", info.account)
@@ -100,6 +105,8 @@ async def refuse(gw: Gateway, info: KeyInfo, event: dict[str, Any], decision: De
     message, extra = decision.explanation or code, decision.to_dict()
     if appealable(decision):     # a judgement about this account, not only a busy rate limit
         gw.refusals[info.account] = {"action": decision.action, "codes": list(decision.codes), "at": ts}
+        if gw.fleet is not None:
+            gw.fleet.refused(info.account, gw.refusals[info.account])
         headers["x-distillguard-appeal"] = APPEAL_PATH
         message += f' To appeal, POST {APPEAL_PATH} with this API key and {{"message": "why this is a mistake"}}.'
         extra["appeal"] = {"method": "POST", "path": APPEAL_PATH}

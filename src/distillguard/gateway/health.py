@@ -15,8 +15,12 @@ from distillguard.gateway.openai_errors import JSON
 async def health(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     ok = gw.log.error is None
-    return Response(orjson.dumps({"status": "ok" if ok else "degraded", "version": __version__}),
-                    status_code=200 if ok else 503, media_type=JSON)
+    body = {"status": "ok" if ok else "degraded", "version": __version__}
+    if gw.fleet is not None:          # serving on local state is degraded, not down (the log still records)
+        body["state"] = gw.fleet.state.status()["mode"]
+        if body["state"] != "shared" and ok:
+            body["status"] = "degraded"
+    return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type=JSON)
 
 
 async def metrics(request: Request) -> Response:

@@ -82,7 +82,7 @@ async def proxy(request: Request) -> Response:
     user_agent = request.headers.get("user-agent")
     event = new_event(ts, info, endpoint, body, ip, user_agent)
 
-    decision, assessment = decide(gw, info, prompt_view(body), ts, clock, ip, user_agent, event)
+    decision, assessment = await decide(gw, info, prompt_view(body), ts, clock, ip, user_agent, event)
     headers = decision_headers(decision, event["id"])
     if refuses(decision):
         return await refuse(gw, info, event, decision, headers, t0, ts)

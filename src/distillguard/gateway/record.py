@@ -62,3 +62,5 @@ def charge_answer(gw: Gateway, account: str, assessment: Any, event: dict[str, A
                              end_user_repeat=assessment.end_user_repeat)
     gw.policy.charge_tokens(account, assessment.cluster if assessment else None,
                             float(usage.get("total_tokens") or tokens), now=clock)
+    if gw.fleet is not None:
+        gw.fleet.answered(account, assessment, int(tokens), float(usage.get("total_tokens") or tokens), clock)
