@@ -2,7 +2,8 @@
 direct, side by side in one run, with shared state on a real redis-server.
 
 Starts redis-server, a fixed-completion upstream with a 100 ms delay (``distillguard serve``) and
-``distillguard gateway --state redis://... --workers N`` (shadow mode: every request proxied,
+``distillguard gateway --state redis://... --workers N`` (and, as the baseline, the embedded
+gateway without ``--state``; shadow mode: every request proxied,
 logged, scored, its observation published and folded by the other worker), then loads each with
 ``wrk`` (Debian package). CPU per request is the gateway's whole process tree (supervisor and
 workers: event loops, log writers, loader) divided by the requests wrk completed; Redis's CPU is
@@ -42,11 +43,12 @@ def tree_cpu(pid: int) -> float:
 
 
 def start_gateway(upstream: str, work: Path, keys: Path, state: str, workers: int) -> tuple[subprocess.Popen, str]:
+    """``workers`` 0: the embedded gateway (no --state), the baseline."""
     port = free_port()
+    fleet = ["--state", state, "--workers", str(workers)] if workers else []
     proc = subprocess.Popen(CLI + ["gateway", "--upstream", upstream, "--port", str(port), "--keys", str(keys),
                                    "--db", str(work / "events.duckdb"), "--log-dir", str(work / "log"),
-                                   "--mode", "shadow", "--state", state, "--workers", str(workers),
-                                   "--log-level", "warning"],
+                                   "--mode", "shadow", "--log-level", "warning"] + fleet,
                             stdout=subprocess.DEVNULL, stderr=open(LOGS / f"gateway-{port}.log", "wb"))
     url = f"http://127.0.0.1:{port}"
     wait_ready(url + "/healthz", proc, timeout=120)
@@ -82,7 +84,7 @@ def main() -> None:
     try:
         run_wrk(up_url, script, args.saturate, 2)
         direct = {c: run_wrk(up_url, script, c, args.duration) for c in (args.saturate, args.clients)}
-        for workers in (1, 2):
+        for workers in (0, 1, 2):
             gw_work = work / f"w{workers}"
             gw_work.mkdir()
             gateway, gw_url = start_gateway(up_url, gw_work, keys_path, state, workers)
@@ -110,11 +112,11 @@ def main() -> None:
     print(f"{'workers':>7}{'req/s @' + str(args.saturate):>14}{'vs 1 worker':>12}{'CPU/req':>10}{'Redis CPU/req':>15}"
           f"{'req/s @' + str(args.clients):>13}{'% direct':>10}{'p50 +ms':>9}{'p99 +ms':>9}{'stored':>9}"
           f"{'answered':>10}")
-    base = rows[0][1][args.saturate]["rps"]
+    base = rows[1][1][args.saturate]["rps"]
     for workers, out, stored, answered in rows:
         s, c = out[args.saturate], out[args.clients]
         d = direct[args.clients]
-        print(f"{workers:>7}{s['rps']:>14,.0f}{s['rps'] / base:>11.2f}x{s['cpu_ms']:>8.2f}ms{s['redis_cpu_ms']:>13.3f}ms"
+        print(f"{workers or 'embed':>7}{s['rps']:>14,.0f}{s['rps'] / base:>11.2f}x{s['cpu_ms']:>8.2f}ms{s['redis_cpu_ms']:>13.3f}ms"
               f"{c['rps']:>13,.0f}{100 * c['rps'] / d['rps']:>9.1f}%"
               f"{c['latency_ms'].get('p50', 0) - d['latency_ms'].get('p50', 0):>9.1f}"
               f"{c['latency_ms'].get('p99', 0) - d['latency_ms'].get('p99', 0):>9.1f}{stored:>9,}"

@@ -143,7 +143,6 @@ class FleetLoader:
                     loader = self.loaders[directory] = Loader(
                         directory, self.sink, current_segment=lambda d=directory: _newest_segment(d),
                         keep_segments=self.keep_segments)
-                    loader.pause_s = 0.0
                 n_before, i_before, t_before = loader.loaded, loader.inserted, loader.torn
                 loader.load_once()
                 self.loaded += loader.loaded - n_before
