@@ -81,9 +81,11 @@ def test_exactly_once_through_sigkills_and_a_redis_restart(redis_server, tmp_pat
         p.wait(timeout=60)
     # A final loader takes what is left (the loaders' runs were bounded).
     final = FleetLoader(root, lambda: DuckDBSink(db), redis_server.url, holder="final")
-    for _ in range(50):
-        if final.load_once() == 0:
+    deadline = time.monotonic() + 60         # once the killed loaders' leases have expired
+    while time.monotonic() < deadline:
+        if final.load_once() == 0 and final.holding:
             break
+        time.sleep(0.2)
     final.stop(final_load=False)
     ids = _store_ids(db)
     assert len(ids) == len(set(ids)), "duplicates in the store"
