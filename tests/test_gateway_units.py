@@ -171,7 +171,8 @@ def test_policy_actions_and_codes():
     # limited and watermarked, blocked only once it persists past 1,000 queries.
     d = policy.decide(_assessment(flagged=True, elicitation=False))
     assert d.action == "modify" and d.rule == "flagged_coverage" and d.cohort == "watch" and d.strip_logprobs
-    assert d.codes == ["extraction_flagged"] and "rather than blocked" in d.explanation
+    assert d.codes == ["extraction_flagged", "output_shaped"] and "rather than blocked" in d.explanation
+    assert d.shape == "antidistillation"
     d = policy.decide(_assessment(flagged=True, elicitation=False, queries=1000))
     assert d.action == "block" and d.rule == "flagged_persistent"
     d = policy.decide(_assessment(cluster_flagged=True))

@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 from distillguard.errors import BadInputError
 from distillguard.gateway.clientaddr import LOOPBACK, parse_trusted
 from distillguard.gateway.policy import ACTIONS, CONDITIONS, DEFAULT_RULES, EVIDENCE, Limits, PolicyConfig, Rule
+from distillguard.shaping import MODES as SHAPE_MODES
 
 
 @dataclass
@@ -167,7 +168,7 @@ def _rule(table: Any, index: int) -> Rule:
     if not isinstance(table, dict):
         raise BadInputError("expected a table", field=where)
     unknown = set(table) - {"name", "when", "actions", "requests_per_minute", "tokens_per_minute", "max_tokens",
-                            "cohort", "evidence", "min_queries"}
+                            "cohort", "shape", "evidence", "min_queries"}
     if unknown:
         raise BadInputError(f"unknown key '{sorted(unknown)[0]}'", field=where)
     when = table.get("when")
@@ -188,6 +189,9 @@ def _rule(table: Any, index: int) -> Rule:
     cohort = table.get("cohort")
     if "cohort" in actions and not isinstance(cohort, str):
         raise BadInputError("the cohort action needs a cohort name", field=f"{where}.cohort")
+    shape = table.get("shape", "antidistillation")
+    if shape not in SHAPE_MODES:
+        raise BadInputError(f"expected one of {', '.join(SHAPE_MODES)}, got {shape!r}", field=f"{where}.shape")
     evidence = table.get("evidence", "any")
     if evidence not in EVIDENCE:
         raise BadInputError(f"expected one of {', '.join(EVIDENCE)}, got {evidence!r}", field=f"{where}.evidence")
@@ -195,7 +199,7 @@ def _rule(table: Any, index: int) -> Rule:
     if not isinstance(min_queries, int) or isinstance(min_queries, bool) or min_queries < 0:
         raise BadInputError(f"expected a non-negative integer, got {min_queries!r}", field=f"{where}.min_queries")
     return Rule(name=str(table.get("name") or when), when=when, actions=tuple(actions), limits=limits,
-                max_tokens=max_tokens, cohort=cohort, evidence=evidence, min_queries=min_queries)
+                max_tokens=max_tokens, cohort=cohort, shape=shape, evidence=evidence, min_queries=min_queries)
 
 
 def load_config(path: str | Path | None, **overrides: Any) -> GatewayConfig:

@@ -24,6 +24,8 @@ def upstream_headers(gw: Gateway, info: KeyInfo, decision: Decision) -> dict[str
     headers = {"content-type": JSON, "x-distillguard-account": info.account}
     if decision.cohort:
         headers["x-distillguard-cohort"] = decision.cohort
+    if decision.enforced and decision.shape:
+        headers["x-distillguard-shape"] = decision.shape
     if gw.config.upstream_api_key:
         headers["authorization"] = f"Bearer {gw.config.upstream_api_key}"
     return headers

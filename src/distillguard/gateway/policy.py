@@ -1,7 +1,8 @@
 """Policy: from an account's live risk to an action, with a reason code and an explanation.
 
 Actions, weakest to strongest: ``allow``, ``modify`` (strip ``logprobs``/``top_logprobs`` or
-reasoning fields, shorten ``max_tokens``, route to a watermark cohort), ``throttle`` (token
+reasoning fields, shorten ``max_tokens``, route to a watermark cohort, ask the model server to
+shape the answer so it teaches a copier less: ``shape``, reason code ``output_shaped``), ``throttle`` (token
 buckets per account and per cluster, on requests and on tokens) and ``block``. The first rule
 whose condition holds applies; manual actions from the admin API come first, the allowlist
 exempts an account from everything but manual blocks. In ``shadow`` mode decisions are made
@@ -26,7 +27,7 @@ from distillguard.gateway.scorer import Assessment
 CONDITIONS = ("flagged", "cluster_flagged", "elevated", "intel", "intel_any", "any")
 INTEL_CONDITIONS = ("intel", "intel_any")     # peers' live indicators: flagged on intel alone / any match
 EVIDENCE = ("any", "elicitation")
-ACTIONS = ("block", "throttle", "strip_logprobs", "strip_reasoning", "cap_max_tokens", "cohort")
+ACTIONS = ("block", "throttle", "strip_logprobs", "strip_reasoning", "cap_max_tokens", "cohort", "shape")
 _RANK = {"allow": 0, "modify": 1, "throttle": 2, "block": 3}
 
 
@@ -47,6 +48,7 @@ class Rule:
     limits: Limits = Limits()
     max_tokens: int | None = None
     cohort: str | None = None
+    shape: str = "antidistillation"             # the shaping mode the ``shape`` action asks for
     evidence: str = "any"                       # "elicitation": only when privileged content is significant
     min_queries: int = 0                        # only once the account has sent this many queries
 
@@ -59,7 +61,7 @@ class Rule:
 # network) can be wrong about our customer, so an account flagged on intel alone (intel score
 # >= 0.5, e.g. one e-mail or card match at confidence 80 from a fully trusted peer) is limited
 # like a coverage flag, and a weaker match (a /24 alone) only routes it to the watermark cohort.
-MODIFY = ("strip_logprobs", "strip_reasoning", "cap_max_tokens", "cohort")
+MODIFY = ("strip_logprobs", "strip_reasoning", "cap_max_tokens", "cohort", "shape")
 DEFAULT_RULES = (
     Rule("flagged_elicitation", "flagged", ("block",), evidence="elicitation"),
     Rule("cluster_flagged", "cluster_flagged", ("block",)),
@@ -93,6 +95,7 @@ class Decision:
     strip_reasoning: bool = False
     max_tokens: int | None = None
     cohort: str | None = None
+    shape: str | None = None                   # shaping mode for the model server (x-distillguard-shape)
     retry_after: float | None = None
     enforced: bool = True
     rule: str | None = None
@@ -114,6 +117,8 @@ class Decision:
             out["cohort"] = self.cohort
         if self.max_tokens is not None:
             out["max_tokens"] = self.max_tokens
+        if self.shape:
+            out["shape"] = self.shape
         if self.retry_after is not None:
             out["retry_after_s"] = round(self.retry_after, 2)
         return out
@@ -366,8 +371,13 @@ class Policy:
         if "cohort" in rule.actions and rule.cohort:
             d.cohort = rule.cohort
             modified = True
+        if "shape" in rule.actions and rule.shape:
+            d.shape = rule.shape
+            modified = True
         if modified:
             d.escalate("modify")
         if d.action != "allow":
             d.codes.insert(0, code)
+            if d.shape:
+                d.codes.append("output_shaped")
             d.explanation = lead + ("; " + d.explanation if d.explanation else "")

@@ -9,6 +9,8 @@ names the account in ``x-distillguard-account``; without it the request counts a
 (e.g. the gateway's default ``cohort-N``) are ignored: account cohorts come from the key set's
 keyed hash, which outsiders cannot predict. Generation runs in a worker thread, one request at a time (a CPU model has no
 batch to share). Streaming requests get the completion in SSE chunks once it is generated.
+With a ``Shaper`` (distillguard.shaping), ``x-distillguard-shape: <mode>`` from the gateway shapes
+the request's answer (antidistillation sampling ahead of the watermark, or a reasoning summary).
 """
 
 from __future__ import annotations
@@ -68,8 +70,10 @@ def chat_prompt(tokenizer: Any, messages: list[dict[str, Any]]) -> str:
 
 
 class HFModelServer:
-    def __init__(self, model_dir: str | Path, *, keys: KeySet | None, model_name: str | None = None) -> None:
+    def __init__(self, model_dir: str | Path, *, keys: KeySet | None, model_name: str | None = None,
+                 shaper: Any = None) -> None:
         self.tokenizer, self.model = load_model(model_dir)
+        self.shaper = shaper
         self.keys = keys
         self.model_name = model_name or Path(model_dir).name
         self.max_positions = int(getattr(self.model.config, "n_positions", None)
@@ -113,7 +117,8 @@ class HFModelServer:
         return {"watermarking_config": self.watermark_config(cohort)}
 
     def generate(self, prompt: str, *, max_tokens: int, temperature: float, top_p: float,
-                 account: str, cohort_name: str | None = None) -> tuple[str, int, int, int | None]:
+                 account: str, cohort_name: str | None = None,
+                 shape: str | None = None) -> tuple[str, int, int, int | None]:
         import torch
 
         ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
@@ -128,10 +133,17 @@ class HFModelServer:
         else:
             kwargs.update(do_sample=False)
         cohort = self.cohort_for(account, cohort_name)
+        shaping = self.shaper is not None and bool(shape)
         with self._lock, torch.no_grad():
+            if shaping and (processors := self.shaper.processors(shape)):
+                from transformers import LogitsProcessorList
+
+                kwargs["logits_processor"] = LogitsProcessorList(processors)   # placed before the watermark
             out = self.model.generate(ids, **kwargs, **self._watermark_kwargs(cohort))
         completion = out[0, ids.shape[1]:]
         text = self.tokenizer.decode(completion, skip_special_tokens=True)
+        if shaping:
+            text = self.shaper.postprocess(shape, text)
         return text, int(ids.shape[1]), int(completion.numel()), cohort
 
     def generate_batch(self, prompts: list[str], *, max_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
@@ -198,7 +210,8 @@ class HFModelServer:
         self.requests += 1
         text, n_prompt, n_completion, _ = await asyncio.to_thread(
             self.generate, prompt, max_tokens=max(1, max_tokens), temperature=max(0.0, temperature),
-            top_p=min(1.0, max(0.01, top_p)), account=account, cohort_name=headers.get("x-distillguard-cohort"))
+            top_p=min(1.0, max(0.01, top_p)), account=account, cohort_name=headers.get("x-distillguard-cohort"),
+            shape=headers.get("x-distillguard-shape"))
         usage = {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion}
         cid, created = f"cmpl-{self.requests}", int(time.time())
         if request.get("stream") is True:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import re
 from typing import Any, Iterable, Sequence
 
@@ -107,7 +108,7 @@ class AntidistillationProcessor:
     gradient (``heldout_gradient``; computed here from ``heldout`` when not given)."""
 
     def __init__(self, proxy: Any, *, strength: float, heldout: Iterable[torch.Tensor] | None = None,
-                 direction: list[torch.Tensor] | None = None, epsilon: float = 1e-2) -> None:
+                 direction: list[torch.Tensor] | None = None, epsilon: float = 1e-2, plausible: float = 0.0) -> None:
         if not strength >= 0 or strength != strength:
             raise BadInputError(f"strength must be >= 0, got {strength}", field="strength")
         if not epsilon > 0:
@@ -116,8 +117,11 @@ class AntidistillationProcessor:
             if heldout is None:
                 raise BadInputError("give the proxy's held-out task data or its gradient direction", field="heldout")
             direction = heldout_gradient(proxy, heldout)
+        if not 0.0 <= plausible < 1.0:
+            raise BadInputError(f"plausible must be in [0, 1), got {plausible}", field="plausible")
         self.strength = float(strength)
         self.epsilon = float(epsilon)
+        self.plausible = float(plausible)
         self.direction = direction
         self.plus = _Perturbed(proxy, direction, +epsilon)
         self.minus = _Perturbed(proxy, direction, -epsilon)
@@ -135,11 +139,18 @@ class AntidistillationProcessor:
             return (self.plus.next_logprobs(input_ids) - self.minus.next_logprobs(input_ids)) / (2 * self.epsilon)
 
     def shift(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """``strength · Δ`` laid over the teacher's vocabulary (zero past the proxy's)."""
+        """``strength · Δ`` laid over the teacher's vocabulary (zero past the proxy's). With
+        ``plausible`` > 0, only tokens the teacher gives at least that fraction of its top token's
+        probability can be raised; the others can only be lowered (a guard for utility: the
+        shift re-ranks what the teacher finds plausible instead of inventing tokens)."""
         d = self.delta(input_ids)
         out = torch.zeros_like(scores)
         v = min(out.shape[-1], d.shape[-1])
         out[:, :v] = self.strength * d[:, :v].to(scores.dtype)
+        if self.plausible > 0:
+            logp = torch.log_softmax(scores.float(), -1)
+            keep = logp >= logp.max(-1, keepdim=True).values + math.log(self.plausible)
+            out = torch.where(keep, out, out.clamp(max=0))
         return out
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -208,11 +219,13 @@ _STEP = re.compile(r"(?<=[.!?])\s+|\n+")
 def summarize_steps(reasoning: str, *, keep: int = 1, separator: str | None = None,
                     marker: str | None = None) -> str:
     """A summary of a reasoning trace: its first and last ``keep`` steps, with ``marker`` (default:
-    how many steps were left out) between them. Steps are split on ``separator`` (default:
+    how many steps were left out) between them; with ``keep=0`` only the marker (default: nothing). Steps are split on ``separator`` (default:
     sentence ends and line breaks)."""
     parts = reasoning.split(separator) if separator else _STEP.split(reasoning)
     steps = [s.strip() for s in parts if s and s.strip()]
     joiner = separator or " "
+    if keep == 0:
+        return "" if marker is None else marker
     if len(steps) <= 2 * keep:
         return joiner.join(steps)
     omitted = len(steps) - 2 * keep

@@ -1,13 +1,13 @@
-"""The shaping lab's task: 3-digit addition with a scratchpad, and the tiny models that learn it.
+"""The shaping lab's task: 2-digit addition with a scratchpad, and the tiny models that learn it.
 
-A problem ``347+285=`` is answered with a trace of column sums, least significant first, and then
-the sum, most significant first: ``[7+5=12,8+4+1=13,3+2+1=6]632`` then a newline. Inside a column
+A problem ``47+85=`` is answered with a trace of column sums, least significant first, and then
+the sum, most significant first: ``[7+5=12,8+4+1=13]132`` then a newline. Inside a column
 the two digits may come in either order (the teacher learns both), so a trace has legitimate
 freedom, as real reasoning does. Writing the sum most-significant-first needs the carries: a model
 that skips the scratchpad has to resolve them in its head, so the skill lives in the trace and a
 student distilled from traces learns it from them.
 
-Models are Hugging Face GPT-2s of 30k-200k parameters over a 17-token character vocabulary; a
+Models are Hugging Face GPT-2s of 15k-110k parameters over a 17-token character vocabulary; a
 teacher trains in about a minute on two CPU cores.
 """
 
@@ -25,8 +25,9 @@ PAD = len(CHARS)             # padding / label -100 in training; never generated
 VOCAB = len(CHARS) + 1
 EOS = CHARS.index("\n")
 ID = {c: i for i, c in enumerate(CHARS)}
-PROMPT_LEN = 8               # "ddd+ddd="
-MAX_LEN = 48
+DIGITS = 2
+PROMPT_LEN = 2 * DIGITS + 2   # "dd+dd="
+MAX_LEN = 32
 STEP_DELIMITERS = (ID[","], ID["["], ID["]"])
 
 
@@ -39,17 +40,17 @@ def decode(ids) -> str:
 
 
 def problems(n: int, rng: np.random.Generator) -> np.ndarray:
-    return rng.integers(0, 1000, size=(n, 2))
+    return rng.integers(0, 10**DIGITS, size=(n, 2))
 
 
 def prompt(a: int, b: int) -> str:
-    return f"{a:03d}+{b:03d}="
+    return f"{a:0{DIGITS}d}+{b:0{DIGITS}d}="
 
 
 def trace(a: int, b: int, rng: np.random.Generator | None = None) -> str:
     """The reference trace (digit order within a column drawn from ``rng``; fixed without it)."""
     cols, carry = [], 0
-    for i in range(3):
+    for i in range(DIGITS):
         x, y = (a // 10**i) % 10, (b // 10**i) % 10
         if rng is not None and rng.random() < 0.5:
             x, y = y, x
@@ -63,7 +64,7 @@ def answer_of(completion: str) -> int | None:
     """The final answer written after the scratchpad (None when the trace is malformed)."""
     tail = completion.split("]", 1)[1] if "]" in completion else completion
     tail = tail.split("\n", 1)[0]
-    return int(tail) if tail.isdigit() and len(tail) <= 4 else None
+    return int(tail) if tail.isdigit() and len(tail) <= DIGITS + 1 else None
 
 
 def make_model(*, n_layer: int, n_embd: int, n_head: int = 4, seed: int = 0):

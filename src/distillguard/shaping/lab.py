@@ -1,0 +1,180 @@
+"""The shaping lab: does shaping make a teacher's traces worth less to a copier, at what cost?
+
+One tiny teacher learns 3-digit addition with a scratchpad (``task.py``). For each seed, a proxy
+student (1 layer, 32 dims) is trained briefly on a few teacher traces, and its held-out task
+gradient is cached. Then, for each condition, the teacher answers the same N training problems:
+
+* ``unshaped``: sampling at temperature 1 (the reference);
+* ``temperature T``: the paper's baseline, hotter sampling;
+* ``antidistillation λ``: temperature 1 plus ``AntidistillationProcessor`` at strength λ;
+* ``anchor λ``: temperature 1 plus ``AnchorPerturbationProcessor`` (only the most important steps);
+* ``summary``: unshaped traces with the scratchpad summarised away (the answer kept).
+
+The teacher's accuracy on those answers is the utility a customer gets; a student of another
+architecture and initialisation than the proxy (2 layers, 48 dims, from scratch) is trained on the
+N prompt+answer pairs and its greedy accuracy on 300 unseen problems is the skill the copier got.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from distillguard.shaping import task as T
+from distillguard.shaping.processors import (AnchorPerturbationProcessor, AntidistillationProcessor,
+                                             heldout_gradient, summarize_steps)
+
+TEACHER = {"n_layer": 2, "n_embd": 64}
+PROXY = {"n_layer": 1, "n_embd": 32}
+STUDENT = {"n_layer": 2, "n_embd": 48}
+
+
+def train_teacher(*, steps: int = 1000, seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    teacher = T.make_model(**TEACHER, seed=seed)
+    info = T.train(teacher, T.fresh_traces(np.random.default_rng(seed)), steps=steps, lr=3e-3, seed=seed)
+    info["parameters"] = sum(p.numel() for p in teacher.parameters())
+    return teacher, info
+
+
+def train_proxy(teacher, seed: int, *, traces: int = 64, steps: int = 150) -> tuple[Any, list]:
+    """A proxy student trained on a few teacher traces, and its held-out batches (reference traces
+    of problems it never saw, loss on the trace only)."""
+    rng = np.random.default_rng(1000 + seed)
+    pairs = T.problems(traces, rng)
+    texts = [T.prompt(int(a), int(b)) + c for (a, b), c in zip(pairs, T.generate(teacher, pairs, temperature=1.0,
+                                                                               seed=seed))]
+    proxy = T.make_model(**PROXY, seed=100 + seed)
+    T.train(proxy, texts, steps=steps, lr=3e-3, seed=seed)
+    held = [T.prompt(int(a), int(b)) + T.trace(int(a), int(b), rng) for a, b in T.problems(128, rng)]
+    return proxy, [T.batch_tensors(held[i:i + 64]) for i in range(0, len(held), 64)]
+
+
+def summary_of(completion: str) -> str:
+    """The lab's summary post-processor: two-column traces have only a first and a last step, so
+    the summary keeps neither: the scratchpad is returned empty, the answer stays."""
+    if "[" not in completion or "]" not in completion:
+        return completion
+    head, rest = completion.split("[", 1)
+    inner, tail = rest.split("]", 1)
+    return head + "[" + summarize_steps(inner, keep=0, separator=",") + "]" + tail
+
+
+def student_accuracy(pairs: np.ndarray, completions: list[str], test: np.ndarray, seed: int, steps: int) -> float:
+    texts = [T.prompt(int(a), int(b)) + c for (a, b), c in zip(pairs, completions)]
+    student = T.make_model(**STUDENT, seed=200 + seed)
+    T.train(student, texts, steps=steps, lr=5e-3, batch=32, seed=seed)
+    return T.evaluate(student, test)
+
+
+BASE_TEMPERATURE = 0.7      # the teacher's serving temperature: ~98 % accurate samples
+
+
+def run(*, seeds: int = 3, n_traces: int = 300, student_steps: int = 300, teacher_steps: int = 800,
+        strengths: tuple[float, ...] = (0.05, 0.3, 1.0), anchor_strengths: tuple[float, ...] = (1.0,),
+        temperatures: tuple[float, ...] = (1.0, 1.3), plausible: float = 0.05, modes: tuple[str, ...] | None = None,
+        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``strengths``: λ of antidistillation, the first one without the plausibility guard (the
+    paper's form) and the others with ``plausible``."""
+    say = progress or (lambda m: None)
+    teacher, info = train_teacher(steps=teacher_steps)
+    test = T.problems(300, np.random.default_rng(12345))
+    info["greedy_accuracy"] = T.evaluate(teacher, test)
+    say(f"teacher: {info}")
+    rows: list[dict[str, Any]] = []
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        pairs = T.problems(n_traces, rng)
+        proxy, held = train_proxy(teacher, seed)
+        direction = heldout_gradient(proxy, held)
+        base = BASE_TEMPERATURE
+        conditions: list[tuple[str, float, list, float]] = [("unshaped", 0.0, [], base)]
+        conditions += [("temperature", t, [], t) for t in temperatures]
+        conditions += [("antidistillation" if i else "antidistillation-raw", s, [AntidistillationProcessor(
+            proxy, strength=s, direction=direction, plausible=plausible if i else 0.0)], base)
+            for i, s in enumerate(strengths)]
+        conditions += [("anchor", s, [AnchorPerturbationProcessor(
+            AntidistillationProcessor(proxy, strength=s, direction=direction, plausible=plausible),
+            T.STEP_DELIMITERS, threshold=0.02, max_anchors=1)], base) for s in anchor_strengths]
+        unshaped: list[str] = []
+        if modes is not None:
+            conditions = [c for c in conditions if c[0] in modes or c[0] == "unshaped"]
+        for mode, level, procs, temp in conditions:
+            start = time.perf_counter()
+            completions = T.generate(teacher, pairs, processors=procs, temperature=temp, seed=seed)
+            seconds = time.perf_counter() - start
+            tokens = sum(len(c) for c in completions)
+            if mode == "unshaped":
+                unshaped = completions
+            row = {"seed": seed, "mode": mode, "level": level, "teacher_accuracy": T.accuracy(pairs, completions),
+                   "student_accuracy": student_accuracy(pairs, completions, test, seed, student_steps),
+                   "ms_per_token": 1000 * seconds / max(1, tokens), "completions": completions}
+            rows.append(row)
+            say(f"seed {seed} {mode} {level}: teacher {row['teacher_accuracy']:.3f} "
+                f"student {row['student_accuracy']:.3f} ({row['ms_per_token']:.3f} ms/token)")
+        if modes is not None and "summary" not in modes:
+            continue
+        summarized = [summary_of(c) for c in unshaped]
+        rows.append({"seed": seed, "mode": "summary", "level": 1.0, "teacher_accuracy": T.accuracy(pairs, unshaped),
+                     "student_accuracy": student_accuracy(pairs, summarized, test, seed, student_steps),
+                     "ms_per_token": None, "completions": summarized})
+        say(f"seed {seed} summary: student {rows[-1]['student_accuracy']:.3f}")
+    return {"teacher": info, "rows": rows, "n_traces": n_traces, "student_steps": student_steps, "seeds": seeds}
+
+
+def detectability_auc(shaped: list[str], unshaped: list[str], seed: int = 0) -> float:
+    """Cross-validated AUC of a logistic regression on character uni/bigram counts and length
+    telling shaped answers from unshaped ones (0.5: indistinguishable)."""
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+    from sklearn.metrics import roc_auc_score
+    from scipy.sparse import hstack, csr_matrix
+
+    texts = shaped + unshaped
+    y = np.array([1] * len(shaped) + [0] * len(unshaped))
+    counts = CountVectorizer(analyzer="char", ngram_range=(1, 2), lowercase=False).fit_transform(texts)
+    x = hstack([counts, csr_matrix(np.array([[len(t)] for t in texts], dtype=float) / 40.0)]).tocsr()
+    scores = cross_val_predict(LogisticRegression(max_iter=2000, C=1.0), x, y, cv=5, method="predict_proba")[:, 1]
+    return float(roc_auc_score(y, scores))
+
+
+def summarize(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per condition: mean ± sd over seeds of teacher and student accuracy, the student's gain
+    relative to unshaped traces, cost per token relative to unshaped, and detectability."""
+    rows = result["rows"]
+    keys = sorted({(r["mode"], r["level"]) for r in rows}, key=lambda k: (
+        ["unshaped", "temperature", "antidistillation-raw", "antidistillation", "anchor", "summary"].index(k[0]), k[1]))
+    base = {r["seed"]: r for r in rows if r["mode"] == "unshaped"}
+    out = []
+    for mode, level in keys:
+        group = [r for r in rows if (r["mode"], r["level"]) == (mode, level)]
+        teacher = np.array([r["teacher_accuracy"] for r in group])
+        student = np.array([r["student_accuracy"] for r in group])
+        ratio = np.array([r["student_accuracy"] / max(1e-9, base[r["seed"]]["student_accuracy"]) for r in group])
+        cost = [r["ms_per_token"] / base[r["seed"]]["ms_per_token"] for r in group if r["ms_per_token"]]
+        auc = (None if mode == "unshaped" else float(np.mean([
+            detectability_auc(r["completions"], base[r["seed"]]["completions"], r["seed"]) for r in group])))
+        out.append({"mode": mode, "level": level, "teacher_accuracy": float(teacher.mean()),
+                    "teacher_sd": float(teacher.std()), "student_accuracy": float(student.mean()),
+                    "student_sd": float(student.std()), "student_gain_vs_unshaped": float(ratio.mean()),
+                    "cost_vs_unshaped": float(np.mean(cost)) if cost else None, "detect_auc": auc})
+    return out
+
+
+def format_table(summary: list[dict[str, Any]]) -> str:
+    lines = [f"{'mode':<17}{'level':>6}  {'teacher acc':>14}  {'student acc':>14}  {'gain/unshaped':>13}  "
+             f"{'cost x':>6}  {'AUC':>5}"]
+    for s in summary:
+        cost = f"{s['cost_vs_unshaped']:.2f}" if s["cost_vs_unshaped"] else "-"
+        auc = f"{s['detect_auc']:.2f}" if s["detect_auc"] is not None else "-"
+        lines.append(f"{s['mode']:<17}{s['level']:>6g}  {s['teacher_accuracy']:>8.3f}±{s['teacher_sd']:.3f}  "
+                     f"{s['student_accuracy']:>8.3f}±{s['student_sd']:.3f}  {s['student_gain_vs_unshaped']:>13.2f}  "
+                     f"{cost:>6}  {auc:>5}")
+    return "\n".join(lines)
+
+
+def _torch_threads() -> None:
+    torch.set_num_threads(1)

@@ -1,0 +1,98 @@
+"""Shaping in the model server: the gateway names a mode per request, the server applies it.
+
+The gateway's policy action ``shape`` sends ``x-distillguard-shape: <mode>`` with the requests
+of flagged or ``watch`` accounts (never allowlisted ones); ``HFModelServer`` then generates with
+``Shaper.processors(mode)`` ahead of the watermark processor, and passes the text through
+``Shaper.postprocess(mode, text)``. Modes:
+
+* ``antidistillation``: ``AntidistillationProcessor`` at the configured strength;
+* ``anchor``: the same shift, only inside anchor steps (``AnchorPerturbationProcessor``);
+* ``summary``: generation unchanged, ``<think>`` reasoning returned as a summary.
+
+An unknown mode, or a server without a proxy, leaves the answer unshaped (summary needs no proxy).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from distillguard.errors import BadInputError
+from distillguard.shaping import MODES
+from distillguard.shaping.processors import (AnchorPerturbationProcessor, AntidistillationProcessor,
+                                             summarize_reasoning)
+
+HEADER = "x-distillguard-shape"
+
+
+def step_delimiters(tokenizer: Any) -> list[int]:
+    """Token ids that end a reasoning step for a tokenizer: those whose text holds a line break or
+    ends a sentence."""
+    out = []
+    for token_id in range(len(tokenizer)):
+        text = tokenizer.decode([token_id])
+        if "\n" in text or text.rstrip().endswith((".", "!", "?", ";")):
+            out.append(token_id)
+    return out
+
+
+class Shaper:
+    """A proxy student with its cached held-out gradient, shared by every shaped request."""
+
+    def __init__(self, proxy: Any | None, tokenizer: Any, *, strength: float = 0.3, heldout: list[str] | None = None,
+                 plausible: float = 0.05, anchor_threshold: float = 0.02, max_anchors: int = 2) -> None:
+        import torch
+
+        self.tokenizer = tokenizer
+        self.shaper: AntidistillationProcessor | None = None
+        if proxy is not None:
+            ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in heldout or []]
+            batches = [torch.tensor([i]) for i in ids if len(i) >= 2]
+            if not batches:
+                raise BadInputError("shaping needs held-out task texts of at least 2 tokens", field="heldout")
+            self.shaper = AntidistillationProcessor(proxy, strength=strength, heldout=batches, plausible=plausible)
+            self.delimiters = step_delimiters(tokenizer)
+        self.anchor_threshold = anchor_threshold
+        self.max_anchors = max_anchors
+        self.shaped: dict[str, int] = {}
+
+    @classmethod
+    def from_dirs(cls, proxy_dir: str | Path, heldout_file: str | Path, **params: Any) -> "Shaper":
+        """A proxy from a local Hugging Face directory and held-out texts (one per line, or JSONL
+        with a ``text`` field)."""
+        import orjson
+
+        from distillguard.serve.hf import load_model
+
+        tokenizer, proxy = load_model(proxy_dir)
+        path = Path(heldout_file)
+        try:
+            lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except OSError as exc:
+            raise BadInputError(f"cannot read held-out texts ({exc.strerror})", source=str(path)) from None
+        texts = []
+        for line in lines:
+            try:
+                row = orjson.loads(line)
+                texts.append(row["text"] if isinstance(row, dict) and isinstance(row.get("text"), str) else line)
+            except orjson.JSONDecodeError:
+                texts.append(line)
+        return cls(proxy, tokenizer, heldout=texts, **params)
+
+    def processors(self, mode: str | None) -> list:
+        """Logits processors for one request in ``mode`` (empty when the mode shapes no logits)."""
+        if mode not in ("antidistillation", "anchor") or self.shaper is None:
+            return []
+        self.shaper.reset()
+        if mode == "antidistillation":
+            return [self.shaper]
+        return [AnchorPerturbationProcessor(self.shaper, self.delimiters, threshold=self.anchor_threshold,
+                                            max_anchors=self.max_anchors)]
+
+    def applies(self, mode: str | None) -> bool:
+        return mode == "summary" or (mode in MODES and self.shaper is not None)
+
+    def postprocess(self, mode: str | None, text: str) -> str:
+        if self.applies(mode):
+            self.shaped[mode] = self.shaped.get(mode, 0) + 1
+        return summarize_reasoning(text) if mode == "summary" else text
