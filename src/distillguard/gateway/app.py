@@ -19,6 +19,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from distillguard.events.schema import CHAT_ENDPOINT, COMPLETIONS_ENDPOINT
@@ -26,7 +27,7 @@ from distillguard.gateway import admin, appeals_api, health, proxy
 from distillguard.gateway.admin import account_view
 from distillguard.gateway.appeals import APPEAL_PATH
 from distillguard.gateway.core import Gateway
-from distillguard.gateway.openai_errors import openai_error
+from distillguard.gateway.openai_errors import http_error, internal_error, openai_error
 
 __all__ = ["ROUTES", "Gateway", "account_view", "build_app", "openai_error"]
 
@@ -68,6 +69,7 @@ def build_app(gateway: Gateway) -> Starlette:
         finally:
             await gateway.stop()
 
-    app = Starlette(routes=list(ROUTES), lifespan=lifespan)
+    app = Starlette(routes=list(ROUTES), lifespan=lifespan,
+                    exception_handlers={HTTPException: http_error, Exception: internal_error})
     app.state.gateway = gateway
     return app

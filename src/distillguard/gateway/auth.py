@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import Response
 
+from distillguard.gateway.clientaddr import client_address
 from distillguard.gateway.keys import KeyInfo
 from distillguard.gateway.openai_errors import openai_error
 
@@ -25,11 +26,9 @@ def authenticate(gw: Gateway, request: Request) -> KeyInfo | None:
 
 
 def client_ip(gw: Gateway, request: Request) -> str | None:
-    if gw.config.trust_forwarded_for:
-        forwarded = request.headers.get("x-forwarded-for")
-        if forwarded:
-            return forwarded.split(",")[0].strip()
-    return request.client.host if request.client else None
+    """The TCP peer, or the client a configured trusted proxy names (:mod:`clientaddr`)."""
+    return client_address(request.client.host if request.client else None, request.headers.get("x-forwarded-for"),
+                          gw.proxy_networks)
 
 
 async def read_body(gw: Gateway, request: Request) -> bytes | None:
@@ -58,4 +57,4 @@ def admin_denied(gw: Gateway, request: Request) -> Response | None:
     if token and gw.keys.lookup(token) is not None:
         return openai_error(403, "API keys cannot use the admin API; use the admin token", "admin_forbidden",
                             kind="permission_denied")
-    return openai_error(401, "missing or wrong admin token", "invalidadmin_token")
+    return openai_error(401, "missing or wrong admin token", "invalid_admin_token")

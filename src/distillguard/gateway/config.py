@@ -50,6 +50,8 @@ class LogConfig:
     load_interval_s: float = 2.0
     keep_segments: bool = False
     fsync: bool = True
+    fail: str = "closed"                 # the log cannot be written: closed (503) | open (answer, spool)
+    spool_mb: float = 64.0               # fail open: records held in memory until the disk takes them
 
 
 @dataclass
@@ -103,6 +105,10 @@ class GatewayConfig:
             raise BadInputError(f"expected duckdb, parquet or none, got {self.log.sink!r}", field="log.sink")
         if self.log.sink == "parquet" and self.log.parquet_dir is None:
             raise BadInputError("the parquet sink needs log.parquet_dir", field="log.parquet_dir")
+        if self.log.fail not in ("open", "closed"):
+            raise BadInputError(f"expected open or closed, got {self.log.fail!r}", field="log.fail")
+        if self.log.spool_mb <= 0:
+            raise BadInputError(f"expected a positive number, got {self.log.spool_mb}", field="log.spool_mb")
         if self.intel.reload_s < 0:
             raise BadInputError(f"expected a number >= 0, got {self.intel.reload_s}", field="intel.reload_s")
         if self.evidence.interval_s <= 0:
@@ -131,7 +137,7 @@ _TOP = {"upstream": str, "upstream_api_key": str, "host": str, "port": int, "db"
 _INTEL = {"home": Path, "reload_s": float}
 _EVIDENCE = {"key": Path, "log_id": str, "interval_s": float}
 _LOG = {"dir": Path, "sink": str, "parquet_dir": Path, "replica": str, "segment_mb": float,
-        "load_interval_s": float, "keep_segments": bool, "fsync": bool}
+        "load_interval_s": float, "keep_segments": bool, "fsync": bool, "fail": str, "spool_mb": float}
 
 
 def _typed(value: Any, kind: type, where: str) -> Any:

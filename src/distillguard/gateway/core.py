@@ -16,6 +16,7 @@ import httpx
 import orjson
 
 from distillguard.detect.baseline import Baseline, load_default
+from distillguard.events.jsonl import Quarantine
 from distillguard.gateway.appeals import AppealBook
 from distillguard.gateway.config import GatewayConfig
 from distillguard.gateway.intel import LiveIntel
@@ -26,6 +27,7 @@ from distillguard.gateway.scorer import LiveScorer
 from distillguard.gateway.sinks import DuckDBSink, Loader, NullSink, ParquetSink
 from distillguard.gateway.upstream import make_upstream
 from distillguard.gateway.wal import DurableLog
+from distillguard.private import private_dir, write_private
 
 
 class Gateway:
@@ -48,22 +50,26 @@ class Gateway:
         self.appeals = AppealBook(Path(config.log.dir) / "appeals.jsonl")
         self.refusals: dict[str, dict[str, Any]] = {}   # account -> its latest enforced block/throttle
         self.log = DurableLog(config.log.dir, segment_bytes=int(config.log.segment_mb * (1 << 20)),
-                              sync=config.log.fsync)
+                              sync=config.log.fsync,
+                              spool_bytes=int(config.log.spool_mb * (1 << 20)) if config.log.fail == "open" else 0)
+        # Records the loader cannot store are kept beside the log, never dropped in silence.
+        self.quarantine = Quarantine(Path(config.log.dir) / "quarantine.jsonl")
+        self.proxy_networks = config.proxy_networks()
         fleet_loader = config.state is not None and config.log.sink == "duckdb"
         if fleet_loader:
             # A fleet: the replica holding the loader lease opens the store and loads every
             # replica's log (<log root>/<replica>/); the others only write their own.
             from distillguard.gateway.fleet.loader import FleetLoader
             self.sink = NullSink()
-            self.loader = FleetLoader(Path(config.log.dir).parent, lambda: DuckDBSink(config.db), config.state,
+            self.loader = FleetLoader(Path(config.log.dir).parent, lambda: DuckDBSink(config.db, quarantine=self.quarantine), config.state,
                                       holder=f"{config.log.replica}.{os.getpid()}", prefix=config.state_prefix,
                                       keep_segments=config.log.keep_segments, interval_s=config.log.load_interval_s)
         elif config.log.sink == "duckdb":
-            self.sink = DuckDBSink(config.db)
+            self.sink = DuckDBSink(config.db, quarantine=self.quarantine)
             with self.sink.lock:
                 self.keys.load_store(self.sink.store.api_keys())
         elif config.log.sink == "parquet":
-            self.sink = ParquetSink(config.log.parquet_dir, replica=config.log.replica)
+            self.sink = ParquetSink(config.log.parquet_dir, replica=config.log.replica, quarantine=self.quarantine)
         else:
             self.sink = NullSink()
         if not fleet_loader:
@@ -148,7 +154,5 @@ class Gateway:
     def save_admin_state(self) -> None:
         data = {"allowlist": sorted(self.allowlist),
                 "manual": {a: m.to_dict() for a, m in self.policy.manual.items()}}
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
-        os.replace(tmp, self.state_path)
+        private_dir(self.state_path.parent)
+        write_private(self.state_path, orjson.dumps(data, option=orjson.OPT_INDENT_2))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from starlette.responses import Response
 
+from distillguard.events.schema import nesting_exceeds
 from distillguard.gateway.keys import KeyInfo
 from distillguard.gateway.openai_errors import JSON, openai_error
 from distillguard.gateway.policy import Decision
@@ -94,6 +95,8 @@ async def forward(gw: Gateway, info: KeyInfo, endpoint: str, payload: bytes, up_
     try:
         answer = orjson.loads(content)
     except orjson.JSONDecodeError:
+        answer = None
+    if status == 200 and nesting_exceeds(answer):    # could not be logged (nor stored): not passed on
         answer = None
     if status >= 500 or (status == 200 and not isinstance(answer, dict)):
         if status >= 500:

@@ -21,6 +21,22 @@ def openai_error(status: int, message: str, code: str, *, kind: str = "invalid_r
     return Response(orjson.dumps({"error": body}), status_code=status, media_type=JSON, headers=headers)
 
 
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (unknown path, wrong method) in the OpenAI format, not plain text."""
+    status = getattr(exc, "status_code", 500)
+    if status == 405:
+        return openai_error(405, f"{request.method} is not allowed on {request.url.path}", "method_not_allowed",
+                            headers=getattr(exc, "headers", None))
+    if status == 404:
+        return openai_error(404, f"no such endpoint: {request.method} {request.url.path}", "not_found")
+    return openai_error(status, str(getattr(exc, "detail", "")) or "request failed", "http_error")
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    """An unexpected exception (a bug): still an OpenAI-format 500, with no traceback to the client."""
+    return openai_error(500, "internal error in the gateway", "internal_error", kind="server_error")
+
+
 def json_ok(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type=JSON)
 

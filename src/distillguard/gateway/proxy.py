@@ -26,9 +26,10 @@ from distillguard.gateway.core import Gateway
 from distillguard.gateway.decide import decide, decision_headers, forward_body, refuse, refuses
 from distillguard.gateway.forward import forward, upstream_headers
 from distillguard.gateway.openai_errors import JSON, openai_error
-from distillguard.gateway.record import count, new_event
+from distillguard.gateway.record import count, log_unavailable, new_event
 from distillguard.gateway.streaming import forward_stream
 from distillguard.gateway.upstream import UpstreamError
+from distillguard.gateway.wal import LogWriteError
 
 
 async def _read_json_request(gw: Gateway, request: Request, endpoint: str) -> dict | Response:
@@ -67,9 +68,18 @@ async def proxy(request: Request) -> Response:
         count(gw, endpoint, 401, None)
         return openai_error(401, "Incorrect or missing API key. Send 'Authorization: Bearer <key>'.",
                             "invalid_api_key")
+    if gw.log.failing():              # fail closed: no answer that cannot be logged
+        return log_unavailable(gw, endpoint)
     body = await _read_json_request(gw, request, endpoint)
     if isinstance(body, Response):
         return body
+    try:
+        return await _answer(gw, request, info, endpoint, body, t0, ts)
+    except LogWriteError:             # the record of this exchange failed: it is not answered
+        return log_unavailable(gw, endpoint)
+
+
+async def _answer(gw: Gateway, request: Request, info, endpoint: str, body: dict, t0: float, ts: float) -> Response:
     clock = None                      # rate limits run on the monotonic clock, or on replayed time
     if gw.config.trust_client_timestamps:
         replay_ts = request.headers.get("x-distillguard-replay-ts")

@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from starlette.responses import Response
+
 from distillguard.gateway.keys import KeyInfo
+from distillguard.gateway.openai_errors import openai_error
 from distillguard.gateway.policy import Decision
 
 if TYPE_CHECKING:
@@ -41,6 +44,21 @@ async def record(gw: Gateway, event: dict[str, Any], wait: bool = True) -> None:
     if wait:
         await future
     gw.metrics.events_logged.inc()
+
+
+def log_unavailable(gw: Gateway, endpoint: str) -> Response:
+    """503 in the OpenAI format while the log cannot store records: nothing is answered unlogged."""
+    count(gw, endpoint, 503, None)
+    return openai_error(503, "the gateway cannot log requests right now (its event log is not writable); "
+                             "retry shortly", "log_unavailable", kind="server_error",
+                        headers={"retry-after": str(max(1, int(gw.log.retry_s + 0.999)))})
+
+
+def log_unavailable_sse() -> bytes:
+    """The end of a stream whose event could not be logged: an OpenAI error event, no [DONE]."""
+    error = {"message": "the gateway could not log this answer (its event log is not writable); retry shortly",
+             "type": "server_error", "param": None, "code": "log_unavailable"}
+    return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
 
 
 def count(gw: Gateway, endpoint: str, status: int, decision: Decision | None) -> None:

@@ -14,9 +14,10 @@ from distillguard.events.schema import CHAT_ENDPOINT
 from distillguard.gateway.forward import strip_reasoning, unreachable, upstream_failure
 from distillguard.gateway.openai_errors import JSON
 from distillguard.gateway.policy import Decision
-from distillguard.gateway.record import charge_answer, count, record
+from distillguard.gateway.record import charge_answer, count, log_unavailable_sse, record
 from distillguard.gateway.sse import SSERelay
 from distillguard.gateway.upstream import UpstreamError
+from distillguard.gateway.wal import LogWriteError
 
 if TYPE_CHECKING:
     from distillguard.gateway.core import Gateway
@@ -66,7 +67,12 @@ async def forward_stream(gw: Gateway, endpoint: str, payload: bytes, up_headers:
             finally:
                 await resp.aclose()
             _finish_stream_event(event, relay, t0, t_up)
-            await record(gw, event)          # durable before the client sees the end of the stream
+            try:
+                await record(gw, event)      # durable before the client sees the end of the stream
+            except LogWriteError:            # not logged: the stream ends in an error, not [DONE]
+                logged = True
+                yield log_unavailable_sse()
+                return
             logged = True
             charge_answer(gw, event["account"], assessment, event)
             count(gw, event["endpoint"], 200, decision)

@@ -13,7 +13,10 @@ and remembers how far it got in a checkpoint file.
 Record format (stable; the evidence chain and the loader depend on it): one JSON object per line,
 UTF-8, terminated by ``\n``, no size limit (readers read a line of any length). A batch that
 cannot be written whole (disk full, I/O error) is cut back off the segment, so a failed write
-never leaves a torn record between good ones; its requests get :class:`LogWriteError`.
+never leaves a torn record between good ones; its requests get :class:`LogWriteError` (the
+gateway answers 503), unless a spool is configured (``spool_bytes``, the gateway's ``log.fail =
+"open"``): then failed records wait in memory, in order, and are written first when the disk
+takes writes again (lost only if the process dies before that).
 Segments are created 0600 in a 0700 directory (they hold every prompt and answer).
 """
 
@@ -67,13 +70,14 @@ class LogStats:
     bytes: int = 0
     fsync_seconds: float = 0.0
     failed: int = 0               # records whose write failed (their requests were refused)
+    spooled: int = 0              # records held in memory after a failed write (fail open)
 
 
 class DurableLog:
     """Append-only, fsynced, segmented JSON Lines log with group commit."""
 
     def __init__(self, directory: str | Path, *, segment_bytes: int = 64 << 20, sync: bool = True,
-                 retry_s: float = 1.0) -> None:
+                 retry_s: float = 1.0, spool_bytes: int = 0) -> None:
         self.dir = Path(directory)
         try:
             private_dir(self.dir)
@@ -96,6 +100,9 @@ class DurableLog:
         self.error: BaseException | None = None
         self.failed_at = 0.0      # monotonic time of the latest failed write
         self.retry_s = retry_s    # how long after a failed write new requests are refused outright
+        self.spool_bytes = spool_bytes          # fail open: failed records held up to this many bytes
+        self._retry: list[bytes] = []           # ... here, oldest first
+        self._retry_bytes = 0
         self._thread = threading.Thread(target=self._run, name="distillguard-log-writer", daemon=True)
         self._thread.start()
 
@@ -109,10 +116,16 @@ class DurableLog:
         return fh
 
     def failing(self) -> bool:
-        """True while the latest write failed less than ``retry_s`` ago: refuse new work (503)
-        instead of answering requests whose records cannot be stored. After ``retry_s`` requests
-        are let through again, so the log notices when space comes back."""
+        """True when new work must be refused (503) rather than answered unlogged: the latest write
+        failed less than ``retry_s`` ago (after that requests are let through again, so the log
+        notices when space comes back), or, failing open, the spool is full."""
+        if self.spool_bytes:
+            return self._retry_bytes >= self.spool_bytes
         return self.error is not None and time.monotonic() - self.failed_at < self.retry_s
+
+    def spooled(self) -> int:
+        """Records held in memory, waiting for the disk (fail open)."""
+        return len(self._retry)
 
     @property
     def current_segment(self) -> int:
@@ -143,12 +156,12 @@ class DurableLog:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait()
+            self._wake.wait(self.retry_s if self._retry else None)
             with self._lock:
                 batch, self._pending = self._pending, []
                 self._wake.clear()
                 closing = self._closed
-            if batch:
+            if batch or self._retry:
                 self._commit(batch)
             if closing and not self._pending:
                 return
@@ -165,7 +178,9 @@ class DurableLog:
             view = view[n:]
 
     def _commit(self, batch: list) -> None:
-        data = b"".join(rec + b"\n" for rec, _, _ in batch)
+        retry, self._retry, self._retry_bytes = self._retry, [], 0     # spooled records go first
+        fresh = b"".join(rec + b"\n" for rec, _, _ in batch)
+        data = b"".join(rec + b"\n" for rec in retry) + fresh
         start = self._size
         try:
             self._write_all(data)
@@ -174,7 +189,7 @@ class DurableLog:
                 os.fdatasync(self._fh.fileno())
                 self.stats.fsync_seconds += time.perf_counter() - t
             self._size = start + len(data)
-            self.stats.appended += len(batch)
+            self.stats.appended += len(batch) + len(retry)
             self.stats.commits += 1
             self.stats.bytes += len(data)
             error = None
@@ -182,9 +197,16 @@ class DurableLog:
         except BaseException as exc:  # a full disk must fail the requests, not hang them
             self.error = exc
             self.failed_at = time.monotonic()
-            self.stats.failed += len(batch)
             error = LogWriteError(f"event log write failed: {exc}")
             self._cut_back(start)
+            self._retry, self._retry_bytes = retry, len(data) - len(fresh)   # answered already: kept
+            if self.spool_bytes and self._retry_bytes + len(fresh) <= self.spool_bytes:
+                self._retry = retry + [rec for rec, _, _ in batch]
+                self._retry_bytes = len(data)
+                self.stats.spooled += len(batch)
+                error = None                     # fail open: answered now, written when it can be
+            else:
+                self.stats.failed += len(batch)
         try:
             if error is None and self._size >= self.segment_bytes:
                 self._fh.close()
