@@ -8,6 +8,8 @@ loaded back with pymisp's ``MISPEvent().load``, and compared indicator by indica
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import orjson
 import pytest
@@ -149,3 +151,33 @@ def test_misp_stix_maps_none_of_our_keyed_hashes(lab, tmp_path):
           f"({len(patterns)} stix2-pattern), {len(hash_valued)} attributes holding an indicator's value; "
           f"native export: {len(misp_indicator_attributes(_loaded(result.bundle)))} of {len(values)}")
     assert hash_valued == [] and len(patterns) == len(values)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distillguard", "intel", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_export_format_misp(lab, tmp_path):
+    """`intel export --format misp`: a MISP event file pymisp loads, nothing published by default."""
+    lab_a, _, result = lab
+    home = tmp_path / "a"
+    assert _cli("init", "--org", "Lab A", "--home", str(home)).returncode == 0
+    out = tmp_path / "event.misp.json"
+    proc = _cli("export", "--from", str(lab_a.db), "--out", str(out), "--format", "misp", "--home", str(home))
+    assert proc.returncode == 0, proc.stderr
+    event = MISPEvent()
+    event.load_file(str(out))
+    n = len(misp_indicator_attributes(event))
+    assert n == sum(result.indicators.values()) and f"{n} indicator attribute(s)" in " ".join(proc.stdout.split())
+    assert not out.with_name(out.name + ".sig").exists()
+    from distillguard.intel.home import IntelHome
+    from distillguard.intel.publish import SHARED
+    from distillguard.intel.store import IntelStore
+
+    h = IntelHome.load(home)
+    if h.db_path.exists():
+        with IntelStore(h.db_path) as store:
+            assert store.count(SHARED) == 0          # --format misp publishes nothing unless --publish
+    proc = _cli("export", "--from", str(lab_a.db), "--out", str(out), "--format", "openioc", "--home", str(home))
+    assert proc.returncode == 2 and "--format" in proc.stderr and "Traceback" not in proc.stderr

@@ -127,6 +127,8 @@ def peers(home: Optional[Path] = _home_option()) -> None:
 def export(
     source: Path = typer.Option(..., "--from", help="A scan's JSON (scan --out), or a DuckDB event store to scan."),
     out: Path = typer.Option(..., "--out", help="Where to write the bundle (the signature goes to OUT.sig)."),
+    fmt: str = typer.Option("stix", "--format", help="stix: a signed STIX 2.1 bundle; misp: a MISP event "
+                                                     "(MISP JSON) with every indicator a correlatable attribute."),
     db: Optional[Path] = typer.Option(None, "--db", help="With a scan JSON: the DuckDB event store it scanned "
                                                          "(identifiers and prompts are read from it)."),
     tlp: Optional[str] = typer.Option(None, "--tlp", help="TLP 2.0 marking (default: the home's, amber)."),
@@ -134,16 +136,21 @@ def export(
     min_confidence: int = typer.Option(50, "--min-confidence", min=0, max=100,
                                        help="Export campaigns at least this confident (0-100)."),
     campaign: List[str] = typer.Option([], "--campaign", help="Only these clusters or accounts (repeat)."),
-    publish: bool = typer.Option(True, "--publish/--no-publish", help="Also add it to our TAXII 'shared' collection."),
+    publish: Optional[bool] = typer.Option(None, "--publish/--no-publish",
+                                           help="Also add the signed STIX bundle to our TAXII 'shared' collection "
+                                                "(default: yes with --format stix, no with --format misp)."),
     home: Optional[Path] = _home_option(),
 ) -> None:
-    """Confirmed campaigns → a signed STIX 2.1 bundle (only keyed hashes leave, never identifiers)."""
+    """Confirmed campaigns → a signed STIX 2.1 bundle or a MISP event (only keyed hashes leave, never identifiers)."""
     from distillguard.errors import load_json_file
     from distillguard.intel.export import ExportOptions, export_bundle
     from distillguard.intel.publish import SHARED, sign_and_publish
     from distillguard.intel.store import IntelStore
     from distillguard.store import EventStore, SourceKind, source_kind
 
+    if fmt not in ("stix", "misp"):
+        raise UsageError(f"--format must be stix or misp, got {fmt!r}")
+    publish = (fmt == "stix") if publish is None else publish
     h = _load_home(home)
     options = ExportOptions(tlp=tlp or h.tlp, valid_days=valid_days or h.valid_days, min_confidence=min_confidence,
                             only=tuple(campaign))
@@ -166,16 +173,26 @@ def export(
         with EventStore(events_db, read_only=True) as store, err_console.status("building the bundle…",
                                                                                spinner="dots"):
             result = export_bundle(scan, store.con, h, options, previous=previous)
-        sign_and_publish(result.bundle, h, istore if publish else None, valid_days=options.valid_days, out=out)
+        if fmt == "stix" or publish:
+            sign_and_publish(result.bundle, h, istore if publish else None, valid_days=options.valid_days,
+                             out=out if fmt == "stix" else None)
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(result.indicators.items())) or "none"
-    console.print(f"{len(result.campaigns)} campaign(s), {len(result.objects)} STIX objects, indicators: {kinds} "
-                  f"[{options.tlp.upper()}] → {out} (signature {out.name}.sig)"
-                  + (f"; published to our '{SHARED}' collection" if publish else ""))
+    if fmt == "misp":
+        from distillguard.intel.misp import write_misp_event
+
+        attributes = write_misp_event(result.bundle, out)
+        console.print(f"{len(result.campaigns)} campaign(s), indicators: {kinds} → MISP event {out} "
+                      f"({attributes} indicator attribute(s)) [{options.tlp.upper()}]"
+                      + (f"; signed STIX bundle published to our '{SHARED}' collection" if publish else ""))
+    else:
+        console.print(f"{len(result.campaigns)} campaign(s), {len(result.objects)} STIX objects, indicators: "
+                      f"{kinds} [{options.tlp.upper()}] → {out} (signature {out.name}.sig)"
+                      + (f"; published to our '{SHARED}' collection" if publish else ""))
     if result.withheld:
         console.print("withheld (also used by accounts in good standing): "
                       + ", ".join(f"{k} {v}" for k, v in sorted(result.withheld.items())))
     if not result.campaigns:
-        console.print("[yellow]no confirmed campaign in this scan: the bundle holds only our identity[/yellow]")
+        console.print("[yellow]no confirmed campaign in this scan: the export holds only our identity[/yellow]")
 
 
 @intel_app.command("import")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pymisp import MISPEvent, MISPObject, MISPOrganisation
@@ -187,3 +188,11 @@ def misp_indicator_attributes(event: MISPEvent) -> list:
     """The attributes of an event that carry our indicators (what a count in = count out compares)."""
     return [a for o in event.objects if o.name == OBJECT_NAME for a in o.attributes
             if a.object_relation in INDICATOR_RELATIONS]
+
+
+def write_misp_event(bundle: dict[str, Any], out: Path) -> int:
+    """Write the bundle's MISP event to ``out`` (MISP JSON); returns the indicator attributes written."""
+    event = bundle_to_misp(bundle)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(event.to_json(indent=2) + "\n", encoding="utf-8")
+    return len(misp_indicator_attributes(event))
