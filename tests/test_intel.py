@@ -16,6 +16,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import stix2
 from stix2validator import ValidationOptions, validate_instance
 
@@ -24,7 +26,7 @@ from distillguard.intel.export import ExportOptions, confirmed_campaigns, export
 from distillguard.intel.home import IntelHome
 from distillguard.intel.identifiers import (KeyedShingler, campaign_templates, hash_values, ip_prefix,
                                             normalise_email, org_domain)
-from distillguard.intel.importer import import_bundle
+from distillguard.intel.importer import import_bundle, indicator_row
 from distillguard.intel.keys import CommunityKey
 from distillguard.intel.match import IntelSignal
 from distillguard.intel.publish import revoke, sign_and_publish
@@ -570,3 +572,24 @@ def test_cli_end_to_end_init_peer_export_import(lab_a, tmp_path):
     assert proc.returncode == 0 and f"{len(lab_a.hydra)} account(s) flagged by intel" in " ".join(proc.stdout.split())
     proc = subprocess.run(main[:-1] + [str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "not an intel home" in proc.stderr and "Traceback" not in proc.stderr
+
+
+_json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=80),
+                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=20), inner,
+                                                                                         max_size=4), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(extensions=_json_values | st.dictionaries(st.just(EXTENSION_ID), _json_values),
+       legacy_key=_json_values, pattern_type=st.sampled_from(["stix", "x-distillguard-minhash", "yara"]) | st.text(),
+       pattern=st.sampled_from([INDICATOR["pattern"], "[artifact:extensions.'" + EXTENSION_ID
+                                + "'.prompt_template_minhash = 'minhash-v1:3:" + "ab" * 256 + "']",
+                                "minhash-v1:3:abcd", "minhash-v1:x:zz"]) | st.text(max_size=200))
+def test_indicator_rows_from_any_peer_content_never_raise(extensions, legacy_key, pattern_type, pattern):
+    """Peers' extension and pattern content (outside input): a row or a reason, never an exception."""
+    obj = INDICATOR | {"extensions": extensions, "x_distillguard_key_id": legacy_key, "pattern_type": pattern_type,
+                       "pattern": pattern}
+    row, why = indicator_row(obj, "lab-a", "0" * 16, datetime(2026, 10, 2))
+    assert (row is None) == (why != "ok") and why in ("ok", "ignored", "other_key")
+    if row is not None:
+        assert row["kind"] in ("email", "template") and (row["key_id"] is None or isinstance(row["key_id"], str))

@@ -87,7 +87,8 @@ def new_sdo_extension() -> dict[str, Any]:
 
 def indicator_extension(obj: dict[str, Any]) -> tuple[str | None, str | None]:
     """(kind, community key id) of an indicator: our extension, else the previous ``x_`` form."""
-    ext = (obj.get("extensions") or {}).get(EXTENSION_ID)
+    extensions = obj.get("extensions")
+    ext = extensions.get(EXTENSION_ID) if isinstance(extensions, dict) else None
     if isinstance(ext, dict):
         kind, key_id = ext.get("kind"), ext.get("community_key_id")
     else:
