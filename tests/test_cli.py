@@ -204,7 +204,7 @@ def test_stats_bad_input(tmp_path, write_jsonl, make_event):
 # ---------------------------------------------------------------- lab traffic
 
 @pytest.mark.parametrize(("args", "words"), [
-    (["--campaigns", "sweep,bogus"], "--campaigns: unknown strategy 'bogus'"),
+    (["--campaigns", "sweep,bogus"], "--campaigns: unknown strategy or family 'bogus'"),
     (["--start", "notadate"], "notadate"),
 ])
 def test_lab_traffic_bad_options(tmp_path, args, words):
