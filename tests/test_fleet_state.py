@@ -243,3 +243,20 @@ def test_fleet_policy_limits_hold_across_replicas(redis_server):
         for s in states:
             await s.stop()
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "2"], "--workers needs --state"),
+    (["--state", "http://127.0.0.1:6379"], "must be a redis://"),
+])
+def test_cli_refuses_a_fleet_it_cannot_run_with_one_line(tmp_path, args, message):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.run([sys.executable, "-m", "distillguard", "gateway", "--upstream", "http://127.0.0.1:9",
+                           "--log-dir", str(tmp_path / "log"), "--db", str(tmp_path / "e.duckdb"), *args],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert message in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
