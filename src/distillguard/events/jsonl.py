@@ -17,7 +17,7 @@ from typing import IO, Any, Iterable, Iterator
 import orjson
 
 from distillguard.errors import BadInputError, FieldError
-from distillguard.events.schema import Event, event_from_obj
+from distillguard.events.schema import Event, event_from_obj, shallow_text
 from distillguard.private import open_private
 
 try:
@@ -158,7 +158,7 @@ def iter_jsonl(path: str | Path, *, quarantine: Quarantine | None = None, stats:
                     problem = (None, f"malformed JSON ({_short(exc)})")
                 else:
                     try:
-                        event = event_from_obj(obj)
+                        event = event_from_obj(obj, shallow=shallow_text(line))
                     except FieldError as exc:
                         problem = (exc.field, exc.message)
                     else:

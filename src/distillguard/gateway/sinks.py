@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from distillguard.errors import FieldError
 from distillguard.events.columns import ColumnBuilder
 from distillguard.events.jsonl import Quarantine
-from distillguard.events.schema import event_from_obj
+from distillguard.events.schema import event_from_obj, shallow_text
 from distillguard.gateway.wal import has_complete_line, list_segments, read_complete_lines
 from distillguard.private import write_private
 from distillguard.store import EventStore
@@ -43,7 +43,7 @@ def _tables(records: list[bytes], origin: str, quarantine: Quarantine | None):
     builder = ColumnBuilder()
     for i, raw in enumerate(records):
         try:
-            builder.add(event_from_obj(orjson.loads(raw)))
+            builder.add(event_from_obj(orjson.loads(raw), shallow=shallow_text(raw)))
         except (orjson.JSONDecodeError, FieldError) as exc:
             if quarantine is not None:
                 quarantine.add(origin, i + 1, getattr(exc, "field", None), str(exc), raw)
