@@ -10,7 +10,7 @@ import pytest
 from distillguard.detect.baseline import load_default
 from distillguard.detect.features import account_features
 from distillguard.detect.minhash import minhash_signatures, signature_one, template_shingles
-from distillguard.detect.scoring import Verdict
+from distillguard.detect.scoring import Reason, Verdict
 from distillguard.errors import BadInputError
 from distillguard.events.schema import prompt_view
 from distillguard.gateway.config import load_config
@@ -167,8 +167,8 @@ def test_policy_actions_and_codes():
     assert policy.decide(_assessment()).action == "allow"
     d = policy.decide(_assessment(flagged=True))
     assert d.action == "block" and d.codes == ["extraction_flagged"] and "flagged for model extraction" in d.explanation
-    # Flagged on broad automated coverage alone (an evaluation's first pass looks like this):
-    # limited and watermarked, blocked only once it persists past 1,000 queries.
+    # Flagged without privileged content (value or coverage from automated prompts): limited and
+    # watermarked, blocked only once it persists past 1,000 queries.
     d = policy.decide(_assessment(flagged=True, elicitation=False))
     assert d.action == "modify" and d.rule == "flagged_coverage" and d.cohort == "watch" and d.strip_logprobs
     assert d.codes == ["extraction_flagged", "output_shaped"] and "rather than blocked" in d.explanation
@@ -188,6 +188,27 @@ def test_policy_actions_and_codes():
     shadow = Policy(PolicyConfig(mode="shadow"))
     d = shadow.decide(_assessment(flagged=True))
     assert d.action == "block" and d.enforced is False
+
+
+@pytest.mark.parametrize("status, code", [("probing", "security_probing"), ("evaluation", "evaluation_run")])
+def test_probing_and_evaluation_are_watermarked_and_limited_never_blocked(status, code, tmp_path):
+    policy = Policy(PolicyConfig())
+    reason = Reason(status, "info", 0.9, 1e-6, f"criteria of {status} in words")
+    v = Verdict(p_value=1e-12, flagged=False, status=status, family_p={"elicitation": 1e-9, "harvest": 1e-9},
+                reasons=(reason,))
+    actions = []
+    for i in range(200):      # a fast first pass: 200 requests in 20 s
+        a = Assessment(account="lab", queries=100 + i, verdict=v, elevated=False)
+        d = policy.decide(a, now=i * 0.1)
+        actions.append(d.action)
+        assert d.codes[0] == code and d.cohort == "watch" and d.rule == status
+        assert "never blocked" in d.explanation and "criteria of" in d.explanation
+    assert "block" not in actions and "throttle" in actions and actions[0] == "modify"
+    # An operator cannot configure a block on these statuses.
+    path = tmp_path / "g.toml"
+    path.write_text(f'[[policy.rules]]\nwhen = "{status}"\nactions = ["block"]\n')
+    with pytest.raises(BadInputError, match="never blocked"):
+        load_config(path, upstream="http://127.0.0.1:1")
 
 
 def test_rate_limits_per_account_and_cluster():

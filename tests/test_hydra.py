@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from distillguard.detect.hydra import (MAX_GROUP, MIN_CLUSTER, AccountIdentity, email_pattern, find_clusters,
-                                       link_graph)
+from distillguard.detect.hydra import (MAX_GROUP, MIN_CLUSTER, SLOT_S, AccountIdentity, email_pattern, find_clusters,
+                                       link_graph, timing_links)
 
 T0 = 1_791_201_600.0
 
@@ -151,3 +151,63 @@ def test_clusters_are_ordered_largest_first_and_numbered():
 def test_no_identities_no_clusters():
     assert find_clusters([]) == []
     assert link_graph([]).number_of_nodes() == 0
+
+
+# ---------------------------------------------------------------- behavioural links (issue 14)
+
+def swarm(prefix: str, n: int, template: int, start: float, *, waves: int = 30, area: int = 2,
+          period: float = 3600.0) -> list[AccountIdentity]:
+    """Accounts with nothing in common but their prompt skeleton and a controller's waves: each has
+    its own network, payment, e-mail and agent; all fire in the same ten-minute slots."""
+    slots = frozenset(int((start + w * period) // SLOT_S) for w in range(waves))
+    return [ident(f"{prefix}{i:02d}", ip24=(f"10.{i}.{ord(prefix[0])}",), payment=f"pm_{prefix}{i}",
+                  email=f"{prefix}.person{i}@mail{i}.example", user_agent=f"agent/{prefix}{i}",
+                  template_keys=(template,), slots=slots, first=start + i, last=start + (waves - 1) * period + i,
+                  area=area)
+          for i in range(n)]
+
+
+def test_swarm_without_shared_infrastructure_is_one_cluster_carried_by_behaviour():
+    members = swarm("s", 30, template=901, start=T0)
+    clusters = find_clusters(members)
+    assert len(clusters) == 1 and len(clusters[0].accounts) == 30
+    c = clusters[0]
+    assert "behaviour" in c.carried_by and c.carried_by != "infrastructure and behaviour"
+    assert c.link_counts["template"] > 0 and c.link_counts["co_active"] > 0 and c.link_counts["target"] > 0
+    assert not any(k in c.link_counts for k in ("payment", "ip24", "email_pattern"))
+    assert c.confidence >= 0.9
+
+
+def test_campaigns_sharing_only_a_public_library_stay_apart():
+    # Three campaigns draw their prompts from one public library (same template skeleton), each
+    # with its own controller running at its own times: three clusters, not one.
+    library = 555
+    campaigns = (swarm("a", 12, library, T0) + swarm("b", 12, library, T0 + 9 * 86400.0 + 1234)
+                 + swarm("c", 12, library, T0 + 20 * 86400.0 + 777))
+    clusters = find_clusters(campaigns)
+    assert len(clusters) == 3
+    assert sorted({a[0] for a in c.accounts} == {c.accounts[0][0]} for c in clusters) == [True] * 3
+
+
+def test_shared_content_alone_links_nothing():
+    # Same skeleton, unrelated times (organic users of one prompt library).
+    ids = [ident(f"u{i}", template_keys=(42,), slots=frozenset({1000 + 50 * i, 1001 + 50 * i}),
+                 first=T0 + 86400.0 * i, last=T0 + 86400.0 * i + 4000, area=3) for i in range(6)]
+    assert link_graph(ids).number_of_edges() == 0
+
+
+def test_busy_accounts_are_not_linked_by_co_activity():
+    # Two queue workers busy in every slot of the working day share slots with anything: no link.
+    day = frozenset(range(int(T0 // SLOT_S), int(T0 // SLOT_S) + 48))
+    a = ident("w1", template_keys=(7,), slots=day, first=T0, last=T0 + 47 * SLOT_S)
+    b = ident("w2", template_keys=(7,), slots=day, first=T0 + 7200.0, last=T0 + 47 * SLOT_S + 9000.0)
+    assert timing_links(a, b) == []
+    assert link_graph([a, b]).number_of_edges() == 0
+
+
+def test_rotated_accounts_link_by_hand_off():
+    # One account takes over within minutes of the previous one's last request (rotation).
+    chain = [ident(f"r{i}", template_keys=(31,), first=T0 + i * 86400.0 + 300.0 * (i > 0),
+                   last=T0 + (i + 1) * 86400.0 - 60.0, slots=frozenset()) for i in range(4)]
+    clusters = find_clusters(chain)
+    assert len(clusters) == 1 and clusters[0].link_counts.get("handoff") == 3

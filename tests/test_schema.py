@@ -398,8 +398,16 @@ def test_prompt_view_last_user_turn_even_if_assistant_last():
 
 
 def test_prompt_view_no_user_turn():
-    view = prompt_view({"messages": [{"role": "system", "content": "s"}]})
-    assert view.prompt_text == "" and view.n_turns == 0 and view.n_messages == 1
+    # A system-message-only request is a prompt (issue 14: synthetic-data tools send their
+    # whole instruction so), not an empty one.
+    view = prompt_view({"messages": [{"role": "system", "content": "Write a haiku about rain."}]})
+    assert view.prompt_text == "Write a haiku about rain." and view.n_turns == 0 and view.n_messages == 1
+    view = prompt_view({"messages": [{"role": "system", "content": "rules"},
+                                     {"role": "developer", "content": [{"type": "text", "text": "Solve x^2=4."}]},
+                                     {"role": "assistant", "content": "prefill"}]})
+    assert view.prompt_text == "Solve x^2=4." and view.system_prompt == "rules"
+    view = prompt_view({"messages": [{"role": "system", "content": "  "}, {"role": "assistant", "content": "a"}]})
+    assert view.prompt_text == ""
 
 
 def test_prompt_view_max_completion_tokens():

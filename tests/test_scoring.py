@@ -68,7 +68,7 @@ def test_family_p_values_are_bonferroni_minimum():
 def test_fisher_statistic():
     assert fisher_statistic({f: 1.0 for f in FAMILIES}) == 0.0
     fam = {f: 0.1 for f in FAMILIES}
-    assert fisher_statistic(fam) == pytest.approx(-2 * 4 * math.log(0.1))
+    assert fisher_statistic(fam) == pytest.approx(-2 * len(FAMILIES) * math.log(0.1))
     fam[HARVEST] = 0.0                            # clipped, never infinite
     assert math.isfinite(fisher_statistic(fam))
 
@@ -107,9 +107,11 @@ def test_harvest_plus_elicitation_is_flagged_with_sorted_readable_reasons(baseli
     assert v.family_p[HARVEST] <= HARVEST_ALPHA and v.family_p[ELICITATION] <= FAMILY_ALPHA
     names = [r.signal for r in v.reasons]
     assert "cot_elicitation" in names and "output_tokens_per_day" in names and "new_prompts_per_day" in names
-    ps = [r.p_value for r in v.reasons]
+    # The rule in words leads (issue 14); the signals follow, strongest first.
+    assert v.reasons[0].signal == "extraction_rule" and "privileged content" in v.reasons[0].detail
+    ps = [r.p_value for r in v.reasons[1:]]
     assert ps == sorted(ps)
-    assert all(r.p_value <= REASON_ALPHA for r in v.reasons)
+    assert all(r.p_value <= REASON_ALPHA for r in v.reasons[1:])
     cot = next(r for r in v.reasons if r.signal == "cot_elicitation")
     assert cot.family == ELICITATION
     assert cot.value == pytest.approx(0.98)

@@ -238,7 +238,9 @@ class Baseline:
             b = cls(max_tokens_cap=int(data["max_tokens_cap"]), min_queries=int(data["min_queries"]),
                     source=str(data.get("source", "")))
             b.rate_fits_ = {k: RateFit(**v) for k, v in data["rates"].items()}
-            b.value_fits_ = {k: ValueFit(np.asarray(v["values"], dtype=np.float64), float(v["tail_start"]),
+            # A signal with no organic values has an infinite tail start, which JSON writes as null.
+            b.value_fits_ = {k: ValueFit(np.asarray(v["values"], dtype=np.float64),
+                                         float("inf") if v["tail_start"] is None else float(v["tail_start"]),
                                          float(v["tail_scale"])) for k, v in data["values"].items()}
             b.brown_c_, b.brown_k_ = float(data["brown"]["c"]), float(data["brown"]["k"])
             b.accounts_, b.created_ = int(data["accounts"]), str(data.get("created", ""))

@@ -15,7 +15,7 @@ import orjson
 import pandas as pd
 
 from distillguard.detect.features import END_USER_SEP, account_features, features_frame, features_with_end_users
-from distillguard.detect.hydra import AccountIdentity
+from distillguard.detect.hydra import SLOT_S, AccountIdentity
 from distillguard.events.columns import END_USER_FROM_REQUEST_SQL
 from distillguard.store import EventStore
 
@@ -142,8 +142,10 @@ def account_totals(store: EventStore) -> pd.DataFrame:
         "FROM events GROUP BY account").df().set_index("account")
 
 
-def identities(store: EventStore, template_keys: dict[str, list[int]]) -> list[AccountIdentity]:
-    """Linkable attributes of every account (latest identity record, IP /24s, agent, active hours)."""
+def identities(store: EventStore, template_keys: dict[str, list[int]],
+               areas: dict[str, int] | None = None) -> list[AccountIdentity]:
+    """Linkable attributes of every account (latest identity record, IP /24s, agent, active hours
+    and ten-minute slots, first and last request; ``areas``: each account's top capability area)."""
     rows = store.con.sql("""
         WITH ip AS (
             SELECT account, regexp_extract(ip, '^(\\d+\\.\\d+\\.\\d+)\\.\\d+$', 1) AS prefix, count(*) AS n
@@ -152,18 +154,23 @@ def identities(store: EventStore, template_keys: dict[str, list[int]]) -> list[A
             SELECT account, list(prefix ORDER BY n DESC)[1:3] AS prefixes FROM ip WHERE prefix <> '' GROUP BY account),
         base AS (
             SELECT account, arg_max(identity, ts) AS identity, mode(user_agent) AS user_agent,
-                   list(DISTINCT CAST(epoch(ts) // 3600 AS BIGINT))[1:2000] AS hours
+                   list(DISTINCT CAST(epoch(ts) // 3600 AS BIGINT))[1:2000] AS hours,
+                   list(DISTINCT CAST(epoch(ts) // {SLOT_S} AS BIGINT))[1:4000] AS slots,
+                   min(epoch(ts)) AS first, max(epoch(ts)) AS last
             FROM events GROUP BY account)
-        SELECT base.account, identity, user_agent, hours, prefixes
-        FROM base LEFT JOIN top_ip USING (account) ORDER BY base.account""").fetchall()
+        SELECT base.account, identity, user_agent, hours, prefixes, slots, first, last
+        FROM base LEFT JOIN top_ip USING (account) ORDER BY base.account""".replace("{SLOT_S}", str(SLOT_S))).fetchall()
+    areas = areas or {}
     out = []
-    for account, identity_json, user_agent, hours, prefixes in rows:
+    for account, identity_json, user_agent, hours, prefixes, slots, first, last in rows:
         ident = _identity_fields(identity_json)
         out.append(AccountIdentity(
             account=account, ip24=tuple(prefixes or ()), payment=ident.get("payment"), email=ident.get("email"),
             org=ident.get("org"), user_agent=user_agent, created=ident.get("created_ts"),
             active_hours=frozenset(int(h) for h in (hours or ())),
-            template_keys=tuple(template_keys.get(account, ()))))
+            template_keys=tuple(template_keys.get(account, ())), slots=frozenset(int(x) for x in (slots or ())),
+            first=float(first) if first is not None else None, last=float(last) if last is not None else None,
+            area=areas.get(account)))
     return out
 
 

@@ -30,6 +30,9 @@ BREADTH_WINDOWS = 10       # ... averaged over up to this many consecutive windo
 EMBEDDING_MIN_DISTINCT = 50  # novelty and PRADA statistics need at least this many distinct prompts
 NOVELTY_SIMILARITY = 0.35  # a prompt is "new ground" if no earlier prompt is this similar
 TEMPLATE_MIN_GROUP = 3
+INSTRUCTION_SAMPLE = 300   # distinct prompts read for the fixed-instruction share (evenly over time)
+INSTRUCTION_MIN_DISTINCT = 20  # below this many distinct prompts the share is not measured
+PROMPT_CHARS, SYSTEM_CHARS = 4000, 1000   # what the engines read of each (answer ratio uses the same)
 
 # Numeric features, in a fixed order (the Spark output schema and the baseline both use it).
 BASE_FEATURES = (
@@ -39,6 +42,9 @@ BASE_FEATURES = (
     "near_cap_count", "single_turn_count", "templated_count", "impersonal_count",
     "topic_entropy", "novelty_rate", "prada_w", "gap_cv", "regularity", "hour_entropy",
     "top_area", "areas_seen", "repeat_share",
+    # issue 14: value transferred, and the shapes of legitimate uses
+    "output_tokens_distinct", "elicited_tokens", "self_contained_count", "answer_ratio", "fixed_instruction_share",
+    "probe_count", "benchmark_count", "temp0_count",
 )
 # The same features for an account's largest templated sub-stream (extraction hidden in a busy,
 # otherwise organic account, such as a reseller's), judged as if it were an account of its own.
@@ -122,8 +128,11 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
     """Numeric features of one account (see ``FEATURES``) plus its recurring template keys."""
     frame = frame.sort_values("t", kind="stable")
     t = frame["t"].to_numpy(dtype=np.float64)
-    prompts = [p if isinstance(p, str) else "" for p in frame["prompt"].tolist()]
     systems = frame["system"].tolist()
+    # A request with no user turn carries its prompt in the system message (stores written
+    # before the event schema read it so hold an empty prompt): that text is the prompt.
+    prompts = [p if isinstance(p, str) and p else (s[:PROMPT_CHARS] if isinstance(s, str) else "")
+               for p, s in zip(frame["prompt"].tolist(), systems)]
     n = len(prompts)
     out: dict[str, Any] = {name: float("nan") for name in FEATURES}
     out["queries"] = float(n)
@@ -138,7 +147,12 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
     distinct_idx = np.fromiter(first_index.values(), dtype=np.int64, count=len(first_index))
     span_days = max(1.0, (t[-1] - t[0]) / 86400.0)
     completion = frame["completion_tokens"].to_numpy(dtype=np.float64)
-    out["distinct_prompts"] = float(len(distinct_idx))
+    # Probes (jailbreak, leakage and refusal tests) are not value transferred: harvest counts the
+    # other prompts only, so a security scan harvests nothing while extraction beside it still does.
+    cue_text = _elicitation_text(prompts, systems)
+    probe = tx.has(tx.SECURITY_PROBE, cue_text)
+    value_idx = distinct_idx[~probe[distinct_idx]]
+    out["distinct_prompts"] = float(len(value_idx))
     # Deterministic re-asks (temperature 0, the same prompt again) return the same answer: an
     # evaluation re-run, not harvesting. Repeats at temperature > 0 sample new outputs, so they count.
     temperature = frame["temperature"].to_numpy(dtype=np.float64) if "temperature" in frame else np.full(n, np.nan)
@@ -146,15 +160,21 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
     is_first[distinct_idx] = True
     out["repeat_share"] = float(np.sum(~is_first & (temperature == 0.0)) / n)
     out["span_days"] = span_days
-    out["distinct_per_day"] = len(distinct_idx) / span_days
-    out["output_tokens_per_day"] = float(np.nansum(completion[distinct_idx])) / span_days
+    out["distinct_per_day"] = len(value_idx) / span_days
+    out["output_tokens_distinct"] = float(np.nansum(completion[value_idx]))
+    out["output_tokens_per_day"] = out["output_tokens_distinct"] / span_days
+    out["probe_count"] = float(probe.sum())
+    out["benchmark_count"] = float(tx.benchmark_format(cue_text).sum())
+    out["temp0_count"] = float(np.sum(temperature == 0.0))
+    _value_features(out, prompts, systems, completion, value_idx)
 
     # Elicitation and usage cues (counts over all queries; rates are judged later).
-    cue_text = _elicitation_text(prompts, systems)
-    out["cot_count"] = float(tx.has(tx.COT_ELICITATION, cue_text).sum())
-    out["grading_count"] = float(tx.has(tx.GRADING, cue_text).sum())
-    out["identity_count"] = float(tx.has(tx.IDENTITY_PROBE, cue_text).sum())
-    out["datagen_count"] = float(tx.has(tx.DATA_GENERATION, cue_text).sum())
+    cot, grading = tx.has(tx.COT_ELICITATION, cue_text), tx.has(tx.GRADING, cue_text)
+    identity, datagen = tx.has(tx.IDENTITY_PROBE, cue_text), tx.has(tx.DATA_GENERATION, cue_text)
+    out["cot_count"] = float(cot.sum())
+    out["grading_count"] = float(grading.sum())
+    out["identity_count"] = float(identity.sum())
+    out["datagen_count"] = float(datagen.sum())
     out["logprobs_count"] = float(np.sum(frame["logprobs"].to_numpy(dtype=object) == True))  # noqa: E712 (None-safe)
     tools = frame["has_tools"].to_numpy(dtype=object) == True  # noqa: E712 (None-safe)
     out["tools_count"] = float(tools.sum())
@@ -163,7 +183,12 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
     has_system = np.fromiter((isinstance(x, str) for x in systems), dtype=bool, count=n)
     n_messages = frame["n_messages"].fillna(0).to_numpy(dtype=np.int64)
     n_turns = frame["n_turns"].fillna(1).to_numpy(dtype=np.int64)
-    out["open_loop_tools_count"] = float(np.sum(tools & (n_messages <= n_turns + has_system)))
+    open_loop = tools & (n_messages <= n_turns + has_system)
+    out["open_loop_tools_count"] = float(np.sum(open_loop))
+    # Privileged content harvested: output tokens on distinct prompts that ask for it (the value of
+    # a slow, sustained elicitation campaign, whose per-day volume is organic).
+    elicited = (cot | grading | identity | datagen | open_loop)[value_idx]
+    out["elicited_tokens"] = float(np.nansum(completion[value_idx][elicited]))
     max_tokens = frame["max_tokens"].to_numpy(dtype=np.float64)
     out["near_cap_count"] = float(np.sum(max_tokens >= 0.9 * max_tokens_cap))
     single = n_turns <= 1
@@ -248,6 +273,49 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
                 out[SUBSTREAM_PREFIX + name] = sub[name]
             out["substream_share"] = float(mask.sum() / n)
     return out
+
+
+def answer_ratios(completion: np.ndarray, prompt_chars: np.ndarray) -> np.ndarray:
+    """log2 of (answer tokens + 1) / (prompt tokens + 1), prompt tokens estimated as chars / 4."""
+    return np.log2((np.nan_to_num(completion, nan=0.0) + 1.0) / (prompt_chars / 4.0 + 1.0))
+
+
+def _value_features(out: dict[str, Any], prompts: list[str], systems: list[Any], completion: np.ndarray,
+                    distinct_idx: np.ndarray) -> None:
+    """What the traffic is worth as training data, and whether one fixed instruction explains it.
+
+    * ``self_contained_count``: queries whose prompt gives an instruction and brings no material
+      of its own (a generative request, rather than work on the caller's text, code or records);
+    * ``answer_ratio``: the geometric mean, over distinct prompts, of answer tokens per prompt
+      token (system prompt included), as log2 of (answer + 1) / (prompt + 1);
+    * ``fixed_instruction_share``: the share of distinct prompts whose part outside the account's
+      frame (words in half its prompts or more) gives no instruction of its own: near 1 for one
+      fixed instruction over payloads the application brings (a catalogue, a labelling queue),
+      low for many distinct instructions behind one frame (a harvester's tasks) or none.
+    """
+    n = len(prompts)
+    if len(distinct_idx) == 0:
+        out["self_contained_count"] = 0.0
+        return
+    lowered = [prompts[i][:4000].lower() for i in distinct_idx]
+    contained = tx.self_contained(lowered)
+    # Queries take their distinct prompt's value (a probe's repeats count as not self-contained).
+    by_prompt: dict[str, int] = {prompts[i]: k for k, i in enumerate(distinct_idx)}
+    query_pos = np.fromiter((by_prompt.get(p, -1) for p in prompts), dtype=np.int64, count=n)
+    out["self_contained_count"] = float(np.sum(contained[query_pos[query_pos >= 0]]))
+    chars = np.fromiter((min(len(prompts[i]), PROMPT_CHARS)
+                         + (min(len(systems[i]), SYSTEM_CHARS) if isinstance(systems[i], str)
+                            and systems[i] != prompts[i] else 0) for i in distinct_idx),
+                        dtype=np.float64, count=len(distinct_idx))
+    answered = np.isfinite(completion[distinct_idx])
+    if answered.any():
+        out["answer_ratio"] = float(np.mean(answer_ratios(completion[distinct_idx][answered], chars[answered])))
+    if len(distinct_idx) >= INSTRUCTION_MIN_DISTINCT:
+        sample = _even_sample(len(distinct_idx), INSTRUCTION_SAMPLE)
+        texts = [lowered[i] for i in sample]
+        frame = tx.frame_words([tx.prompt_words(t) for t in texts])
+        varying = tx.varying_instruction(tx.instruction_words(texts, frame), frame)
+        out["fixed_instruction_share"] = float(1.0 - varying.mean())
 
 
 def features_frame(rows: list[dict[str, Any]], accounts: list[str]) -> pd.DataFrame:

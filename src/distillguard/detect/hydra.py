@@ -4,6 +4,23 @@ One campaign split over many small accounts looks mild account by account. Accou
 when they share *several* kinds of evidence (one shared office IP or one popular SDK user agent
 links nothing), the linked components become candidate actors, and each is then scored as one
 account over the union of its members' traffic.
+
+Two families of links:
+
+* **infrastructure and identity**: payment, network, e-mail series, organisation, user agent,
+  creation burst (the original rule: two strong kinds, or one with enough weak ones);
+* **behaviour**: what accounts send and when, for swarms that share no infrastructure. A shared
+  prompt structure (a recurring template skeleton) is content overlap, and content from a public
+  prompt library is shared by many unrelated accounts, so it never links on its own; it links
+  together with *timing* that ties the two accounts to one controller: synchronised activity
+  (the same ten-minute slots, in accounts that are not busy all the time), one activity window
+  (first and last requests within ``WINDOW_S`` of each other) or a hand-off (one account starts
+  within ``WINDOW_S`` of the other's last request, as rotated accounts do). A shared target (the
+  same capability area) adds to such a link. Campaigns drawing on one library at different
+  times therefore stay apart; a swarm is linked by structure and timing together.
+
+Attribution confidence grows with how many independent kinds tie members together and how
+densely; each cluster also says which family of links carried it (``carried_by``).
 """
 
 from __future__ import annotations
@@ -25,6 +42,13 @@ MAX_GROUP = 300          # attribute values shared by more accounts than this ar
 SYNC_JACCARD = 0.3       # active-hour overlap that counts as synchronised timing
 CREATED_BUCKET_S = 6 * 3600
 MIN_CLUSTER = 3
+# Behavioural links (see the module docstring).
+SLOT_S = 600                 # activity slots of ten minutes
+COACTIVE_JACCARD = 0.3       # shared slots / slots of either: synchronised activity
+SPARSE_SHARE = 0.5           # ... counted only for accounts active in at most this share of their span's slots
+WINDOW_S = 1800              # first/last requests this close: one window, or a hand-off
+TIMING = ("co_active", "same_window", "handoff")
+BEHAVIOUR_WEIGHT = 2.5       # structure + timing: as strong as the infrastructure rule's edge
 _DIGITS = re.compile(r"\d")
 WEBMAIL = frozenset({"gmail.com", "outlook.com", "yahoo.com", "hotmail.com", "icloud.com", "proton.me",
                      "protonmail.com", "gmx.de", "qq.com", "163.com", "naver.com", "fastmail.com"})
@@ -43,6 +67,10 @@ class AccountIdentity:
     created: float | None = None
     active_hours: frozenset[int] = frozenset()
     template_keys: tuple[int, ...] = ()
+    slots: frozenset[int] = frozenset()   # ten-minute activity slots (epoch // SLOT_S)
+    first: float | None = None            # first and last request (epoch seconds)
+    last: float | None = None
+    area: int | None = None               # top capability area (the shared-target link)
 
 
 def email_pattern(email: str | None) -> str | None:
@@ -76,7 +104,8 @@ def attributes(ident: AccountIdentity) -> Iterable[tuple[str, Any]]:
 
 
 def link_graph(identities: list[AccountIdentity]) -> nx.Graph:
-    """Accounts as nodes; an edge where shared evidence weighs at least ``EDGE_WEIGHT``."""
+    """Accounts as nodes; an edge where shared evidence weighs at least ``EDGE_WEIGHT``, or where
+    shared structure comes with timing that ties the accounts together (``behaviour_evidence``)."""
     by_value: dict[tuple[str, Any], list[int]] = defaultdict(list)
     for i, ident in enumerate(identities):
         for attr in set(attributes(ident)):
@@ -88,10 +117,59 @@ def link_graph(identities: list[AccountIdentity]) -> nx.Graph:
                 shared[(a, b)].add(kind)
     graph = nx.Graph()
     for (a, b), kinds in shared.items():
-        edge = edge_evidence(kinds, identities[a].active_hours, identities[b].active_hours)
+        ia, ib = identities[a], identities[b]
+        edge = edge_evidence(kinds, ia.active_hours, ib.active_hours)
+        if edge is None and "template" in kinds:
+            edge = behaviour_evidence(ia, ib)
         if edge is not None:
-            graph.add_edge(identities[a].account, identities[b].account, weight=edge[0], kinds=edge[1])
+            graph.add_edge(ia.account, ib.account, weight=edge[0], kinds=edge[1])
     return graph
+
+
+def _sparse(ident: AccountIdentity) -> bool:
+    """Active in few of its span's slots: its co-activity with another account means something
+    (a queue worker busy in every slot of the working day shares slots with every other one)."""
+    if not ident.slots or ident.first is None or ident.last is None:
+        return False
+    span_slots = max(1.0, (ident.last - ident.first) / SLOT_S + 1.0)
+    return len(ident.slots) <= SPARSE_SHARE * span_slots
+
+
+def timing_links(a: AccountIdentity, b: AccountIdentity) -> list[str]:
+    """The timing links between two accounts (see ``TIMING``)."""
+    kinds = []
+    if a.slots and b.slots and _sparse(a) and _sparse(b):
+        inter = len(a.slots & b.slots)
+        if inter and inter / len(a.slots | b.slots) >= COACTIVE_JACCARD:
+            kinds.append("co_active")
+    if None not in (a.first, a.last, b.first, b.last):
+        if abs(a.first - b.first) <= WINDOW_S and abs(a.last - b.last) <= WINDOW_S:
+            kinds.append("same_window")
+        elif 0 <= b.first - a.last <= WINDOW_S or 0 <= a.first - b.last <= WINDOW_S:
+            kinds.append("handoff")
+    return kinds
+
+
+def behaviour_evidence(a: AccountIdentity, b: AccountIdentity) -> tuple[float, list[str]] | None:
+    """The behavioural link between two accounts that share a template skeleton: (weight, kinds)
+    when timing ties them together too, else None (shared content alone is a public library)."""
+    timing = timing_links(a, b)
+    if not timing:
+        return None
+    kinds = {"template", *timing}
+    if a.area is not None and a.area == b.area:
+        kinds.add("target")
+    return BEHAVIOUR_WEIGHT + 0.5 * (len(kinds) - 2), sorted(kinds)
+
+
+def carried_by(counts: dict[str, int]) -> str:
+    """Which family of links carried a cluster: infrastructure, behaviour, or both."""
+    infrastructure = any(counts.get(k) for k in ("payment", "ip24", "email_pattern", "org", "user_agent",
+                                                 "created_burst"))
+    behaviour = any(counts.get(k) for k in TIMING)
+    if infrastructure and behaviour:
+        return "infrastructure and behaviour"
+    return "behaviour (shared prompt structure with synchronised timing)" if behaviour else "infrastructure"
 
 
 def edge_evidence(kinds: set[str], hours_a: frozenset[int], hours_b: frozenset[int]) -> tuple[float, list[str]] | None:
@@ -120,6 +198,7 @@ class Cluster:
     link_counts: dict[str, int]      # link kind -> edges carrying it
     density: float
     confidence: float                # attribution confidence that the members are one actor
+    carried_by: str = "infrastructure"   # which family of links carried it (see ``carried_by``)
 
 
 def find_clusters(identities: list[AccountIdentity]) -> list[Cluster]:
@@ -135,12 +214,14 @@ def find_clusters(identities: list[AccountIdentity]) -> list[Cluster]:
         for _, _, data in sub.edges(data=True):
             for kind in data["kinds"]:
                 counts[kind] += 1
-            strong_per_edge.append(sum(1 for k in data["kinds"] if k in STRONG))
+            # Structure with timing counts as two independent kinds (what and when).
+            strong_per_edge.append(sum(1 for k in data["kinds"] if k in STRONG)
+                                   + (1 if any(k in TIMING for k in data["kinds"]) else 0))
         density = nx.density(sub)
         # Confidence grows with how many independent strong links tie members together and how
         # densely: two strong kinds on every edge of a dense component is near-certain.
         mean_strong = sum(strong_per_edge) / max(1, len(strong_per_edge))
         confidence = round(min(0.99, 1.0 - 0.5 ** (mean_strong + 2.0 * density)), 3)
         clusters.append(Cluster(cluster=f"c{index + 1}", accounts=tuple(members), link_counts=dict(counts),
-                                density=round(density, 3), confidence=confidence))
+                                density=round(density, 3), confidence=confidence, carried_by=carried_by(counts)))
     return clusters

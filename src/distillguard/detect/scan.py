@@ -125,16 +125,19 @@ class ClusterResult:
     completion_tokens: int
     link_counts: dict[str, int]
     confidence: float
+    carried_by: str = "infrastructure"
 
     def to_dict(self) -> dict[str, Any]:
         links = ", ".join(f"{k} ({v} links)" for k, v in sorted(self.link_counts.items(), key=lambda kv: -kv[1]))
         reasons = [{"signal": "linked_accounts", "family": "cluster", "value": len(self.accounts), "p_value": None,
-                    "detail": f"{len(self.accounts)} accounts linked by {links}"}]
+                    "detail": f"{len(self.accounts)} accounts linked by {links}; attribution confidence "
+                              f"{self.confidence:.0%}, carried by {self.carried_by}"}]
         reasons += [r.to_dict() for r in self.verdict.reasons]
         return {"cluster": self.cluster, "accounts": list(self.accounts), "score": round(self.verdict.score, 4),
                 "p_value": float(f"{self.verdict.p_value:.4g}"), "flagged": self.verdict.flagged,
                 "queries": self.queries, "completion_tokens": self.completion_tokens,
-                "attribution_confidence": self.confidence, "links": self.link_counts, "reasons": reasons}
+                "attribution_confidence": self.confidence, "carried_by": self.carried_by, "links": self.link_counts,
+                "reasons": reasons}
 
 
 @dataclass
@@ -260,7 +263,9 @@ def score_features(store: EventStore, features: pd.DataFrame, template_keys: dic
             top_area=AREA_LIST[int(top)] if np.isfinite(top) else "unknown")
     _fold_end_users(results, user_features, user_verdicts)
     clusters = []
-    for cluster in find_clusters(identities(store, template_keys)):
+    top_areas = {str(a): int(v) for a, v in features["top_area"].items()
+                 if END_USER_SEP not in str(a) and np.isfinite(v)} if "top_area" in features else {}
+    for cluster in find_clusters(identities(store, template_keys, top_areas)):
         members = list(cluster.accounts)
         feats = features_for(store, members, max_tokens_cap=baseline.max_tokens_cap)
         authorised = all(m in options.allowlist for m in members)
@@ -269,7 +274,7 @@ def score_features(store: EventStore, features: pd.DataFrame, template_keys: dic
         tokens = sum(results[m].completion_tokens for m in members)
         clusters.append(ClusterResult(cluster=cluster.cluster, accounts=cluster.accounts, verdict=verdict,
                                       queries=queries, completion_tokens=tokens, link_counts=cluster.link_counts,
-                                      confidence=cluster.confidence))
+                                      confidence=cluster.confidence, carried_by=cluster.carried_by))
         for m in members:
             results[m].cluster = cluster.cluster
             results[m].cluster_flagged = verdict.flagged and m not in options.allowlist
@@ -284,7 +289,9 @@ def score_features(store: EventStore, features: pd.DataFrame, template_keys: dic
     calibration = {"baseline": baseline.source or "default", "baseline_accounts": baseline.accounts_,
                    "target_fpr": options.fpr, "min_queries": baseline.min_queries,
                    "method": "per-signal p-values (beta-binomial / empirical tail) -> family Bonferroni -> "
-                             "Fisher with Brown's correction, gated on harvest + (elicitation | coverage & automation)"}
+                             "Fisher with Brown's correction, gated on harvest (per day or lifetime) + valuable as "
+                             "training data (elicitation | automated self-contained/long-answer value | automated "
+                             "coverage) and not one fixed instruction; probing and evaluation reported apart"}
     if options.intel is not None:
         calibration["intel"] = {"peers": sorted(options.intel.home.peers), **options.intel.stats_}
     return ScanResult(accounts=list(results.values()), clusters=clusters, calibration=calibration,

@@ -1,21 +1,44 @@
 """From per-signal p-values to one calibrated decision per account, with its reasons.
 
-Extraction means pulling a lot of *new* output (harvest) that is either privileged
-(elicitation: reasoning traces, grades, agent trajectories, training data) or broad and
-automated (coverage together with automation). Busy legitimate traffic has some of these but
-not that conjunction: a batch application harvests in one narrow task, a researcher elicits
-at human volume, an evaluation re-runs a bounded set. So an account is flagged when
+The decision is about what an account's traffic is *worth as training data* and whether its
+shape is *explained by a legitimate use*, not about one strategy's cues. An account is flagged
+when
 
-* its harvest family is significant (p <= ``HARVEST_ALPHA``),
-* elicitation is significant, or coverage and automation both are (p <= ``FAMILY_ALPHA``;
-  automation shown in the prompts themselves, not by timing alone: a reseller or any app with
-  many users behind one key is broad and round the clock without extracting),
+* it harvests: many new prompts answered per day **or** over its life (the harvest family,
+  p <= ``HARVEST_ALPHA``; security probes are not counted as harvest),
+* what it harvests is valuable as training data, by any one of three routes (p <= ``FAMILY_ALPHA``):
+
+  - **elicitation**: privileged content (reasoning traces, grades, identity, training data,
+    one-shot agent runs, lifted follow-ups);
+  - **value**: self-contained generative requests or answers long relative to prompts, from
+    automated (not typed) prompts: a narrow coding harvester, a self-instruct loop, prompts
+    carried in a system message;
+  - **coverage**: broad capability areas, from automated prompts;
+
+  with "automated" shown by the prompts themselves (single-turn, templated, impersonal, near-cap,
+  logprobs), never by timing alone (many people behind one key are round the clock too),
+* it is not explained by one fixed instruction over payloads the application brings (the value
+  and coverage routes need fewer than ``FIXED_INSTRUCTION_SHARE`` of distinct prompts to give
+  the same instructions: a catalogue or labelling queue harvests its own data's answers),
 * most of its queries are not exact repeats of earlier ones (re-asking harvests nothing), and
-* Fisher's combination of the four family p-values, calibrated on organic accounts by Brown's
+* Fisher's combination of the family p-values, calibrated on organic accounts by Brown's
   method, is at most the chosen false-positive rate.
 
-The rule only removes flags from the calibrated test, so the organic false-positive rate stays
-at or below ``fpr``; ``calibration`` in the scan output reports the rate measured on the baseline.
+Every flag needs the calibrated test, and every other condition only removes flags, so the
+organic false-positive rate stays at or below ``fpr``; ``calibration`` in the scan output
+reports the rate measured on the baseline.
+
+Two legitimate uses get a status of their own instead of a flag:
+
+* ``probing``: at least ``PROBE_SHARE`` of queries are security probes (jailbreak, prompt
+  injection, system-prompt leakage, refusal tests), more than organic accounts send (p <=
+  ``FAMILY_ALPHA``), and the rest of its traffic is not flagged on its own (probes never count
+  as harvest, so extraction beside a scan is still flagged);
+* ``evaluation``: at least ``EVAL_SHARE`` of queries are benchmark-formatted (options, an answer
+  slot, answer-format demands) and at least ``EVAL_TEMP0_SHARE`` are at temperature 0, more than
+  organic accounts send, with no request for training data or grades, and no more than
+  ``EVAL_MAX_ITEMS`` distinct prompts (a benchmark is bounded; past that it is flagged as any
+  other account would be).
 """
 
 from __future__ import annotations
@@ -30,13 +53,19 @@ import pandas as pd
 from distillguard.detect.baseline import Baseline
 from distillguard.detect.combine import bonferroni_min as _bonferroni_min, family_p_values, fisher_statistic
 from distillguard.detect.features import BASE_FEATURES, SUBSTREAM_PREFIX
-from distillguard.detect.signals import AUTOMATION, COVERAGE, ELICITATION, HARVEST, SIGNALS
+from distillguard.detect.signals import AUTOMATION, COVERAGE, ELICITATION, HARVEST, SIGNAL_BY_NAME, SIGNALS, VALUE
 
 HARVEST_ALPHA = 1e-3
 FAMILY_ALPHA = 0.05
 TIMING_SIGNALS = frozenset({"regular_cadence", "round_the_clock"})
 REPEAT_LIMIT = 0.5
 REASON_ALPHA = 1e-2
+FIXED_INSTRUCTION_SHARE = 0.5   # distinct prompts giving the same instructions: one fixed task
+PROBE_SHARE = 0.3               # queries that are security probes, for the probing status
+EVAL_SHARE = 0.5                # queries formatted as benchmark items, for the evaluation status
+EVAL_TEMP0_SHARE = 0.8          # ... and at temperature 0 (deterministic, comparable runs)
+EVAL_MAX_ITEMS = 15_000         # distinct prompts a benchmark run may have (MMLU has ~14k items)
+STATUSES = ("flagged", "clear", "insufficient_data", "repeated_runs", "authorised", "probing", "evaluation")
 
 
 @dataclass(frozen=True)
@@ -58,7 +87,7 @@ class Verdict:
 
     p_value: float
     flagged: bool
-    status: str                     # flagged | clear | insufficient_data | repeated_runs | authorised
+    status: str                     # one of STATUSES
     family_p: dict[str, float]
     reasons: tuple[Reason, ...]
 
@@ -99,6 +128,63 @@ def content_automation_p(p: dict[str, float]) -> float:
     return _bonferroni_min([p[s.name] for s in SIGNALS if s.family == AUTOMATION and s.name not in TIMING_SIGNALS])
 
 
+def _share(row: Any, feature: str) -> float:
+    n = float(row["queries"])
+    value = row.get(feature, 0.0)
+    return float(value) / n if n and value is not None and np.isfinite(value) else 0.0
+
+
+def fixed_instruction(row: Any) -> bool:
+    """One fixed instruction over payloads the application brings (see ``FIXED_INSTRUCTION_SHARE``)."""
+    share = row.get("fixed_instruction_share", float("nan"))
+    return share is not None and bool(np.isfinite(share)) and float(share) >= FIXED_INSTRUCTION_SHARE
+
+
+def _routes(fam: dict[str, float], p: dict[str, float], row: Any) -> list[str]:
+    """The routes by which the harvest is valuable as training data (see the module docstring)."""
+    automated = content_automation_p(p) <= FAMILY_ALPHA
+    fixed = fixed_instruction(row)
+    routes = []
+    if fam[ELICITATION] <= FAMILY_ALPHA:
+        routes.append("elicitation")
+    if fam[VALUE] <= FAMILY_ALPHA and automated and not fixed:
+        routes.append("value")
+    if fam[COVERAGE] <= FAMILY_ALPHA and fam[AUTOMATION] <= FAMILY_ALPHA and automated and not fixed:
+        routes.append("coverage")
+    return routes
+
+
+def probing(row: Any, p: dict[str, float]) -> bool:
+    return _share(row, "probe_count") >= PROBE_SHARE and p.get("security_probes", 1.0) <= FAMILY_ALPHA
+
+
+def evaluation(row: Any, p: dict[str, float]) -> bool:
+    distinct = row.get("distinct_prompts", float("nan"))
+    return (_share(row, "benchmark_count") >= EVAL_SHARE and _share(row, "temp0_count") >= EVAL_TEMP0_SHARE
+            and p.get("benchmark_format", 1.0) <= FAMILY_ALPHA
+            and p.get("training_data_requests", 1.0) > FAMILY_ALPHA and p.get("grading_prompts", 1.0) > FAMILY_ALPHA
+            and distinct is not None and np.isfinite(distinct) and float(distinct) <= EVAL_MAX_ITEMS)
+
+
+def _status_reason(status: str, row: Any, p: dict[str, float], baseline: Baseline) -> Reason | None:
+    n = int(float(row["queries"]))
+    if status == "probing":
+        share = _share(row, "probe_count")
+        return Reason("probing", "info", share, p["security_probes"],
+                      f"{share:.0%} of {n:,} queries are security probes (jailbreak, prompt injection, "
+                      f"system-prompt leakage, refusal tests; organic mean "
+                      f"{baseline.describe(SIGNAL_BY_NAME['security_probes'])['organic_mean']:.1%}), and the rest "
+                      f"of its traffic is not flagged: reported as probing, not extraction")
+    if status == "evaluation":
+        share, cold = _share(row, "benchmark_count"), _share(row, "temp0_count")
+        return Reason("evaluation", "info", share, p["benchmark_format"],
+                      f"{share:.0%} of {n:,} queries are formatted as benchmark items and {cold:.0%} are at "
+                      f"temperature 0, over {int(float(row['distinct_prompts'])):,} distinct prompts (at most "
+                      f"{EVAL_MAX_ITEMS:,}), with no request for training data or grades: reported as an "
+                      f"evaluation run, not extraction")
+    return None
+
+
 def judge(row: pd.Series | dict[str, Any], baseline: Baseline, fpr: float, *, authorised: bool = False,
           p: dict[str, float] | None = None) -> Verdict:
     """Score one account's features against the baseline (``p``: its p-values, if computed already)."""
@@ -114,13 +200,16 @@ def judge(row: pd.Series | dict[str, Any], baseline: Baseline, fpr: float, *, au
     reasons.sort(key=lambda r: r.p_value)
     queries = float(row["queries"])
     repeat_share = float(row.get("repeat_share", 0.0) or 0.0)
-    evidence = fam[ELICITATION] <= FAMILY_ALPHA or (fam[COVERAGE] <= FAMILY_ALPHA and fam[AUTOMATION] <= FAMILY_ALPHA
-                                                    and content_automation_p(p) <= FAMILY_ALPHA)
-    suspicious = fam[HARVEST] <= HARVEST_ALPHA and evidence and combined <= fpr
+    routes = _routes(fam, p, row)
+    suspicious = fam[HARVEST] <= HARVEST_ALPHA and bool(routes) and combined <= fpr
     if queries < baseline.min_queries:
         status, flagged = "insufficient_data", False
     elif suspicious and repeat_share >= REPEAT_LIMIT:
         status, flagged = "repeated_runs", False
+    elif not suspicious and probing(row, p):
+        status, flagged = "probing", False
+    elif evaluation(row, p):
+        status, flagged = "evaluation", False
     elif suspicious and authorised:
         status, flagged = "authorised", False
     elif suspicious:
@@ -131,10 +220,30 @@ def judge(row: pd.Series | dict[str, Any], baseline: Baseline, fpr: float, *, au
         reasons.insert(0, Reason("repeated_runs", "info", repeat_share, 1.0,
                                  f"{repeat_share:.0%} of queries repeat an earlier prompt exactly "
                                  f"(benchmark-like re-runs harvest nothing new); not flagged"))
+    elif status in ("probing", "evaluation"):
+        reasons.insert(0, _status_reason(status, row, p, baseline))
+    elif status in ("flagged", "authorised"):
+        reasons.insert(0, _rule_reason(routes, fam, row))
     verdict = Verdict(p_value=combined, flagged=flagged, status=status, family_p=fam, reasons=tuple(reasons))
     if status == "clear":
         verdict = _judge_substream(row, baseline, fpr, authorised, verdict)
     return verdict
+
+
+_ROUTE_WORDS = {"elicitation": "it asks for privileged content",
+                "value": "its requests are self-contained and generative or its answers long relative to its "
+                         "prompts, sent by automation",
+                "coverage": "it covers capability areas broadly, by automation"}
+
+
+def _rule_reason(routes: list[str], fam: dict[str, float], row: Any) -> Reason:
+    """The rule in words: harvest, the routes that made it valuable, and what did not explain it."""
+    share = row.get("fixed_instruction_share", float("nan"))
+    fixed = (f"; not one fixed instruction ({share:.0%} of distinct prompts give its most common instructions)"
+             if share is not None and np.isfinite(share) else "")
+    return Reason("extraction_rule", "rule", float(len(routes)), fam[HARVEST],
+                  f"harvests new answers beyond organic accounts (harvest p = {fam[HARVEST]:.1e}) and the harvest "
+                  f"is valuable as training data: {'; '.join(_ROUTE_WORDS[r] for r in routes)}{fixed}")
 
 
 def _judge_substream(row: Any, baseline: Baseline, fpr: float, authorised: bool, verdict: Verdict) -> Verdict:

@@ -200,3 +200,194 @@ def frequent_words(texts: list[str], share: float = 0.3, min_docs: int = 5) -> f
             counts[word] = counts.get(word, 0) + 1
     cutoff = max(min_docs, share * len(texts))
     return frozenset(w for w, c in counts.items() if c >= cutoff)
+
+
+# -- value transferred and legitimate uses (issue 14) -----------------------------------------
+# Security scanning: jailbreak and prompt-injection attempts, system-prompt leakage probes and
+# refusal probes (requests a model should decline), in the many phrasings scanners use.
+SECURITY_PROBE = re.compile(
+    r"ignore (all |any |the )?(previous|prior|above|earlier|preceding) (instructions|prompts?|rules|directions)"
+    r"|disregard (all |any |the |your )?(previous|prior|above|safety|earlier)|\bjailbr(eak|oken)\b|\bdan mode\b"
+    r"|do anything now|developer mode|\bno (restrictions|filters|guidelines|rules)\b|without (any )?(restrictions|"
+    r"filters|censorship|ethical)|pretend (you are|to be|you're) (an? )?(evil|unrestricted|unfiltered|uncensored)"
+    r"|(print|repeat|reveal|output|leak|show|dump|recite)[^.?!\n]{0,40}(system prompt|hidden (prompt|instructions)|"
+    r"initial (prompt|instructions)|instructions above|text above|your instructions|confidential)"
+    r"|prompt injection|\bpayload\b[^.?!\n]{0,30}\b(inject|exploit)|(how (do i|to|can i)|steps to|instructions for) "
+    r"(make|build|synthesi[sz]e|create|manufacture)[^.?!\n]{0,30}(bomb|explosive|nerve agent|\bmeth\b|malware|"
+    r"ransomware|weapon|poison)|write (a |some )?(malware|ransomware|keylogger|phishing (email|page)|exploit)"
+    r"|bypass (the |your )?(safety|content|filter|guard)|\b(api[_ ]?key|password|credentials)\b[^.?!\n]{0,30}"
+    r"(leak|reveal|print|tell me)",
+    _FLAGS)
+# Benchmark formatting: an answer slot, answer-format demands, a benchmark's own phrasing.
+# (Multiple-choice option lines are found apart, see ``benchmark_format``.)
+BENCHMARK_FORMAT = re.compile(
+    r"\bfinal answer\b|\banswer:\s*$|(^|\n)question:|answer (the following|the|this|each) (multiple[- ]choice )?"
+    r"questions?|which of the following|(choose|select|pick) the (correct|best|right) (answer|option|choice)"
+    r"|answer with (only|just|the letter|a single|one)|the answer is\b|\bcorrect (answer|option)\b"
+    r"|\bthe following (is a|are) (multiple[- ]choice|question)",
+    _FLAGS)
+_OPTIONS = re.compile(r"(^|\n)\s*\(?a\)?[.):]\s+\S[^\n]*\n\s*\(?b\)?[.):]\s+\S", _FLAGS)
+_ANCHORS[SECURITY_PROBE.pattern] = (
+    "ignore", "disregard", "jailbr", "dan mode", "anything now", "developer mode", "restrictions", "filters",
+    "guidelines", "no rules", "censorship", "ethical", "evil", "unrestricted", "unfiltered", "uncensored",
+    "system prompt", "hidden prompt", "hidden instructions", "initial prompt", "initial instructions",
+    "instructions above", "text above", "your instructions", "confidential", "prompt injection", "payload", "bomb",
+    "explosive", "nerve agent", "meth ", "meth.", "malware", "ransomware", "weapon", "poison", "keylogger", "phishing",
+    "exploit", "bypass", "api key", "api_key", "apikey", "password", "credentials")
+_ANCHORS[BENCHMARK_FORMAT.pattern] = ("final answer", "answer:", "question:", "answer the", "answer this",
+                                      "answer each", "which of the following", "choose the", "select the",
+                                      "pick the", "answer with", "the answer is", "correct answer",
+                                      "correct option", "the following is", "the following are")
+
+
+def benchmark_format(texts: list[str]) -> np.ndarray:
+    """Is each (lowercased) text formatted as a benchmark item: multiple-choice option lines, an
+    answer slot or an answer-format demand?"""
+    phrased = has(BENCHMARK_FORMAT, texts)
+    search = _OPTIONS.search
+    options = np.fromiter((("\nb)" in t or "\n(b)" in t or "\nb." in t or "\nb:" in t) and search(t[:4000]) is not None
+                           for t in texts), dtype=bool, count=len(texts))
+    return phrased | options
+
+
+# Instructions: the verbs of asking a model to produce, solve or explain something, in their
+# inflected forms too ("implement", "returns", "sorting"), and question words. A prompt gives an
+# instruction when one of these occurs; the *varying* part of an account's prompts (its frame
+# taken away) gives one when the account sends many distinct instructions behind one frame.
+_VERB_STEMS = (
+    "write", "implement", "create", "generate", "produce", "compose", "draft", "design", "build", "develop", "code",
+    "program", "explain", "describe", "solve", "prove", "derive", "calculate", "compute", "find", "determine", "show",
+    "give", "list", "compare", "analyze", "analyse", "outline", "plan", "propose", "suggest", "recommend",
+    "summarize", "summarise", "translate", "convert", "rewrite", "refactor", "debug", "fix", "optimize", "optimise",
+    "make", "tell", "teach", "define", "discuss", "evaluate", "classify", "extract", "answer", "complete",
+    "continue", "simulate", "invent", "imagine", "brainstorm", "construct", "formulate", "illustrate", "elaborate",
+    "provide", "output", "return", "sort", "parse", "count", "estimate", "predict", "identify", "check", "validate",
+    "reverse", "merge", "remove", "insert", "delete", "search", "filter", "handle", "read", "send", "fetch",
+    "train", "test", "detect", "verify", "decide", "choose", "select", "rank", "split", "join", "map", "reduce",
+    "add", "multiply", "divide", "subtract", "simplify", "factor", "integrate", "differentiate", "minimize",
+    "maximize", "schedule", "query", "store", "load", "save", "render", "deploy", "configure", "install",
+    "automate", "scrape", "encrypt", "decrypt", "compress", "serialize", "tokenize", "plot", "draw", "argue",
+    "critique", "justify", "interpret", "paraphrase", "expand", "shorten", "improve", "review", "assess", "act",
+    "pretend", "roleplay", "respond", "reply", "help", "use", "apply", "model", "print")
+
+
+def _inflections(stem: str) -> set[str]:
+    base = stem[:-1] if stem.endswith("e") else stem
+    plural = stem + ("es" if stem.endswith(("s", "x", "z", "ch", "sh")) else "s")
+    return {stem, plural, base + "ed" if not stem.endswith("e") else stem + "d", base + "ing"}
+
+
+INSTRUCTION_WORDS: frozenset[str] = frozenset(
+    {w for stem in _VERB_STEMS for w in _inflections(stem)}
+    | {"how", "what", "why", "which", "when", "where", "who", "whom", "whose", "whether"})
+# Verbs that are as often nouns in product data, records or specs ("water filter", "model X2",
+# "build quality"): they say a prompt asks something, but not that a payload carries an instruction.
+_NOUN_LIKE = ("model", "code", "plan", "list", "test", "map", "filter", "store", "load", "count", "output", "program",
+              "design", "review", "print", "search", "help", "use", "act", "answer", "build", "check", "draw", "plot",
+              "schedule", "query", "fix", "sort", "split", "join", "add", "make", "show", "train", "return", "reply",
+              "rank", "estimate", "complete", "continue", "select", "factor", "outline", "draft", "plan", "save",
+              "send", "read", "insert", "order", "process", "record", "map", "reduce", "act", "handle")
+VARYING_INSTRUCTION_WORDS: frozenset[str] = INSTRUCTION_WORDS - {w for stem in _NOUN_LIKE for w in _inflections(stem)}
+# Material the request brings with it (text to work on, code, data): not a self-contained request.
+# Each marker has a cheap substring pre-test; the regular expressions run only where it passes.
+_MATERIAL_NOUNS = re.compile(
+    r"\b(the|this|these|following|below|above|attached|my|our) (text|passage|paragraph|message|ticket|email|e-mail|"
+    r"article|document|review|transcript|code|snippet|data|table|log|conversation|essay|excerpt|report|input|"
+    r"sentence|record|product|item|listing)s?\b[^\n]{0,20}(:|\n)|(^|\n)\s*(input|text|data|context|document|ticket|"
+    r"review|product|item|record)\s*:", _FLAGS)
+_LONG_PARAGRAPH = re.compile(r"\n\s*\n[^\n]{200,}", _FLAGS)
+_LONG_QUOTE = re.compile(r"\"[^\"]{200,}\"", _FLAGS)
+_STRUCTURED = re.compile(r"(^|\n)\s*[{\[]\s*\"|(\n[^\n,]*,[^\n,]*,[^\n]*){3}", _FLAGS)
+
+
+# Nouns for what an application hands the model to work on, and for a task handed over as such.
+MATERIAL_WORDS = frozenset({"text", "texts", "passage", "paragraph", "message", "messages", "ticket", "tickets",
+                            "email", "emails", "e-mail", "article", "document", "review", "reviews", "transcript",
+                            "snippet", "data", "table", "log", "logs", "conversation", "excerpt", "report", "input",
+                            "sentence", "sentences", "record", "records", "product", "products", "item", "items",
+                            "listing", "feedback", "comment", "comments", "post", "tweet", "query", "abstract"})
+TASK_WORDS = frozenset({"task", "tasks", "problem", "problems", "question", "questions", "exercise", "exercises",
+                        "instruction", "instructions", "request", "requests", "prompt", "prompts", "challenge",
+                        "assignment", "puzzle"})
+_SEGMENT = re.compile(r"[:\n]+")
+
+
+def carries_material(t: str) -> bool:
+    """Does a (lowercased) prompt bring material of its own: code, a document, records, data?"""
+    if "```" in t:
+        return True
+    # "... this customer message ... Message 12: <a long text>": named material, then the material.
+    cuts = [i for i in (t.find(":"), t.find("\n")) if i != -1]
+    if cuts and len(t) - min(cuts) > 150 and not MATERIAL_WORDS.isdisjoint(prompt_words(t, 300)):
+        return True
+    if "\n\n" in t and _LONG_PARAGRAPH.search(t) is not None:
+        return True
+    if t.count('"') >= 2 and len(t) > 200 and _LONG_QUOTE.search(t) is not None:
+        return True
+    if ":" in t[:1000] or "\n" in t[:1000]:
+        if _MATERIAL_NOUNS.search(t[:1000]) is not None:
+            return True
+    if ("{" in t or "[" in t or t.count(",") >= 6) and "\n" in t and _STRUCTURED.search(t) is not None:
+        return True
+    return False
+
+
+def gives_instruction(words: set[str] | frozenset[str], text: str) -> bool:
+    """Does a prompt (its words, its lowercased text) ask for something: a task verb, a question?"""
+    return "?" in text or not INSTRUCTION_WORDS.isdisjoint(words)
+
+
+def prompt_words(text: str, limit: int = 600) -> frozenset[str]:
+    """The distinct words of a (lowercased) prompt's first ``limit`` characters."""
+    return frozenset(_LOWER_WORD.findall(text[:limit]))
+
+
+def self_contained(texts: list[str]) -> np.ndarray:
+    """Is each (lowercased) prompt a self-contained generative request: it asks for something and
+    brings no material of its own (no code, document, record or data to work on)?"""
+    return np.fromiter((("?" in t[:600] or not INSTRUCTION_WORDS.isdisjoint(prompt_words(t)))
+                        and not carries_material(t[:4000]) for t in texts), dtype=bool, count=len(texts))
+
+
+FRAME_SHARE = 0.5   # words in at least this share of an account's prompts are its frame
+
+
+def frame_words(word_sets: list[frozenset[str]], share: float = FRAME_SHARE) -> frozenset[str]:
+    """Words present in at least ``share`` of the prompts: the account's fixed frame."""
+    counts: dict[str, int] = {}
+    for words in word_sets:
+        for w in words:
+            counts[w] = counts.get(w, 0) + 1
+    cutoff = max(2.0, share * len(word_sets))
+    return frozenset(w for w, c in counts.items() if c >= cutoff)
+
+
+def instruction_words(texts: list[str], frame: frozenset[str]) -> list[frozenset[str]]:
+    """The words of each (lowercased) prompt that can carry its instruction, given the account's frame.
+
+    When the frame names material it hands over ("summarise the following *ticket*", "a product
+    description for …") and no task ("solve the following *task*"), the payload segments (split
+    at colons and line breaks; those mostly outside the frame) are material, not instructions:
+    only the segments written mostly in the frame's words count. Otherwise the whole prompt does.
+    """
+    material_app = not MATERIAL_WORDS.isdisjoint(frame) and TASK_WORDS.isdisjoint(frame)
+    out = []
+    for t in texts:
+        words = prompt_words(t)
+        if material_app:
+            segments = [prompt_words(seg, 600) for seg in _SEGMENT.split(t[:600]) if seg.strip()]
+            if len(segments) > 1:
+                kept = [seg for seg in segments if seg and len(seg & frame) >= 0.5 * len(seg)]
+                words = frozenset().union(*kept) if kept else frozenset()
+        out.append(words)
+    return out
+
+
+def varying_instruction(word_sets: list[frozenset[str]], frame: frozenset[str]) -> np.ndarray:
+    """Does the part of each prompt outside the frame give an instruction of its own (many distinct
+    instructions behind one frame), or only a payload (one fixed instruction over data)? A frame
+    that hands over a task ("the following task:") makes every payload an instruction."""
+    if not TASK_WORDS.isdisjoint(frame):
+        return np.ones(len(word_sets), dtype=bool)
+    return np.fromiter((not VARYING_INSTRUCTION_WORDS.isdisjoint(words - frame) for words in word_sets), dtype=bool,
+                       count=len(word_sets))

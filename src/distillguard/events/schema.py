@@ -72,7 +72,7 @@ class Event:
 class PromptView:
     """What the detectors read from a request body, for chat and completions alike."""
 
-    prompt_text: str          # the newest user turn (chat) or the prompt (completions)
+    prompt_text: str          # the newest user turn (chat; with none, the newest system/developer/tool text)
     system_prompt: str | None
     n_turns: int              # user turns in the request, this one included
     n_messages: int
@@ -299,6 +299,16 @@ def prompt_view(request: dict[str, Any]) -> PromptView:
             if message.get("role") == "user":
                 prompt_text = content_text(message.get("content"))
                 break
+        else:
+            # No user turn: the request's instructions are in the other roles (a synthetic-data
+            # tool may send its whole prompt as one system message). The newest system,
+            # developer or tool message with text is the prompt, not an empty one.
+            for message in reversed(messages):
+                if isinstance(message, dict) and message.get("role") in ("system", "developer", "tool"):
+                    text = content_text(message.get("content"))
+                    if text.strip():
+                        prompt_text = text
+                        break
     else:
         prompt = request.get("prompt")
         if isinstance(prompt, str):

@@ -36,7 +36,8 @@ from urllib.parse import urlparse
 
 from distillguard.errors import BadInputError
 from distillguard.gateway.clientaddr import LOOPBACK, parse_trusted
-from distillguard.gateway.policy import ACTIONS, CONDITIONS, DEFAULT_RULES, EVIDENCE, Limits, PolicyConfig, Rule
+from distillguard.gateway.policy import (ACTIONS, CONDITIONS, DEFAULT_RULES, EVIDENCE, STATUS_CONDITIONS, Limits,
+                                        PolicyConfig, Rule)
 from distillguard.shaping import MODES as SHAPE_MODES
 
 
@@ -184,6 +185,9 @@ def _rule(table: Any, index: int) -> Rule:
     if not isinstance(actions, list) or not actions or any(a not in ACTIONS for a in actions):
         raise BadInputError(f"expected a list drawn from {', '.join(ACTIONS)}, got {actions!r}",
                             field=f"{where}.actions")
+    if when in STATUS_CONDITIONS and "block" in actions:
+        raise BadInputError(f"'{when}' is a legitimate use and is never blocked on its status: use throttle and "
+                            f"modifying actions", field=f"{where}.actions")
     limits = _limits({k: table[k] for k in ("requests_per_minute", "tokens_per_minute") if k in table}, where)
     max_tokens = table.get("max_tokens")
     if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):

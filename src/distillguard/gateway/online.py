@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from distillguard.detect import text as tx
-from distillguard.detect.features import (BREADTH_SAMPLE, BREADTH_WINDOWS, TEMPLATE_MIN_GROUP, _entropy_bits,
-                                          elicitation_text)
+from distillguard.detect.features import (BREADTH_SAMPLE, BREADTH_WINDOWS, PROMPT_CHARS, SYSTEM_CHARS,
+                                          TEMPLATE_MIN_GROUP, _entropy_bits, answer_ratios, elicitation_text)
+from distillguard.detect.hydra import SLOT_S
 from distillguard.detect.minhash import band_keys, signature_one, template_shingles
 from distillguard.detect.scoring import Verdict
 from distillguard.events.schema import PromptView
@@ -41,7 +42,9 @@ N_BANDS = 16
 _NAMES = ("queries", "distinct_seen", "repeats0", "out_tokens_distinct", "cot", "grading", "identity", "datagen",
           "logprobs", "tools", "open_loop_tools", "orphan_followup", "near_cap", "single_turn", "templated",
           "impersonal", "gap_n", "gap_mean", "gap_m2", "first_t", "last_t", "windows", "window_entropy_sum",
-          "window_fill", "areas_distinct", "ring_next", "ring_fill")
+          "window_fill", "areas_distinct", "ring_next", "ring_fill",
+          "self_contained", "probe", "benchmark", "temperature0", "ratio_sum", "ratio_n", "probes_distinct", "elicited_tokens",
+          "instr_judged", "instr_fixed")
 S = {name: i for i, name in enumerate(_NAMES)}
 _HOURS = len(_NAMES)
 _AREAS = _HOURS + 24
@@ -49,12 +52,19 @@ _WINDOW = _AREAS + N_AREAS
 _SIZE = _WINDOW + N_AREAS
 
 
+SLOT_RING = 32              # recent ten-minute slots kept for co-activity links
+WORD_BUCKETS = 256          # hashed words for the live fixed-instruction share (a 32-byte bitmap)
+FRAME_PROMPTS = 20          # distinct prompts whose words define an account's frame live
+
+
 @dataclass(frozen=True, slots=True)
 class RequestFacts:
-    """What one request contributes to its account's state (computed once per request)."""
+    """What one request contributes to its account's state: computed once per request, and plain
+    data only (ints, bools, bytes, tuples, one optional string), so it can be serialised and
+    shipped to other replicas (``dataclasses.asdict``; ``from_dict`` reads it back)."""
 
     bloom_bits: tuple[int, ...]
-    keys: np.ndarray          # (N_BANDS,) uint32 template band keys (0: too short to be a template)
+    keys: tuple[int, ...]     # N_BANDS uint32 template band keys (0: too short to be a template)
     cot: bool
     grading: bool
     identity: bool
@@ -69,36 +79,78 @@ class RequestFacts:
     temperature0: bool
     area: int
     end_user: str | None = None   # the caller's own end user (request safety_identifier/user)
+    self_contained: bool = False  # an instruction and no material of the caller's own
+    probe: bool = False           # a security probe (jailbreak, leakage, refusal test)
+    benchmark: bool = False       # formatted as a benchmark item
+    prompt_chars: int = 0         # prompt + system characters (as the scan reads them), for the answer ratio
+    word_bits: bytes = b""        # WORD_BUCKETS-bit bitmap of the prompt's hashed words
+    instruction_bits: bytes = b""  # ... of those that are instruction words
+
+    @property
+    def elicited(self) -> bool:
+        """Asks for privileged content (its answer counts toward privileged-content harvest)."""
+        return self.cot or self.grading or self.identity or self.datagen or self.open_loop_tools
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RequestFacts":
+        """The inverse of ``dataclasses.asdict`` (tuples and bytes restored from JSON-like lists)."""
+        fields = dict(data)
+        fields["bloom_bits"] = tuple(int(b) for b in fields["bloom_bits"])
+        fields["keys"] = tuple(int(k) for k in fields["keys"])
+        for name in ("word_bits", "instruction_bits"):
+            value = fields.get(name, b"")
+            fields[name] = bytes.fromhex(value) if isinstance(value, str) else bytes(value)
+        return cls(**fields)
+
+
+def _word_bitmaps(words: frozenset[str]) -> tuple[bytes, bytes]:
+    every = instr = 0
+    for w in words:
+        bit = 1 << (tx.stable_hash(w) % WORD_BUCKETS)
+        every |= bit
+        if w in tx.VARYING_INSTRUCTION_WORDS:
+            instr |= bit
+    size = WORD_BUCKETS // 8
+    return every.to_bytes(size, "little"), instr.to_bytes(size, "little")
 
 
 def read_request(view: PromptView, max_tokens_cap: int) -> RequestFacts:
     prompt = view.prompt_text or ""
+    if not prompt and view.system_prompt:
+        prompt = view.system_prompt[:PROMPT_CHARS]     # as the scan reads a system-message-only request
     digest = hashlib.blake2b(prompt.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     h = int.from_bytes(digest, "little")
     bits = tuple((h >> (16 * i)) & (BLOOM_BITS - 1) for i in range(BLOOM_HASHES))
     cue = elicitation_text(prompt, view.system_prompt)
     cues = [bool(tx.has(pattern, [cue])[0]) for pattern in
-            (tx.COT_ELICITATION, tx.GRADING, tx.IDENTITY_PROBE, tx.DATA_GENERATION)]
+            (tx.COT_ELICITATION, tx.GRADING, tx.IDENTITY_PROBE, tx.DATA_GENERATION, tx.SECURITY_PROBE)]
+    cues.append(bool(tx.benchmark_format([cue])[0]))
     keys = band_keys(signature_one(template_shingles(prompt))[None, :])[0]
     keys32 = (keys ^ (keys >> np.uint64(32))).astype(np.uint32)
     keys32[keys == 0] = 0
+    lowered = prompt[:PROMPT_CHARS].lower()
+    word_bits, instruction_bits = _word_bitmaps(tx.prompt_words(lowered))
+    system = view.system_prompt
+    chars = min(len(prompt), PROMPT_CHARS) + (min(len(system), SYSTEM_CHARS) if system and system != prompt else 0)
     has_system = view.system_prompt is not None
     single = view.n_turns <= 1
     followup = bool(tx.followup_opening([prompt])[0])
     return RequestFacts(
-        bloom_bits=bits, keys=keys32, cot=cues[0], grading=cues[1], identity=cues[2],
+        bloom_bits=bits, keys=tuple(int(k) for k in keys32), cot=cues[0], grading=cues[1], identity=cues[2],
         datagen=cues[3], logprobs=view.logprobs, tools=view.has_tools,
         open_loop_tools=view.has_tools and view.n_messages <= view.n_turns + has_system,
         orphan_followup=single and view.n_messages <= 1 + has_system and followup,
         near_cap=view.max_tokens is not None and view.max_tokens >= 0.9 * max_tokens_cap,
         single_turn=single, impersonal=not bool(tx.human_style([prompt])[0]),
-        temperature0=view.temperature == 0.0, area=tx.area_index(prompt), end_user=view.end_user)
+        temperature0=view.temperature == 0.0, area=tx.area_index(prompt), end_user=view.end_user,
+        self_contained=bool(tx.self_contained([lowered])[0]), probe=cues[4], benchmark=cues[5], prompt_chars=chars,
+        word_bits=word_bits, instruction_bits=instruction_bits)
 
 
 # Counters a request adds one to when its fact holds (fact name == slot name).
 _FLAG_SLOTS = tuple((name, S[name]) for name in ("cot", "grading", "identity", "datagen", "logprobs", "tools",
                                                  "open_loop_tools", "orphan_followup", "near_cap", "single_turn",
-                                                 "impersonal"))
+                                                 "impersonal", "probe", "benchmark", "temperature0"))
 _Q, _GAP_N, _GAP_MEAN, _GAP_M2, _FIRST, _LAST = (S[k] for k in ("queries", "gap_n", "gap_mean", "gap_m2", "first_t",
                                                                  "last_t"))
 
@@ -110,7 +162,8 @@ class AccountState:
     request makes); the template ring is a small numpy matrix compared in one operation.
     """
 
-    __slots__ = ("v", "bloom", "ring", "verdict", "elevated", "scored_at", "template_keys", "attrs")
+    __slots__ = ("v", "bloom", "ring", "verdict", "elevated", "scored_at", "template_keys", "attrs", "frame",
+                 "slots")
 
     def __init__(self) -> None:
         self.v = array("d", bytes(8 * _SIZE))
@@ -121,6 +174,10 @@ class AccountState:
         self.scored_at = 0.0          # query count at the last full verdict
         self.template_keys: tuple[int, ...] = ()   # recurring template bands (for hydra links)
         self.attrs: frozenset[int] = frozenset()   # hashed link attributes (hydra)
+        # The account's frame (words in half its first FRAME_PROMPTS distinct prompts): while it is
+        # being learnt, per-bucket word counts and those prompts' instruction bitmaps; then one bitmap.
+        self.frame: tuple[bytearray, list[bytes]] | int = (bytearray(WORD_BUCKETS), [])
+        self.slots = array("d")        # the last SLOT_RING ten-minute activity slots (behavioural links)
 
     @property
     def queries(self) -> int:
@@ -154,6 +211,7 @@ class AccountState:
         if ts > v[_LAST]:
             v[_LAST] = ts
         v[_Q] = n + 1
+        self.note_slot(ts)
         v[_HOURS + int((ts % 86400.0) // 3600.0)] += 1
         for name, slot in _FLAG_SLOTS:
             if getattr(facts, name):
@@ -161,8 +219,10 @@ class AccountState:
         seen = self._bloom_add(facts.bloom_bits)
         if seen and facts.temperature0:
             v[S["repeats0"]] += 1
+        if facts.self_contained and not facts.probe:
+            v[S["self_contained"]] += 1
         new_recurring: tuple[int, ...] = ()
-        keys = facts.keys
+        keys = np.array(facts.keys, dtype=np.uint32)
         if keys.any():
             fill = int(v[S["ring_fill"]])
             ring = self.ring[:fill]
@@ -186,6 +246,10 @@ class AccountState:
                 v[S["ring_fill"]] = min(RING, fill + 1)
         if not seen:
             v[S["distinct_seen"]] += 1
+            if facts.probe:
+                v[S["probes_distinct"]] += 1
+            elif facts.word_bits:
+                self._judge_instruction(facts.word_bits, facts.instruction_bits)
             if v[S["areas_distinct"]] < BREADTH_SAMPLE * BREADTH_WINDOWS:
                 v[S["areas_distinct"]] += 1
                 v[_AREAS + facts.area] += 1
@@ -199,10 +263,58 @@ class AccountState:
                     v[S["window_fill"]] = 0
         return seen, new_recurring
 
-    def add_output(self, completion_tokens: int, repeat: bool) -> None:
-        """Output tokens of an answered request (counted toward harvest when the prompt was new)."""
-        if not repeat and completion_tokens > 0:
+    def _judge_instruction(self, words: bytes, instructions: bytes) -> None:
+        """Does this distinct prompt give an instruction outside the account's frame? (The live
+        fixed-instruction share; the frame is learnt from the first FRAME_PROMPTS prompts, which
+        are then judged against it too.)"""
+        v = self.v
+        frame = self.frame
+        if isinstance(frame, int):
+            v[S["instr_judged"]] += 1
+            v[S["instr_fixed"]] += (int.from_bytes(instructions, "little") & ~frame) == 0
+            return
+        counts, pending = frame
+        every = int.from_bytes(words, "little")
+        while every:
+            low = every & -every
+            counts[low.bit_length() - 1] += 1
+            every ^= low
+        pending.append(instructions)
+        if len(pending) < FRAME_PROMPTS:
+            return
+        bitmap = 0
+        for bit, c in enumerate(counts):
+            if c >= 0.5 * len(pending):
+                bitmap |= 1 << bit
+        v[S["instr_judged"]] += len(pending)
+        v[S["instr_fixed"]] += sum((int.from_bytes(instr, "little") & ~bitmap) == 0 for instr in pending)
+        self.frame = bitmap
+
+    def note_slot(self, ts: float) -> None:
+        """Remember the request's ten-minute slot (the last ``SLOT_RING`` distinct ones)."""
+        slot = float(ts // SLOT_S)
+        slots = self.slots
+        if slots and slots[-1] == slot:
+            return
+        slots.append(slot)
+        if len(slots) > SLOT_RING:
+            del slots[0]
+
+    def add_output(self, completion_tokens: int, repeat: bool, prompt_chars: int | None = None,
+                   probe: bool = False, elicited: bool = False) -> None:
+        """Output tokens of an answered request (counted toward harvest when the prompt was new and
+        not a security probe, toward privileged-content harvest when it ``elicited``; with
+        ``prompt_chars``, toward the answer-length ratio too)."""
+        if repeat or probe:
+            return
+        if completion_tokens > 0:
             self.v[S["out_tokens_distinct"]] += completion_tokens
+            if elicited:
+                self.v[S["elicited_tokens"]] += completion_tokens
+        if prompt_chars is not None:
+            self.v[S["ratio_sum"]] += float(answer_ratios(np.array([float(max(0, completion_tokens))]),
+                                                          np.array([float(prompt_chars)]))[0])
+            self.v[S["ratio_n"]] += 1
 
     def distinct_estimate(self) -> float:
         """Distinct prompts: the Bloom filter's fill-based estimate (exact count while sparse)."""
@@ -217,7 +329,11 @@ class AccountState:
 
     def memory_bytes(self) -> int:
         """Bytes held by this state (the containers and what they hold)."""
-        return (sys.getsizeof(self) + sys.getsizeof(self.v) + sys.getsizeof(self.bloom)
+        frame = self.frame
+        frame_bytes = sys.getsizeof(frame)
+        if isinstance(frame, tuple):
+            frame_bytes += sys.getsizeof(frame[0]) + sys.getsizeof(frame[1]) + sum(sys.getsizeof(b) for b in frame[1])
+        return (frame_bytes + sys.getsizeof(self.slots) + sys.getsizeof(self) + sys.getsizeof(self.v) + sys.getsizeof(self.bloom)
                 + sys.getsizeof(self.ring) + sys.getsizeof(self.template_keys) + 32 * len(self.template_keys)
                 + sys.getsizeof(self.attrs) + 32 * len(self.attrs))
 
@@ -231,10 +347,18 @@ def features_of(v: np.ndarray, distinct: float) -> dict[str, float]:
     nan = float("nan")
     n = float(v[S["queries"]])
     span_days = max(1.0, (v[S["last_t"]] - v[S["first_t"]]) / 86400.0)
+    distinct = max(0.0, distinct - float(v[S["probes_distinct"]]))    # probes harvest nothing
     out = {"queries": n, "distinct_prompts": distinct, "span_days": span_days,
            "distinct_per_day": distinct / span_days,
+           "output_tokens_distinct": float(v[S["out_tokens_distinct"]]),
+           "elicited_tokens": float(v[S["elicited_tokens"]]),
            "output_tokens_per_day": float(v[S["out_tokens_distinct"]]) / span_days,
-           "repeat_share": float(v[S["repeats0"]]) / n if n else 0.0}
+           "repeat_share": float(v[S["repeats0"]]) / n if n else 0.0,
+           "self_contained_count": float(v[S["self_contained"]]), "probe_count": float(v[S["probe"]]),
+           "benchmark_count": float(v[S["benchmark"]]), "temp0_count": float(v[S["temperature0"]])}
+    out["answer_ratio"] = float(v[S["ratio_sum"]] / v[S["ratio_n"]]) if v[S["ratio_n"]] else nan
+    judged = v[S["instr_judged"]]
+    out["fixed_instruction_share"] = float(v[S["instr_fixed"]] / judged) if judged >= FRAME_PROMPTS else nan
     for feature, slot in (("cot_count", "cot"), ("grading_count", "grading"), ("identity_count", "identity"),
                           ("datagen_count", "datagen"), ("logprobs_count", "logprobs"), ("tools_count", "tools"),
                           ("open_loop_tools_count", "open_loop_tools"), ("orphan_followup_count", "orphan_followup"),

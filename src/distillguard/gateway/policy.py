@@ -24,7 +24,8 @@ from distillguard.detect.scoring import FAMILY_ALPHA, Verdict
 from distillguard.detect.signals import ELICITATION
 from distillguard.gateway.scorer import Assessment
 
-CONDITIONS = ("flagged", "cluster_flagged", "elevated", "intel", "intel_any", "any")
+CONDITIONS = ("flagged", "cluster_flagged", "elevated", "probing", "evaluation", "intel", "intel_any", "any")
+STATUS_CONDITIONS = ("probing", "evaluation")  # legitimate uses reported as their own status, never blocked
 INTEL_CONDITIONS = ("intel", "intel_any")     # peers' live indicators: flagged on intel alone / any match
 EVIDENCE = ("any", "elicitation")
 ACTIONS = ("block", "throttle", "strip_logprobs", "strip_reasoning", "cap_max_tokens", "cohort", "shape")
@@ -54,13 +55,19 @@ class Rule:
 
 
 # Graduated by default. A flag resting on privileged content (reasoning traces, grades, identity,
-# training data, one-shot agent runs) blocks at once; a flag resting on broad automated coverage
-# alone is also what an evaluation's first pass looks like, so it throttles, strips and
-# watermarks until the account has sent 1,000 queries (an evaluation's repeats clear it by then).
+# training data, one-shot agent runs) blocks at once; a flag resting on value or broad coverage
+# from automated prompts alone throttles, strips and watermarks until the account has sent 1,000
+# queries, then blocks.
 # Peers' intel never blocks on its own: another organisation's word (about a card, an e-mail, a
 # network) can be wrong about our customer, so an account flagged on intel alone (intel score
 # >= 0.5, e.g. one e-mail or card match at confidence 80 from a fully trusted peer) is limited
 # like a coverage flag, and a weaker match (a /24 alone) only routes it to the watermark cohort.
+#
+# Security scanning (``probing``) and benchmark runs (``evaluation``) are legitimate uses with a
+# status of their own, not extraction flags: they are never blocked on that status (a rule with
+# ``block`` on these conditions is refused by the configuration), only held to a moderate rate
+# and routed to the watermark cohort, so that a harvester dressed as one gains little and stays
+# traceable.
 MODIFY = ("strip_logprobs", "strip_reasoning", "cap_max_tokens", "cohort", "shape")
 DEFAULT_RULES = (
     Rule("flagged_elicitation", "flagged", ("block",), evidence="elicitation"),
@@ -68,6 +75,8 @@ DEFAULT_RULES = (
     Rule("flagged_persistent", "flagged", ("block",), min_queries=1000),
     Rule("flagged_coverage", "flagged", ("throttle",) + MODIFY,
          limits=Limits(requests_per_minute=10, tokens_per_minute=5_000), max_tokens=512, cohort="watch"),
+    Rule("probing", "probing", ("throttle", "cohort"), limits=Limits(requests_per_minute=60), cohort="watch"),
+    Rule("evaluation", "evaluation", ("throttle", "cohort"), limits=Limits(requests_per_minute=60), cohort="watch"),
     Rule("intel_flagged", "intel", ("throttle",) + MODIFY,
          limits=Limits(requests_per_minute=10, tokens_per_minute=5_000), max_tokens=512, cohort="watch"),
     Rule("elevated", "elevated", ("throttle",) + MODIFY,
@@ -165,7 +174,8 @@ class ManualAction:
                 "set_at": self.set_at, "expires_at": self.expires_at}
 
 
-_FAMILY_ORDER = {"substream": 0, ELICITATION: 1, "harvest": 2, "coverage": 3, "automation": 4}
+_FAMILY_ORDER = {"substream": 0, "rule": 0.5, ELICITATION: 1, "harvest": 2, "value": 2.5, "coverage": 3,
+                 "automation": 4}
 
 
 def _intel_reasons(intel: Any, k: int = 2) -> str:
@@ -293,12 +303,16 @@ class Policy:
             return a.cluster_verdict is not None and a.cluster_verdict.flagged
         if rule.when == "elevated":
             return a.elevated
+        if rule.when in STATUS_CONDITIONS:
+            return a.verdict.status == rule.when
         return False
 
     def _apply(self, rule: Rule, d: Decision, a: Assessment, now: float, tokens_wanted: float) -> None:
         d.rule = rule.name
         if rule.when in INTEL_CONDITIONS:
             return self._apply_intel(rule, d, a, now, tokens_wanted)
+        if rule.when in STATUS_CONDITIONS:
+            return self._apply_status(rule, d, a, now, tokens_wanted)
         code = {"flagged": "extraction_flagged", "cluster_flagged": "cluster_flagged",
                 "elevated": "elevated_risk"}.get(rule.when, rule.name)
         verdict = a.cluster_verdict if rule.when == "cluster_flagged" and a.cluster_verdict else a.verdict
@@ -324,8 +338,9 @@ class Policy:
                 d.codes.append("end_user")
             return
         if rule.when in ("flagged", "cluster_flagged"):
-            lead = (f"{subject} is flagged for model extraction ({p_text}) on broad automated coverage; "
-                    f"limited and watermarked rather than blocked: {why}{also}")
+            lead = (f"{subject} is flagged for model extraction ({p_text}) without privileged content "
+                    f"(value or broad coverage from automated prompts); limited and watermarked rather than "
+                    f"blocked: {why}{also}")
         else:
             lead = f"{subject} shows elevated extraction risk ({p_text}): {why}{also}"
         self._act(rule, d, a, now, tokens_wanted, code, lead)
@@ -333,6 +348,22 @@ class Policy:
             d.codes.append("intel_match")
         if a.end_user is not None and rule.when != "cluster_flagged" and d.action != "allow":
             d.codes.append("end_user")
+
+    def _apply_status(self, rule: Rule, d: Decision, a: Assessment, now: float, tokens_wanted: float) -> None:
+        """Probing or evaluation: the status's reason in words; never a block (see DEFAULT_RULES)."""
+        code = {"probing": "security_probing", "evaluation": "evaluation_run"}[rule.when]
+        what = {"probing": "security probing (jailbreak, leakage and refusal tests)",
+                "evaluation": "an evaluation run (benchmark items at temperature 0)"}[rule.when]
+        subject = f"end user {a.end_user!r} of account {a.account!r}" if a.end_user else f"account {a.account!r}"
+        lead_reason = next((r.detail for r in a.verdict.reasons if r.signal == rule.when), "")
+        limits = rule.limits.requests_per_minute
+        held = f"held to {limits:g} requests per minute and " if limits and "throttle" in rule.actions else ""
+        lead = (f"{subject} is reported as {what}, not extraction; {held}routed to watermark cohort "
+                f"{rule.cohort!r}, never blocked on this status: {lead_reason}")
+        self._act(rule, d, a, now, tokens_wanted, code, lead)
+        if d.action == "allow":     # within its limits: still say why it is watermarked
+            d.codes.insert(0, code)
+            d.explanation = lead
 
     def _apply_intel(self, rule: Rule, d: Decision, a: Assessment, now: float, tokens_wanted: float) -> None:
         """A rule on peers' intel: the explanation names the peers and indicators that matched."""

@@ -77,7 +77,8 @@ def charge_answer(gw: Gateway, account: str, assessment: Any, event: dict[str, A
         tokens = len(str(event.get("response") or "")) // 4
     if assessment is not None:
         gw.scorer.add_output(account, int(tokens), assessment.repeat, end_user_key=assessment.end_user_key,
-                             end_user_repeat=assessment.end_user_repeat)
+                             end_user_repeat=assessment.end_user_repeat, prompt_chars=assessment.prompt_chars,
+                             probe=assessment.probe, elicited=assessment.elicited)
     gw.policy.charge_tokens(account, assessment.cluster if assessment else None,
                             float(usage.get("total_tokens") or tokens), now=clock)
     if gw.fleet is not None:

@@ -25,17 +25,18 @@ import hashlib
 import ipaddress
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from distillguard.detect.baseline import Baseline
 from distillguard.detect.hydra import (CREATED_BUCKET_S, EDGE_WEIGHT_ONE_STRONG, MAX_GROUP, MIN_CLUSTER, STRONG, WEAK,
-                                      edge_evidence, email_pattern)
+                                      TIMING, AccountIdentity, behaviour_evidence, carried_by, edge_evidence,
+                                      email_pattern)
 from distillguard.detect.features import end_user_key, split_end_user_key
 from distillguard.detect.scoring import HARVEST_ALPHA, Verdict, end_user_verdict, judge
 from distillguard.detect.signals import HARVEST, SIGNALS
 from distillguard.gateway.intel import FIRST_PROMPTS_CHECKED
-from distillguard.gateway.online import _HOURS, AccountState, RequestFacts, merged_features
+from distillguard.gateway.online import _AREAS, _HOURS, N_AREAS, S, AccountState, RequestFacts, merged_features
 
 _KINDS = ("template", "payment", "ip24", "email_pattern", "org", "user_agent", "created_burst")
 _KIND_BITS = 3
@@ -66,6 +67,38 @@ def ip24(ip: str | None) -> str | None:
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
 
 
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One request as the live scorer reads it: computed once from the request, plain data only
+    (no live objects), so replicas can ship observations to each other and fold them into their
+    own state. ``asdict`` writes it; ``Observation.from_dict`` reads it back.
+
+    ``prompt`` is read only by peers' template indicators when a template newly recurs; a replica
+    may ship the observation without it (None) at the cost of those matches.
+    """
+
+    account: str
+    ts: float
+    facts: RequestFacts
+    ip: str | None = None
+    user_agent: str | None = None
+    identity: dict[str, Any] | None = None   # the key's identity record (payment, email, org, created)
+    prompt: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        facts = asdict(self.facts)
+        facts["word_bits"] = self.facts.word_bits.hex()
+        facts["instruction_bits"] = self.facts.instruction_bits.hex()
+        return {"account": self.account, "ts": self.ts, "facts": facts, "ip": self.ip,
+                "user_agent": self.user_agent, "identity": self.identity, "prompt": self.prompt}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Observation":
+        return cls(account=str(data["account"]), ts=float(data["ts"]), facts=RequestFacts.from_dict(data["facts"]),
+                   ip=data.get("ip"), user_agent=data.get("user_agent"), identity=data.get("identity"),
+                   prompt=data.get("prompt"))
+
+
 INSUFFICIENT = Verdict(p_value=1.0, flagged=False, status="insufficient_data", family_p={}, reasons=())
 
 
@@ -86,10 +119,13 @@ class Assessment:
     end_user: str | None = None     # set when the verdict is this request's end user's, not the account's
     end_user_key: str | None = None  # the end-user state this request was folded into (if it named one)
     end_user_repeat: bool = False
+    prompt_chars: int = 0            # for the answer-length ratio, once answered (add_output)
+    probe: bool = False              # a security probe: its answer is not counted as harvest
+    elicited: bool = False           # asks for privileged content: its answer counts as such harvest
 
 
 class _Cluster:
-    __slots__ = ("name", "members", "verdict", "scored_at", "edges", "strong")
+    __slots__ = ("name", "members", "verdict", "scored_at", "edges", "strong", "links")
 
     def __init__(self, name: str, members: set[str]) -> None:
         self.name = name
@@ -98,6 +134,7 @@ class _Cluster:
         self.scored_at = 0.0
         self.edges = 0
         self.strong = 0.0
+        self.links: dict[str, int] = {}     # link kind -> edges carrying it
 
 
 class LiveScorer:
@@ -120,11 +157,18 @@ class LiveScorer:
         self.lock = threading.Lock()
 
     # -- per request -----------------------------------------------------------------------
-    def observe(self, account: str, facts: RequestFacts, ts: float, *, ip: str | None = None,
-                user_agent: str | None = None, identity: dict[str, Any] | None = None,
+    def observe(self, observation: Observation | str, facts: RequestFacts | None = None, ts: float | None = None, *,
+                ip: str | None = None, user_agent: str | None = None, identity: dict[str, Any] | None = None,
                 prompt: str | None = None) -> Assessment:
-        """``prompt``: the request's prompt text, read by peers' template indicators (only when a
-        template newly recurs in the account)."""
+        """Fold one request (see :class:`Observation`) into its account's state and assess it.
+
+        The older form ``observe(account, facts, ts, ip=..., ...)`` builds the observation."""
+        if not isinstance(observation, Observation):
+            observation = Observation(observation, float(ts), facts, ip=ip, user_agent=user_agent, identity=identity,
+                                      prompt=prompt)
+        account, facts, ts = observation.account, observation.facts, observation.ts
+        ip, user_agent, identity, prompt = (observation.ip, observation.user_agent, observation.identity,
+                                            observation.prompt)
         with self.lock:
             state = self.accounts.get(account)
             if state is None:
@@ -163,7 +207,8 @@ class LiveScorer:
                               cluster_size=len(cluster.members) if cluster else 0,
                               cluster_verdict=cluster_verdict,
                               cluster_confidence=self._confidence(cluster) if cluster else 0.0, repeat=repeat,
-                              intel=evidence, end_user=end_user, end_user_key=eu_key, end_user_repeat=eu_repeat)
+                              intel=evidence, end_user=end_user, end_user_key=eu_key, end_user_repeat=eu_repeat,
+                              prompt_chars=facts.prompt_chars, probe=facts.probe, elicited=facts.elicited)
 
     def _end_user_state(self, account: str, key: str) -> AccountState:
         """The end user's state, most recently used now; a new one may evict the least recent
@@ -184,15 +229,18 @@ class LiveScorer:
         return state
 
     def add_output(self, account: str, completion_tokens: int, repeat: bool, *, end_user_key: str | None = None,
-                   end_user_repeat: bool = False) -> None:
+                   end_user_repeat: bool = False, prompt_chars: int | None = None, probe: bool = False,
+                   elicited: bool = False) -> None:
+        """An answered request's output tokens (``prompt_chars``, ``probe``, ``elicited``: from its
+        assessment)."""
         with self.lock:
             state = self.accounts.get(account)
             if state is not None:
-                state.add_output(completion_tokens, repeat)
+                state.add_output(completion_tokens, repeat, prompt_chars, probe, elicited)
             if end_user_key is not None:
                 eu_state = self.end_users.get(end_user_key)
                 if eu_state is not None:
-                    eu_state.add_output(completion_tokens, end_user_repeat)
+                    eu_state.add_output(completion_tokens, end_user_repeat, prompt_chars, probe, elicited)
 
     # -- verdicts --------------------------------------------------------------------------
     def _harvest_p(self, features: dict[str, float]) -> float:
@@ -319,13 +367,15 @@ class LiveScorer:
             if other_state is None:
                 continue
             shared = (state.attrs & other_state.attrs) - too_common
-            if len(shared) < 2:              # no edge rests on one shared attribute (see hydra.edge_evidence)
-                continue
             kinds = {_kind(a) for a in shared}
-            if not _may_link(kinds):
-                continue
-            hours = hours if hours is not None else state_hours(state)
-            edge = edge_evidence(kinds, hours, state_hours(other_state))
+            edge = None
+            # No infrastructure edge rests on one shared attribute (see hydra.edge_evidence).
+            if len(shared) >= 2 and _may_link(kinds):
+                hours = hours if hours is not None else state_hours(state)
+                edge = edge_evidence(kinds, hours, state_hours(other_state))
+            if edge is None and "template" in kinds:
+                # Shared structure with timing that ties the two to one controller (hydra.behaviour_evidence).
+                edge = behaviour_evidence(_behaviour(account, state), _behaviour(other, other_state))
             if edge is not None:
                 self._union(account, other, edge[1])
 
@@ -353,7 +403,13 @@ class LiveScorer:
             cluster = cluster or _Cluster("", members)
         cluster.members = members
         cluster.edges += 1 + (cb.edges if cb and cb is not cluster else 0)
-        cluster.strong += sum(1 for k in kinds if k in ("template", "payment", "ip24", "email_pattern"))
+        if cb is not None and cb is not cluster:
+            for k, c in cb.links.items():
+                cluster.links[k] = cluster.links.get(k, 0) + c
+        for k in kinds:
+            cluster.links[k] = cluster.links.get(k, 0) + 1
+        cluster.strong += (sum(1 for k in kinds if k in ("template", "payment", "ip24", "email_pattern"))
+                           + (1 if any(k in TIMING for k in kinds) else 0))
         if not cluster.name and len(members) >= MIN_CLUSTER:
             self._cluster_seq += 1
             cluster.name = f"live-c{self._cluster_seq}"
@@ -384,7 +440,8 @@ class LiveScorer:
                     continue
                 v = cluster.verdict
                 out.append({"cluster": cluster.name, "accounts": sorted(cluster.members),
-                            "confidence": self._confidence(cluster),
+                            "confidence": self._confidence(cluster), "links": dict(cluster.links),
+                            "carried_by": carried_by(cluster.links),
                             "flagged": bool(v and v.flagged), "status": v.status if v else "unscored",
                             "score": round(v.score, 4) if v else 0.0,
                             "reasons": [r.to_dict() for r in v.reasons[:5]] if v else []})
@@ -401,6 +458,16 @@ def _may_link(kinds: set[str]) -> bool:
     strong = sum(1 for k in kinds if k in STRONG)
     weight = sum(STRONG.get(k, 0.0) + WEAK.get(k, 0.0) for k in kinds)
     return strong >= 2 or (strong == 1 and weight + WEAK["sync"] >= EDGE_WEIGHT_ONE_STRONG)
+
+
+def _behaviour(account: str, state: AccountState) -> AccountIdentity:
+    """What the behavioural link reads of a live account: recent activity slots, first and last
+    request, top capability area."""
+    v = state.v
+    areas = v[_AREAS:_AREAS + N_AREAS]
+    area = max(range(N_AREAS), key=areas.__getitem__) if any(areas) else None
+    return AccountIdentity(account=account, slots=frozenset(int(x) for x in state.slots), first=v[S["first_t"]],
+                           last=v[S["last_t"]], area=area)
 
 
 def state_hours(state: AccountState) -> frozenset[int]:

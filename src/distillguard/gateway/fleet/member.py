@@ -82,7 +82,9 @@ class FleetMember:
         if assessment is not None:
             self.state.publish(Observation("o", account, time.time(), completion_tokens=max(0, tokens),
                                            repeat=assessment.repeat, end_user_key=assessment.end_user_key,
-                                           end_user_repeat=assessment.end_user_repeat))
+                                           end_user_repeat=assessment.end_user_repeat,
+                                           prompt_chars=assessment.prompt_chars, probe=assessment.probe,
+                                           elicited=assessment.elicited))
         if self.policy.shared and total_tokens > 0 and self._has_token_limits():
             keys = self.policy.token_keys(account, assessment.cluster if assessment else None)
             self._background(self.state.charge(keys, total_tokens, now=clock))

@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import orjson
 
-from distillguard.gateway.online import N_BANDS, RequestFacts
+from distillguard.gateway.online import N_BANDS, WORD_BUCKETS, RequestFacts
 
 _FLAGS = ("cot", "grading", "identity", "datagen", "logprobs", "tools", "open_loop_tools", "orphan_followup",
-          "near_cap", "single_turn", "impersonal", "temperature0")
+          "near_cap", "single_turn", "impersonal", "temperature0", "self_contained", "probe", "benchmark")
+_BITMAP_HEX = 2 * WORD_BUCKETS // 8     # word / instruction-word bitmaps travel as hex
 MAX_FIELD = 4096          # longest string field accepted from the stream (account, ip, user agent, end user)
 
 
@@ -43,6 +44,9 @@ class Observation:
     repeat: bool = False
     end_user_key: str | None = None
     end_user_repeat: bool = False
+    prompt_chars: int | None = None     # "o": the answer-length ratio's prompt size (None: not counted)
+    probe: bool = False                 # "o": a security probe's answer (not harvest)
+    elicited: bool = False              # "o": the answer to a request for privileged content
 
 
 def encode(obs: Observation) -> bytes:
@@ -54,6 +58,11 @@ def encode(obs: Observation) -> bytes:
         out["m"] = [int(x) for x in f.keys]
         out["f"] = sum(1 << i for i, name in enumerate(_FLAGS) if getattr(f, name))
         out["r"] = f.area
+        if f.prompt_chars:
+            out["c"] = f.prompt_chars
+        if f.word_bits:
+            out["w"] = f.word_bits.hex()
+            out["n"] = f.instruction_bits.hex()
         if f.end_user is not None:
             out["e"] = f.end_user
         if obs.ip:
@@ -64,7 +73,9 @@ def encode(obs: Observation) -> bytes:
             out["d"] = obs.identity
     else:
         out["o"] = obs.completion_tokens
-        out["p"] = int(obs.repeat) | (int(obs.end_user_repeat) << 1)
+        out["p"] = int(obs.repeat) | (int(obs.end_user_repeat) << 1) | (int(obs.probe) << 2) | (int(obs.elicited) << 3)
+        if obs.prompt_chars is not None:
+            out["c"] = obs.prompt_chars
         if obs.end_user_key is not None:
             out["e"] = obs.end_user_key
     return orjson.dumps(out)
@@ -100,10 +111,12 @@ def decode(raw: bytes) -> Observation:
     if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not -1e11 < ts < 1e11:
         raise ObservationError("ts must be a number of seconds")
     if kind == "o":
+        p = _int(data.get("p", 0), 0, 16, "p")
+        chars = data.get("c")
         return Observation("o", account, float(ts), completion_tokens=_int(data.get("o"), 0, 1 << 40, "tokens"),
-                           repeat=bool(_int(data.get("p", 0), 0, 4, "p") & 1),
-                           end_user_repeat=bool(_int(data.get("p", 0), 0, 4, "p") & 2),
-                           end_user_key=_str(data, "e"))
+                           repeat=bool(p & 1), end_user_repeat=bool(p & 2), probe=bool(p & 4), elicited=bool(p & 8),
+                           end_user_key=_str(data, "e"),
+                           prompt_chars=None if chars is None else _int(chars, 0, 1 << 40, "prompt chars"))
     if kind != "q":
         raise ObservationError(f"unknown kind {kind!r}")
     bits = data.get("b")
@@ -118,7 +131,18 @@ def decode(raw: bytes) -> Observation:
     identity = data.get("d")
     if identity is not None and not isinstance(identity, dict):
         raise ObservationError("d must be an object")
+    bitmaps = []
+    for key in ("w", "n"):
+        value = data.get(key, "")
+        if not isinstance(value, str) or len(value) not in (0, _BITMAP_HEX):
+            raise ObservationError(f"{key} must be a hex bitmap of {WORD_BUCKETS} bits")
+        try:
+            bitmaps.append(bytes.fromhex(value))
+        except ValueError:
+            raise ObservationError(f"{key} must be a hex bitmap of {WORD_BUCKETS} bits") from None
     facts = RequestFacts(
+        prompt_chars=_int(data.get("c", 0), 0, 1 << 40, "prompt chars"), word_bits=bitmaps[0],
+        instruction_bits=bitmaps[1],
         bloom_bits=tuple(_int(b, 0, BLOOM_BITS, "bloom bit") for b in bits),
         keys=np.array([_int(k, 0, 1 << 32, "band key") for k in keys], dtype=np.uint32),
         area=_int(data.get("r", 0), 0, len(tx.AREA_LIST), "area"), end_user=_str(data, "e"),
@@ -134,4 +158,5 @@ def fold(scorer: Any, obs: Observation) -> None:
                        identity=obs.identity, prompt=None)
     else:
         scorer.add_output(obs.account, obs.completion_tokens, obs.repeat, end_user_key=obs.end_user_key,
-                          end_user_repeat=obs.end_user_repeat)
+                          end_user_repeat=obs.end_user_repeat, prompt_chars=obs.prompt_chars, probe=obs.probe,
+                          elicited=obs.elicited)
