@@ -9,6 +9,7 @@ share of the unshaped student's), the generation cost per token relative to unsh
 and the cross-validated AUC of a logistic regression telling shaped answers from unshaped ones.
 
     nice -n 10 timeout 1800 .venv/bin/python benchmarks/bench_shaping.py --seeds 3 --traces 300
+    nice -n 10 timeout 1800 .venv/bin/python benchmarks/bench_shaping.py --composition --seeds 2 --traces 300
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def main() -> None:
     parser.add_argument("--anchor-strengths", default="1.0")
     parser.add_argument("--temperatures", default="1.0,1.3")
     parser.add_argument("--modes", help="only these conditions (comma-separated; unshaped always runs)")
+    parser.add_argument("--teacher-dir", help="load the lab teacher from here (trained and saved there if absent)")
+    parser.add_argument("--composition", action="store_true",
+                        help="instead: shaped + watermarked answers, text detection and radioactivity of a student")
     parser.add_argument("--json", help="also write the summary as JSON here")
     args = parser.parse_args()
 
@@ -39,12 +43,19 @@ def main() -> None:
 
     torch.set_num_threads(1)
     start = time.monotonic()
+    say = lambda m: print(m, file=sys.stderr, flush=True)   # noqa: E731
+    if args.composition:
+        teacher, _ = lab.teacher_from(args.teacher_dir, args.teacher_steps)
+        for seed in range(args.seeds):
+            print(json.dumps({"seed": seed, **lab.composition(teacher, seed=seed, n_traces=2 * args.traces,
+                                                                student_steps=args.student_steps, progress=say)}))
+        return
     floats = lambda text: tuple(float(x) for x in text.split(",") if x)   # noqa: E731
     result = lab.run(seeds=args.seeds, n_traces=args.traces, student_steps=args.student_steps,
                      teacher_steps=args.teacher_steps, strengths=floats(args.strengths),
                      anchor_strengths=floats(args.anchor_strengths), temperatures=floats(args.temperatures),
-                     modes=tuple(args.modes.split(",")) if args.modes else None,
-                     progress=lambda m: print(m, file=sys.stderr, flush=True))
+                     modes=tuple(args.modes.split(",")) if args.modes else None, teacher_dir=args.teacher_dir,
+                     progress=say)
     summary = lab.summarize(result)
     print(f"teacher: {result['teacher']}")
     print(f"{args.seeds} seeds, {args.traces} traces per student, {args.student_steps} student steps, "

@@ -121,3 +121,35 @@ def test_model_server_shapes_on_the_header_and_keeps_the_watermark(model_dir):
     scores = [detector.score_pooled(ids, c) for c in range(keys.total)]
     assert min(range(keys.total), key=lambda c: scores[c].p_value) == cohort
     assert scores[cohort].p_value < 1e-4
+
+
+def test_incident_report_counts_shaped_answers_per_account(tmp_path):
+    import orjson
+
+    from distillguard.report.incident import build_report, render_incident_html
+    from distillguard.store import EventStore
+    from distillguard.store.ingest import ingest_paths
+
+    def event(i: int, account: str, decision: dict | None, status: int = 200) -> dict:
+        ev = {"id": f"e{i}", "ts": f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}Z", "account": account,
+              "endpoint": "/v1/chat/completions", "status": status, "response": "ok",
+              "request": {"model": "m", "messages": [{"role": "user", "content": f"question {i}"}]}}
+        if decision is not None:
+            ev["decision"] = decision
+        return ev
+
+    shaped = {"action": "modify", "enforced": True, "codes": ["extraction_flagged", "output_shaped"],
+              "shape": "antidistillation"}
+    events = ([event(i, "farm", shaped) for i in range(3)] + [event(3, "farm", shaped, status=429)]
+              + [event(4, "shadowed", {**shaped, "enforced": False})] + [event(5, "plain", {"action": "allow"})]
+              + [event(6, "plain", None)] + [event(7, "summ", {**shaped, "shape": "summary"})])
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    db = tmp_path / "events.duckdb"
+    with EventStore(db) as store:
+        ingest_paths(store, [path])
+    report = build_report(db, period="all")
+    assert report.shaped == {"farm": 3, "summ": 1}
+    assert report.to_dict()["shaped"] == {"farm": 3, "summ": 1}
+    html = render_incident_html(report)
+    assert "4 answer(s) to 2 account(s)" in html

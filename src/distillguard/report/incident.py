@@ -73,12 +73,13 @@ class IncidentReport:
     outcomes: dict[str, int] = field(default_factory=dict)  # analysts' current actions: action -> targets
     appeals: dict[str, int] = field(default_factory=dict)   # open / upheld / lifted
     appeals_source: str = ""                                 # where the appeal counts come from
+    shaped: dict[str, int] = field(default_factory=dict)     # answers shaped by the gateway, per account
 
     def to_dict(self) -> dict[str, Any]:
         return {"period": self.period, "window": list(self.window), "events": self.events, "summary": self.summary,
                 "campaigns": [c.to_dict() for c in self.campaigns], "daily": [list(d) for d in self.daily],
                 "false_positives": self.false_positives, "outcomes": self.outcomes, "appeals": self.appeals,
-                "appeals_source": self.appeals_source}
+                "appeals_source": self.appeals_source, "shaped": self.shaped}
 
 
 def appeal_counts(appeals: list[dict[str, Any]], since: str | None) -> dict[str, int]:
@@ -197,6 +198,16 @@ def build_report(db: str | Path, *, period: str | None = "30d", options: ScanOpt
                 return _report_from(scratch, period or "all", options, false_positives, progress)
 
 
+def _shaped(store: EventStore) -> dict[str, int]:
+    """Answers the gateway had the model server shape (an enforced decision with ``shape``), per
+    account, most first."""
+    rows = store.run("SELECT account, count(*) FROM events "
+                     "WHERE json_extract_string(extra, '$.decision.shape') IS NOT NULL "
+                     "AND coalesce(json_extract_string(extra, '$.decision.enforced'), 'true') = 'true' "
+                     "AND coalesce(status, 200) = 200 GROUP BY 1 ORDER BY 2 DESC, 1")
+    return {str(account): int(n) for account, n in rows}
+
+
 def _report_from(store: EventStore, period: str, options: ScanOptions, false_positives: frozenset[str],
                  progress: Callable[[str, int, int], None] | None) -> IncidentReport:
     first, last = _window(store)
@@ -208,7 +219,8 @@ def _report_from(store: EventStore, period: str, options: ScanOptions, false_pos
     return IncidentReport(period=period, window=(iso(first), iso(last)), events=events, summary=result.summary(),
                           campaigns=campaigns, daily=_daily(store, flagged) if events else [],
                           false_positives=sorted(a for a in false_positives
-                                                 if a in {r.account for r in result.accounts}))
+                                                 if a in {r.account for r in result.accounts}),
+                          shaped=_shaped(store) if events else {})
 
 
 # ------------------------------------------------------------------ rendering
@@ -321,6 +333,11 @@ def render_incident_html(report: IncidentReport) -> str:
             parts.append(f"<p id=false-positives>{len(report.false_positives):,} account(s) marked false positive "
                          f"by analysts were scanned as authorised: "
                          + ", ".join(_e(a) for a in report.false_positives) + "</p>")
+    if report.shaped:
+        total = sum(report.shaped.values())
+        parts.append(f"<h2>Shaped answers</h2><p id=shaped>{total:,} answer(s) to {len(report.shaped):,} account(s) "
+                     "were shaped to teach a copier less (docs/shaping.md):</p>")
+        parts.append(hbars(list(report.shaped.items())[:20], label="shaped answers per account", color="#8a6d00"))
     parts.append("</html>")
     return "\n".join(parts)
 

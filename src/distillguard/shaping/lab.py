@@ -75,11 +75,11 @@ BASE_TEMPERATURE = 0.7      # the teacher's serving temperature: ~98 % accurate 
 def run(*, seeds: int = 3, n_traces: int = 300, student_steps: int = 300, teacher_steps: int = 800,
         strengths: tuple[float, ...] = (0.05, 0.3, 1.0), anchor_strengths: tuple[float, ...] = (1.0,),
         temperatures: tuple[float, ...] = (1.0, 1.3), plausible: float = 0.05, modes: tuple[str, ...] | None = None,
-        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        teacher_dir: str | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """``strengths``: λ of antidistillation, the first one without the plausibility guard (the
     paper's form) and the others with ``plausible``."""
     say = progress or (lambda m: None)
-    teacher, info = train_teacher(steps=teacher_steps)
+    teacher, info = teacher_from(teacher_dir, teacher_steps)
     test = T.problems(300, np.random.default_rng(12345))
     info["greedy_accuracy"] = T.evaluate(teacher, test)
     say(f"teacher: {info}")
@@ -178,3 +178,62 @@ def format_table(summary: list[dict[str, Any]]) -> str:
 
 def _torch_threads() -> None:
     torch.set_num_threads(1)
+
+
+def teacher_from(path: str | None, steps: int = 800) -> tuple[Any, dict[str, Any]]:
+    """The lab teacher, loaded from ``path`` when it holds one, else trained (and saved there)."""
+    from pathlib import Path
+
+    if path and (Path(path) / "config.json").exists():
+        from transformers import GPT2LMHeadModel
+
+        return GPT2LMHeadModel.from_pretrained(path).eval(), {"loaded_from": str(path)}
+    teacher, info = train_teacher(steps=steps)
+    if path:
+        teacher.save_pretrained(path)
+    return teacher, info
+
+
+def composition(teacher, *, seed: int = 0, n_traces: int = 600, strength: float = 0.3, plausible: float = 0.05,
+                student_steps: int = 400, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Shaped answers are still watermarked: the teacher answers one account ("farm") with
+    antidistillation ahead of transformers' KGW processor (the account's cohort key); the text
+    detector and the open-weights radioactivity test (with the teacher as reference) must name
+    that cohort, for a student trained on the shaped, watermarked traces, and name nothing for a
+    control student trained on shaped traces without the watermark."""
+    import hashlib
+
+    from transformers import WatermarkLogitsProcessor
+
+    from distillguard.watermark.keys import KeySet
+    from distillguard.watermark.kgw import KGWDetector
+    from distillguard.watermark.radioactivity import reading_mode
+
+    say = progress or (lambda m: None)
+    keys = KeySet(secret=hashlib.sha256(f"shaping-lab-{seed}".encode()).digest(), cohorts=8)
+    cohort = keys.cohort_of("farm")
+    pairs = T.problems(n_traces, np.random.default_rng(500 + seed))
+    proxy, held = train_proxy(teacher, seed)
+    direction = heldout_gradient(proxy, held)
+    out: dict[str, Any] = {"cohort": keys.label(cohort), "strength": strength, "n_traces": n_traces}
+    test = T.problems(300, np.random.default_rng(12345))
+    detector = KGWDetector([keys.cohort_key(c) for c in range(keys.total)], T.VOCAB, keys.greenlist_ratio)
+    for kind, watermark in (("watermarked", True), ("control", False)):
+        procs: list = [AntidistillationProcessor(proxy, strength=strength, direction=direction, plausible=plausible)]
+        if watermark:
+            procs.append(WatermarkLogitsProcessor(vocab_size=T.VOCAB, device="cpu", **keys.watermarking_config(cohort)))
+        completions = T.generate(teacher, pairs, processors=procs, temperature=BASE_TEMPERATURE, seed=seed)
+        texts = [T.prompt(int(a), int(b)) + c for (a, b), c in zip(pairs, completions)]
+        ids = [np.asarray(T.encode(c), dtype=np.int64) for c in completions]
+        text_scores = [detector.score_pooled(ids, c).p_value for c in range(keys.total)]
+        student = T.make_model(**STUDENT, seed=300 + seed)
+        T.train(student, texts, steps=student_steps, lr=5e-3, batch=32, seed=seed)
+        radio = reading_mode(student, T.Tokenizer(), texts, keys, reference=teacher).to_dict()
+        best = radio["cohorts"][0]
+        out[kind] = {"teacher_accuracy": T.accuracy(pairs, completions), "student_accuracy": T.evaluate(student, test),
+                     "text_best_cohort": keys.label(int(np.argmin(text_scores))),
+                     "text_p": float(min(text_scores)), "radioactivity_best_cohort": best["label"],
+                     "radioactivity_p_corrected": best["p_value_corrected"], "verdict": radio["verdict"],
+                     "controls_below_0.01": radio["controls"]["share_below_0.01"]}
+        say(f"composition {kind}: {out[kind]}")
+    return out
