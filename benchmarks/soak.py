@@ -232,7 +232,7 @@ def soak_gateway(n: int, seed: int, work: Path, counter: TracebackCounter) -> li
         not_openai: list[str] = []
 
         def json_errors(r: httpx.Response, kwargs) -> None:
-            if r.status_code >= 300:               # every error in the OpenAI format
+            if r.status_code >= 400:               # every error in the OpenAI format
                 try:
                     assert isinstance(r.json()["error"]["message"], str)
                 except Exception:
