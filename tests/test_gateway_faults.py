@@ -217,3 +217,16 @@ def test_unknown_paths_and_wrong_methods_answer_openai_errors(tmp_path, upstream
         assert_openai_error(httpx.get(url + "/v1/chat/completions", headers=ALICE), 405, "method_not_allowed")
         assert_openai_error(httpx.get(url + "/admin/status", headers={"authorization": "Bearer wrong"}), 401,
                             "invalid_admin_token")
+
+
+def test_state_writes_on_a_full_disk_are_a_503_in_the_openai_format(tmp_path, upstream):
+    """Saving admin state (an operator's block) on a full log disk: 503 storage_unavailable, not a
+    plain-text 500."""
+    with small_tmpfs(tmp_path / "log") as log_dir:
+        with running_gateway(tmp_path, upstream.url, log_dir=log_dir,
+                             config_text="[log]\nsink = 'none'\n") as (gw, url):
+            _fill(log_dir, 0)
+            r = httpx.post(url + "/admin/accounts/alice/action", json={"action": "block", "reason": "r" * 5000},
+                           headers={"authorization": f"Bearer {ADMIN}"})
+            error = assert_openai_error(r, 503, "storage_unavailable")
+            assert r.headers["retry-after"] == "1" and "traceback" not in error["message"].lower()

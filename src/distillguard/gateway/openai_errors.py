@@ -3,6 +3,7 @@ JSON results, and a small JSON-object request body read with a size limit."""
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 import orjson
@@ -33,7 +34,11 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
-    """An unexpected exception (a bug): still an OpenAI-format 500, with no traceback to the client."""
+    """An unexpected exception: still OpenAI-format JSON, with no traceback to the client. A full or
+    failing disk (saving admin state, filing an appeal) is a 503 to retry, anything else a 500."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
+        return openai_error(503, "the gateway cannot write its state right now; retry shortly", "storage_unavailable",
+                            kind="server_error", headers={"retry-after": "1"})
     return openai_error(500, "internal error in the gateway", "internal_error", kind="server_error")
 
 
