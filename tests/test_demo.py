@@ -36,7 +36,19 @@ def test_demo_runs_end_to_end(tmp_path):
     assert gw["codes"].get("extraction_flagged", 0) > 0 and gw["codes"].get("cluster_flagged", 0) > 0
     assert any(code.startswith("rate_limit_") for code in gw["codes"])    # throttling shown too
     assert "example block explanation" in text
-    # Step 7: an evidence package for the biggest campaign verifies offline; a flipped bit does not.
+    # Step 6: A shares what it caught over TAXII; the actor's new account at B is acted on at once.
+    sharing = summary["sharing"]
+    assert sharing["indicators"] > 0 and sharing["leaked_names"] == 0
+    assert sharing["first_action"] is not None and sharing["first_action"] <= 5
+    assert "from peer provider-a" in sharing["reason"] and "Distillation campaign" in sharing["reason"]
+    assert sharing["organic_b"] > 0 and sharing["organic_touched"] == 0
+    # Step 7: the incident report and a dashboard an analyst signed in to.
+    assert summary["report"]["campaigns"] > 0 and summary["report"]["path"].read_text().count("<svg") >= 1
+    assert summary["dashboard"]["signed_in"]
+    # Step 9: compare names the student and clears the control.
+    assert summary["compare"]["student"]["distilled"] and not summary["compare"]["control"]["distilled"]
+    assert set(summary["seconds"]) >= {"total"} and "Traceback" not in text
+    # Last step: an evidence package for the biggest campaign verifies offline; a flipped bit does not.
     ev = summary["evidence"]
     assert ev["campaign"] and ev["exchanges"] > 0 and ev["verified"] and ev["tamper_caught"]
     assert "VERIFIED" in text

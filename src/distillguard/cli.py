@@ -17,6 +17,7 @@ from distillguard import __version__
 from distillguard.compare import commands as compare_commands
 from distillguard.console import console, err_console
 from distillguard.detect import commands as detect_commands
+from distillguard.demo import commands as demo_command
 from distillguard.errors import DistillguardError
 from distillguard.evidence import commands as evidence_commands
 from distillguard.gateway import commands as gateway_commands
@@ -27,7 +28,6 @@ from distillguard.serve import commands as serve_commands
 from distillguard.store import commands as store_commands
 from distillguard.watermark import commands as watermark_commands
 from distillguard.web import commands as web_commands
-from distillguard import demo_command
 
 app = typer.Typer(help="Detect and deter adversarial distillation of language models served through an API.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
