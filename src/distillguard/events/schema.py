@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from distillguard.errors import FieldError
+from distillguard.events.openai_shapes import EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT, as_chat, responses_output_text
 
 CHAT_ENDPOINT = "/v1/chat/completions"
 COMPLETIONS_ENDPOINT = "/v1/completions"
@@ -254,6 +255,10 @@ def _check_request(request: dict[str, Any], endpoint: str, *, shallow: bool = Fa
                                  f"expected a string or an array of parts, got {_type(content)}")
     elif endpoint == CHAT_ENDPOINT:
         raise FieldError("request.messages", "a chat request needs 'messages'")
+    elif endpoint in (RESPONSES_ENDPOINT, EMBEDDINGS_ENDPOINT):
+        raw = request.get("input")
+        if not isinstance(raw, (str, list)):
+            raise FieldError("request.input", f"expected a string or an array, got {_type(raw)}")
     prompt = request.get("prompt")
     if prompt is not None and not isinstance(prompt, (str, list)):
         raise FieldError("request.prompt", f"expected a string or an array, got {_type(prompt)}")
@@ -281,7 +286,9 @@ def content_text(content: Any) -> str:
 
 
 def prompt_view(request: dict[str, Any]) -> PromptView:
-    """Read prompt text, system prompt, turn count and sampling options from a request body."""
+    """Read prompt text, system prompt, turn count and sampling options from a request body
+    (Responses and embeddings bodies through their chat-shaped view)."""
+    request = as_chat(request)
     messages = request.get("messages")
     system_prompt = None
     prompt_text = ""
@@ -353,6 +360,9 @@ def response_text(response: Any) -> str:
         return response
     if not isinstance(response, dict):
         return ""
+    output = responses_output_text(response)
+    if output is not None:
+        return output
     choices = response.get("choices")
     if isinstance(choices, list) and choices:
         choice = choices[0]

@@ -22,8 +22,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
-from distillguard.events.schema import CHAT_ENDPOINT, COMPLETIONS_ENDPOINT
-from distillguard.gateway import admin, appeals_api, health, proxy
+from distillguard.events.schema import CHAT_ENDPOINT, COMPLETIONS_ENDPOINT, EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT
+from distillguard.gateway import admin, appeals_api, batches, health, proxy
 from distillguard.gateway.admin import account_view
 from distillguard.gateway.appeals import APPEAL_PATH
 from distillguard.gateway.core import Gateway
@@ -35,7 +35,19 @@ ROUTES = [
     # OpenAI-compatible endpoints (API keys): authenticate → decide → proxy → log
     Route(CHAT_ENDPOINT, proxy.proxy, methods=["POST"]),
     Route(COMPLETIONS_ENDPOINT, proxy.proxy, methods=["POST"]),
+    Route(RESPONSES_ENDPOINT, proxy.proxy, methods=["POST"]),
+    Route(EMBEDDINGS_ENDPOINT, proxy.proxy, methods=["POST"]),
     Route("/v1/models", proxy.models, methods=["GET"]),
+    Route("/v1/models/{model:path}", proxy.models, methods=["GET"]),
+    # the Batch API: each request line judged at upload, each answer line logged when fetched
+    Route("/v1/files", batches.upload_file, methods=["POST"]),
+    Route("/v1/files", batches.list_owned, methods=["GET"]),
+    Route("/v1/files/{oid}", batches.get_owned, methods=["GET", "DELETE"]),
+    Route("/v1/files/{oid}/content", batches.get_owned, methods=["GET"]),
+    Route("/v1/batches", batches.create_batch, methods=["POST"]),
+    Route("/v1/batches", batches.list_owned, methods=["GET"]),
+    Route("/v1/batches/{oid}", batches.get_owned, methods=["GET"]),
+    Route("/v1/batches/{oid}/cancel", batches.get_owned, methods=["POST"]),
     # appeals by users (their own API key)
     Route(APPEAL_PATH, appeals_api.appeal_file, methods=["POST"]),
     Route(APPEAL_PATH, appeals_api.appeal_list, methods=["GET"]),

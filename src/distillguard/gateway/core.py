@@ -17,6 +17,7 @@ import orjson
 
 from distillguard.detect.baseline import Baseline, load_default
 from distillguard.events.jsonl import Quarantine
+from distillguard.gateway.owners import ResponseOwners
 from distillguard.gateway.appeals import AppealBook
 from distillguard.gateway.config import GatewayConfig
 from distillguard.gateway.intel import LiveIntel
@@ -49,6 +50,8 @@ class Gateway:
         self._load_admin_state()
         self.appeals = AppealBook(Path(config.log.dir) / "appeals.jsonl")
         self.refusals: dict[str, dict[str, Any]] = {}   # account -> its latest enforced block/throttle
+        self.responses = ResponseOwners()                # Responses API answer id -> account
+        self.batch_book: Any = None                      # gateway.batches.BatchBook, made on first use
         self.log = DurableLog(config.log.dir, segment_bytes=int(config.log.segment_mb * (1 << 20)),
                               sync=config.log.fsync,
                               spool_bytes=int(config.log.spool_mb * (1 << 20)) if config.log.fail == "open" else 0)

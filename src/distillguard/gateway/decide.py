@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.responses import Response
 
-from distillguard.events.schema import PromptView
+from distillguard.events.schema import CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT, PromptView
 from distillguard.gateway.appeals import APPEAL_PATH
 from distillguard.gateway.fleet.observation import Observation
 from distillguard.gateway.keys import KeyInfo
@@ -108,19 +108,37 @@ async def refuse(gw: Gateway, info: KeyInfo, event: dict[str, Any], decision: De
         if gw.fleet is not None:
             gw.fleet.refused(info.account, gw.refusals[info.account])
         headers["x-distillguard-appeal"] = APPEAL_PATH
+        message = message.rstrip()
+        if not message.endswith((".", "!", "?")):
+            message += "."
         message += f' To appeal, POST {APPEAL_PATH} with this API key and {{"message": "why this is a mistake"}}.'
         extra["appeal"] = {"method": "POST", "path": APPEAL_PATH}
     return openai_error(status, message, code, kind=kind, headers=headers, extra=extra)
 
 
-def forward_body(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
-    """The body to send upstream: ``body`` itself, or a copy with an enforced modification applied."""
+def forward_body(body: dict[str, Any], decision: Decision, endpoint: str = CHAT_ENDPOINT) -> dict[str, Any]:
+    """The body to send upstream: ``body`` itself, or a copy with an enforced modification applied
+    (the Responses API's names where ``endpoint`` is it: ``max_output_tokens``, ``include``)."""
     forward = body
     if decision.enforced and decision.action == "modify":
         forward = dict(body)
         if decision.strip_logprobs:
             for name in ("logprobs", "top_logprobs"):
                 forward.pop(name, None)
+            if isinstance(forward.get("include"), list):
+                forward["include"] = [x for x in forward["include"] if not (isinstance(x, str) and "logprobs" in x)]
+        if endpoint == RESPONSES_ENDPOINT:
+            if decision.strip_reasoning:
+                forward.pop("reasoning", None)
+                if isinstance(forward.get("include"), list):
+                    forward["include"] = [x for x in forward["include"]
+                                          if not (isinstance(x, str) and "reasoning" in x)]
+            cap = forward.get("max_output_tokens")
+            if decision.max_tokens is not None and not (isinstance(cap, int) and cap <= decision.max_tokens):
+                forward["max_output_tokens"] = decision.max_tokens
+            return forward
+        if endpoint == EMBEDDINGS_ENDPOINT:
+            return forward
         if decision.strip_reasoning:
             for name in REASONING_REQUEST_FIELDS:
                 forward.pop(name, None)

@@ -15,6 +15,7 @@ from distillguard.gateway.keys import KeyInfo
 from distillguard.gateway.openai_errors import JSON, openai_error
 from distillguard.gateway.policy import Decision
 from distillguard.gateway.record import charge_answer, count, record
+from distillguard.gateway.sse import _chat_usage
 from distillguard.gateway.upstream import UpstreamError
 
 if TYPE_CHECKING:
@@ -33,8 +34,15 @@ def upstream_headers(gw: Gateway, info: KeyInfo, decision: Decision) -> dict[str
 
 
 def strip_reasoning(obj: Any) -> bool:
-    """Remove reasoning fields from a response body or stream chunk, in place; True if any."""
+    """Remove reasoning fields from a response body or stream chunk, in place; True if any
+    (chat and completions: reasoning fields of messages and deltas; Responses: reasoning items)."""
     removed = False
+    output = obj.get("output") if isinstance(obj, dict) and obj.get("object") == "response" else None
+    if isinstance(output, list):
+        kept = [item for item in output if not (isinstance(item, dict) and item.get("type") == "reasoning")]
+        if len(kept) != len(output):
+            obj["output"] = kept
+            removed = True
     choices = obj.get("choices") if isinstance(obj, dict) else None
     if isinstance(choices, list):
         for choice in choices:
@@ -51,12 +59,23 @@ def strip_reasoning(obj: Any) -> bool:
 
 
 def usage_of(body: Any) -> dict[str, int] | None:
+    """Token counts in the chat names (Responses' input/output tokens renamed)."""
     usage = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(usage, dict):
         return None
-    out = {k: v for k, v in usage.items() if k in ("prompt_tokens", "completion_tokens", "total_tokens")
-           and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62}
-    return out or None
+    return _chat_usage(usage) or None
+
+
+def kept_headers(resp: Any) -> dict[str, str]:
+    """The upstream's own request id (as ``x-upstream-request-id``) and processing time, for the client."""
+    out = {}
+    rid = resp.headers.get("x-request-id")
+    if rid:
+        out["x-upstream-request-id"] = rid
+    ms = resp.headers.get("openai-processing-ms")
+    if ms:
+        out["openai-processing-ms"] = ms
+    return out
 
 
 async def upstream_failure(gw: Gateway, event: dict[str, Any], headers: dict[str, str], decision: Decision,
@@ -122,6 +141,9 @@ async def forward(gw: Gateway, info: KeyInfo, endpoint: str, payload: bytes, up_
     await record(gw, event)
     charge_answer(gw, info.account, assessment, event, clock)
     count(gw, endpoint, status, decision)
+    if isinstance(answer, dict) and answer.get("object") == "response":
+        gw.responses.remember(answer.get("id"), info.account)
     gw.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
     gw.metrics.overhead.observe(max(0.0, time.perf_counter() - t0 - upstream_s))
-    return Response(content, status_code=status, media_type=resp.headers.get("content-type", JSON), headers=headers)
+    return Response(content, status_code=status, media_type=resp.headers.get("content-type", JSON),
+                    headers=headers | kept_headers(resp))

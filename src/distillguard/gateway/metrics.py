@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -16,8 +17,12 @@ class Metrics:
         r = self.registry
         self.requests = Counter("distillguard_requests", "Requests answered, by endpoint and HTTP status",
                                 ("endpoint", "status"), registry=r)
-        self.decisions = Counter("distillguard_decisions", "Policy decisions, by action and reason code",
+        self.decisions = Counter("distillguard_decisions", "Policy decisions, one per request (allow included), by "
+                                 "action, first reason code ('none' when there is none) and enforcement",
                                  ("action", "code", "enforced"), registry=r)
+        self.reasons = Counter("distillguard_decision_reasons", "Reason codes given, one per code of each decision "
+                               "(a decision may give several: do not sum these to count decisions)", ("code",),
+                               registry=r)
         self.latency = Histogram("distillguard_request_seconds", "Time from request to last byte, by endpoint",
                                  ("endpoint",), buckets=_LATENCY_BUCKETS, registry=r)
         self.overhead = Histogram("distillguard_overhead_seconds",
@@ -39,8 +44,7 @@ class Metrics:
         Gauge("distillguard_log_unloaded_bytes", "Bytes in the log not yet loaded into the sink",
               registry=r).set_function(unloaded_bytes)
         Gauge("distillguard_tracked_accounts", "Accounts with live state", registry=r).set_function(accounts)
-        Gauge("distillguard_events_loaded", "Events loaded from the log into the sink",
-              registry=r).set_function(loaded)
+        r.register(_FunctionCounter("distillguard_events_loaded", "Events loaded from the log into the sink", loaded))
 
     def fleet(self, member) -> None:
         """Gauges of a fleet replica's shared state (gateway.fleet.member.FleetMember)."""
@@ -51,10 +55,28 @@ class Metrics:
               registry=r).set_function(lambda: state.lag_s)
         Gauge("distillguard_state_buffered", "Observations waiting for Redis to come back",
               registry=r).set_function(lambda: float(len(state.outbox)))
-        Gauge("distillguard_state_folded", "Other replicas' observations folded into this replica's scorer",
-              registry=r).set_function(lambda: float(state.counts["folded"]))
-        Gauge("distillguard_state_published", "Observations published to the other replicas",
-              registry=r).set_function(lambda: float(state.counts["published"]))
+        r.register(_FunctionCounter("distillguard_state_folded",
+                                    "Other replicas' observations folded into this replica's scorer",
+                                    lambda: float(state.counts["folded"])))
+        r.register(_FunctionCounter("distillguard_state_published", "Observations published to the other replicas",
+                                    lambda: float(state.counts["published"])))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _FunctionCounter:
+    """A counter whose value a function reports (a cumulative count kept elsewhere), exposed as a
+    Prometheus counter (``_total``), so ``rate()`` works on it, not as a gauge."""
+
+    def __init__(self, name: str, documentation: str, value: Callable[[], float]) -> None:
+        self.name, self.documentation, self.value = name, documentation, value
+
+    def describe(self):
+        return [CounterMetricFamily(self.name, self.documentation)]
+
+    def collect(self):
+        family = CounterMetricFamily(self.name, self.documentation)
+        family.add_metric([], self.value())
+        return [family]
+

@@ -14,17 +14,18 @@ request shape in :mod:`distillguard.events.schema`).
 from __future__ import annotations
 
 import time
+import uuid
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from distillguard.errors import FieldError
-from distillguard.events.schema import _check_request, prompt_view
+from distillguard.events.schema import RESPONSES_ENDPOINT, _check_request, prompt_view
 from distillguard.gateway.auth import authenticate, client_ip, read_body
 from distillguard.gateway.core import Gateway
 from distillguard.gateway.decide import decide, decision_headers, forward_body, refuse, refuses
-from distillguard.gateway.forward import forward, upstream_headers
+from distillguard.gateway.forward import forward, kept_headers, upstream_headers
 from distillguard.gateway.openai_errors import JSON, openai_error
 from distillguard.gateway.record import count, log_unavailable, new_event
 from distillguard.gateway.streaming import forward_stream
@@ -64,10 +65,7 @@ async def proxy(request: Request) -> Response:
     endpoint = request.url.path
     info = authenticate(gw, request)
     if info is None:
-        gw.metrics.auth_failures.inc()
-        count(gw, endpoint, 401, None)
-        return openai_error(401, "Incorrect or missing API key. Send 'Authorization: Bearer <key>'.",
-                            "invalid_api_key")
+        return no_key(gw, endpoint)
     if gw.log.failing():              # fail closed: no answer that cannot be logged
         return log_unavailable(gw, endpoint)
     body = await _read_json_request(gw, request, endpoint)
@@ -91,13 +89,18 @@ async def _answer(gw: Gateway, request: Request, info, endpoint: str, body: dict
     ip = client_ip(gw, request)
     user_agent = request.headers.get("user-agent")
     event = new_event(ts, info, endpoint, body, ip, user_agent)
+    if endpoint == RESPONSES_ENDPOINT and gw.responses.foreign(body.get("previous_response_id"), info.account):
+        count(gw, endpoint, 404, None)     # another account's conversation: as unknown as any other id
+        return openai_error(404, f"Previous response with id '{body['previous_response_id']}' not found.",
+                            "previous_response_not_found", param="previous_response_id",
+                            headers={"x-request-id": event["id"], "x-distillguard-action": "block"})
 
     decision, assessment = await decide(gw, info, prompt_view(body), ts, clock, ip, user_agent, event)
     headers = decision_headers(decision, event["id"])
     if refuses(decision):
         return await refuse(gw, info, event, decision, headers, t0, ts)
 
-    payload = orjson.dumps(forward_body(body, decision))
+    payload = orjson.dumps(forward_body(body, decision, endpoint))
     up_headers = upstream_headers(gw, info, decision)
     strip = decision.enforced and decision.strip_reasoning
     if body.get("stream") is True:
@@ -106,19 +109,32 @@ async def _answer(gw: Gateway, request: Request, info, endpoint: str, body: dict
                          clock)
 
 
+def no_key(gw: Gateway, endpoint: str) -> Response:
+    """401 for a missing or unknown API key (with the request id and action headers every answer has)."""
+    gw.metrics.auth_failures.inc()
+    count(gw, endpoint, 401, None)
+    return openai_error(401, "Incorrect or missing API key. Send 'Authorization: Bearer <key>'.", "invalid_api_key",
+                        headers={"x-request-id": uuid.uuid4().hex, "x-distillguard-action": "block"})
+
+
 async def models(request: Request) -> Response:
+    """GET /v1/models and /v1/models/{id}: the upstream's answer, with the gateway's headers."""
     gw: Gateway = request.app.state.gateway
+    path = request.url.path
     if authenticate(gw, request) is None:
-        gw.metrics.auth_failures.inc()
-        return openai_error(401, "Incorrect or missing API key.", "invalid_api_key")
+        return no_key(gw, path)
+    headers = {"x-request-id": uuid.uuid4().hex, "x-distillguard-action": "allow"}
+    up = {"authorization": f"Bearer {gw.config.upstream_api_key}"} if gw.config.upstream_api_key else {}
     try:
-        resp = await gw.upstream_client.send("GET", "/v1/models", b"", {})
+        resp = await gw.upstream_client.send("GET", path, b"", up)
         content = await resp.read()
     except UpstreamError as exc:
         gw.metrics.upstream_errors.labels("upstream_unavailable").inc()
-        return openai_error(502, f"the model server failed: {exc}", "upstream_unavailable", kind="upstream_error")
+        return openai_error(502, f"the model server failed: {exc}", "upstream_unavailable", kind="upstream_error",
+                            headers=headers)
     count(gw, "/v1/models", resp.status_code, None)
     if resp.status_code >= 500:
         return openai_error(502, f"the model server failed with HTTP {resp.status_code}", "upstream_error",
-                            kind="upstream_error")
-    return Response(content, status_code=resp.status_code, media_type=resp.headers.get("content-type", JSON))
+                            kind="upstream_error", headers=headers)
+    return Response(content, status_code=resp.status_code, media_type=resp.headers.get("content-type", JSON),
+                    headers=headers | kept_headers(resp))

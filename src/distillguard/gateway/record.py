@@ -63,9 +63,12 @@ def log_unavailable_sse() -> bytes:
 
 def count(gw: Gateway, endpoint: str, status: int, decision: Decision | None) -> None:
     gw.metrics.requests.labels(endpoint, str(status)).inc()
-    if decision is not None and decision.action != "allow":
-        for code in decision.codes or ["none"]:
-            gw.metrics.decisions.labels(decision.action, code, str(decision.enforced).lower()).inc()
+    if decision is not None:
+        codes = decision.codes or ["none"]
+        gw.metrics.decisions.labels(decision.action, codes[0], str(decision.enforced).lower()).inc()
+        if decision.codes:
+            for code in decision.codes:
+                gw.metrics.reasons.labels(code).inc()
 
 
 def charge_answer(gw: Gateway, account: str, assessment: Any, event: dict[str, Any],

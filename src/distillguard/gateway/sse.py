@@ -119,3 +119,76 @@ class SSERelay:
             out += b"data: " + orjson.dumps({"error": {"message": self.error[1], "type": "upstream_error",
                                                        "code": self.error[0], "param": None}}) + b"\n\n"
         return out + self._buf + self._held
+
+
+_RESPONSE_END = ("response.completed", "response.incomplete", "response.failed")
+
+
+class ResponsesRelay(SSERelay):
+    """The Responses API's typed events (``event: response.output_text.delta`` …): relayed as they
+    come, text collected from the deltas, the final response object kept from the terminal event
+    (``response.completed`` / ``incomplete`` / ``failed``), which is held back, like ``[DONE]``,
+    until the exchange is logged. Reasoning items are dropped from the stream when stripped."""
+
+    def __init__(self, *, strip_reasoning: Callable[[Any], bool] | None = None, max_text: int = 1_000_000) -> None:
+        super().__init__(strip_reasoning=strip_reasoning, chat=True, max_text=max_text)
+        self.final: dict[str, Any] | None = None
+
+    def _event(self, raw: bytes) -> bytes:
+        data_lines = [line[5:].lstrip() for line in raw.splitlines() if line.startswith(b"data:")]
+        if not data_lines:
+            return raw
+        try:
+            obj = orjson.loads(b"\n".join(data_lines))
+        except orjson.JSONDecodeError:
+            return raw
+        if not isinstance(obj, dict):
+            return raw
+        self.chunks += 1
+        kind = obj.get("type")
+        if self.strip is not None and _is_reasoning_event(obj):
+            return b""
+        if kind == "response.output_text.delta" and isinstance(obj.get("delta"), str) and self._size < self.max_text:
+            self._parts.append(obj["delta"])
+            self._size += len(obj["delta"])
+        response = obj.get("response")
+        if kind in _RESPONSE_END and isinstance(response, dict):
+            self.done = True
+            if self.strip is not None and self.strip(response):
+                raw = f"event: {kind}\n".encode() + b"data: " + orjson.dumps(obj) + b"\n\n"
+            self.final = response
+            self._finish = response.get("status")
+            usage = response.get("usage")
+            if isinstance(usage, dict):
+                self.usage = _chat_usage(usage) or self.usage
+            self._held += raw
+            return b""
+        return raw
+
+    def assembled(self, model: str | None = None) -> dict[str, Any]:
+        if self.final is not None:
+            return self.final
+        return {"object": "response", "model": model, "status": "incomplete",
+                "output": [{"type": "message", "role": "assistant",
+                            "content": [{"type": "output_text", "text": self.text}]}]}
+
+    def tail(self) -> bytes:
+        out = b""
+        if self.error is not None:
+            error = {"type": "error", "code": self.error[0], "message": self.error[1], "param": None}
+            out += b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"
+        return out + self._buf + self._held
+
+
+def _is_reasoning_event(obj: dict[str, Any]) -> bool:
+    kind = str(obj.get("type", ""))
+    item = obj.get("item")
+    return "reasoning" in kind or (isinstance(item, dict) and item.get("type") == "reasoning")
+
+
+def _chat_usage(usage: dict[str, Any]) -> dict[str, int]:
+    """Responses usage (input/output tokens) in the chat names the event record uses."""
+    names = {"input_tokens": "prompt_tokens", "output_tokens": "completion_tokens", "total_tokens": "total_tokens",
+             "prompt_tokens": "prompt_tokens", "completion_tokens": "completion_tokens"}
+    return {names[k]: v for k, v in usage.items() if k in names and isinstance(v, int) and not isinstance(v, bool)
+            and 0 <= v < 2**62}

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from starlette.responses import Response, StreamingResponse
 
-from distillguard.events.schema import CHAT_ENDPOINT
-from distillguard.gateway.forward import strip_reasoning, unreachable, upstream_failure
+from distillguard.events.schema import CHAT_ENDPOINT, RESPONSES_ENDPOINT
+from distillguard.gateway.forward import kept_headers, strip_reasoning, unreachable, upstream_failure
 from distillguard.gateway.openai_errors import JSON
 from distillguard.gateway.policy import Decision
 from distillguard.gateway.record import charge_answer, count, log_unavailable_sse, record
-from distillguard.gateway.sse import SSERelay
+from distillguard.gateway.sse import ResponsesRelay, SSERelay
 from distillguard.gateway.upstream import UpstreamError
 from distillguard.gateway.wal import LogWriteError
 
@@ -48,8 +48,10 @@ async def forward_stream(gw: Gateway, endpoint: str, payload: bytes, up_headers:
         return Response(content, status_code=resp.status_code,
                         media_type=resp.headers.get("content-type", JSON), headers=headers)
 
-    relay = SSERelay(strip_reasoning=strip_reasoning if strip else None,
-                     chat=event["endpoint"] == CHAT_ENDPOINT)
+    if event["endpoint"] == RESPONSES_ENDPOINT:
+        relay: SSERelay = ResponsesRelay(strip_reasoning=strip_reasoning if strip else None)
+    else:
+        relay = SSERelay(strip_reasoning=strip_reasoning if strip else None, chat=event["endpoint"] == CHAT_ENDPOINT)
 
     async def body() -> AsyncIterator[bytes]:
         logged = False
@@ -76,6 +78,8 @@ async def forward_stream(gw: Gateway, endpoint: str, payload: bytes, up_headers:
             logged = True
             charge_answer(gw, event["account"], assessment, event)
             count(gw, event["endpoint"], 200, decision)
+            if isinstance(relay, ResponsesRelay) and relay.final is not None:
+                gw.responses.remember(relay.final.get("id"), event["account"])
             gw.metrics.latency.labels(event["endpoint"]).observe(time.perf_counter() - t0)
             tail = relay.tail()
             if tail:
@@ -86,7 +90,8 @@ async def forward_stream(gw: Gateway, endpoint: str, payload: bytes, up_headers:
                 _finish_stream_event(event, relay, t0, t_up)
                 await record(gw, event, wait=False)
 
-    return StreamingResponse(body(), status_code=200, media_type="text/event-stream", headers=headers)
+    return StreamingResponse(body(), status_code=200, media_type="text/event-stream",
+                             headers=headers | kept_headers(resp))
 
 
 def _finish_stream_event(event: dict[str, Any], relay: SSERelay, t0: float, t_up: float) -> None:
