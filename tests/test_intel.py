@@ -485,6 +485,10 @@ def test_revocation_and_expiry_remove_the_effect(lab_a, b_with_a_intel, homes, w
     # revocation: A revokes what matched this account; B imports the signed revocation
     with IntelStore(home_a.db_path) as store:
         revoke(home_a, store, sorted(matched), valid_days=30, out=work / "revocation.json")
+    revocation = orjson.loads((work / "revocation.json").read_bytes())   # a bundle we write: strict-valid too
+    report = validate_instance(revocation, STRICT)
+    assert report.is_valid and not report.warnings, [str(e) for e in report.errors + report.warnings]
+    stix2.parse(revocation, allow_custom=False)
     with IntelStore(b_with_a_intel.db_path) as store:
         result = import_bundle(work / "revocation.json", b_with_a_intel, store)
     assert result.indicators == len(matched)
