@@ -24,6 +24,13 @@ def serve(
                                           "does not exist yet: create it with this many cohorts."),
     delay_ms: float = typer.Option(0.0, "--delay-ms", min=0.0, help="Fixed backend: wait this long before answering."),
     text: Optional[str] = typer.Option(None, "--text", help="Fixed backend: the completion text."),
+    shape_proxy: Optional[Path] = typer.Option(None, "--shape-proxy", help="Shaping: a small proxy student (Hugging "
+                                               "Face directory, the model's tokenizer) for antidistillation sampling "
+                                               "when the gateway asks for it (docs/shaping.md)."),
+    shape_heldout: Optional[Path] = typer.Option(None, "--shape-heldout", help="Shaping: held-out task texts (one "
+                                                 "per line, or JSONL with 'text') whose loss the shaping raises."),
+    shape_strength: float = typer.Option(0.3, "--shape-strength", min=0.0, help="Shaping: antidistillation "
+                                         "strength (higher: students learn less, the model's own accuracy drops)."),
 ) -> None:
     """Reference OpenAI-compatible model server: a watermarked Hugging Face model, or a fixed completion."""
     import uvicorn
@@ -60,6 +67,16 @@ def serve(
         if str(model) == "default" and not model_dir.exists():
             raise UsageError("the embedded default model is not built yet: run 'distillguard lab build-model'")
         app_ = HFModelServer(model_dir, keys=key_set)
+        from distillguard.shaping.serving import Shaper
+
+        if shape_proxy is not None:
+            if shape_heldout is None:
+                raise UsageError("--shape-proxy needs --shape-heldout (the task texts the shaping protects)")
+            app_.shaper = Shaper.from_dirs(shape_proxy, shape_heldout, strength=shape_strength)
+            if app_.shaper.tokenizer.get_vocab() != app_.tokenizer.get_vocab():
+                raise UsageError("--shape-proxy: the proxy's tokenizer differs from the model's")
+        else:
+            app_.shaper = Shaper(None, app_.tokenizer)      # summary mode needs no proxy
         err_console.print(f"model server for {model_dir} on http://{host}:{port} "
                           f"(watermark {watermark}{f', {key_set.cohorts} cohorts' if key_set else ''})")
     uvicorn.Server(uvicorn_config(app_, host, port, log_level="warning")).run()
