@@ -11,7 +11,8 @@ object and a consumer keys on one id:
 * ``property-extension`` on ``observed-data``: ``accounts``, ``queries``, ``output_tokens``;
 * ``property-extension`` on an ``artifact`` inside a template indicator's pattern:
   ``prompt_template_minhash`` (``minhash-v1:<size>:<hex>``);
-* ``new-sdo``: the detached signature object ``x-distillguard-signature`` (signing.py).
+* ``new-sdo``: the detached signature object ``x-distillguard-signature`` (signing.py), and the
+  evidence log's ``x-distillguard-checkpoint`` and ``x-distillguard-cosignature`` (evidence/exchange.py).
 
 Readers also accept the previous form (``x_distillguard_kind``/``x_distillguard_key_id`` on the
 indicator, ``pattern_type`` ``x-distillguard-minhash``) so peers on the previous version are not
@@ -54,7 +55,8 @@ EXTENSION_SCHEMA: dict[str, Any] = {
          "additionalProperties": False},
         {"title": "artifact (in patterns)", "type": "object", "required": [TEMPLATE_PROPERTY],
          "properties": {TEMPLATE_PROPERTY: {"type": "string", "pattern": "^minhash-v1:[0-9]+:[0-9a-f]{512}$"}}},
-        {"title": "x-distillguard-signature", "type": "object", "required": ["extension_type"],
+        {"title": "new-sdo: x-distillguard-signature, x-distillguard-checkpoint, x-distillguard-cosignature",
+         "type": "object", "required": ["extension_type"],
          "properties": {"extension_type": {"const": "new-sdo"}}},
     ],
 }
