@@ -126,9 +126,11 @@ def test_matching_accounts_get_intel_reasons_and_the_graduated_action(tmp_path, 
         # limited and watermarked (not blocked)
         r = _send(url, "sk-mallory-001")
         assert r.status_code == 200 and r.headers["x-distillguard-action"] == "modify"
-        assert r.headers["x-distillguard-reason"] == "intel_flagged"
+        # (the intel_flagged rule also shapes the answer since issue 20: output_shaped follows)
+        assert r.headers["x-distillguard-reason"] == "intel_flagged,output_shaped"
         assert "flagged on peers' intel" in r.headers["x-distillguard-explanation"]
         assert upstream.app.headers[-1]["x-distillguard-cohort"] == "watch" and upstream.app.seen[-1]["max_tokens"] == 512
+        assert upstream.app.headers[-1]["x-distillguard-shape"] == "antidistillation"
         view = _account(url, "mallory")
         assert view["flagged"] and view["intel"]["flagged"] and view["score"] == pytest.approx(0.8)
         first = view["reasons"][0]
@@ -187,12 +189,12 @@ def test_periodic_reload_picks_up_new_imports_and_keys_added_later(tmp_path, ups
         while "intel" not in _account(url, "alice") and time.monotonic() < deadline:
             time.sleep(0.1)
         assert _account(url, "alice")["intel"]["matches"][0]["indicator"] == ids[0]
-        assert _send(url, "sk-alice-00004").headers["x-distillguard-reason"] == "intel_flagged"
+        assert _send(url, "sk-alice-00004").headers["x-distillguard-reason"] == "intel_flagged,output_shaped"
         # a key added through the admin API is hashed when added: its payment matches at once
         r = httpx.post(url + "/admin/keys", headers=ADMIN_H,
                        json={"key": "sk-oscar-000005", "account": "oscar", "payment": "card_x_77"})
         assert r.status_code == 201
-        assert _send(url, "sk-oscar-000005").headers["x-distillguard-reason"] == "intel_flagged"
+        assert _send(url, "sk-oscar-000005").headers["x-distillguard-reason"] == "intel_flagged,output_shaped"
         assert "payment fingerprint hash matched" in _account(url, "oscar")["reasons"][0]["detail"]
         # the peer loses our trust: its indicators stop counting at the next reload
         home_b.peers["lab-a"].trust = 0.0
