@@ -2,6 +2,9 @@
 
 Usage: .venv/bin/python benchmarks/eval_detection.py [--seeds 2001,2002,2003] [--accounts 400] [--days 7]
        [--family 3] [--baseline PATH] [--fpr 0.001]
+       .venv/bin/python benchmarks/eval_detection.py --leave-one-family-out [--accounts-per-kind 3]
+       [--accounts 200] [--reference-accounts 1000] [--seeds 4001] [--days 7] [--families a,b] [--work DIR] [--json OUT]
+       (see benchmarks/lofo_detection.py: every family scored with a baseline built without it)
 
 Tuning used seed 1000 (the shipped baseline), seeds 1-7 and the default campaign parameters
 (wording families 0-2). Here every seed is new and campaigns use other wording families,
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import collections
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -145,7 +149,30 @@ def main() -> None:
     parser.add_argument("--resellers", type=int, default=0,
                         help="run N organic resellers (aggregators of organic customers; half name them) and no campaign")
     parser.add_argument("--reseller-per-day", type=int, default=1000)
+    lofo = parser.add_argument_group("leave one family out (issue 14)")
+    lofo.add_argument("--leave-one-family-out", action="store_true",
+                      help="score every lab family with a baseline built (through the CLI) without it")
+    lofo.add_argument("--accounts-per-kind", type=int, default=3,
+                      help="accounts of each legitimate family and instances of each attack family")
+    lofo.add_argument("--reference-accounts", type=int, default=1000,
+                      help="organic users of the reference run every baseline is fitted on")
+    lofo.add_argument("--fit-other-families", action="store_true",
+                      help="fit each family's baseline on the reference plus every other family (one build per "
+                           "legitimate family) instead of the organic reference alone")
+    lofo.add_argument("--families", default="", help="only these families (comma-separated)")
+    lofo.add_argument("--no-lab-strategies", dest="lab_strategies", action="store_false",
+                      help="leave out the older strategies and hard negatives (sweep ... mixed, batch_app ...)")
+    lofo.add_argument("--work", default="", help="keep the lab runs, baselines and files here")
+    lofo.add_argument("--json", default="", help="write the per-account rows here")
     args = parser.parse_args()
+    if args.leave_one_family_out:
+        import lofo_detection
+
+        args.organic = args.accounts if "--accounts" in sys.argv else 200
+        if "--seeds" not in sys.argv:
+            args.seeds = "4001"
+        lofo_detection.main(args)
+        return
     baseline = Baseline.load(args.baseline) if args.baseline else load_default()
     rows: list[dict] = []
     until: dict[str, list[int | None]] = collections.defaultdict(list)

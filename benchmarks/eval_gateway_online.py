@@ -6,11 +6,16 @@ answer recorded in the lab, so output-token counts are the lab's. The gateway ru
 mode, so traffic keeps flowing after a decision and we can see when each account *would* have
 been blocked.
 
-Reported per strategy: queries until the account is blocked (single accounts), queries summed
-over a campaign's accounts until its first member is blocked (hydra), and the share of organic
-and hard-negative accounts ever blocked (the false-positive rate).
+Reported per strategy or family: queries until the account is flagged, first acted on (any
+decision but allow that rate limits alone do not explain) and blocked (single accounts), queries
+summed over a campaign's accounts until its first member is (swarms); and for organic and
+legitimate families the accounts ever flagged, acted on, blocked, and blocked on their first pass
+(an evaluation harness's or scanner's first run, from the label's ``first_pass``; the whole
+traffic for the others). ``--accounts-per-kind N`` adds the lab's evasive and hard legitimate
+families (issue 14). Events are held in memory (the recorded answers stand in for the upstream),
+so size runs accordingly.
 
-    python benchmarks/eval_gateway_online.py [--seeds 3001 3002] [--accounts 80] [--days 3]
+    python benchmarks/eval_gateway_online.py [--seeds 3001 3002] [--accounts 80] [--days 3] [--accounts-per-kind 1]
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import orjson
 from distillguard.gateway.app import Gateway, build_app
 from distillguard.gateway.config import load_config
 from distillguard.gateway.replay import keys_for, load_events, recorded_answers, replay
+from distillguard.lab.evasive import ATTACK_FAMILIES
+from distillguard.lab.legit import LEGIT_FAMILIES
 from distillguard.lab.traffic import TrafficConfig, generate
 
 
@@ -53,9 +60,21 @@ async def run_replay(events: list[dict], keys: dict, work: Path) -> dict[str, li
         await gw.stop()
 
 
-def evaluate(seed: int, accounts: int, days: int, work: Path) -> dict:
+def acted(action: str, codes: str) -> bool:
+    """A detection-driven action: anything but allow, unless rate limits alone explain it."""
+    return action != "allow" and any(c and not c.startswith("rate_limit_") for c in codes.split(","))
+
+
+def lab_config(seed: int, accounts: int, days: int, per_kind: int) -> TrafficConfig:
+    if not per_kind:
+        return TrafficConfig(seed=seed, accounts=accounts, days=days, batch_per_day=600)
+    return TrafficConfig(seed=seed, accounts=accounts, days=days, batch_per_day=600, families=ATTACK_FAMILIES,
+                         family_instances=per_kind, legit_families=tuple(LEGIT_FAMILIES), legit_accounts=per_kind)
+
+
+def evaluate(seed: int, accounts: int, days: int, work: Path, per_kind: int = 0) -> dict:
     lab = work / f"lab-{seed}"
-    generate(TrafficConfig(seed=seed, accounts=accounts, days=days, batch_per_day=600), lab)
+    generate(lab_config(seed, accounts, days, per_kind), lab)
     events = load_events(lab / "events.jsonl.gz")
     labels = {r["account"]: r for r in map(orjson.loads, (lab / "labels.jsonl").read_bytes().splitlines())}
     keys = keys_for(events)
@@ -64,39 +83,47 @@ def evaluate(seed: int, accounts: int, days: int, work: Path) -> dict:
     elapsed = time.perf_counter() - t
     per_strategy: dict[str, list] = defaultdict(list)
     campaigns: dict[str, list[str]] = defaultdict(list)
-    negatives: dict[str, list[bool]] = defaultdict(list)
+    negatives: dict[str, list[tuple]] = defaultdict(list)
     flag_codes = ("extraction_flagged", "cluster_flagged")
     for account, decs in decisions.items():
         label = labels.get(account, {"kind": "organic", "strategy": "organic"})
+        family = label.get("family") or label.get("strategy") or "organic"
         if label["kind"] == "extraction":
             campaigns[label.get("campaign") or account].append(account)
         else:
             flagged = any(any(c in codes for c in flag_codes) for _, codes in decs)
             blocked = any(action == "block" for action, _ in decs)
-            negatives[label.get("strategy") or "organic"].append((flagged, blocked))
-    # Campaign-level: the campaign's queries in time order, until any member is flagged / blocked.
+            first_pass = decs[: label.get("first_pass") or len(decs)]
+            blocked_first = any(action == "block" for action, _ in first_pass)
+            first_action = next((i + 1 for i, (a, c) in enumerate(decs) if acted(a, c)), None)
+            negatives[family].append((flagged, blocked, blocked_first, first_action is not None))
+    # Campaign-level: the campaign's queries in time order, until any member is flagged / acted on / blocked.
     order: dict[str, list[str]] = defaultdict(list)
     for ev in events:
         label = labels.get(ev["account"])
         if label and label["kind"] == "extraction":
             order[label.get("campaign") or ev["account"]].append(ev["account"])
     for campaign, members in campaigns.items():
-        strategy = labels[members[0]]["strategy"]
+        label = labels[members[0]]
+        family = label.get("family") or label["strategy"]
         seen: dict[str, int] = defaultdict(int)
-        until_flag = until_block = None
+        until_flag = until_block = until_action = None
         for i, account in enumerate(order[campaign]):
             action, codes = decisions[account][seen[account]]
             seen[account] += 1
             if until_flag is None and any(c in codes for c in flag_codes):
                 until_flag = i + 1
+            if until_action is None and acted(action, codes):
+                until_action = i + 1
             if until_block is None and action == "block":
                 until_block = i + 1
-        per_strategy[strategy].append({"campaign": campaign, "accounts": len(members),
-                                       "queries": len(order[campaign]), "queries_until_flag": until_flag,
-                                       "queries_until_block": until_block})
+        per_strategy[family].append({"campaign": campaign, "accounts": len(members),
+                                     "queries": len(order[campaign]), "queries_until_flag": until_flag,
+                                     "queries_until_action": until_action, "queries_until_block": until_block})
     return {"seed": seed, "events": len(events), "replay_seconds": elapsed,
             "per_strategy": per_strategy,
-            "negatives": {k: {"accounts": len(v), "flagged": sum(f for f, _ in v), "blocked": sum(b for _, b in v)}
+            "negatives": {k: {"accounts": len(v), "flagged": sum(f for f, *_ in v), "blocked": sum(b for _, b, *_ in v),
+                              "blocked_first_pass": sum(x[2] for x in v), "acted": sum(x[3] for x in v)}
                           for k, v in negatives.items()}}
 
 
@@ -106,11 +133,14 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=80)
     parser.add_argument("--days", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--accounts-per-kind", type=int, default=0,
+                        help="add the lab's evasive and hard legitimate families (issue 14): instances of each "
+                             "attack family and accounts of each legitimate family")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dg-online-"))
-    results = [evaluate(seed, args.accounts, args.days, work) for seed in args.seeds]
+    results = [evaluate(seed, args.accounts, args.days, work, args.accounts_per_kind) for seed in args.seeds]
     by_strategy: dict[str, list] = defaultdict(list)
-    negatives: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    negatives: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
     for r in results:
         print(f"seed {r['seed']}: {r['events']:,} events replayed in {r['replay_seconds']:.0f} s "
               f"({r['events'] / r['replay_seconds']:,.0f} requests/s through the in-process gateway)")
@@ -120,17 +150,22 @@ def main() -> None:
             negatives[kind][0] += v["accounts"]
             negatives[kind][1] += v["flagged"]
             negatives[kind][2] += v["blocked"]
-    print(f"\n{'strategy':<14}{'campaigns':>10}{'flagged':>8}  queries until flagged (min / median / max)"
-          f"          {'blocked':>8}  until blocked (median)")
+            negatives[kind][3] += v["blocked_first_pass"]
+            negatives[kind][4] += v["acted"]
+    print("\n| family | campaigns | flagged | queries until flagged (min / median / max) | acted on | "
+          "queries until first action (min / median / max) | blocked | until blocked (median) |")
+    print("|---|---:|---:|---|---:|---|---:|---:|")
+    spread = lambda q: f"{q[0]} / {statistics.median(q):.0f} / {q[-1]}" if q else "-"  # noqa: E731
     for strategy, rows in sorted(by_strategy.items()):
         q = sorted(row["queries_until_flag"] for row in rows if row["queries_until_flag"] is not None)
+        a = sorted(row["queries_until_action"] for row in rows if row["queries_until_action"] is not None)
         b = sorted(row["queries_until_block"] for row in rows if row["queries_until_block"] is not None)
-        summary = f"{q[0]} / {statistics.median(q):.0f} / {q[-1]}" if q else "-"
-        print(f"{strategy:<14}{len(rows):>10}{len(q):>8}  {summary:<18} {str(q):<24}{len(b):>8}  "
-              f"{statistics.median(b) if b else '-'}")
-    print(f"\n{'negatives':<14}{'accounts':>10}{'flagged':>8}{'blocked':>8}")
-    for kind, (n, flagged, blocked) in sorted(negatives.items()):
-        print(f"{kind:<14}{n:>10}{flagged:>8}{blocked:>8}")
+        print(f"| {strategy} | {len(rows)} | {len(q)} | {spread(q)} | {len(a)} | {spread(a)} | {len(b)} | "
+              f"{statistics.median(b) if b else '-'} |")
+    print("\n| legitimate family | accounts | flagged | acted on | blocked | blocked on first pass |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for kind, (n, flagged, blocked, first, acted_on) in sorted(negatives.items()):
+        print(f"| {kind} | {n} | {flagged} | {acted_on} | {blocked} | {first} |")
     if args.json:
         args.json.write_text(json.dumps({"runs": results}, indent=2, default=str))
 
