@@ -9,6 +9,7 @@ share of the unshaped student's), the generation cost per token relative to unsh
 and the cross-validated AUC of a logistic regression telling shaped answers from unshaped ones.
 
     nice -n 10 timeout 1800 .venv/bin/python benchmarks/bench_shaping.py --seeds 3 --traces 300
+    nice -n 10 timeout 600 .venv/bin/python benchmarks/bench_shaping.py --cost --teacher-dir /tmp/shaping-teacher
     nice -n 10 timeout 1800 .venv/bin/python benchmarks/bench_shaping.py --composition --seeds 2 --traces 300
 """
 
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--teacher-dir", help="load the lab teacher from here (trained and saved there if absent)")
     parser.add_argument("--composition", action="store_true",
                         help="instead: shaped + watermarked answers, text detection and radioactivity of a student")
+    parser.add_argument("--cost", action="store_true", help="instead: generation cost per token (best of 5)")
     parser.add_argument("--json", help="also write the summary as JSON here")
     args = parser.parse_args()
 
@@ -44,6 +46,10 @@ def main() -> None:
     torch.set_num_threads(1)
     start = time.monotonic()
     say = lambda m: print(m, file=sys.stderr, flush=True)   # noqa: E731
+    if args.cost:
+        teacher, _ = lab.teacher_from(args.teacher_dir, args.teacher_steps)
+        print(json.dumps(lab.generation_cost(teacher)))
+        return
     if args.composition:
         teacher, _ = lab.teacher_from(args.teacher_dir, args.teacher_steps)
         for seed in range(args.seeds):

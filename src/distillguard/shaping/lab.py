@@ -237,3 +237,22 @@ def composition(teacher, *, seed: int = 0, n_traces: int = 600, strength: float 
                      "controls_below_0.01": radio["controls"]["share_below_0.01"]}
         say(f"composition {kind}: {out[kind]}")
     return out
+
+
+def generation_cost(teacher, *, strength: float = 0.3, n: int = 300, repeats: int = 5) -> dict[str, float]:
+    """Milliseconds per generated token, unshaped vs antidistillation vs anchor, on the same
+    problems: repeats interleaved and the fastest kept (robust on a shared machine)."""
+    pairs = T.problems(n, np.random.default_rng(7))
+    proxy, held = train_proxy(teacher, 0)
+    direction = heldout_gradient(proxy, held)
+    shaper = AntidistillationProcessor(proxy, strength=strength, direction=direction, plausible=0.05)
+    makers = {"unshaped": lambda: [], "antidistillation": lambda: [shaper],
+              "anchor": lambda: [AnchorPerturbationProcessor(shaper, T.STEP_DELIMITERS, threshold=0.02, max_anchors=1)]}
+    best = {k: float("inf") for k in makers}
+    for _ in range(repeats):
+        for name, make in makers.items():
+            start = time.perf_counter()
+            out = T.generate(teacher, pairs, processors=make(), temperature=BASE_TEMPERATURE, seed=0)
+            best[name] = min(best[name], 1000 * (time.perf_counter() - start) / max(1, sum(len(c) for c in out)))
+    return {**{f"{k}_ms_per_token": round(v, 4) for k, v in best.items()},
+            **{f"{k}_vs_unshaped": round(v / best["unshaped"], 2) for k, v in best.items() if k != "unshaped"}}
