@@ -2,6 +2,7 @@
 
     python benchmarks/bench_evidence.py proofs [--leaves 10000000] [--pairs 1000] [--inclusions 10000]
     python benchmarks/bench_evidence.py build --db STORE.duckdb        # tree over a real store
+    python benchmarks/bench_evidence.py replicate --src STORE.duckdb --out BIG.duckdb --copies 5
     python benchmarks/bench_evidence.py build-synthetic [--leaves 1000000]
     python benchmarks/bench_evidence.py gateway [--duration 10] [--rounds 3]
     python benchmarks/bench_evidence.py add [--n 30000]                # CPU per leaf on the request path
@@ -85,6 +86,24 @@ def bench_proofs(args) -> dict:
             "inclusions": len(idx), "inclusion_prove_and_verify_s": t_incl, "inclusion_prove_s": t_incl_only,
             "inclusion_prove_and_verify_cpu_s": c_incl, "inclusion_prove_cpu_s": c_incl_only,
             "load_average": os.getloadavg()[0]}
+
+
+def replicate(args) -> dict:
+    """A bigger store from a real one: ``copies`` copies of its rows, each with its own ids, accounts
+    (suffix ``-rK``) and a 15-day shift, so the rows keep the real sizes and shapes."""
+    from distillguard.events.columns import EVENT_SCHEMA
+    from distillguard.store import EventStore
+
+    t0 = time.perf_counter()
+    src = str(args.src).replace("'", "''")
+    with EventStore(args.out) as store:
+        store.run(f"ATTACH '{src}' AS src (READ_ONLY)")
+        for k in range(args.copies):
+            cols = ", ".join(f"id || '-r{k}'" if c == "id" else f"ts + INTERVAL {15 * k} DAY" if c == "ts"
+                             else f"account || '-r{k}'" if c == "account" else c for c in EVENT_SCHEMA.names)
+            store.run(f"INSERT INTO events SELECT {cols} FROM src.events")
+        events = store.count()
+    return {"events": events, "seconds": time.perf_counter() - t0}
 
 
 def bench_build_synthetic(args) -> dict:
@@ -232,6 +251,10 @@ def main() -> None:
     p.add_argument("--inclusions", type=int, default=10_000)
     p = sub.add_parser("build")
     p.add_argument("--db", type=Path, required=True)
+    p = sub.add_parser("replicate")
+    p.add_argument("--src", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--copies", type=int, default=5)
     p = sub.add_parser("build-synthetic")
     p.add_argument("--leaves", type=int, default=1_000_000)
     p = sub.add_parser("add")
@@ -243,7 +266,7 @@ def main() -> None:
     p.add_argument("--accounts", type=int, default=1000)
     args = parser.parse_args()
     fn = {"proofs": bench_proofs, "build": bench_build, "build-synthetic": bench_build_synthetic,
-          "gateway": bench_gateway, "add": bench_add}[args.what]
+          "gateway": bench_gateway, "add": bench_add, "replicate": replicate}[args.what]
     result = fn(args)
     print(json.dumps(result, indent=1, default=float))
 
