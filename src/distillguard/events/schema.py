@@ -295,6 +295,8 @@ def prompt_view(request: dict[str, Any]) -> PromptView:
     n_turns = 0
     n_messages = 0
     if isinstance(messages, list):
+        # (a checked body has only objects here; an unchecked one read for a view must not raise)
+        messages = [m for m in messages if isinstance(m, dict)]
         n_messages = len(messages)
         for message in messages:
             role = message.get("role")

@@ -4,6 +4,7 @@ JSON results, and a small JSON-object request body read with a size limit."""
 from __future__ import annotations
 
 import errno
+import uuid
 from typing import Any
 
 import orjson
@@ -16,9 +17,14 @@ JSON = "application/json"
 def openai_error(status: int, message: str, code: str, *, kind: str = "invalid_request_error",
                  param: str | None = None, headers: dict[str, str] | None = None,
                  extra: dict[str, Any] | None = None) -> Response:
+    """An OpenAI-format error; it carries an ``x-request-id`` (a fresh one unless ``headers`` has it),
+    so even a request refused before it became an event can be named in a support ticket."""
     body: dict[str, Any] = {"message": message, "type": kind, "param": param, "code": code}
     if extra:
         body["distillguard"] = extra
+    headers = dict(headers or {})
+    if not any(k.lower() == "x-request-id" for k in headers):
+        headers["x-request-id"] = uuid.uuid4().hex
     return Response(orjson.dumps({"error": body}), status_code=status, media_type=JSON, headers=headers)
 
 
