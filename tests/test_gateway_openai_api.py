@@ -141,3 +141,32 @@ def test_a_flagged_accounts_batch_is_refused_with_its_reason(tmp_path, upstream)
         with pytest.raises(openai.BadRequestError) as err:
             sdk(url, "sk-bob-00002").files.create(file=("bad.jsonl", io.BytesIO(bad)), purpose="batch")
         assert "line 3" in err.value.message and err.value.body["code"] == "invalid_batch_file"
+
+
+def test_batches_are_seen_by_every_worker_sharing_the_log_root(tmp_path, upstream):
+    """--workers N: the book of who owns which file and batch lives under the shared log root, so a
+    batch uploaded through one worker is retrieved and fetched through another."""
+    root = tmp_path / "log-root"
+    for worker in ("w0", "w1"):
+        (tmp_path / worker).mkdir()
+    with running_gateway(tmp_path / "w0", upstream.url, log_dir=root / "w0") as (gw0, url0), \
+            running_gateway(tmp_path / "w1", upstream.url, log_dir=root / "w1") as (gw1, url1):
+        for gw in (gw0, gw1):
+            gw.config.log.shared_dir = root
+        f = sdk(url0).files.create(file=("in.jsonl", io.BytesIO(batch_file(2))), purpose="batch")
+        batch = sdk(url1).batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                         completion_window="24h")
+        assert sdk(url0).batches.retrieve(batch.id).status == "completed"
+        assert sdk(url0).files.content(batch.output_file_id).text.count("custom_id") == 2
+        with pytest.raises(openai.NotFoundError):
+            sdk(url1, "sk-bob-00002").batches.retrieve(batch.id)
+    assert (root / "batches" / "book.jsonl").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_judgement_refusal_tells_the_sdk_not_to_retry(tmp_path, upstream):
+    with running_gateway(tmp_path, upstream.url) as (gw, url):
+        httpx.post(f"{url}/admin/accounts/alice/action", headers=ADMIN_H, json={"action": "block", "reason": "test"})
+        client = openai.OpenAI(base_url=url + "/v1", api_key="sk-alice-0001")     # default retries on
+        with pytest.raises(openai.PermissionDeniedError) as err:
+            client.chat.completions.create(model="fixed-model", messages=[{"role": "user", "content": "hi"}])
+        assert err.value.response.headers["x-should-retry"] == "false" and "appeal" in err.value.message

@@ -19,7 +19,10 @@ live traffic:
   output file and ``custom_id``, so fetching twice stores nothing twice), and its output tokens
   are charged to the account like a live answer.
 
-Ownership is kept in a JSON Lines book (``batches/book.jsonl`` in the log directory).
+Ownership is kept in a JSON Lines book (``batches/book.jsonl`` under the log root, shared by the
+workers of ``--workers N``; on several machines the log root must be shared storage, as for the
+fleet's loader). Appends are single ``O_APPEND`` writes; a replica that does not know an id re-reads
+what the others appended before answering 404.
 """
 
 from __future__ import annotations
@@ -63,12 +66,24 @@ class BatchBook:
         self.files: dict[str, dict[str, Any]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self._path = directory / "book.jsonl"
-        if self._path.exists():
-            for line in self._path.read_bytes().splitlines():
-                try:
-                    self._apply(orjson.loads(line))
-                except (orjson.JSONDecodeError, KeyError, TypeError):
-                    continue            # a torn last line after a crash: the rest still holds
+        self._offset = 0
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Apply what was appended since the last read (by this process or another replica)."""
+        try:
+            with open(self._path, "rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return
+        end = data.rfind(b"\n") + 1           # a line still being written is read next time
+        self._offset += end
+        for line in data[:end].splitlines():
+            try:
+                self._apply(orjson.loads(line))
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue                        # a torn line after a crash: the rest still holds
 
     def _apply(self, rec: dict[str, Any]) -> None:
         table = self.files if rec["kind"] == "file" else self.batches
@@ -96,13 +111,17 @@ class BatchBook:
         return path
 
     def owner(self, kind: str, oid: str) -> str | None:
-        return (self.files if kind == "file" else self.batches).get(oid, {}).get("account")
+        table = self.files if kind == "file" else self.batches
+        if oid not in table:
+            self.refresh()
+        return table.get(oid, {}).get("account")
 
 
 def book(gw: Gateway) -> BatchBook:
     existing = getattr(gw, "batch_book", None)
     if existing is None:
-        existing = gw.batch_book = BatchBook(Path(gw.config.log.dir) / "batches")
+        root = gw.config.log.shared_dir or gw.config.log.dir
+        existing = gw.batch_book = BatchBook(Path(root) / "batches")
     return existing
 
 

@@ -47,6 +47,7 @@ class LogConfig:
     sink: str = "duckdb"                 # duckdb | parquet | none
     parquet_dir: Path | None = None
     replica: str = "gw"
+    shared_dir: Path | None = None       # the log root shared by --workers (the batch book lives there)
     segment_mb: float = 64.0
     load_interval_s: float = 2.0
     keep_segments: bool = False
@@ -137,7 +138,7 @@ _TOP = {"upstream": str, "upstream_api_key": str, "host": str, "port": int, "db"
         "trust_client_timestamps": bool}
 _INTEL = {"home": Path, "reload_s": float}
 _EVIDENCE = {"key": Path, "log_id": str, "interval_s": float}
-_LOG = {"dir": Path, "sink": str, "parquet_dir": Path, "replica": str, "segment_mb": float,
+_LOG = {"dir": Path, "sink": str, "parquet_dir": Path, "replica": str, "shared_dir": Path, "segment_mb": float,
         "load_interval_s": float, "keep_segments": bool, "fsync": bool, "fail": str, "spool_mb": float}
 
 

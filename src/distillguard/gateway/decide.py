@@ -108,6 +108,7 @@ async def refuse(gw: Gateway, info: KeyInfo, event: dict[str, Any], decision: De
         if gw.fleet is not None:
             gw.fleet.refused(info.account, gw.refusals[info.account])
         headers["x-distillguard-appeal"] = APPEAL_PATH
+        headers["x-should-retry"] = "false"      # a judgement, not a busy moment: the SDKs raise at once
         message = message.rstrip()
         if not message.endswith((".", "!", "?")):
             message += "."

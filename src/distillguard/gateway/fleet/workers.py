@@ -35,6 +35,7 @@ def replica_config(cfg: Any, index: int) -> Any:
     out = copy.deepcopy(cfg)
     out.log.replica = f"{replica_base(cfg)}-w{index}"
     out.log.dir = Path(cfg.log.dir) / out.log.replica
+    out.log.shared_dir = Path(cfg.log.dir)
     return out
 
 
