@@ -3,7 +3,7 @@
 A tiny teacher is trained here; a student is trained only on its (watermarked) answers, as an
 extraction farm would; a control and two references are trained the same way on independent
 ShareGPT text. ``compare`` must name the student and clear the control. The sizes are the
-smallest that still show the point (the test suite's lab, with half its training passes)."""
+smallest that still show the point (the same lab as tests/test_compare.py)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def run_compare_demo(out: Path, console: Console, *, seed: int) -> dict[str, Any
 
     work = out / "compare"
     keys = KeySet(secret=hashlib.sha256(f"distillguard-demo-compare-{seed}".encode()).digest(), cohorts=4)
-    common = dict(total_tokens=6000, seconds=300, epochs=45, max_tokens=48, student_size=SMALL)
+    common = dict(total_tokens=6000, seconds=300, epochs=90, max_tokens=48, student_size=SMALL)
     with console.status("training a tiny teacher, a student on its answers, a control and two references "
                         "(smallest settings; 'distillguard lab build-model' / 'lab distill' for real sizes)…"):
         build_model(work / "teacher", seconds=300, steps=22, vocab_size=512, max_chars=150_000)
