@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 import orjson
 from rich import box
@@ -51,39 +52,56 @@ cohort = "watch"
 """
 
 
-def run_gateway_demo(out: Path, events_path: Path, truth: dict, console: Console, hours: float = 24.0) -> dict:
-    """Replay the first ``hours`` of lab traffic over loopback HTTP: lab → gateway → fixed upstream."""
+def replay_live(work: Path, events: list[dict], config_text: str, console: Console, status: str, *,
+                answer: str | None = None, admin_token: str | None = None, connections: int | None = None,
+                while_up: Callable[[str], Any] | None = None) -> tuple[dict[str, list], Any]:
+    """Serve ``events`` in time order through a real gateway over loopback HTTP, in front of a fixed
+    upstream: configuration from ``config_text``, one key per account from the events, log and store
+    under ``work``. Returns each account's decisions, and what ``while_up(gateway URL)`` returned
+    while the gateway was still running."""
     import asyncio
-    from collections import Counter
 
     import httpx
 
     from distillguard.gateway.app import Gateway, build_app
     from distillguard.gateway.config import load_config
-    from distillguard.gateway.replay import keys_for, load_events, replay
+    from distillguard.gateway.replay import keys_for, replay
     from distillguard.gateway.server import ServerThread
     from distillguard.serve.fixed import DEFAULT_TEXT, FixedCompletionServer
+
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "keys.json").write_bytes(orjson.dumps(keys_for(events)))
+    (work / "gateway.toml").write_text(config_text)
+    cfg = load_config(work / "gateway.toml", keys=work / "keys.json", db=work / "events.duckdb",
+                      upstream="http://127.0.0.1:1", trust_client_timestamps=True, trust_forwarded_for=True)
+    cfg.log.dir = work / "log"
+    cfg.admin_token = admin_token
+    with ServerThread(FixedCompletionServer(text=answer or DEFAULT_TEXT)) as upstream:
+        cfg.upstream = upstream.url
+        with ServerThread(build_app(Gateway(cfg))) as server:
+            async def go():
+                limits = httpx.Limits(max_connections=connections) if connections else httpx.Limits()
+                async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=30) as client:
+                    return await replay(client, events)
+            with console.status(status, spinner="dots"):
+                decisions = asyncio.run(go())
+            return decisions, (while_up(server.url) if while_up else None)
+
+
+def run_gateway_demo(out: Path, events_path: Path, truth: dict, console: Console, hours: float = 24.0) -> dict:
+    """Replay the first ``hours`` of lab traffic over loopback HTTP: lab → gateway → fixed upstream."""
+    from collections import Counter
+
+    from distillguard.gateway.replay import load_events
+    from distillguard.serve.fixed import DEFAULT_TEXT
 
     events = load_events(events_path)
     events = [e for e in events if e["ts_epoch"] < events[0]["ts_epoch"] + hours * 3600]
     work = out / "gateway"
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "keys.json").write_bytes(orjson.dumps(keys_for(events)))
-    (work / "gateway.toml").write_text(DEMO_POLICY)
-    cfg = load_config(work / "gateway.toml", keys=work / "keys.json", db=work / "events.duckdb",
-                      upstream="http://127.0.0.1:1", trust_client_timestamps=True, trust_forwarded_for=True)
-    cfg.log.dir = work / "log"
     long_answer = " ".join([DEFAULT_TEXT] * 12)      # ~600 tokens: a full answer, as a model would give
-    with ServerThread(FixedCompletionServer(text=long_answer)) as upstream:
-        cfg.upstream = upstream.url
-        gw = Gateway(cfg)
-        with ServerThread(build_app(gw)) as server:
-            async def go():
-                limits = httpx.Limits(max_connections=4)
-                async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=30) as client:
-                    return await replay(client, events)
-            with console.status(f"replaying {len(events):,} requests through the gateway…", spinner="dots"):
-                decisions = asyncio.run(go())
+    decisions, _ = replay_live(work, events, DEMO_POLICY, console,
+                               f"replaying {len(events):,} requests through the gateway…", answer=long_answer,
+                               connections=4)
     rows: dict[str, Counter] = {}
     first_block: dict[str, list[int]] = {}
     for account, decs in decisions.items():

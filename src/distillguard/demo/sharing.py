@@ -3,13 +3,10 @@ gateway acts on its new account from its first requests, naming A's campaign."""
 
 from __future__ import annotations
 
-import asyncio
-import gzip
 from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 from rich import box
 from rich.console import Console
 from rich.markup import escape
@@ -27,9 +24,8 @@ def _biggest_single_actor(scan: dict[str, Any], truth: dict[str, dict]) -> str:
 
 def run_sharing_demo(out: Path, a_db: Path, a_events: Path, scan: dict[str, Any], truth: dict[str, dict],
                      console: Console, *, seed: int) -> dict[str, Any]:
-    from distillguard.gateway.app import Gateway, build_app
-    from distillguard.gateway.config import load_config
-    from distillguard.gateway.replay import keys_for, load_events, replay
+    from distillguard.gateway.replay import load_events
+    from distillguard.demo.gateway_step import replay_live
     from distillguard.gateway.server import ServerThread
     from distillguard.intel.export import ExportOptions, export_bundle
     from distillguard.intel.home import IntelHome, Peer, new_secret, secret_sha256
@@ -39,7 +35,6 @@ def run_sharing_demo(out: Path, a_db: Path, a_events: Path, scan: dict[str, Any]
     from distillguard.intel.sync import sync_peer
     from distillguard.intel.taxii import API_ROOT, TaxiiServer
     from distillguard.lab.traffic import TrafficConfig, generate
-    from distillguard.serve.fixed import FixedCompletionServer
     from distillguard.store import EventStore
 
     work = out / "providers"
@@ -94,25 +89,12 @@ def run_sharing_demo(out: Path, a_db: Path, a_events: Path, scan: dict[str, Any]
                   identity={"email": "fresh.start.2026@proton.me", "payment": card},
                   ts_epoch=t0 + span * (0.2 + 0.05 * i))
     events = sorted(b_events + taken, key=lambda e: e["ts_epoch"])
-    gw_dir = work / "b-gateway"
-    gw_dir.mkdir(parents=True, exist_ok=True)
-    (gw_dir / "keys.json").write_bytes(orjson.dumps(keys_for(events)))
-    (gw_dir / "gateway.toml").write_text(f'[intel]\nhome = "{home_b.path}"\nreload_s = 0\n')
-    cfg = load_config(gw_dir / "gateway.toml", keys=gw_dir / "keys.json", db=gw_dir / "events.duckdb",
-                      upstream="http://127.0.0.1:1", trust_client_timestamps=True, trust_forwarded_for=True)
-    cfg.log.dir = gw_dir / "log"
-    cfg.admin_token = "demo-admin-" + secret[:12]
-    with ServerThread(FixedCompletionServer()) as upstream:
-        cfg.upstream = upstream.url
-        gw = Gateway(cfg)
-        with ServerThread(build_app(gw)) as server:
-            async def go():
-                async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-                    return await replay(client, events)
-            with console.status(f"B's gateway serves {len(events):,} requests of its own users and the newcomer…"):
-                decisions = asyncio.run(go())
-            view = httpx.get(f"{server.url}/admin/accounts/{newcomer}",
-                             headers={"authorization": f"Bearer {cfg.admin_token}"}).json()
+    token = "demo-admin-" + secret[:12]
+    decisions, view = replay_live(
+        work / "b-gateway", events, f'[intel]\nhome = "{home_b.path}"\nreload_s = 0\n', console,
+        f"B's gateway serves {len(events):,} requests of its own users and the newcomer…", admin_token=token,
+        while_up=lambda url: httpx.get(f"{url}/admin/accounts/{newcomer}",
+                                       headers={"authorization": f"Bearer {token}"}).json())
     mine = decisions[newcomer]
     first_act = next((i + 1 for i, (action, _) in enumerate(mine) if action != "allow"), None)
     table = Table(title=f"the actor's new account at B ({newcomer}: new key, e-mail, addresses; A's card)",

@@ -51,6 +51,7 @@ from distillguard.gateway.proxy import no_key
 from distillguard.gateway.record import charge_answer, count, log_unavailable, new_event, record
 from distillguard.gateway.upstream import UpstreamError
 from distillguard.gateway.wal import LogWriteError
+from distillguard.private import open_private, private_dir, write_private
 
 if TYPE_CHECKING:
     from distillguard.gateway.core import Gateway
@@ -90,24 +91,16 @@ class BatchBook:
         table[rec["id"]] = {**table.get(rec["id"], {}), **rec}
 
     def add(self, **rec: Any) -> None:
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, orjson.dumps(rec) + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        private_dir(self.dir)
+        with os.fdopen(open_private(self._path), "ab") as fh:   # a buffered write: no short write
+            fh.write(orjson.dumps(rec) + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
         self._apply(rec)
 
     def spool(self, file_id: str, data: bytes) -> Path:
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = self.dir / f"{hashlib.sha256(file_id.encode()).hexdigest()[:32]}.jsonl"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        path = private_dir(self.dir) / f"{hashlib.sha256(file_id.encode()).hexdigest()[:32]}.jsonl"
+        write_private(path, data, sync=True)
         return path
 
     def owner(self, kind: str, oid: str) -> str | None:
@@ -214,8 +207,7 @@ async def upload_file(request: Request) -> Response:
         resp = await gw.upstream_client.send("POST", endpoint, body, _up_headers(gw, info, upstream_type))
         content = await resp.read()
     except UpstreamError as exc:
-        return openai_error(502, f"the model server failed: {exc}", "upstream_unavailable", kind="upstream_error",
-                            headers=headers)
+        return _unreachable(exc, headers)
     count(gw, endpoint, resp.status_code, decision)
     answer = _json(content)
     if resp.status_code == 200 and isinstance(answer, dict) and isinstance(answer.get("id"), str):
@@ -252,8 +244,7 @@ async def create_batch(request: Request) -> Response:
         resp = await gw.upstream_client.send("POST", endpoint, orjson.dumps(body), _up_headers(gw, info, JSON))
         content = await resp.read()
     except UpstreamError as exc:
-        return openai_error(502, f"the model server failed: {exc}", "upstream_unavailable", kind="upstream_error",
-                            headers=headers)
+        return _unreachable(exc, headers)
     count(gw, endpoint, resp.status_code, decision)
     _note_batch(gw, info.account, _json(content))
     return Response(content, status_code=resp.status_code, media_type=JSON, headers=headers | kept_headers(resp))
@@ -277,8 +268,7 @@ async def get_owned(request: Request) -> Response:
         resp = await gw.upstream_client.send(request.method, path, b"", _up_headers(gw, info, None))
         content = await resp.read()
     except UpstreamError as exc:
-        return openai_error(502, f"the model server failed: {exc}", "upstream_unavailable", kind="upstream_error",
-                            headers={"x-request-id": request_id})
+        return _unreachable(exc, {"x-request-id": request_id})
     count(gw, path.rsplit("/", 1)[0] if kind == "batch" else "/v1/files", resp.status_code, None)
     if resp.status_code == 200 and kind == "batch":
         _note_batch(gw, info.account, _json(content))
@@ -305,7 +295,7 @@ async def list_owned(request: Request) -> Response:
         resp = await gw.upstream_client.send("GET", path + query, b"", _up_headers(gw, info, None))
         content = await resp.read()
     except UpstreamError as exc:
-        return openai_error(502, f"the model server failed: {exc}", "upstream_unavailable", kind="upstream_error")
+        return _unreachable(exc, None)
     answer = _json(content)
     if resp.status_code == 200 and isinstance(answer, dict) and isinstance(answer.get("data"), list):
         answer["data"] = [x for x in answer["data"] if isinstance(x, dict)
@@ -375,6 +365,11 @@ def _up_headers(gw: Gateway, info, content_type: str | None) -> dict[str, str]:
     if gw.config.upstream_api_key:
         headers["authorization"] = f"Bearer {gw.config.upstream_api_key}"
     return headers
+
+
+def _unreachable(exc: UpstreamError, headers: dict[str, str] | None) -> Response:
+    return openai_error(502, f"the model server failed: {exc}", "upstream_unavailable", kind="upstream_error",
+                        headers=headers)
 
 
 def _json(raw: bytes) -> Any:
