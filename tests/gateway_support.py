@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -113,3 +115,26 @@ def running_gateway(tmp_path: Path, upstream_url: str, *, config_text: str | Non
         yield gw, server.url
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str = "1m") -> Iterator[Path]:
+    """``path`` as a small tmpfs (a disk that fills up); skips the test without root."""
+    import pytest
+
+    path.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_to(directory: Path, leave: int) -> Path:
+    """Fill ``directory``'s file system up to ``leave`` bytes free; returns the filler file."""
+    st = os.statvfs(directory)
+    filler = directory / "filler"
+    filler.write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return filler

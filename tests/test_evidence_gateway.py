@@ -4,22 +4,26 @@ store (each leaf checked against its stored row), proofs from the store, a verif
 from __future__ import annotations
 
 import shutil
+import time
 
+import httpx
 import openai
+import orjson
 import pytest
 
 from distillguard.errors import BadInputError
 from distillguard.evidence import treestore
 from distillguard.evidence.commands import _salt_key
 from distillguard.evidence.gateway_tree import read_leaves, read_notes
-from distillguard.evidence.merkle import verify_consistency
+from distillguard.evidence.merkle import root_of, verify_consistency, verify_inclusion
 from distillguard.evidence.note import SignedNote, open_checkpoint, vkey
 from distillguard.evidence.package import ExportOptions, export_package
 from distillguard.evidence.verify import Keys, verify_package
 from distillguard.gateway.server import ServerThread
 from distillguard.intel.keys import SigningKey
 from distillguard.store import EventStore
-from gateway_support import FaultyUpstream, running_gateway
+from distillguard.gateway.wal import iter_log_records
+from gateway_support import FaultyUpstream, fill_to, running_gateway, small_tmpfs
 
 LOG_ID = "example.org/distillguard/gw-1"
 
@@ -80,6 +84,91 @@ def test_gateway_tree_imports_proves_and_packages(tmp_path, upstream):
     finding = verify_package(tmp_path / "pkg", keys)
     assert finding.accounts == ["bob"] and finding.exchanges == 5
     assert SignedNote.parse(notes[-1]).verify(LOG_ID, key.public)
+
+
+def test_a_write_the_log_refuses_on_a_full_disk_leaves_no_leaf(tmp_path, upstream):
+    """The log on a 1 MiB tmpfs filled to ~20 KB free, the tree on, checkpoints every 0.1 s (some
+    attempted while the disk is full): 60 requests, some refused with a 503 (their records never
+    written). The tree's leaves are the logged records, in log order, and nothing else; every signed
+    checkpoint covers only logged records; the store imports the whole tree and each exchange proves
+    into the last checkpoint. Was: each refused request left a leaf (added before the write), so
+    every later checkpoint signed a root over exchanges not in the log and the import stopped at the
+    first of them."""
+    key = SigningKey.generate()
+    key_path = tmp_path / "signing.pem"
+    key_path.write_bytes(key.pem())
+    config = (f'[evidence]\nkey = "{key_path}"\nlog_id = "{LOG_ID}"\ninterval_s = 0.1\n'
+              "[log]\nkeep_segments = true\n[policy]\nmode = \"shadow\"\n")
+    with small_tmpfs(tmp_path / "log") as log_dir:
+        with running_gateway(tmp_path, upstream.url, log_dir=log_dir, config_text=config) as (gw, url):
+            with httpx.Client(base_url=url, timeout=30) as client:
+                ok = client.post("/v1/chat/completions", json={"model": "ok", "messages": [{"role": "user", "content": "first"}]},
+                                 headers={"authorization": "Bearer sk-alice-0001"})
+                assert ok.status_code == 200
+                filler = fill_to(log_dir, 20_000)
+                statuses = []
+                for i in range(60):
+                    body = {"model": "ok", "stream": i % 3 == 0,
+                            "messages": [{"role": "user", "content": f"request {i} " + "y" * 400}]}
+                    key_header = "sk-alice-0001" if i % 2 else "sk-bob-00002"
+                    r = client.post("/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key_header}"})
+                    statuses.append(r.status_code)
+                time.sleep(0.3)                          # checkpoints tried on the full disk
+                filler.unlink()
+                time.sleep(gw.log.retry_s + 0.1)
+                after = client.post("/v1/chat/completions", json={"model": "ok", "messages": [{"role": "user", "content": "after"}]},
+                                    headers={"authorization": "Bearer sk-bob-00002"})
+                assert after.status_code == 200
+            assert 503 in statuses and 200 in statuses, statuses
+            assert gw.log.stats.failed > 0
+        # the gateway has stopped: its last checkpoint is written
+        logged = [orjson.loads(line)["id"] for line in iter_log_records(log_dir)]
+        leaves = read_leaves(log_dir)
+        notes = read_notes(log_dir)
+        assert [event_id for event_id, _, _ in leaves] == logged       # exactly the logged records, in log order
+        hashes = [leaf for _, _, leaf in leaves]
+        assert notes
+        for note in notes:                                             # no signed root covers an unlogged leaf
+            cp, _ = open_checkpoint(note, key.public, origin=LOG_ID)
+            assert cp.size <= len(logged) and cp.root == root_of(hashes[:cp.size])
+        last, _ = open_checkpoint(notes[-1], key.public, origin=LOG_ID)
+        assert last.size == len(logged)
+        with EventStore(tmp_path / "events.duckdb") as store:
+            assert treestore.import_gateway_dir(store, log_dir, _salt_key(key))[1] == len(logged)
+            levels = treestore.load_levels(store, LOG_ID)
+    assert levels.size == len(logged)
+    for i in range(levels.size):
+        assert verify_inclusion(levels.leaf(i), i, last.size, levels.inclusion_proof(i, last.size), last.root)
+
+
+def test_a_checkpoint_on_a_full_disk_keeps_its_leaves_for_the_next_one(tmp_path):
+    """leaves.txt on a full tmpfs: the write fails part-way; nothing torn stays in the file, nothing
+    is signed, and the next checkpoint (space again) writes every leaf. Was: the pending lines were
+    dropped, so leaves.txt lost leaves the signed roots covered."""
+    from distillguard.evidence.gateway_tree import GatewayTree
+
+    key = SigningKey.generate()
+    with small_tmpfs(tmp_path / "log", size="64k") as log_dir:
+        tree = GatewayTree(log_dir, LOG_ID, key)
+        records = [{"id": f"ev-{i:04d}", "ts": 1_700_000_000 + i, "account": ["alice", "bob"][i % 2],
+                    "request": {"model": "m", "messages": [{"role": "user", "content": f"q {i}"}]}} for i in range(300)]
+        for r in records[:10]:
+            tree.add(r)
+        first = tree.checkpoint()
+        for r in records[10:]:
+            tree.add(r)
+        filler = fill_to(log_dir, 0)
+        with pytest.raises(OSError):
+            tree.checkpoint()
+        assert [e for e, _, _ in read_leaves(log_dir)] == [r["id"] for r in records[:10]]   # cut back, no torn line
+        assert [open_checkpoint(n, key.public, origin=LOG_ID)[0].size for n in read_notes(log_dir)] == [10]
+        filler.unlink()
+        note = tree.checkpoint()
+        leaves = read_leaves(log_dir)
+    assert first is not None and note is not None
+    assert [e for e, _, _ in leaves] == [r["id"] for r in records]
+    cp, _ = open_checkpoint(note, key.public, origin=LOG_ID)
+    assert cp.size == 300 and cp.root == root_of([leaf for _, _, leaf in leaves])
 
 
 def test_a_stored_row_changed_after_logging_is_caught_at_import(tmp_path, upstream):

@@ -4,9 +4,7 @@ untrusted peers (F5), owner-only files (F7), OpenAI-format 404/405 and the admin
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pytest
 from distillguard.gateway.server import ServerThread
 from distillguard.gateway.wal import iter_log_records
 from distillguard.serve.fixed import FixedCompletionServer
-from gateway_support import ADMIN, running_gateway
+from gateway_support import ADMIN, fill_to, running_gateway, small_tmpfs
 
 ALICE = {"authorization": "Bearer sk-alice-0001"}
 
@@ -87,25 +85,6 @@ def test_json_nested_past_what_can_be_logged_is_a_400_before_proxying(tmp_path, 
         assert ok.status_code == 200
 
 
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str = "1m"):
-    path.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("needs root to mount a tmpfs")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def _fill(directory: Path, leave: int) -> Path:
-    st = os.statvfs(directory)
-    filler = directory / "filler"
-    filler.write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
-    return filler
-
-
 def _drive(url: str, n: int) -> tuple[list[str], list[httpx.Response]]:
     answered, refused = [], []
     with httpx.Client(base_url=url, timeout=30) as client:
@@ -130,7 +109,7 @@ def test_a_full_log_disk_answers_503_and_never_loses_an_answered_exchange(tmp_pa
     with small_tmpfs(tmp_path / "log") as log_dir:
         with running_gateway(tmp_path, upstream.url, log_dir=log_dir,
                              config_text="[log]\nsink = 'none'\nkeep_segments = true\n") as (gw, url):
-            filler = _fill(log_dir, 20_000)
+            filler = fill_to(log_dir, 20_000)
             answered, refused = _drive(url, 120)
             assert refused, "the disk never filled up"
             for r in refused:
@@ -153,7 +132,7 @@ def test_failing_open_answers_and_writes_the_records_once_space_returns(tmp_path
     with small_tmpfs(tmp_path / "log") as log_dir:
         with running_gateway(tmp_path, upstream.url, log_dir=log_dir,
                              config_text="[log]\nsink = 'none'\nkeep_segments = true\nfail = 'open'\n") as (gw, url):
-            filler = _fill(log_dir, 20_000)
+            filler = fill_to(log_dir, 20_000)
             answered, refused = _drive(url, 60)
             assert not refused and gw.log.spooled() > 0         # answered, held in memory
             filler.unlink()
@@ -225,7 +204,7 @@ def test_state_writes_on_a_full_disk_are_a_503_in_the_openai_format(tmp_path, up
     with small_tmpfs(tmp_path / "log") as log_dir:
         with running_gateway(tmp_path, upstream.url, log_dir=log_dir,
                              config_text="[log]\nsink = 'none'\n") as (gw, url):
-            _fill(log_dir, 0)
+            fill_to(log_dir, 0)
             r = httpx.post(url + "/admin/accounts/alice/action", json={"action": "block", "reason": "r" * 5000},
                            headers={"authorization": f"Bearer {ADMIN}"})
             error = assert_openai_error(r, 503, "storage_unavailable")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import duckdb
 import orjson
@@ -158,3 +159,39 @@ def test_unwritable_log_directory_is_a_clear_error(tmp_path):
     target.write_text("x")
     with pytest.raises(BadInputError, match="log directory"):
         DurableLog(target / "sub")
+
+
+@pytest.mark.parametrize("spool", [0, 1 << 20])
+def test_on_commit_sees_only_written_records_in_log_order(tmp_path, spool):
+    """The evidence tree's hook: tags of records on disk, in log order. A failed write (full disk)
+    never reaches it when failing closed; failing open, spooled records reach it when written."""
+    from gateway_support import fill_to, small_tmpfs
+
+    seen: list[int] = []
+    with small_tmpfs(tmp_path / "log", size="256k") as log_dir:
+        log = DurableLog(log_dir, spool_bytes=spool, retry_s=0.05, on_commit=seen.extend)
+        try:
+            for i in range(5):
+                log.append_nowait(record(i), tag=i)
+            assert log.flush()
+            filler = fill_to(log_dir, 0)
+            for i in range(5, 10):
+                log.append_nowait(record(i) + b" " * 8000, tag=i)
+                assert log.flush()
+            filler.unlink()
+            time.sleep(0.1)
+            log.append_nowait(record(10), tag=10)
+            log.append_nowait(record(11))                     # no tag: written, not reported
+            assert log.flush()
+            deadline = time.monotonic() + 5
+            while log.spooled() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            log.close()
+        logged = [int(orjson.loads(line)["id"][3:]) for line in iter_log_records(log_dir)]
+    assert seen == [i for i in logged if i != 11]
+    assert seen[:5] == [0, 1, 2, 3, 4] and seen[-1] == 10
+    if spool:
+        assert seen == list(range(11))
+    else:
+        assert log.stats.failed > 0 and len(seen) < 11

@@ -9,8 +9,11 @@ Files under ``LOGDIR/evidence/`` (beside the durable log's segments):
   account chains without writing account ids beside the log);
 * ``checkpoints/<size>.note``: every signed checkpoint (C2SP signed notes).
 
-The request path only computes the leaf (salted field commitments, ~20 µs) and folds it into an
-O(log n) frontier; writing and signing happen in :meth:`GatewayTree.checkpoint`, which the gateway
+The request path only takes the record's field bytes; the log's writer thread, once the record is
+written and fsynced, computes the leaf (salted field commitments, ~20 µs) and folds it into an
+O(log n) frontier (:meth:`GatewayTree.add_logged`), so the leaves are exactly the logged records in
+log order: a record the log failed to write (full disk, the gateway answered 503) is no leaf.
+Writing ``leaves.txt`` and signing happen in :meth:`GatewayTree.checkpoint`, which the gateway
 calls from a timer thread and on shutdown. Leaves computed after the last checkpoint of a process
 that then crashed are lost from the tree (their events are still in the log and the store; a later
 ``evidence build`` puts them in the store's own tree).
@@ -104,9 +107,22 @@ class GatewayTree:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def values(self, record: dict[str, Any]) -> dict[str, bytes | None]:
+        """The field bytes of a record, taken when it is serialised for the log (request path)."""
+        return values_from_record(record)
+
+    def add_logged(self, batch: list[dict[str, bytes | None]]) -> None:
+        """Fold in records the log has just written (the log's ``on_commit``: the writer thread, in
+        log order, only after the write and fsync succeeded, so no leaf ever stands for a record the
+        log failed to store)."""
+        for values in batch:
+            self._add(values)
+
     def add(self, record: dict[str, Any]) -> None:
-        """Fold one logged record in (call in the order records are appended to the log)."""
-        values = values_from_record(record)
+        """Fold one logged record in (in log order; the gateway goes through :meth:`add_logged`)."""
+        self._add(values_from_record(record))
+
+    def _add(self, values: dict[str, bytes | None]) -> None:
         account = values["account"] or b""
         tag = self.tags.get(account)
         if tag is None:
@@ -121,22 +137,42 @@ class GatewayTree:
                                                      tag.encode(), leaf.hex().encode()))
 
     def checkpoint(self) -> str | None:
-        """Write pending leaves, then sign a checkpoint of the tree so far (None if nothing new)."""
+        """Write pending leaves, then sign a checkpoint of the tree so far (None if nothing new).
+
+        The leaves reach ``leaves.txt`` (fsynced) before any checkpoint covering them is signed. A
+        failed write (full disk) is cut back off the file and its lines kept for the next try, and
+        nothing is signed: ``leaves.txt`` never holds a torn line or misses a leaf a note covers.
+        """
         with self.lock:
             lines, self.pending = self.pending, []
             size, root = self.frontier.size, self.frontier.root()
         if lines:
-            with open(self.dir / "leaves.txt", "ab") as fh:
-                fh.write(b"".join(lines))
-                fh.flush()
-                os.fsync(fh.fileno())
+            path = self.dir / "leaves.txt"
+            with open(path, "ab") as fh:
+                start = fh.tell()
+                try:
+                    fh.write(b"".join(lines))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                except BaseException:
+                    try:
+                        fh.truncate(start)
+                    except OSError:
+                        pass
+                    with self.lock:
+                        self.pending[:0] = lines
+                    raise
         if size == self.signed_size:
             return None
         note = sign_checkpoint(Checkpoint(self.log_id, size, root), self.private)
         target = self.dir / "checkpoints" / f"{size:015d}.note"
         tmp = target.with_suffix(".tmp")
-        tmp.write_text(note, encoding="utf-8")
-        os.replace(tmp, target)
+        try:
+            tmp.write_text(note, encoding="utf-8")
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self.signed_size = size
         return note
 

@@ -85,6 +85,7 @@ class Gateway:
 
             self.tree = GatewayTree(config.log.dir, config.evidence.log_id or f"distillguard/{config.log.replica}",
                                     SigningKey.load(config.evidence.key), interval_s=config.evidence.interval_s)
+            self.log.on_commit = self.tree.add_logged     # leaves only for records written, in log order
         self.recovered = self.loader.load_once()     # what an earlier run logged but did not load
         self.metrics.gauges(backlog=self.log.backlog, unloaded_bytes=self.loader.pending_bytes,
                             accounts=lambda: len(self.scorer.accounts), loaded=lambda: self.loader.loaded)

@@ -38,9 +38,10 @@ def new_event(ts: float, info: KeyInfo, endpoint: str, body: dict[str, Any], ip:
 
 async def record(gw: Gateway, event: dict[str, Any], wait: bool = True) -> None:
     """Write one event durably; with ``wait``, return only once it is on disk."""
-    future = gw.log.append(orjson.dumps(event, option=orjson.OPT_SERIALIZE_NUMPY))
-    if gw.tree is not None:
-        gw.tree.add(event)            # the same order as the log (docs/evidence.md)
+    data = orjson.dumps(event, option=orjson.OPT_SERIALIZE_NUMPY)
+    # The tree's leaf is added by the log's writer once this record is on disk, in log order: a
+    # failed write (full disk: 503) leaves no leaf behind (docs/evidence.md).
+    future = gw.log.append(data, gw.tree.values(event) if gw.tree is not None else None)
     if wait:
         await future
     gw.metrics.events_logged.inc()

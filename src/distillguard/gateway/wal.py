@@ -17,6 +17,9 @@ never leaves a torn record between good ones; its requests get :class:`LogWriteE
 gateway answers 503), unless a spool is configured (``spool_bytes``, the gateway's ``log.fail =
 "open"``): then failed records wait in memory, in order, and are written first when the disk
 takes writes again (lost only if the process dies before that).
+``on_commit`` (the evidence tree's hook) is called by the writer thread with the tags of the records
+just written and fsynced, in the order they now stand in the log: a record whose write failed never
+reaches it, and a spooled one reaches it when it is finally written.
 Segments are created 0600 in a 0700 directory (they hold every prompt and answer).
 """
 
@@ -29,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 from distillguard.errors import BadInputError
 from distillguard.private import open_private, private_dir
@@ -77,7 +80,8 @@ class DurableLog:
     """Append-only, fsynced, segmented JSON Lines log with group commit."""
 
     def __init__(self, directory: str | Path, *, segment_bytes: int = 64 << 20, sync: bool = True,
-                 retry_s: float = 1.0, spool_bytes: int = 0) -> None:
+                 retry_s: float = 1.0, spool_bytes: int = 0,
+                 on_commit: Callable[[list[Any]], None] | None = None) -> None:
         self.dir = Path(directory)
         try:
             private_dir(self.dir)
@@ -90,7 +94,7 @@ class DurableLog:
         existing = list_segments(self.dir)
         self._seq = (existing[-1][0] if existing else 0) + 1
         self._fh = self._open_segment()
-        self._pending: list[tuple[bytes, asyncio.Future | None, asyncio.AbstractEventLoop | None]] = []
+        self._pending: list[tuple[bytes, asyncio.Future | None, asyncio.AbstractEventLoop | None, Any]] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
@@ -101,8 +105,10 @@ class DurableLog:
         self.failed_at = 0.0      # monotonic time of the latest failed write
         self.retry_s = retry_s    # how long after a failed write new requests are refused outright
         self.spool_bytes = spool_bytes          # fail open: failed records held up to this many bytes
-        self._retry: list[bytes] = []           # ... here, oldest first
+        self._retry: list[tuple[bytes, Any]] = []   # ... here (record, tag), oldest first
         self._retry_bytes = 0
+        self.on_commit = on_commit              # tags of records on disk, in log order
+        self.commit_hook_errors = 0
         self._thread = threading.Thread(target=self._run, name="distillguard-log-writer", daemon=True)
         self._thread.start()
 
@@ -135,22 +141,23 @@ class DurableLog:
         """Records queued but not yet on disk."""
         return len(self._pending)
 
-    def append(self, record: bytes) -> asyncio.Future:
-        """Queue one JSON line (without newline); the future completes once it is on disk."""
+    def append(self, record: bytes, tag: Any = None) -> asyncio.Future:
+        """Queue one JSON line (without newline); the future completes once it is on disk. ``tag``
+        (if not None) goes to ``on_commit`` once the record is written."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._enqueue(record, fut, loop)
+        self._enqueue(record, fut, loop, tag)
         return fut
 
-    def append_nowait(self, record: bytes) -> None:
+    def append_nowait(self, record: bytes, tag: Any = None) -> None:
         """Queue a record without waiting for it (used outside an event loop, e.g. tests)."""
-        self._enqueue(record, None, None)
+        self._enqueue(record, None, None, tag)
 
-    def _enqueue(self, record: bytes, fut, loop) -> None:
+    def _enqueue(self, record: bytes, fut, loop, tag) -> None:
         if self._closed:
             raise RuntimeError("the event log is closed")
         with self._lock:
-            self._pending.append((record, fut, loop))
+            self._pending.append((record, fut, loop, tag))
             self._queued += 1
         self._wake.set()
 
@@ -179,9 +186,10 @@ class DurableLog:
 
     def _commit(self, batch: list) -> None:
         retry, self._retry, self._retry_bytes = self._retry, [], 0     # spooled records go first
-        fresh = b"".join(rec + b"\n" for rec, _, _ in batch)
-        data = b"".join(rec + b"\n" for rec in retry) + fresh
+        fresh = b"".join(rec + b"\n" for rec, _, _, _ in batch)
+        data = b"".join(rec + b"\n" for rec, _ in retry) + fresh
         start = self._size
+        written = False
         try:
             self._write_all(data)
             if self.sync:
@@ -194,6 +202,7 @@ class DurableLog:
             self.stats.bytes += len(data)
             error = None
             self.error = None
+            written = True
         except BaseException as exc:  # a full disk must fail the requests, not hang them
             self.error = exc
             self.failed_at = time.monotonic()
@@ -201,12 +210,14 @@ class DurableLog:
             self._cut_back(start)
             self._retry, self._retry_bytes = retry, len(data) - len(fresh)   # answered already: kept
             if self.spool_bytes and self._retry_bytes + len(fresh) <= self.spool_bytes:
-                self._retry = retry + [rec for rec, _, _ in batch]
+                self._retry = retry + [(rec, tag) for rec, _, _, tag in batch]
                 self._retry_bytes = len(data)
                 self.stats.spooled += len(batch)
                 error = None                     # fail open: answered now, written when it can be
             else:
                 self.stats.failed += len(batch)
+        if written and self.on_commit is not None:      # before the answers are released
+            self._committed([tag for _, tag in retry] + [tag for _, _, _, tag in batch])
         try:
             if error is None and self._size >= self.segment_bytes:
                 self._fh.close()
@@ -216,7 +227,7 @@ class DurableLog:
             self.error, self.failed_at = exc, time.monotonic()
         self._done += len(batch)
         by_loop: dict = {}
-        for _, fut, loop in batch:
+        for _, fut, loop, _ in batch:
             if fut is not None:
                 by_loop.setdefault(loop, []).append(fut)
         for loop, futures in by_loop.items():
@@ -224,6 +235,15 @@ class DurableLog:
                 loop.call_soon_threadsafe(_resolve, futures, error)
             except RuntimeError:  # the loop is gone (shutdown); the records are on disk anyway
                 pass
+
+    def _committed(self, tags: list[Any]) -> None:
+        tags = [t for t in tags if t is not None]
+        if not tags:
+            return
+        try:
+            self.on_commit(tags)       # type: ignore[misc]
+        except Exception:              # never stop the writer; counted (the tree's own checks see the gap)
+            self.commit_hook_errors += 1
 
     def _cut_back(self, size: int) -> None:
         """Remove a partly written batch, so the next record starts on a line of its own."""
