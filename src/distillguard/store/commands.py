@@ -21,6 +21,11 @@ def ingest(
     quarantine: Optional[Path] = typer.Option(None, "--quarantine",
                                               help="Side file for bad lines (default: DB path + .quarantine.jsonl)."),
     parquet: Optional[Path] = typer.Option(None, "--parquet", help="Also export the store as Parquet partitioned by day."),
+    evidence_key: Optional[Path] = typer.Option(
+        None, "--evidence-key", help="Ed25519 signing key (PEM, e.g. intel/signing.pem): also append the stored events "
+                                     "no evidence tree holds yet to the store's tree and sign a checkpoint "
+                                     "(as `evidence build`; docs/evidence.md)."),
+    log_id: str = typer.Option("distillguard/store", "--log-id", help="With --evidence-key: the store's tree (checkpoint origin)."),
 ) -> None:
     """Load events into a DuckDB store (idempotent on event id)."""
     from distillguard.events.jsonl import Quarantine
@@ -28,6 +33,13 @@ def ingest(
     from distillguard.store.ingest import FileReport, ingest_paths
 
     quarantine_path = quarantine or Path(str(db) + ".quarantine.jsonl")
+    signing = None
+    if evidence_key is not None:            # load (and check) the key before ingesting anything
+        from distillguard.evidence.logid import check_log_id
+        from distillguard.intel.keys import SigningKey
+
+        check_log_id(log_id)
+        signing = SigningKey.load(evidence_key)
     sink = Quarantine(quarantine_path) if skip_bad else None
     table = Table(title=f"ingest → {db}")
     for col in ("source", "read", "new", "duplicates", "quarantined"):
@@ -46,12 +58,23 @@ def ingest(
                                             f"bad lines and goes on)") from None
                 raise
             total = store.count()
+            tree = None
+            if signing is not None:
+                from distillguard.evidence.commands import _salt_key
+                from distillguard.evidence.treestore import build, sign_current
+
+                tree = build(store, _salt_key(signing), log_id)
+                if tree.appended:
+                    sign_current(store, log_id, signing.private)
             files = store.export_parquet(parquet) if parquet else []
     finally:
         if sink is not None:
             sink.close()
     console.print(table)
     console.print(f"store holds {total:,} events")
+    if tree is not None:
+        console.print(f"evidence tree {tree.log_id}: {tree.appended:,} leaves appended ({tree.size:,} in the tree, "
+                      f"{tree.seconds:.1f} s){', checkpoint signed' if tree.appended else ''}")
     if report.bad:
         console.print(f"[yellow]{report.bad:,} bad line(s) quarantined → {quarantine_path}[/yellow]")
     if parquet:
