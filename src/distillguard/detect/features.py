@@ -44,7 +44,7 @@ BASE_FEATURES = (
     "top_area", "areas_seen", "repeat_share",
     # issue 14: value transferred, and the shapes of legitimate uses
     "output_tokens_distinct", "elicited_tokens", "self_contained_count", "answer_ratio", "fixed_instruction_share",
-    "probe_count", "benchmark_count", "temp0_count",
+    "probe_count", "benchmark_count", "temp0_count", "resent_share",
 )
 # The same features for an account's largest templated sub-stream (extraction hidden in a busy,
 # otherwise organic account, such as a reseller's), judged as if it were an account of its own.
@@ -150,7 +150,7 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
     # Probes (jailbreak, leakage and refusal tests) are not value transferred: harvest counts the
     # other prompts only, so a security scan harvests nothing while extraction beside it still does.
     cue_text = _elicitation_text(prompts, systems)
-    probe = tx.has(tx.SECURITY_PROBE, cue_text)
+    probe = tx.security_probe(cue_text)
     value_idx = distinct_idx[~probe[distinct_idx]]
     out["distinct_prompts"] = float(len(value_idx))
     # Deterministic re-asks (temperature 0, the same prompt again) return the same answer: an
@@ -159,6 +159,8 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
     is_first = np.zeros(n, dtype=bool)
     is_first[distinct_idx] = True
     out["repeat_share"] = float(np.sum(~is_first & (temperature == 0.0)) / n)
+    # Re-sends at any temperature: a bounded prompt set run more than once (evaluation re-runs).
+    out["resent_share"] = float(np.sum(~is_first) / n)
     out["span_days"] = span_days
     out["distinct_per_day"] = len(value_idx) / span_days
     out["output_tokens_distinct"] = float(np.nansum(completion[value_idx]))

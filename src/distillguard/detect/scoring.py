@@ -17,9 +17,13 @@ when
 
   with "automated" shown by the prompts themselves (single-turn, templated, impersonal, near-cap,
   logprobs), never by timing alone (many people behind one key are round the clock too),
-* it is not explained by one fixed instruction over payloads the application brings (the value
-  and coverage routes need fewer than ``FIXED_INSTRUCTION_SHARE`` of distinct prompts to give
-  the same instructions: a catalogue or labelling queue harvests its own data's answers),
+* it is not explained by one fixed instruction over payloads the application brings (at least
+  ``FIXED_INSTRUCTION_SHARE`` of distinct prompts giving the same instructions removes the value
+  and coverage routes: a catalogue or labelling queue gets answers about its own data; it removes
+  the elicitation route too when the payloads are material, fewer than ``SUPPLIED_MATERIAL_SHARE``
+  of queries self-contained: grading or labelling a supplied item is not self-contained
+  generation, while one fixed frame over topics the caller picks, "explain X step by step", is
+  still a harvester),
 * most of its queries are not exact repeats of earlier ones (re-asking harvests nothing), and
 * Fisher's combination of the family p-values, calibrated on organic accounts by Brown's
   method, is at most the chosen false-positive rate.
@@ -30,12 +34,16 @@ reports the rate measured on the baseline.
 
 Two legitimate uses get a status of their own instead of a flag:
 
-* ``probing``: at least ``PROBE_SHARE`` of queries are security probes (jailbreak, prompt
-  injection, system-prompt leakage, refusal tests), more than organic accounts send (p <=
+* ``probing``: at least ``PROBE_SHARE`` of queries are security probes (jailbreak and role-play
+  personas, prompt injection and instruction override, system-prompt and training-data leakage,
+  encoding tricks, harmful-content refusal tests, malware and script/markup injection, glitch
+  tokens, package hallucination), more than organic accounts send (p <=
   ``FAMILY_ALPHA``), and the rest of its traffic is not flagged on its own (probes never count
   as harvest, so extraction beside a scan is still flagged);
 * ``evaluation``: at least ``EVAL_SHARE`` of queries are benchmark-formatted (options, an answer
-  slot, answer-format demands) and at least ``EVAL_TEMP0_SHARE`` are at temperature 0, more than
+  slot, answer-format demands, numeric answers, few-shot exemplars) and the run is repeatable: at
+  least ``EVAL_TEMP0_SHARE`` at temperature 0 or at least ``EVAL_RESENT_SHARE`` of queries re-send
+  an earlier prompt (re-runs, at any temperature), more than
   organic accounts send, with no request for training data or grades, and no more than
   ``EVAL_MAX_ITEMS`` distinct prompts (a benchmark is bounded; past that it is flagged as any
   other account would be).
@@ -61,9 +69,11 @@ TIMING_SIGNALS = frozenset({"regular_cadence", "round_the_clock"})
 REPEAT_LIMIT = 0.5
 REASON_ALPHA = 1e-2
 FIXED_INSTRUCTION_SHARE = 0.5   # distinct prompts giving the same instructions: one fixed task
+SUPPLIED_MATERIAL_SHARE = 0.5   # elicitation is exempt only when fewer queries than this are self-contained
 PROBE_SHARE = 0.3               # queries that are security probes, for the probing status
 EVAL_SHARE = 0.5                # queries formatted as benchmark items, for the evaluation status
-EVAL_TEMP0_SHARE = 0.8          # ... and at temperature 0 (deterministic, comparable runs)
+EVAL_TEMP0_SHARE = 0.8          # ... and at temperature 0 (deterministic, comparable runs), or
+EVAL_RESENT_SHARE = 1 / 3       # ... re-sent: queries repeating an earlier prompt (re-runs), any temperature
 EVAL_MAX_ITEMS = 15_000         # distinct prompts a benchmark run may have (MMLU has ~14k items)
 STATUSES = ("flagged", "clear", "insufficient_data", "repeated_runs", "authorised", "probing", "evaluation")
 
@@ -140,12 +150,19 @@ def fixed_instruction(row: Any) -> bool:
     return share is not None and bool(np.isfinite(share)) and float(share) >= FIXED_INSTRUCTION_SHARE
 
 
+def supplied_material(row: Any) -> bool:
+    """Do most queries bring material of their own (an answer to grade, an item to label) rather
+    than ask a self-contained question? One fixed instruction over *topics* the caller picks is
+    still a harvester (explain X step by step); over *items* the application supplies it is not."""
+    return _share(row, "self_contained_count") < SUPPLIED_MATERIAL_SHARE
+
+
 def _routes(fam: dict[str, float], p: dict[str, float], row: Any) -> list[str]:
     """The routes by which the harvest is valuable as training data (see the module docstring)."""
     automated = content_automation_p(p) <= FAMILY_ALPHA
     fixed = fixed_instruction(row)
     routes = []
-    if fam[ELICITATION] <= FAMILY_ALPHA:
+    if fam[ELICITATION] <= FAMILY_ALPHA and not (fixed and supplied_material(row)):
         routes.append("elicitation")
     if fam[VALUE] <= FAMILY_ALPHA and automated and not fixed:
         routes.append("value")
@@ -160,7 +177,10 @@ def probing(row: Any, p: dict[str, float]) -> bool:
 
 def evaluation(row: Any, p: dict[str, float]) -> bool:
     distinct = row.get("distinct_prompts", float("nan"))
-    return (_share(row, "benchmark_count") >= EVAL_SHARE and _share(row, "temp0_count") >= EVAL_TEMP0_SHARE
+    resent = row.get("resent_share", 0.0)
+    resent = float(resent) if resent is not None and np.isfinite(resent) else 0.0
+    rerun = _share(row, "temp0_count") >= EVAL_TEMP0_SHARE or resent >= EVAL_RESENT_SHARE
+    return (_share(row, "benchmark_count") >= EVAL_SHARE and rerun
             and p.get("benchmark_format", 1.0) <= FAMILY_ALPHA
             and p.get("training_data_requests", 1.0) > FAMILY_ALPHA and p.get("grading_prompts", 1.0) > FAMILY_ALPHA
             and distinct is not None and np.isfinite(distinct) and float(distinct) <= EVAL_MAX_ITEMS)
@@ -177,9 +197,11 @@ def _status_reason(status: str, row: Any, p: dict[str, float], baseline: Baselin
                       f"of its traffic is not flagged: reported as probing, not extraction")
     if status == "evaluation":
         share, cold = _share(row, "benchmark_count"), _share(row, "temp0_count")
+        resent = row.get("resent_share", 0.0)
+        resent = float(resent) if resent is not None and np.isfinite(resent) else 0.0
         return Reason("evaluation", "info", share, p["benchmark_format"],
-                      f"{share:.0%} of {n:,} queries are formatted as benchmark items and {cold:.0%} are at "
-                      f"temperature 0, over {int(float(row['distinct_prompts'])):,} distinct prompts (at most "
+                      f"{share:.0%} of {n:,} queries are formatted as benchmark items, {cold:.0%} are at "
+                      f"temperature 0 and {resent:.0%} re-send an earlier prompt, over {int(float(row['distinct_prompts'])):,} distinct prompts (at most "
                       f"{EVAL_MAX_ITEMS:,}), with no request for training data or grades: reported as an "
                       f"evaluation run, not extraction")
     return None

@@ -123,7 +123,8 @@ def read_request(view: PromptView, max_tokens_cap: int) -> RequestFacts:
     bits = tuple((h >> (16 * i)) & (BLOOM_BITS - 1) for i in range(BLOOM_HASHES))
     cue = elicitation_text(prompt, view.system_prompt)
     cues = [bool(tx.has(pattern, [cue])[0]) for pattern in
-            (tx.COT_ELICITATION, tx.GRADING, tx.IDENTITY_PROBE, tx.DATA_GENERATION, tx.SECURITY_PROBE)]
+            (tx.COT_ELICITATION, tx.GRADING, tx.IDENTITY_PROBE, tx.DATA_GENERATION)]
+    cues.append(bool(tx.security_probe([cue])[0]))
     cues.append(bool(tx.benchmark_format([cue])[0]))
     keys = band_keys(signature_one(template_shingles(prompt))[None, :])[0]
     keys32 = (keys ^ (keys >> np.uint64(32))).astype(np.uint32)
@@ -347,6 +348,7 @@ def features_of(v: np.ndarray, distinct: float) -> dict[str, float]:
     nan = float("nan")
     n = float(v[S["queries"]])
     span_days = max(1.0, (v[S["last_t"]] - v[S["first_t"]]) / 86400.0)
+    resent = max(0.0, 1.0 - distinct / n) if n else 0.0                # re-sends at any temperature
     distinct = max(0.0, distinct - float(v[S["probes_distinct"]]))    # probes harvest nothing
     out = {"queries": n, "distinct_prompts": distinct, "span_days": span_days,
            "distinct_per_day": distinct / span_days,
@@ -355,7 +357,8 @@ def features_of(v: np.ndarray, distinct: float) -> dict[str, float]:
            "output_tokens_per_day": float(v[S["out_tokens_distinct"]]) / span_days,
            "repeat_share": float(v[S["repeats0"]]) / n if n else 0.0,
            "self_contained_count": float(v[S["self_contained"]]), "probe_count": float(v[S["probe"]]),
-           "benchmark_count": float(v[S["benchmark"]]), "temp0_count": float(v[S["temperature0"]])}
+           "benchmark_count": float(v[S["benchmark"]]), "temp0_count": float(v[S["temperature0"]]),
+           "resent_share": resent}
     out["answer_ratio"] = float(v[S["ratio_sum"]] / v[S["ratio_n"]]) if v[S["ratio_n"]] else nan
     judged = v[S["instr_judged"]]
     out["fixed_instruction_share"] = float(v[S["instr_fixed"]] / judged) if judged >= FRAME_PROMPTS else nan
