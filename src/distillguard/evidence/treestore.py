@@ -16,15 +16,18 @@ stored row it commits to.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 
 from distillguard.errors import BadInputError
-from distillguard.evidence.leaf import FIELDS, leaf_hash_of, leaf_hashes_from_table, values_from_table
+from distillguard.evidence.leaf import FIELDS, leaf_hash_of, packed_leaf_hashes, values_from_table
 from distillguard.evidence.logid import check_log_id
 from distillguard.evidence.merkle import HASH_SIZE, Levels
 from distillguard.evidence.note import Checkpoint, NoteError, SignedNote, open_checkpoint, sign_checkpoint
@@ -103,22 +106,26 @@ def chain(accounts: list[str], start: int, last: dict[str, int]) -> list[int | N
     return prevs
 
 
-def append_leaves(store: EventStore, log_id: str, event_ids: list[str], accounts: list[str], hashes: list[bytes],
-                  levels: Levels | None = None) -> Levels:
-    """Append leaves to a tree (one transaction: leaves and levels together)."""
+def append_leaves(store: EventStore, log_id: str, event_ids: list[str] | pa.Array, accounts: list[str] | pa.Array,
+                  hashes: list[bytes] | bytes, levels: Levels | None = None) -> Levels:
+    """Append leaves to a tree (one transaction: leaves and levels together); ``hashes`` as a list or
+    packed (32 bytes each)."""
     ensure_tables(store)
     levels = levels if levels is not None else load_levels(store, log_id)
     start = levels.size
-    table = pa.table({"log_id": pa.array([log_id] * len(hashes), pa.string()),
-                      "idx": pa.array(range(start, start + len(hashes)), pa.int64()),
-                      "event_id": pa.array(event_ids, pa.string()), "account": pa.array(accounts, pa.string()),
-                      "hash": pa.array(hashes, pa.binary())})
+    packed = hashes if isinstance(hashes, (bytes, bytearray)) else b"".join(hashes)
+    n = len(packed) // HASH_SIZE
+    table = pa.table({"log_id": pa.array([log_id] * n, pa.string()),
+                      "idx": pa.array(np.arange(start, start + n, dtype=np.int64)),
+                      "event_id": pa.array(event_ids, pa.string()) if isinstance(event_ids, list) else event_ids,
+                      "account": pa.array(accounts, pa.string()) if isinstance(accounts, list) else accounts,
+                      "hash": pa.Array.from_buffers(pa.binary(HASH_SIZE), n, [None, pa.py_buffer(packed)]).cast(pa.binary())})
     store.run("BEGIN TRANSACTION")
     try:
         store.con.register("_new_leaves", table)
         store.run("INSERT INTO evidence_leaves SELECT * FROM _new_leaves")
         store.con.unregister("_new_leaves")
-        levels.extend(b"".join(hashes))
+        levels.extend(packed)
         _save_levels(store, log_id, levels)
         store.run("COMMIT")
     except BaseException:
@@ -127,12 +134,51 @@ def append_leaves(store: EventStore, log_id: str, event_ids: list[str], accounts
     return levels
 
 
+def _prefetched(reader, depth: int = 2) -> Iterator[pa.RecordBatch]:
+    """The reader's batches, read one ahead by a thread: DuckDB decompresses and converts the next
+    batch (without the GIL) while this thread hashes the current one."""
+    q: queue.Queue = queue.Queue(depth)
+    done = object()
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for batch in reader:
+                while not stop.is_set():
+                    try:
+                        q.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as exc:      # handed to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=pump, name="distillguard-evidence-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def build(store: EventStore, salt_key: bytes, log_id: str, *, batch_size: int = 20_000,
           progress: Callable[[int], None] | None = None) -> BuildReport:
     """Append every stored event that no tree holds yet to tree ``log_id``, in (ts, id) order.
 
-    The order (and each account's chain) comes from a narrow sorted query of ids and accounts;
-    the wide rows are then read in storage order, unsorted, and each leaf put in its place.
+    The order (and each account's chain) comes from a narrow sorted query of row ids, ids and
+    accounts; the wide rows are then read in storage order, unsorted (one snapshot: the same
+    transaction), hashed column-wise (:func:`~distillguard.evidence.leaf.packed_leaf_hashes`) while
+    the next batch is read, and each leaf put in its place by its row id.
     """
     check_log_id(log_id)
     ensure_tables(store)
@@ -143,32 +189,32 @@ def build(store: EventStore, salt_key: bytes, log_id: str, *, batch_size: int = 
         "SELECT count(*) FROM evidence_leaves")[0][0] else ""
     store.run("BEGIN TRANSACTION")       # one snapshot for both reads
     try:
-        order = store.con.sql(f"SELECT id, account FROM events{where} ORDER BY ts, id").to_arrow_table()
-        ids = order.column("id").to_pylist()
-        accounts = order.column("account").to_pylist()
-        del order
-        prevs = chain(accounts, levels.size, last)
-        pos = {event_id: i for i, event_id in enumerate(ids)}
-        hashes: list[bytes | None] = [None] * len(ids)
-        cursor = store.con.cursor()
-        try:
-            reader = cursor.sql(f"SELECT {', '.join(FIELDS)} FROM events{where}").to_arrow_reader(batch_size)
+        order = store.con.sql(f"SELECT rowid AS rid, id, account FROM events{where} ORDER BY ts, id").to_arrow_table()
+        n = order.num_rows
+        prevs = np.array([-1 if p is None else p for p in chain(order.column("account").to_pylist(), levels.size, last)],
+                         dtype=np.int64)
+        packed = np.zeros((n, HASH_SIZE), dtype=np.uint8)
+        if n:
+            rowids = order.column("rid").to_numpy()
+            rank = np.full(int(rowids.max()) + 1, -1, dtype=np.int64)
+            rank[rowids] = np.arange(n, dtype=np.int64)
+            reader = store.con.sql(f"SELECT rowid AS rid, {', '.join(FIELDS)} FROM events{where}").to_arrow_reader(batch_size)
             done = 0
-            for batch in reader:
+            for batch in _prefetched(reader):
                 table = pa.Table.from_batches([batch])
-                where_in = [pos[i] for i in table.column("id").to_pylist()]
-                for k, h in zip(where_in, leaf_hashes_from_table(table, salt_key, [prevs[k] for k in where_in])):
-                    hashes[k] = h
+                at = rank[table.column("rid").to_numpy()]
+                packed[at] = np.frombuffer(packed_leaf_hashes(table, salt_key, prevs[at]), dtype=np.uint8).reshape(-1, HASH_SIZE)
                 done += table.num_rows
                 if progress is not None:
                     progress(done)
-        finally:
-            cursor.close()
+            if done != n:
+                raise RuntimeError(f"read {done} rows of the {n} to append")
     finally:
         store.run("COMMIT")
-    if ids:
-        levels = append_leaves(store, log_id, ids, accounts, hashes, levels)  # type: ignore[arg-type]
-    return BuildReport(log_id, len(ids), levels.size, time.perf_counter() - t0)
+    if n:
+        levels = append_leaves(store, log_id, order.column("id").combine_chunks(), order.column("account").combine_chunks(),
+                               packed.tobytes(), levels)
+    return BuildReport(log_id, n, levels.size, time.perf_counter() - t0)
 
 
 def leaf_positions(store: EventStore, event_ids: Iterable[str]) -> dict[str, tuple[str, int, int | None]]:
