@@ -11,6 +11,12 @@ and the cross-validated AUC of a logistic regression telling shaped answers from
     nice -n 10 timeout 1800 .venv/bin/python benchmarks/bench_shaping.py --seeds 3 --traces 300
     nice -n 10 timeout 600 .venv/bin/python benchmarks/bench_shaping.py --cost --teacher-dir /tmp/shaping-teacher
     nice -n 10 timeout 1800 .venv/bin/python benchmarks/bench_shaping.py --composition --seeds 2 --traces 300
+    nice -n 10 timeout 1800 .venv/bin/python benchmarks/bench_shaping.py --radioactivity --seeds 3 \
+        --strengths 0,0.3,1,2 --natural-dir /tmp/shaping-natural2 --natural-steps 259
+
+``--radioactivity`` is the natural-text composition: per seed and antidistillation strength (0 =
+unshaped), a student of shaped, watermarked answers of the lab's tiny natural-text model, read by
+the open-weights radioactivity test (distillguard/shaping/natural.py).
 """
 
 from __future__ import annotations
@@ -36,6 +42,14 @@ def main() -> None:
     parser.add_argument("--composition", action="store_true",
                         help="instead: shaped + watermarked answers, text detection and radioactivity of a student")
     parser.add_argument("--cost", action="store_true", help="instead: generation cost per token (best of 5)")
+    parser.add_argument("--radioactivity", action="store_true",
+                        help="instead: radioactivity of students of shaped, watermarked natural-text answers")
+    parser.add_argument("--natural-dir", default="/tmp/shaping-natural",
+                        help="--radioactivity: work directory (the natural-text teacher is built there once)")
+    parser.add_argument("--natural-steps", type=int, default=22,
+                        help="--radioactivity: training steps of the natural-text teacher when it is built")
+    parser.add_argument("--total-tokens", type=int, default=8000, help="--radioactivity: student training tokens")
+    parser.add_argument("--mode", default="antidistillation", help="--radioactivity: antidistillation or anchor")
     parser.add_argument("--json", help="also write the summary as JSON here")
     args = parser.parse_args()
 
@@ -49,6 +63,28 @@ def main() -> None:
     if args.cost:
         teacher, _ = lab.teacher_from(args.teacher_dir, args.teacher_steps)
         print(json.dumps(lab.generation_cost(teacher)))
+        return
+    if args.radioactivity:
+        from pathlib import Path
+
+        from distillguard.lab.tinylm import build_model
+        from distillguard.shaping import natural
+
+        teacher_dir = Path(args.natural_dir) / "teacher"
+        if not (teacher_dir / "config.json").exists():      # the radioactivity tests' teacher: fixed steps
+            build_model(teacher_dir, seconds=3600, steps=args.natural_steps, vocab_size=512,
+                        max_chars=150_000 if args.natural_steps <= 22 else 400_000)
+        conditions = tuple((None if s == 0 else args.mode, s) for s in
+                           (float(x) for x in args.strengths.split(",") if x))
+        rows = natural.radioactivity_curve(teacher_dir, Path(args.natural_dir) / "students", seeds=args.seeds,
+                                           conditions=conditions, total_tokens=args.total_tokens, progress=say)
+        print(f"{'mode':<17}{'λ':>5}{'seed':>5}  {'right':>5}  {'p (radioactivity)':>17}  {'text p':>9}  "
+              f"{'teacher loss':>12}  {'AUC':>5}")
+        for r in rows:
+            auc = f"{r['detect_auc']:.2f}" if "detect_auc" in r else "-"
+            print(f"{r['mode'] or 'unshaped':<17}{r['strength'] or 0:>5g}{r['seed']:>5}  {str(r['right_cohort']):>5}  "
+                  f"{r['p_corrected']:>17.3g}  {r['text_p']:>9.3g}  {r['teacher_loss_on_answers']:>12.4f}  {auc:>5}")
+        print(f"{time.monotonic() - start:.0f} s")
         return
     if args.composition:
         teacher, _ = lab.teacher_from(args.teacher_dir, args.teacher_steps)

@@ -146,3 +146,19 @@ def test_distill_through_the_gateway_collects_watermarked_answers(teacher, tmp_p
     assert top["cohort"] == KEYS.cohort_of("farm-7") and top["p_value_corrected"] < 1e-6
     segments = list((tmp_path / "student" / "gateway" / "gateway-log").glob("*"))
     assert segments and sum(p.stat().st_size for p in segments) > 0
+
+
+@pytest.mark.slow
+def test_student_of_shaped_watermarked_answers_is_still_radioactive(teacher, tmp_path):
+    """Antidistillation shaping (a proxy student of the teacher's tokenizer, strength 1) ahead of the
+    account's watermark, answers collected in left-padded batches: the student trained on them is
+    still attributed to the right cohort by the open-weights test, and the shaping did act (the
+    proxy ran at every generated token)."""
+    from distillguard.shaping.natural import shaped_student_radioactivity
+
+    res = shaped_student_radioactivity(teacher, KEYS, tmp_path / "shaped", mode="antidistillation", strength=1.0,
+                                       proxy_steps=60)
+    assert res["proxy_calls"] >= 60
+    assert res["right_cohort"] and res["p_corrected"] < 1e-5, res
+    assert res["text_best_cohort"] == res["cohort"] and res["text_p"] < 1e-10
+    assert res["controls_below_0.01"] <= 0.1

@@ -178,3 +178,31 @@ def test_summary_keeps_text_outside_reasoning(outside, inside):
     out = summarize_reasoning(f"{outside}<think>{inside}</think>{outside}")
     assert out.startswith(outside + "<think>") and out.endswith("</think>" + outside)
     assert len(out) <= len(outside) * 2 + len(inside) + 60
+
+
+def test_left_padded_batch_gets_the_same_delta_as_each_row_alone(proxy_and_held):
+    """A batch left-padded to a common width (as batched ``generate`` builds it), with the prompt's
+    attention mask given by ``begin``: every row's Δ, on the prompt and on later (cached) steps,
+    equals that row's Δ computed alone without padding."""
+    proxy, held = proxy_and_held
+    batched = AntidistillationProcessor(proxy, strength=1.0, heldout=held)
+    alone = AntidistillationProcessor(proxy, strength=1.0, direction=batched.direction)
+    rows = [[5, 17, 42, 9, 100], [7, 3], [250, 1, 2, 3]]
+    pad = 0
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    batched.begin(mask)
+    steps = [ids]
+    for extra in ([[11], [12], [13]], [[21], [22], [23]], [[31], [32], [33]]):
+        steps.append(torch.cat([steps[-1], torch.tensor(extra)], 1))
+    for step in steps:
+        got = batched.delta(step)
+        for i, r in enumerate(rows):
+            alone.reset()
+            want = alone.delta(step[i:i + 1, width - len(r):])[0]
+            assert torch.allclose(got[i], want, atol=1e-4), (i, step.shape)
+    unmasked = AntidistillationProcessor(proxy, strength=1.0, direction=batched.direction)
+    assert not torch.allclose(unmasked.delta(steps[-1])[1], got[1], atol=1e-4)   # padding matters without the mask
+    with pytest.raises(BadInputError):
+        batched.begin(torch.ones(3))

@@ -153,3 +153,37 @@ def test_incident_report_counts_shaped_answers_per_account(tmp_path):
     assert report.to_dict()["shaped"] == {"farm": 3, "summ": 1}
     html = render_incident_html(report)
     assert "4 answer(s) to 2 account(s)" in html
+
+
+def test_batched_left_padded_shaped_answers_keep_the_watermark(model_dir):
+    """The distillation lab's path: one account's prompts of different lengths answered in one
+    left-padded batch, antidistillation ahead of the account's KGW processor. The answers differ
+    from unshaped ones and the text detector still names the account's cohort (others stay null)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from distillguard.serve.hf import HFModelServer
+    from distillguard.shaping.serving import Shaper
+    from distillguard.watermark.keys import KeySet
+    from distillguard.watermark.kgw import KGWDetector
+
+    keys = KeySet(secret=b"shaping-batch-secret-4567", cohorts=4)
+    server = HFModelServer(model_dir, keys=keys)
+    vocab = server.model.config.vocab_size
+    torch.manual_seed(6)
+    proxy = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=1, n_head=2))
+    held = ["User: what is two plus two?\nAssistant: Four. Two and two make four. " * 8]    # longer than the proxy's context
+    server.shaper = Shaper(proxy, server.tokenizer, strength=3.0, heldout=held)
+    prompts = [f"User: {'tell me about rivers ' * (1 + i % 4)}{i}\nAssistant:" for i in range(8)]
+    torch.manual_seed(0)
+    plain = server.generate_batch(prompts, max_tokens=40, temperature=1.0, account="farm")
+    torch.manual_seed(0)
+    shaped = server.generate_batch(prompts, max_tokens=40, temperature=1.0, account="farm", shape="antidistillation")
+    assert len(shaped) == len(prompts) and shaped != plain
+    assert server.shaper.shaped == {"antidistillation": len(prompts)}
+    assert server.shaper.shaper.proxy_calls >= 30
+    detector = KGWDetector([keys.cohort_key(c) for c in range(keys.total)], vocab, keys.greenlist_ratio)
+    ids = [np.asarray(server.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in shaped]
+    scores = [detector.score_pooled(ids, c) for c in range(keys.total)]
+    cohort = keys.cohort_of("farm")
+    assert scores[cohort].p_value < 1e-4, scores[cohort]
+    assert all(s.p_value > 1e-3 for c, s in enumerate(scores) if c != cohort)

@@ -98,15 +98,18 @@ def distill(teacher_dir: str | Path, keys: KeySet | None, out: str | Path, *, sh
             total_tokens: int = 200_000, seconds: float = 120.0, account: str = "student-farm", seed: int = 0,
             max_tokens: int = 96, corpus_skip: int = 3000, student_size: dict[str, int] | None = None,
             base: str | Path | None = None, lr: float | None = None, batch: int = 32,
-            through_gateway: bool = False, epochs: float | None = None,
-            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+            through_gateway: bool = False, epochs: float | None = None, shaper: Any = None,
+            shape: str | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train one student; ``student_size`` overrides the teacher's ``n_layer``/``n_embd``/``n_head``
     (from scratch only); ``base`` is a model directory to fine-tune instead; ``lr`` defaults to 3e-3
     from scratch and 1e-3 for fine-tuning; ``batch`` teacher prompts are generated at once, or, with
     ``through_gateway``, one request at a time over HTTP through a shadow-mode gateway, as a real
     extraction farm would collect them (the gateway's verdict on the farm is saved too). With
     ``epochs`` the student trains that many passes over its data (``seconds`` is then only a cap),
-    so results do not depend on how busy the machine is."""
+    so results do not depend on how busy the machine is. With ``shaper`` (a
+    ``distillguard.shaping.serving.Shaper``) and ``shape`` (a mode), the teacher's answers are shaped
+    as the gateway's ``shape`` action would have them shaped for a flagged account (direct
+    collection only)."""
     import torch
     from transformers import GPT2LMHeadModel
 
@@ -115,7 +118,7 @@ def distill(teacher_dir: str | Path, keys: KeySet | None, out: str | Path, *, sh
 
     say = progress or (lambda message: None)
     torch.manual_seed(seed)
-    teacher = HFModelServer(teacher_dir, keys=keys)
+    teacher = HFModelServer(teacher_dir, keys=keys, shaper=shaper)
     tokenizer = teacher.tokenizer
     wm_target = int(total_tokens * share)
     prompts, clean = _prompts_and_clean_text(corpus_skip, n_prompts=max(1, wm_target // 40 + 10),
@@ -137,7 +140,8 @@ def distill(teacher_dir: str | Path, keys: KeySet | None, out: str | Path, *, sh
             break
         texts = teacher.generate_batch([chat_prompt(tokenizer, [{"role": "user", "content": p}])
                                         for p in prompts[start:start + batch]],
-                                       max_tokens=max_tokens, temperature=1.0, top_p=1.0, account=account)
+                                       max_tokens=max_tokens, temperature=1.0, top_p=1.0, account=account,
+                                       shape=shape)
         for text in texts:
             if wm_count >= wm_target:
                 break
@@ -187,6 +191,7 @@ def distill(teacher_dir: str | Path, keys: KeySet | None, out: str | Path, *, sh
             "watermarked_tokens": int(wm_count), "train_tokens": int(split), "steps": steps,
             "seconds": round(elapsed, 1), "heldout_loss": round(heldout_loss(student, stream[split:]), 4),
             "collected": "through the gateway (shadow mode)" if gateway_verdict is not None else "direct",
+            "shape": shape if shaper is not None and not through_gateway else None,
             "gateway_verdict": gateway_verdict}
     (out / "distillguard.json").write_text(json.dumps(meta, indent=2))
     return meta

@@ -147,9 +147,10 @@ class HFModelServer:
         return text, int(ids.shape[1]), int(completion.numel()), cohort
 
     def generate_batch(self, prompts: list[str], *, max_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                       account: str) -> list[str]:
+                       account: str, shape: str | None = None) -> list[str]:
         """Completions of many prompts for one account in one batched ``generate`` (left padding);
-        the lab uses it to collect a teacher's answers quickly. Prompts are cut to fit the context."""
+        the lab uses it to collect a teacher's answers quickly. Prompts are cut to fit the context.
+        ``shape`` applies a shaping mode as the ``x-distillguard-shape`` header would."""
         import torch
 
         if not prompts:
@@ -171,9 +172,15 @@ class HFModelServer:
         else:
             kwargs.update(do_sample=False)
         cohort = self.keys.cohort_of(account) if self.keys is not None else None
+        shaping = self.shaper is not None and bool(shape)
         with self._lock, torch.no_grad():
+            if shaping and (processors := self.shaper.processors(shape, attention_mask=mask)):
+                from transformers import LogitsProcessorList
+
+                kwargs["logits_processor"] = LogitsProcessorList(processors)   # placed before the watermark
             out = self.model.generate(ids, **kwargs, **self._watermark_kwargs(cohort))
-        return [self.tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
+        texts = [self.tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
+        return [self.shaper.postprocess(shape, t) for t in texts] if shaping else texts
 
     async def __call__(self, scope: dict[str, Any], receive, send) -> None:
         if scope["type"] != "http":

@@ -25,8 +25,10 @@ Every processor works on any Hugging Face causal LM whose tokenizer the proxy sh
 ids; the proxy's vocabulary may be padded differently) and composes with the watermark
 processors in one ``LogitsProcessorList``: put shaping first, the watermark after it, and the
 watermark's green-list bias still lands on the final scores (tests/test_shaping.py checks that the
-watermark still detects). Batches must not be left-padded (the proxy gets no attention mask); the
-model server generates one request at a time.
+watermark still detects). Left-padded batches (batched ``generate``) work when the processor is
+told the prompt's attention mask with ``begin(attention_mask)`` before generating (``generate`` does
+not pass the mask to logits processors): the proxy then masks the padding and numbers each row's
+positions from its first real token, as ``generate`` does for the teacher.
 """
 
 from __future__ import annotations
@@ -91,16 +93,31 @@ class _Perturbed:
         self._ids: torch.Tensor | None = None
         self._past = None
 
-    def next_logprobs(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def next_logprobs(self, input_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-probabilities of the next token after each row; ``mask`` (same shape as
+        ``input_ids``, 0 on padding) masks left padding and sets each row's positions."""
         prev = self._ids
+        kwargs: dict[str, Any] = {}
         if (prev is not None and self._past is not None and input_ids.shape[0] == prev.shape[0]
                 and prev.shape[1] < input_ids.shape[1] <= self.positions and torch.equal(input_ids[:, :prev.shape[1]], prev)):
-            out = self.model(input_ids=input_ids[:, prev.shape[1]:], use_cache=True, **{self._cache_arg: self._past})
+            if mask is not None:
+                kwargs = {"attention_mask": mask, "position_ids": _positions(mask)[:, prev.shape[1]:]}
+            out = self.model(input_ids=input_ids[:, prev.shape[1]:], use_cache=True, **{self._cache_arg: self._past},
+                             **kwargs)
         else:
             ids = input_ids[:, -self.positions:]
-            out = self.model(input_ids=ids, use_cache=ids.shape[1] == input_ids.shape[1])
+            if mask is not None:
+                window = mask[:, -self.positions:]
+                kwargs = {"attention_mask": window, "position_ids": _positions(window)}
+            out = self.model(input_ids=ids, use_cache=ids.shape[1] == input_ids.shape[1], **kwargs)
         self._ids, self._past = input_ids.clone(), getattr(out, self._cache_arg, None)
         return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for a left-padded batch: counted from each row's first real token (what
+    ``generate`` gives the teacher)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 class AntidistillationProcessor:
@@ -126,17 +143,39 @@ class AntidistillationProcessor:
         self.plus = _Perturbed(proxy, direction, +epsilon)
         self.minus = _Perturbed(proxy, direction, -epsilon)
         self.proxy_calls = 0
+        self._prompt_mask: torch.Tensor | None = None
 
     def reset(self) -> None:
-        """Forget the key/value caches (a new generation starts anyway when the ids do not extend)."""
+        """Forget the key/value caches and the prompt mask (a new generation starts anyway when
+        the ids do not extend)."""
         self.plus.reset()
         self.minus.reset()
+        self._prompt_mask = None
+
+    def begin(self, attention_mask: torch.Tensor | None) -> None:
+        """Start a generation whose prompt has this attention mask (batch, prompt length; 0 on
+        left padding). Tokens generated after the prompt are all attended."""
+        self.reset()
+        if attention_mask is not None:
+            mask = torch.as_tensor(attention_mask, dtype=torch.long)
+            if mask.dim() != 2:
+                raise BadInputError("the attention mask must be (batch, prompt length)", field="attention_mask")
+            self._prompt_mask = None if bool(mask.all()) else mask
+
+    def _mask_for(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        prompt = self._prompt_mask
+        if prompt is None or prompt.shape[0] != input_ids.shape[0] or prompt.shape[1] > input_ids.shape[1]:
+            return None
+        done = input_ids.shape[1] - prompt.shape[1]
+        return torch.cat([prompt, prompt.new_ones(prompt.shape[0], done)], 1) if done else prompt
 
     def delta(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Δ for every token of the proxy's vocabulary, at the last position of each row."""
         with torch.no_grad():
             self.proxy_calls += 1
-            return (self.plus.next_logprobs(input_ids) - self.minus.next_logprobs(input_ids)) / (2 * self.epsilon)
+            mask = self._mask_for(input_ids)
+            return (self.plus.next_logprobs(input_ids, mask)
+                    - self.minus.next_logprobs(input_ids, mask)) / (2 * self.epsilon)
 
     def shift(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """``strength · Δ`` laid over the teacher's vocabulary (zero past the proxy's). With

@@ -46,7 +46,9 @@ class Shaper:
         self.tokenizer = tokenizer
         self.shaper: AntidistillationProcessor | None = None
         if proxy is not None:
-            ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in heldout or []]
+            room = int(getattr(proxy.config, "n_positions", None)
+                       or getattr(proxy.config, "max_position_embeddings", 1024))
+            ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:room] for t in heldout or []]   # fit the proxy
             batches = [torch.tensor([i]) for i in ids if len(i) >= 2]
             if not batches:
                 raise BadInputError("shaping needs held-out task texts of at least 2 tokens", field="heldout")
@@ -79,11 +81,12 @@ class Shaper:
                 texts.append(line)
         return cls(proxy, tokenizer, heldout=texts, **params)
 
-    def processors(self, mode: str | None) -> list:
-        """Logits processors for one request in ``mode`` (empty when the mode shapes no logits)."""
+    def processors(self, mode: str | None, attention_mask: Any = None) -> list:
+        """Logits processors for one request (or one left-padded batch, with its prompt's
+        ``attention_mask``) in ``mode``; empty when the mode shapes no logits."""
         if mode not in ("antidistillation", "anchor") or self.shaper is None:
             return []
-        self.shaper.reset()
+        self.shaper.begin(attention_mask)
         if mode == "antidistillation":
             return [self.shaper]
         return [AnchorPerturbationProcessor(self.shaper, self.delimiters, threshold=self.anchor_threshold,
