@@ -14,6 +14,9 @@ and the cross-validated AUC of a logistic regression telling shaped answers from
     nice -n 10 timeout 1800 .venv/bin/python benchmarks/bench_shaping.py --radioactivity --seeds 3 \
         --strengths 0,0.3,1,2 --natural-dir /tmp/shaping-natural2 --natural-steps 259
 
+    nice -n 10 timeout 900 .venv/bin/python benchmarks/bench_shaping.py --natural-cost \
+        --natural-dir /tmp/shaping-natural2 --natural-steps 259
+
 ``--radioactivity`` is the natural-text composition: per seed and antidistillation strength (0 =
 unshaped), a student of shaped, watermarked answers of the lab's tiny natural-text model, read by
 the open-weights radioactivity test (distillguard/shaping/natural.py).
@@ -36,6 +39,8 @@ def main() -> None:
     parser.add_argument("--strengths", default="0.05,0.3,1.0",
                         help="antidistillation λ: the first without the plausibility guard, the rest with it")
     parser.add_argument("--anchor-strengths", default="1.0")
+    parser.add_argument("--plausible", type=float, default=0.05,
+                        help="the guard: only tokens with at least this share of the top token's probability may be raised")
     parser.add_argument("--temperatures", default="1.0,1.3")
     parser.add_argument("--modes", help="only these conditions (comma-separated; unshaped always runs)")
     parser.add_argument("--teacher-dir", help="load the lab teacher from here (trained and saved there if absent)")
@@ -44,6 +49,8 @@ def main() -> None:
     parser.add_argument("--cost", action="store_true", help="instead: generation cost per token (best of 5)")
     parser.add_argument("--radioactivity", action="store_true",
                         help="instead: radioactivity of students of shaped, watermarked natural-text answers")
+    parser.add_argument("--natural-cost", action="store_true",
+                        help="instead: generation cost per token on the natural-text teacher (batched, best of 3)")
     parser.add_argument("--natural-dir", default="/tmp/shaping-natural",
                         help="--radioactivity: work directory (the natural-text teacher is built there once)")
     parser.add_argument("--natural-steps", type=int, default=22,
@@ -64,7 +71,7 @@ def main() -> None:
         teacher, _ = lab.teacher_from(args.teacher_dir, args.teacher_steps)
         print(json.dumps(lab.generation_cost(teacher)))
         return
-    if args.radioactivity:
+    if args.radioactivity or args.natural_cost:
         from pathlib import Path
 
         from distillguard.lab.tinylm import build_model
@@ -74,6 +81,9 @@ def main() -> None:
         if not (teacher_dir / "config.json").exists():      # the radioactivity tests' teacher: fixed steps
             build_model(teacher_dir, seconds=3600, steps=args.natural_steps, vocab_size=512,
                         max_chars=150_000 if args.natural_steps <= 22 else 400_000)
+        if args.natural_cost:
+            print(json.dumps(natural.generation_cost(teacher_dir)))
+            return
         conditions = tuple((None if s == 0 else args.mode, s) for s in
                            (float(x) for x in args.strengths.split(",") if x))
         rows = natural.radioactivity_curve(teacher_dir, Path(args.natural_dir) / "students", seeds=args.seeds,
@@ -97,6 +107,7 @@ def main() -> None:
                      teacher_steps=args.teacher_steps, strengths=floats(args.strengths),
                      anchor_strengths=floats(args.anchor_strengths), temperatures=floats(args.temperatures),
                      modes=tuple(args.modes.split(",")) if args.modes else None, teacher_dir=args.teacher_dir,
+                     plausible=args.plausible,
                      progress=say)
     summary = lab.summarize(result)
     print(f"teacher: {result['teacher']}")

@@ -206,3 +206,23 @@ def test_left_padded_batch_gets_the_same_delta_as_each_row_alone(proxy_and_held)
     assert not torch.allclose(unmasked.delta(steps[-1])[1], got[1], atol=1e-4)   # padding matters without the mask
     with pytest.raises(BadInputError):
         batched.begin(torch.ones(3))
+
+
+def test_plausibility_guard_never_lets_an_implausible_token_gain_on_a_plausible_one(proxy_and_held):
+    """With the guard, the shift may reorder the tokens the teacher finds plausible, but a token
+    below the threshold never gains relative to any plausible token, even when the shift pushes
+    the plausible ones down."""
+    proxy, held = proxy_and_held
+    guarded = AntidistillationProcessor(proxy, strength=40.0, heldout=held, plausible=0.2)
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randn(3, VOCAB, generator=g) * 3
+    out = guarded(ids, scores.clone())
+    change = out - scores
+    logp = torch.log_softmax(scores, -1)
+    keep = logp >= logp.max(-1, keepdim=True).values + np.log(0.2)
+    for row in range(3):
+        plausible, other = change[row][keep[row]], change[row][~keep[row]]
+        assert plausible.numel() >= 1 and other.numel() > 0
+        assert float(other.max()) <= min(0.0, float(plausible.min())) + 1e-5
+    assert not torch.allclose(change[keep], torch.zeros_like(change[keep]))      # plausible tokens are reordered

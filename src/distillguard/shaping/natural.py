@@ -144,3 +144,38 @@ def radioactivity_curve(teacher_dir: str | Path, workdir: str | Path, *, seeds: 
             rows.append(row)
             say(json.dumps(row))
     return rows
+
+
+def generation_cost(teacher_dir: str | Path, *, strength: float = 1.0, prompts: int = 16, max_tokens: int = 48,
+                    repeats: int = 3, proxy_steps: int = 60) -> dict[str, Any]:
+    """Milliseconds per generated token on the natural-text teacher (one left-padded batch of
+    ``prompts``, as ``distill`` asks), unshaped vs antidistillation vs anchor; the repeats are
+    interleaved and the fastest kept (robust on a shared machine). The proxy (1 layer × 32) is ~30×
+    smaller than this teacher (4 layers × 128), the ratio the method assumes."""
+    import time
+
+    import torch
+
+    from distillguard.lab.distill import _prompts_and_clean_text
+    from distillguard.serve.hf import HFModelServer, chat_prompt
+    from distillguard.shaping.serving import Shaper
+
+    server = HFModelServer(teacher_dir, keys=None)
+    proxy = build_proxy(teacher_dir, steps=proxy_steps)
+    server.shaper = Shaper(proxy, server.tokenizer, strength=strength, heldout=heldout_texts())
+    asks = [chat_prompt(server.tokenizer, [{"role": "user", "content": p}])
+            for p in _prompts_and_clean_text(3000, n_prompts=prompts, clean_chars=0)[0]]
+    best = {m: float("inf") for m in ("unshaped", "antidistillation", "anchor")}
+    for _ in range(repeats):
+        for mode in best:
+            torch.manual_seed(0)
+            start = time.perf_counter()
+            texts = server.generate_batch(asks, max_tokens=max_tokens, temperature=1.0, account="cost",
+                                          shape=None if mode == "unshaped" else mode)
+            seconds = time.perf_counter() - start
+            best[mode] = min(best[mode], 1000 * seconds / (len(texts) * max_tokens))
+    params = {"teacher": sum(p.numel() for p in server.model.parameters()),
+              "proxy": sum(p.numel() for p in proxy.parameters())}
+    return {**{f"{k}_ms_per_token": round(v, 4) for k, v in best.items()},
+            **{f"{k}_vs_unshaped": round(v / best["unshaped"], 2) for k, v in best.items() if k != "unshaped"},
+            "parameters": params}

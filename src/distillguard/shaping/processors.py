@@ -179,9 +179,10 @@ class AntidistillationProcessor:
 
     def shift(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """``strength · Δ`` laid over the teacher's vocabulary (zero past the proxy's). With
-        ``plausible`` > 0, only tokens the teacher gives at least that fraction of its top token's
-        probability can be raised; the others can only be lowered (a guard for utility: the
-        shift re-ranks what the teacher finds plausible instead of inventing tokens)."""
+        ``plausible`` > 0 (a guard for utility: the shift re-ranks what the teacher finds plausible
+        instead of inventing tokens), a token the teacher gives less than that fraction of its top
+        token's probability gains nothing relative to any plausible token: its shift is at most
+        the lowest shift of the plausible tokens, and never above zero."""
         d = self.delta(input_ids)
         out = torch.zeros_like(scores)
         v = min(out.shape[-1], d.shape[-1])
@@ -189,7 +190,8 @@ class AntidistillationProcessor:
         if self.plausible > 0:
             logp = torch.log_softmax(scores.float(), -1)
             keep = logp >= logp.max(-1, keepdim=True).values + math.log(self.plausible)
-            out = torch.where(keep, out, out.clamp(max=0))
+            floor = torch.where(keep, out, torch.full_like(out, math.inf)).min(-1, keepdim=True).values.clamp(max=0)
+            out = torch.where(keep, out, torch.minimum(out, floor))
         return out
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
