@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from distillguard.events.columns import ColumnBuilder
 from distillguard.events.schema import event_from_obj
-from distillguard.evidence.leaf import CLEAR_FIELDS, COMMITTED_FIELDS, commitment, leaf_hash_of, leaf_hashes_from_table, salts, \
+from distillguard.evidence.leaf import CLEAR_FIELDS, COMMITTED_FIELDS, commitment, leaf_body, leaf_hash_from_body, leaf_hash_of, \
+    leaf_hashes_from_table, salts, \
     values_from_record, values_from_table
 from distillguard.evidence.merkle import leaf_hash
 from distillguard.evidence.note import Checkpoint, NoteError, SignedNote, key_id, open_checkpoint, sign_checkpoint
@@ -96,6 +97,8 @@ def test_gateway_leaf_equals_store_leaf(record):
     (from_row,) = list(values_from_table(table))
     assert from_record == from_row
     assert leaf_hashes_from_table(table, key) == [leaf_hash_of(from_record, key)]
+    for prev in (None, 0, 12345):          # the gateway's split: body on the request path, place at commit
+        assert leaf_hash_from_body(prev, leaf_body(from_record, key)) == leaf_hash_of(from_row, key, prev)
 
 
 def test_redacting_a_field_keeps_the_leaf():

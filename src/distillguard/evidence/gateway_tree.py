@@ -9,10 +9,11 @@ Files under ``LOGDIR/evidence/`` (beside the durable log's segments):
   account chains without writing account ids beside the log);
 * ``checkpoints/<size>.note``: every signed checkpoint (C2SP signed notes).
 
-The request path only takes the record's field bytes; the log's writer thread, once the record is
-written and fsynced, computes the leaf (salted field commitments, ~20 µs) and folds it into an
-O(log n) frontier (:meth:`GatewayTree.add_logged`), so the leaves are exactly the logged records in
-log order: a record the log failed to write (full disk, the gateway answered 503) is no leaf.
+The request path computes what a leaf needs apart from its place (the salted field commitments,
+~20 µs: :meth:`GatewayTree.prepare`); the log's writer thread, once the record is written and
+fsynced, places it (account-chain pointer, leaf hash, O(log n) frontier: a few µs,
+:meth:`GatewayTree.add_logged`), so the leaves are exactly the logged records in log order: a record
+the log failed to write (full disk, the gateway answered 503) is no leaf.
 Writing ``leaves.txt`` and signing happen in :meth:`GatewayTree.checkpoint`, which the gateway
 calls from a timer thread and on shutdown. Leaves computed after the last checkpoint of a process
 that then crashed are lost from the tree (their events are still in the log and the store; a later
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from distillguard.errors import BadInputError
-from distillguard.evidence.leaf import leaf_hash_of, salt_key_from_private, values_from_record
+from distillguard.evidence.leaf import leaf_body, leaf_hash_from_body, salt_key_from_private, values_from_record
 from distillguard.evidence.logid import check_log_id
 from distillguard.evidence.merkle import Frontier
 from distillguard.evidence.note import Checkpoint, sign_checkpoint
@@ -107,34 +108,35 @@ class GatewayTree:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def values(self, record: dict[str, Any]) -> dict[str, bytes | None]:
-        """The field bytes of a record, taken when it is serialised for the log (request path)."""
-        return values_from_record(record)
-
-    def add_logged(self, batch: list[dict[str, bytes | None]]) -> None:
-        """Fold in records the log has just written (the log's ``on_commit``: the writer thread, in
-        log order, only after the write and fsync succeeded, so no leaf ever stands for a record the
-        log failed to store)."""
-        for values in batch:
-            self._add(values)
-
-    def add(self, record: dict[str, Any]) -> None:
-        """Fold one logged record in (in log order; the gateway goes through :meth:`add_logged`)."""
-        self._add(values_from_record(record))
-
-    def _add(self, values: dict[str, bytes | None]) -> None:
+    def prepare(self, record: dict[str, Any]) -> tuple[bytes, str, bytes]:
+        """What the leaf of a record needs apart from its place: (event id, account tag, leaf body).
+        Taken on the request path when the record is serialised for the log (the salted field
+        commitments, the costly part), so the log's writer thread only places it."""
+        values = values_from_record(record)
         account = values["account"] or b""
         tag = self.tags.get(account)
         if tag is None:
             tag = self.tags[account] = hmac.digest(self.salt_key, b"dg-account-tag\x00" + account, "sha256")[:12].hex()
+        return values["id"] or b"", tag, leaf_body(values, self.salt_key)
+
+    def add_logged(self, batch: list[tuple[bytes, str, bytes]]) -> None:
+        """Place records the log has just written (the log's ``on_commit``: the writer thread, in log
+        order, only after the write and fsync succeeded, so no leaf ever stands for a record the log
+        failed to store): each one's account-chain pointer, its leaf hash, the frontier."""
         with self.lock:
-            index = self.frontier.size
-            prev = self.last.get(tag)
-            self.last[tag] = index
-            leaf = leaf_hash_of(values, self.salt_key, prev)
-            self.frontier.append(leaf)
-            self.pending.append(b"%s %s %s %s\n" % (values["id"], b"-" if prev is None else str(prev).encode(),
-                                                     tag.encode(), leaf.hex().encode()))
+            for event_id, tag, body in batch:
+                index = self.frontier.size
+                prev = self.last.get(tag)
+                self.last[tag] = index
+                leaf = leaf_hash_from_body(prev, body)
+                self.frontier.append(leaf)
+                self.pending.append(b"%s %s %s %s\n" % (event_id, b"-" if prev is None else str(prev).encode(),
+                                                         tag.encode(), leaf.hex().encode()))
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Fold one logged record in (in log order; the gateway goes through :meth:`prepare` and
+        :meth:`add_logged`)."""
+        self.add_logged([self.prepare(record)])
 
     def checkpoint(self) -> str | None:
         """Write pending leaves, then sign a checkpoint of the tree so far (None if nothing new).

@@ -100,6 +100,22 @@ def leaf_data(prev: int | None, clear: list[bytes | None], commitments: list[byt
     return LEAF_PREFIX + prev_bytes(prev) + b"".join(map(clear_bytes, clear)) + b"".join(commitments)
 
 
+def leaf_body(values: dict[str, bytes | None], salt_key: bytes) -> bytes:
+    """A leaf's data after ``prev`` (clear fields and commitments): all of the leaf but its place in
+    the tree, so the gateway computes it on the request path and only the order-dependent rest
+    (:func:`leaf_hash_from_body`) once the record is logged."""
+    s = salts(salt_key, (values["id"] or b"").decode("utf-8"))
+    return b"".join(map(clear_bytes, [values[f] for f in CLEAR_FIELDS])) + \
+        b"".join([commitment(f, s[f], values[f]) for f in COMMITTED_FIELDS])
+
+
+_LEAF_HEAD = b"\x00" + LEAF_PREFIX
+
+
+def leaf_hash_from_body(prev: int | None, body: bytes) -> bytes:
+    return _sha256(_LEAF_HEAD + prev_bytes(prev) + body).digest()
+
+
 def leaf_hash_of(values: dict[str, bytes | None], salt_key: bytes, prev: int | None = None) -> bytes:
     s = salts(salt_key, (values["id"] or b"").decode("utf-8"))
     data = leaf_data(prev, [values[f] for f in CLEAR_FIELDS], [commitment(f, s[f], values[f]) for f in COMMITTED_FIELDS])

@@ -41,7 +41,7 @@ async def record(gw: Gateway, event: dict[str, Any], wait: bool = True) -> None:
     data = orjson.dumps(event, option=orjson.OPT_SERIALIZE_NUMPY)
     # The tree's leaf is added by the log's writer once this record is on disk, in log order: a
     # failed write (full disk: 503) leaves no leaf behind (docs/evidence.md).
-    future = gw.log.append(data, gw.tree.values(event) if gw.tree is not None else None)
+    future = gw.log.append(data, gw.tree.prepare(event) if gw.tree is not None else None)
     if wait:
         await future
     gw.metrics.events_logged.inc()
