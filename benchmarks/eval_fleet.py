@@ -56,9 +56,10 @@ async def settle(gws: list[Gateway], timeout: float = 5.0) -> None:
     """Wait until every replica has folded everything the others published."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(not g.fleet.state.outbox for g in gws):
-            lens = [await g.fleet.state.redis.xlen(g.fleet.state.stream) for g in gws[:1]]
-            if all(g.fleet.state.counts["folded"] + g.fleet.state.counts["published"] >= lens[0] - 1 for g in gws):
+        states = [g.fleet.state for g in gws]
+        if all(not s.outbox and not s._pending and s._sender is None for s in states):
+            last = await states[0].redis.xrevrange(states[0].stream, count=1)
+            if not last or all(s.cursor == last[0][0].decode() for s in states):
                 return
         await asyncio.sleep(0.05)
 

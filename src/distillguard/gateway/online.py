@@ -26,7 +26,7 @@ import numpy as np
 
 from distillguard.detect import text as tx
 from distillguard.detect.features import (BREADTH_SAMPLE, BREADTH_WINDOWS, PROMPT_CHARS, SYSTEM_CHARS,
-                                          TEMPLATE_MIN_GROUP, _entropy_bits, answer_ratios, elicitation_text)
+                                          TEMPLATE_MIN_GROUP, _entropy_bits, elicitation_text)
 from distillguard.detect.hydra import SLOT_S
 from distillguard.detect.minhash import band_keys, signature_one, template_shingles
 from distillguard.detect.scoring import Verdict
@@ -313,8 +313,9 @@ class AccountState:
             if elicited:
                 self.v[S["elicited_tokens"]] += completion_tokens
         if prompt_chars is not None:
-            self.v[S["ratio_sum"]] += float(answer_ratios(np.array([float(max(0, completion_tokens))]),
-                                                          np.array([float(prompt_chars)]))[0])
+            # detect.features.answer_ratios for one answer, bit for bit (numpy's log2 on a scalar:
+            # no arrays built per request)
+            self.v[S["ratio_sum"]] += float(np.log2((max(0, completion_tokens) + 1.0) / (prompt_chars / 4.0 + 1.0)))
             self.v[S["ratio_n"]] += 1
 
     def distinct_estimate(self) -> float:

@@ -17,6 +17,7 @@ import numpy as np
 import orjson
 
 from distillguard.gateway.online import N_BANDS, WORD_BUCKETS, RequestFacts
+from distillguard.gateway.scorer import Observation as ScorerObservation
 
 _FLAGS = ("cot", "grading", "identity", "datagen", "logprobs", "tools", "open_loop_tools", "orphan_followup",
           "near_cap", "single_turn", "impersonal", "temperature0", "self_contained", "probe", "benchmark")
@@ -152,10 +153,11 @@ def decode(raw: bytes) -> Observation:
 
 
 def fold(scorer: Any, obs: Observation) -> None:
-    """Fold another replica's observation into this replica's scorer (as if it came here)."""
+    """Fold another replica's observation into this replica's scorer (as if it came here, but
+    not judged until this replica decides on the account: :meth:`LiveScorer.fold`)."""
     if obs.kind == "q":
-        scorer.observe(obs.account, obs.facts, obs.ts, ip=obs.ip, user_agent=obs.user_agent,
-                       identity=obs.identity, prompt=None)
+        scorer.fold(ScorerObservation(obs.account, obs.ts, obs.facts, ip=obs.ip, user_agent=obs.user_agent,
+                                      identity=obs.identity))
     else:
         scorer.add_output(obs.account, obs.completion_tokens, obs.repeat, end_user_key=obs.end_user_key,
                           end_user_repeat=obs.end_user_repeat, prompt_chars=obs.prompt_chars, probe=obs.probe,

@@ -3,14 +3,17 @@
 One Redis (Debian's ``redis-server``, no modules) holds what the replicas share:
 
 * ``<prefix>:b:<scope>:<name>:<what>``: token buckets (hash: level, stamp, rate). A request's
-  buckets are checked and charged by one Lua script (``EVALSHA``), atomically across replicas,
-  on Redis's clock; the same script appends the request's observation to the stream, so the
-  shared state costs one round trip per request.
-* ``<prefix>:obs``: a stream (``XADD ... MAXLEN ~``) of observations (:mod:`.observation`) and
-  operator changes. Each replica reads it in a background task (``XREAD BLOCK``) and folds the
-  other replicas' entries into its own scorer: every replica scores an account on all of its
-  traffic, hydra links included, a few milliseconds after the request (bounded by the read's
-  100 ms block plus the fold; stated bound: 1 s).
+  buckets are checked and charged by one Lua script (``EVALSHA``, :mod:`.scripts`), atomically
+  across replicas, on Redis's clock; the same script appends the request's observation to the
+  stream. The requests waiting on Redis at one moment share the call (one round trip for all
+  of them, admitted in order, as the log's group commit shares one fsync); the answers' output
+  tokens ride along with the next call (or go on their own within ``FLUSH_S``).
+* ``<prefix>:obs``: a stream (``XADD ... MAXLEN ~``) of observation batches (newline-separated
+  records, :mod:`.observation`) and operator changes. Each replica reads it in a background
+  task (``XREAD BLOCK``) and folds the other replicas' records into its own scorer (state and
+  hydra links; verdicts are computed when this replica decides on the account): every replica
+  scores an account on all of its traffic, a few milliseconds after the request (bounded by the
+  read's 100 ms block plus the fold; stated bound: 1 s).
 * ``<prefix>:admin``: operator state (manual actions, allowlist, API keys added at runtime,
   refusals) as a hash, the authority a replica reloads at start and after every reconnection;
   each change also goes through the stream so the others apply it at once.
@@ -39,78 +42,12 @@ from redis.exceptions import RedisError
 
 from distillguard.errors import BadInputError
 from distillguard.gateway.fleet.observation import Observation, ObservationError, decode, encode
+from distillguard.gateway.fleet.scripts import ADMIT, CHARGE
 
 log = logging.getLogger("distillguard.gateway.fleet")
-
-# KEYS: stream, bucket keys...  ARGV: now ('' = Redis TIME), enforced (1/0), maxlen, origin, entry ('' = none),
-# then per bucket: per_minute, cost, take. Returns {now, wait_1, ...} as strings (Lua numbers become integers).
-ADMIT = """
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-else
-  now = tonumber(ARGV[1])
-end
-local enforced = ARGV[2] == '1'
-local n = #KEYS - 1
-local lv, st, waits = {}, {}, {}
-local blocked = false
-for i = 1, n do
-  local b = 5 + (i - 1) * 3
-  local pm, cost = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
-  local rate, cap = pm / 60.0, math.max(1.0, pm)
-  local h = redis.call('HMGET', KEYS[i + 1], 'l', 's', 'pm')
-  local level, stamp = cap, now
-  if h[1] and tonumber(h[3]) == pm then level, stamp = tonumber(h[1]), tonumber(h[2]) end
-  if now > stamp then level = math.min(cap, level + (now - stamp) * rate); stamp = now end
-  local w = 0
-  if level < cost and level < cap then
-    if rate > 0 then w = (math.min(cost, cap) - level) / rate else w = 1e9 end
-  end
-  if w > 0 then blocked = true end
-  lv[i], st[i], waits[i] = level, stamp, w
-end
-local out = {tostring(now)}
-for i = 1, n do
-  local b = 5 + (i - 1) * 3
-  local pm, take = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 3])
-  local level = lv[i]
-  if take > 0 and (not enforced or not blocked) then level = level - take end
-  local rate, cap = pm / 60.0, math.max(1.0, pm)
-  redis.call('HSET', KEYS[i + 1], 'l', tostring(level), 's', tostring(st[i]), 'pm', ARGV[b + 1])
-  redis.call('PEXPIRE', KEYS[i + 1], math.floor(((cap - level) / math.max(rate, 1e-9) + 60) * 1000))
-  out[i + 1] = tostring(waits[i])
-end
-if ARGV[5] ~= '' then
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'o', ARGV[4], 'd', ARGV[5])
-end
-return out
-"""
-
-# Charge answered tokens to the token buckets that exist. KEYS: buckets; ARGV: now ('' = TIME), tokens.
-CHARGE = """
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-else
-  now = tonumber(ARGV[1])
-end
-for i = 1, #KEYS do
-  local h = redis.call('HMGET', KEYS[i], 'l', 's', 'pm')
-  if h[1] then
-    local pm = tonumber(h[3])
-    local rate, cap = pm / 60.0, math.max(1.0, pm)
-    local level, stamp = tonumber(h[1]), tonumber(h[2])
-    if now > stamp then level = math.min(cap, level + (now - stamp) * rate); stamp = now end
-    level = level - tonumber(ARGV[2])
-    redis.call('HSET', KEYS[i], 'l', tostring(level), 's', tostring(stamp))
-    redis.call('PEXPIRE', KEYS[i], math.floor(((cap - level) / math.max(rate, 1e-9) + 60) * 1000))
-  end
-end
-return 1
-"""
+MAX_BATCH = 256          # requests admitted by one script call
+MAX_RIDERS = 512         # buffered records (answers' output tokens) carried by one call
+FLUSH_S = 0.02           # buffered records wait at most this long for a request to carry them
 
 
 def redact(url: str) -> str:
@@ -140,6 +77,7 @@ class SharedState:
         self.url = check_url(url)
         self.replica = replica
         self.origin = f"{replica}.{secrets.token_hex(4)}"    # this incarnation: its own entries are skipped
+        self._origin_b = self.origin.encode()
         self.prefix = prefix
         self.stream = f"{prefix}:obs"
         self.admin_key = f"{prefix}:admin"
@@ -168,6 +106,9 @@ class SharedState:
         self.on_mode: Callable[[bool], None] = lambda shared: None
         self._task: asyncio.Task | None = None
         self._stopping = False
+        self._pending: list[tuple[list, bool, float | None, bytes | None, asyncio.Future, float]] = []
+        self._sender: asyncio.Task | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self, wait_s: float = 2.0) -> None:
@@ -191,6 +132,13 @@ class SharedState:
             try:
                 await self._task
             except (asyncio.CancelledError, Exception):
+                pass
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._sender is not None:          # the call on the wire and what waits behind it
+            try:
+                await asyncio.wait_for(asyncio.shield(self._sender), self.timeout_s * 2)
+            except (asyncio.TimeoutError, Exception):
                 pass
         if self.connected:
             try:
@@ -259,12 +207,10 @@ class SharedState:
     async def _flush(self) -> None:
         """Publish what was buffered (observations while Redis was away, output tokens)."""
         while self.outbox:
-            batch = [self.outbox.popleft() for _ in range(min(500, len(self.outbox)))]
-            pipe = self.redis.pipeline(transaction=False)
-            for data in batch:
-                pipe.xadd(self.stream, {"o": self.origin, "d": data}, maxlen=self.maxlen, approximate=True)
+            batch = [self.outbox.popleft() for _ in range(min(MAX_RIDERS, len(self.outbox)))]
             try:
-                await pipe.execute()
+                await self.redis.xadd(self.stream, {"o": self.origin, "b": b"\n".join(batch)}, maxlen=self.maxlen,
+                                      approximate=True)
             except BaseException:
                 self.outbox.extendleft(reversed(batch))
                 raise
@@ -280,9 +226,7 @@ class SharedState:
                     self._down(exc)
                 continue
             try:
-                if self.outbox:
-                    await self._flush()
-                resp = await self._reader.xread({self.stream: self.cursor}, count=1000, block=self.block_ms)
+                resp = await self._reader.xread({self.stream: self.cursor}, count=200, block=self.block_ms)
             except (RedisError, OSError) as exc:
                 self._down(exc)
                 continue
@@ -290,36 +234,41 @@ class SharedState:
             for _stream, entries in resp or ():
                 for entry_id, fields in entries:
                     self.cursor = entry_id.decode()
-                    self._handle(fields)
-                    n += 1
-                    if n % 64 == 0:
+                    n += self._handle(fields)
+                    if n >= 64:
+                        n = 0
                         await asyncio.sleep(0)      # requests keep flowing while a backlog is folded
                 if entries:
                     self.lag_s = max(0.0, time.time() - int(self.cursor.split("-")[0]) / 1000)
 
-    def _handle(self, fields: dict[bytes, bytes]) -> None:
-        if fields.get(b"o", b"").decode() == self.origin:
-            return
+    def _handle(self, fields: dict[bytes, bytes]) -> int:
+        """Fold one stream entry (another replica's batch of observations, or an operator change);
+        returns the number of records it held."""
+        if fields.get(b"o") == self._origin_b:
+            return 1
         admin = fields.get(b"a")
         if admin is not None:
             try:
                 field, value = _read_admin_entry(admin)
             except (ValueError, orjson.JSONDecodeError):
                 self.counts["skipped_bad"] += 1
-                return
+                return 1
             self._apply_admin(field, value)
-            return
-        try:
-            obs = decode(fields.get(b"d", b""))
-            self.on_observation(obs)
-        except ObservationError:
-            self.counts["skipped_bad"] += 1
-            return
-        except Exception:   # a bad record must not stop the fold
-            log.exception("folding a fleet observation failed")
-            self.counts["skipped_bad"] += 1
-            return
-        self.counts["folded"] += 1
+            return 1
+        batch = fields.get(b"b")
+        records = batch.split(b"\n") if batch is not None else [fields.get(b"d", b"")]
+        for raw in records:
+            try:
+                self.on_observation(decode(raw))
+            except ObservationError:
+                self.counts["skipped_bad"] += 1
+                continue
+            except Exception:   # a bad record must not stop the fold
+                log.exception("folding a fleet observation failed")
+                self.counts["skipped_bad"] += 1
+                continue
+            self.counts["folded"] += 1
+        return len(records)
 
     def _apply_admin(self, field: str, value: bytes | None) -> None:
         if value is None:
@@ -344,8 +293,9 @@ class SharedState:
     async def admit(self, buckets: list[tuple[str, float, float, float]], enforced: bool,
                     obs: Observation | None, now: float | None = None) -> tuple[float, list[float]] | None:
         """Check and charge ``buckets`` ((key, per_minute, cost, take) each) atomically, and
-        publish ``obs``, in one round trip. Returns (Redis's now, the wait of each bucket), or
-        None when Redis is unavailable (the caller decides on local state; ``obs`` is buffered)."""
+        publish ``obs``, in one round trip shared with every request waiting on Redis at that
+        moment (:meth:`_send`). Returns (Redis's now, the wait of each bucket), or None when Redis
+        is unavailable (the caller decides on local state; ``obs`` is buffered)."""
         data = encode(obs) if obs is not None else None
         if not self.connected:
             if data is not None:
@@ -353,22 +303,64 @@ class SharedState:
             return None
         if not buckets and data is None:
             return 0.0, []
-        args: list[Any] = ["" if now is None else repr(now), "1" if enforced else "0", self.maxlen, self.origin,
-                           data or ""]
-        for _key, per_minute, cost, take in buckets:
-            args += [repr(float(per_minute)), repr(float(cost)), repr(float(take))]
-        t0 = time.perf_counter()
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((buckets, enforced, now, data, fut, time.perf_counter()))
+        self._kick()
+        return await fut
+
+    def _kick(self) -> None:
+        if self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send())
+
+    async def _send(self) -> None:
+        """Send what waits (requests' admissions and observations, buffered records), one script
+        call at a time: requests arriving while a call is on the wire go together in the next."""
+        batch: list = []
+        riders: list[bytes] = []
         try:
-            out = await self._admit(keys=[self.stream] + [self.bucket_key(b[0]) for b in buckets], args=args)
-        except (RedisError, OSError) as exc:
-            self._down(exc)
+            while (self._pending or self.outbox) and self.connected:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                riders = [self.outbox.popleft() for _ in range(min(MAX_RIDERS, len(self.outbox)))]
+                records = riders + [item[3] for item in batch if item[3] is not None]
+                keys = [self.stream]
+                args: list[Any] = [self.maxlen, self.origin, b"\n".join(records), len(batch)]
+                for buckets, enforced, now, _data, _fut, _t in batch:
+                    args += ["" if now is None else repr(now), "1" if enforced else "0", len(buckets)]
+                    for key, per_minute, cost, take in buckets:
+                        keys.append(self.bucket_key(key))
+                        args += [repr(float(per_minute)), repr(float(cost)), repr(float(take))]
+                try:
+                    out = await self._admit(keys=keys, args=args)
+                except (RedisError, OSError) as exc:
+                    self._down(exc)
+                    self._fail(batch, riders)
+                    batch, riders = [], []
+                    break
+                self.counts["published"] += len(records)
+                done = time.perf_counter()
+                i = 0
+                for buckets, _enforced, _now, _data, fut, t in batch:
+                    n = len(buckets)
+                    if not fut.done():
+                        fut.set_result((float(out[i]), [float(w) for w in out[i + 1:i + 1 + n]]))
+                    self.rtt.append(done - t)
+                    i += 1 + n
+                batch, riders = [], []
+        finally:
+            self._sender = None
+            self._fail(batch, riders)              # cancelled mid-call: nothing is left waiting
+            if self._pending and not self.connected:
+                self._fail(self._pending, [])
+                self._pending = []
+
+    def _fail(self, batch: list, riders: list[bytes]) -> None:
+        """Requests whose call failed: answered on local state, their observations buffered."""
+        self.outbox.extendleft(reversed(riders))
+        for _buckets, _enforced, _now, data, fut, _t in batch:
             if data is not None:
                 self._buffer(data)
-            return None
-        self.rtt.append(time.perf_counter() - t0)
-        if data is not None:
-            self.counts["published"] += 1
-        return float(out[0]), [float(w) for w in out[1:]]
+            if not fut.done():
+                fut.set_result(None)
 
     async def charge(self, keys: list[str], tokens: float, now: float | None = None) -> None:
         if not keys or not self.connected:
@@ -379,8 +371,16 @@ class SharedState:
             self._down(exc)
 
     def publish(self, obs: Observation) -> None:
-        """Queue an observation (e.g. an answer's output tokens); sent by the background task."""
+        """Queue an observation (e.g. an answer's output tokens): it rides with the next request's
+        script call, or goes on its own within ``FLUSH_S``."""
         self._buffer(encode(obs))
+        if self.connected and self._timer is None and self._sender is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_S, self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._timer = None
+        if self.outbox and self.connected:
+            self._kick()
 
     def _buffer(self, data: bytes) -> None:
         if len(self.outbox) >= self.buffer:
