@@ -260,3 +260,63 @@ def test_cli_refuses_a_fleet_it_cannot_run_with_one_line(tmp_path, args, message
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert message in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
+
+
+def test_requests_waiting_together_share_one_call_and_are_admitted_in_order(redis_server):
+    """50 concurrent requests on one replica: far fewer script calls (stream entries) than
+    requests, the bucket admits exactly what one bucket admits in order (10 of 50 at 10/min),
+    and the other replica folds all 50 observations and the answers' output records that rode
+    along with later calls."""
+    async def main():
+        a, b = SharedState(redis_server.url, replica="a"), SharedState(redis_server.url, replica="b")
+        got = []
+        b.on_observation = got.append
+        await a.start()
+        await b.start()
+        key = ("account:batch:requests", 10.0, 1.0, 1.0)
+        out = await asyncio.gather(*[a.admit([key], True, _obs("batch", f"question {i}", 100.0), now=100.0)
+                                     for i in range(50)])
+        waits = [w[0] for _now, w in out]
+        assert sum(1 for w in waits if w == 0) == 10
+        assert waits[:10] == [0.0] * 10 and all(w > 0 for w in waits[10:])   # in order of arrival
+        entries = await a.redis.xlen(a.stream)
+        assert entries < 10, entries
+        for i in range(50):
+            a.publish(Observation("o", "batch", 101.0, completion_tokens=i))
+        await a.admit([], True, _obs("batch", "one more", 102.0))
+        await _until(lambda: len(got) == 101)
+        assert [o.kind for o in got].count("o") == 50
+        assert sorted(o.completion_tokens for o in got if o.kind == "o") == list(range(50))
+        # An output record with no request behind it goes on its own, within the bound.
+        a.publish(Observation("o", "batch", 103.0, completion_tokens=999))
+        assert await _until(lambda: len(got) == 102) < 1.0
+        assert a.counts["published"] == 102 and not a.outbox and not a._pending
+        for s in (a, b):
+            await s.stop()
+    asyncio.run(main())
+
+
+def test_folding_a_peers_requests_gives_the_verdict_observing_them_would():
+    """Two replicas' share of one account: a replica that folds the other's requests (no verdict
+    computed as they arrive) reaches the state, links and verdict of one that saw them all."""
+    baseline = load_default()
+    whole, half = LiveScorer(baseline, 0.001), LiveScorer(baseline, 0.001)
+    verdicts = []
+    for i in range(400):
+        text = (f"Solve step by step and show your reasoning: what is {i} * {i + 7} minus {3 * i}? "
+                f"Then grade your own answer from 1 to 10.")
+        o = _obs("acct", text, 1000.0 + 3 * i, ip="203.0.113.9", user_agent="harvester/1")
+        a = whole.observe("acct", o.facts, o.ts, ip=o.ip, user_agent=o.user_agent)
+        if i % 2:
+            fold(half, o)
+        else:
+            b = half.observe("acct", o.facts, o.ts, ip=o.ip, user_agent=o.user_agent)
+            verdicts.append((a.verdict.flagged, b.verdict.flagged, a.queries, b.queries))
+        whole.add_output("acct", 300, a.repeat, prompt_chars=a.prompt_chars)
+        half.add_output("acct", 300, a.repeat, prompt_chars=a.prompt_chars)
+    assert bytes(whole.accounts["acct"].v) == bytes(half.accounts["acct"].v)
+    assert all(qa == qb for _fa, _fb, qa, qb in verdicts)
+    assert any(fa for fa, _fb, _qa, _qb in verdicts)                   # the account is flagged ...
+    first = [fa for fa, *_ in verdicts].index(True)
+    assert [fb for _fa, fb, *_ in verdicts].index(True) == first       # ... at the same request
+    assert half.judged("acct").verdict.flagged
