@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -40,6 +42,12 @@ def tree_cpu(pid: int) -> float:
         except psutil.NoSuchProcess:
             pass
     return total
+
+
+def _children_cpu() -> float:
+    """CPU of this process's finished children (wrk runs to completion under subprocess.run)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def start_gateway(upstream: str, work: Path, keys: Path, state: str, workers: int) -> tuple[subprocess.Popen, str]:
@@ -69,6 +77,7 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    load0 = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="dg-bench-fleet-"))
     keys = [f"sk-bench-{i:05d}" for i in range(args.accounts)]
     keys_path = work / "keys.json"
@@ -93,10 +102,15 @@ def main() -> None:
                 out = {}
                 for c in (args.saturate, args.clients):
                     cpu0, r0 = tree_cpu(gateway.pid), psutil.Process(redis.pid).cpu_times()
+                    u0, k0 = tree_cpu(upstream.pid), _children_cpu()
                     res = run_wrk(gw_url, script, c, args.duration)
                     cpu1, r1 = tree_cpu(gateway.pid), psutil.Process(redis.pid).cpu_times()
+                    u1, k1 = tree_cpu(upstream.pid), _children_cpu()
+                    # What else the 2 cores spend per request: the upstream and wrk itself.
+                    res["others_cpu_ms"] = ((u1 - u0) + (k1 - k0)) / res["requests"] * 1000
                     res["cpu_ms"] = (cpu1 - cpu0) / res["requests"] * 1000
                     res["redis_cpu_ms"] = ((r1.user + r1.system) - (r0.user + r0.system)) / res["requests"] * 1000
+                    res["load"] = os.getloadavg()[0]
                     out[c] = res
             finally:
                 stop(gateway)
@@ -107,11 +121,12 @@ def main() -> None:
         stop(upstream)
         redis.terminate()
         redis.wait()
+    print(f"load average (1 min) at the start: {load0:.2f}, at the end: {os.getloadavg()[0]:.2f}")
     print(f"upstream delay {args.delay_ms:g} ms; direct: {direct[args.saturate]['rps']:,.0f} req/s at "
           f"{args.saturate} connections, {direct[args.clients]['rps']:,.0f} at {args.clients}")
     print(f"{'workers':>7}{'req/s @' + str(args.saturate):>14}{'vs 1 worker':>12}{'CPU/req':>10}{'Redis CPU/req':>15}"
           f"{'req/s @' + str(args.clients):>13}{'% direct':>10}{'p50 +ms':>9}{'p99 +ms':>9}{'stored':>9}"
-          f"{'answered':>10}")
+          f"{'answered':>10}{'load':>6}{'up+wrk CPU/req':>16}")
     base = rows[1][1][args.saturate]["rps"]
     for workers, out, stored, answered in rows:
         s, c = out[args.saturate], out[args.clients]
@@ -120,7 +135,7 @@ def main() -> None:
               f"{c['rps']:>13,.0f}{100 * c['rps'] / d['rps']:>9.1f}%"
               f"{c['latency_ms'].get('p50', 0) - d['latency_ms'].get('p50', 0):>9.1f}"
               f"{c['latency_ms'].get('p99', 0) - d['latency_ms'].get('p99', 0):>9.1f}{stored:>9,}"
-              f"{answered:>10,}")
+              f"{answered:>10,}{s['load']:>6.1f}{s['others_cpu_ms']:>14.2f}ms")
     if args.json:
         args.json.write_text(json.dumps({"direct": direct, "rows": rows}, indent=2, default=str))
 

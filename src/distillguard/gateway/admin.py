@@ -57,7 +57,7 @@ async def admin_status(request: Request, gw: Gateway) -> Response:
 
 
 def account_view(gw: Gateway, account: str) -> dict[str, Any] | None:
-    state = gw.scorer.judged(account)
+    state = gw.scorer.accounts.get(account)
     if state is None:
         return None
     v = state.verdict

@@ -7,14 +7,14 @@ One Redis (Debian's ``redis-server``, no modules) holds what the replicas share:
   across replicas, on Redis's clock; the same script appends the request's observation to the
   stream. The requests waiting on Redis at one moment share the call (one round trip for all
   of them, admitted in order, as the log's group commit shares one fsync); the answers' output
-  tokens ride along with the next call (or go on their own within ``FLUSH_S``).
+  tokens go the same way (at once when no call is on the wire, else with the next).
 * ``<prefix>:obs``: a stream (``XADD ... MAXLEN ~``) of observation batches (newline-separated
   records, :mod:`.observation`) and operator changes. Each replica reads it in a background
-  task (``XREAD BLOCK``) and folds the other replicas' records into its own scorer (state and
-  hydra links; verdicts are computed when this replica decides on the account): every replica
-  scores an account on all of its traffic, a few milliseconds after the request (read at most
-  every ``READ_EVERY_S``, 10 ms, so that a busy stream costs one call per many entries; bounded
-  by that, the read's 100 ms block and the fold; stated bound: 1 s).
+  task (``XREAD BLOCK``) and folds the other replicas' records into its own scorer: every
+  replica scores an account on all of its traffic, hydra links included, a few milliseconds
+  after the request (bounded by the read's 100 ms block plus the fold; stated bound: 1 s).
+  ``read_every_s`` > 0 spaces the reads (one call for what arrived meanwhile); off by default:
+  10 ms delayed the fold enough to flag some accounts later in the fast replay of eval_fleet.
 * ``<prefix>:admin``: operator state (manual actions, allowlist, API keys added at runtime,
   refusals) as a hash, the authority a replica reloads at start and after every reconnection;
   each change also goes through the stream so the others apply it at once.
@@ -48,8 +48,7 @@ from distillguard.gateway.fleet.scripts import ADMIT, CHARGE
 log = logging.getLogger("distillguard.gateway.fleet")
 MAX_BATCH = 256          # requests admitted by one script call
 MAX_RIDERS = 512         # buffered records (answers' output tokens) carried by one call
-FLUSH_S = 0.02           # buffered records wait at most this long for a request to carry them
-READ_EVERY_S = 0.01      # the stream is read at most this often (what arrived meanwhile, in one call)
+READ_EVERY_S = 0.0       # > 0: the stream is read at most this often (what arrived meanwhile, in one call)
 
 
 def redact(url: str) -> str:
@@ -111,7 +110,6 @@ class SharedState:
         self._stopping = False
         self._pending: list[tuple[list, bool, float | None, bytes | None, asyncio.Future, float]] = []
         self._sender: asyncio.Task | None = None
-        self._timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self, wait_s: float = 2.0) -> None:
@@ -136,8 +134,6 @@ class SharedState:
                 await self._task
             except (asyncio.CancelledError, Exception):
                 pass
-        if self._timer is not None:
-            self._timer.cancel()
         if self._sender is not None:          # the call on the wire and what waits behind it
             try:
                 await asyncio.wait_for(asyncio.shield(self._sender), self.timeout_s * 2)
@@ -380,15 +376,10 @@ class SharedState:
             self._down(exc)
 
     def publish(self, obs: Observation) -> None:
-        """Queue an observation (e.g. an answer's output tokens): it rides with the next request's
-        script call, or goes on its own within ``FLUSH_S``."""
+        """Queue an observation (e.g. an answer's output tokens): sent at once when no call is on
+        the wire, else with the next call (with the requests waiting behind the current one)."""
         self._buffer(encode(obs))
-        if self.connected and self._timer is None and self._sender is None:
-            self._timer = asyncio.get_running_loop().call_later(FLUSH_S, self._flush_soon)
-
-    def _flush_soon(self) -> None:
-        self._timer = None
-        if self.outbox and self.connected:
+        if self.connected:
             self._kick()
 
     def _buffer(self, data: bytes) -> None:
