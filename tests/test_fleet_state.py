@@ -297,8 +297,9 @@ def test_requests_waiting_together_share_one_call_and_are_admitted_in_order(redi
 
 
 def test_folding_a_peers_requests_gives_the_verdict_observing_them_would():
-    """Two replicas' share of one account: a replica that folds the other's requests reaches
-    the state and verdict of one that saw them all, at the same request."""
+    """Two replicas' share of one account: a replica that folds the other's requests (no verdict
+    computed as they arrive) reaches the state and verdict of one that saw them all, at the
+    same request, and shows it judged (the admin view)."""
     baseline = load_default()
     whole, half = LiveScorer(baseline, 0.001), LiveScorer(baseline, 0.001)
     verdicts = []
@@ -319,3 +320,4 @@ def test_folding_a_peers_requests_gives_the_verdict_observing_them_would():
     assert any(fa for fa, _fb, _qa, _qb in verdicts)                   # the account is flagged ...
     first = [fa for fa, *_ in verdicts].index(True)
     assert [fb for _fa, fb, *_ in verdicts].index(True) == first       # ... at the same request
+    assert half.judged("acct").verdict.flagged

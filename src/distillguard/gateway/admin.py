@@ -57,7 +57,8 @@ async def admin_status(request: Request, gw: Gateway) -> Response:
 
 
 def account_view(gw: Gateway, account: str) -> dict[str, Any] | None:
-    state = gw.scorer.accounts.get(account)
+    # A fleet replica folds peers' queries without judging them: judge now (when due).
+    state = gw.scorer.judged(account) if gw.fleet is not None else gw.scorer.accounts.get(account)
     if state is None:
         return None
     v = state.verdict

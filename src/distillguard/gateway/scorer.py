@@ -212,6 +212,35 @@ class LiveScorer:
                               intel=evidence, end_user=end_user, end_user_key=eu_key, end_user_repeat=eu_repeat,
                               prompt_chars=facts.prompt_chars, probe=facts.probe, elicited=facts.elicited)
 
+    def fold(self, observation: Observation) -> None:
+        """Fold another replica's request into the state, without judging: the account's state,
+        its hydra links, its end user's state and peers' IP indicators change as in
+        :meth:`observe`, but no verdict is computed. Verdicts are read only where this replica
+        decides on one of the account's own requests (:meth:`observe` re-judges when due, and the
+        queries folded here count toward that) or shows the account (:meth:`judged`)."""
+        account, facts, ts = observation.account, observation.facts, observation.ts
+        with self.lock:
+            state = self.accounts.get(account)
+            if state is None:
+                state = self.accounts[account] = AccountState()
+            _repeat, new_templates = state.update(facts, ts)
+            fresh = self._new_attrs(state, observation.ip, observation.user_agent, observation.identity, new_templates)
+            if fresh:
+                self._link(account, state, fresh)
+            if facts.end_user is not None:
+                self._end_user_state(account, end_user_key(account, facts.end_user)).update(facts, ts)
+            if self.intel is not None and observation.ip:
+                self.intel.observe(account, observation.ip, None)
+
+    def judged(self, account: str) -> AccountState | None:
+        """The account's state with its verdict brought up to date (for the admin views: folded
+        queries are not judged as they arrive)."""
+        with self.lock:
+            state = self.accounts.get(account)
+            if state is not None:
+                self._account_verdict(account, state, account)
+            return state
+
     def _end_user_state(self, account: str, key: str) -> AccountState:
         """The end user's state, most recently used now; a new one may evict the least recent
         (``_end_user_count`` follows, it is each account's Bonferroni k)."""
