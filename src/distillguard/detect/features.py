@@ -44,6 +44,7 @@ BASE_FEATURES = (
     "top_area", "areas_seen", "repeat_share",
     # issue 14: value transferred, and the shapes of legitimate uses
     "output_tokens_distinct", "elicited_tokens", "self_contained_count", "answer_ratio", "fixed_instruction_share",
+    "instruction_read_share",
     "probe_count", "benchmark_count", "temp0_count", "resent_share",
 )
 # The same features for an account's largest templated sub-stream (extraction hidden in a busy,
@@ -131,7 +132,7 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
     systems = frame["system"].tolist()
     # A request with no user turn carries its prompt in the system message (stores written
     # before the event schema read it so hold an empty prompt): that text is the prompt.
-    prompts = [p if isinstance(p, str) and p else (s[:PROMPT_CHARS] if isinstance(s, str) else "")
+    prompts = [p if isinstance(p, str) and p.strip() else (s[:PROMPT_CHARS] if isinstance(s, str) else "")
                for p, s in zip(frame["prompt"].tolist(), systems)]
     n = len(prompts)
     out: dict[str, Any] = {name: float("nan") for name in FEATURES}
@@ -140,10 +141,14 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
         out["template_keys"] = []
         return out
 
-    # Distinct prompts (first occurrence): re-asking the same thing harvests nothing new.
-    first_index: dict[str, int] = {}
-    for i, p in enumerate(prompts):
-        first_index.setdefault(p, i)
+    # Distinct requests (first occurrence): re-asking the same thing harvests nothing new. A request
+    # is its prompt in its context: the same user turn under another system prompt (a persona) or
+    # after other tool rounds (an agent's next step) asks for a different answer.
+    n_messages_all = frame["n_messages"].fillna(0).to_numpy(dtype=np.int64)
+    with_tools = (frame["has_tools"].to_numpy(dtype=object) == True).tolist()  # noqa: E712 (None-safe)
+    first_index: dict[Any, int] = {}
+    for i, key in enumerate(zip(prompts, systems, n_messages_all.tolist(), with_tools)):
+        first_index.setdefault(tx.request_key(*key), i)
     distinct_idx = np.fromiter(first_index.values(), dtype=np.int64, count=len(first_index))
     span_days = max(1.0, (t[-1] - t[0]) / 86400.0)
     completion = frame["completion_tokens"].to_numpy(dtype=np.float64)
@@ -317,7 +322,12 @@ def _value_features(out: dict[str, Any], prompts: list[str], systems: list[Any],
         texts = [lowered[i] for i in sample]
         frame = tx.frame_words([tx.prompt_words(t) for t in texts])
         varying = tx.varying_instruction(tx.instruction_words(texts, frame), frame)
+        # Prompts holding no instruction word or English function word we know (another language):
+        # their instructions are not read, so one fixed instruction cannot be told from many.
+        unread = np.fromiter((tx.READABLE_WORDS.isdisjoint(tx.prompt_words(t)) for t in texts), dtype=bool,
+                             count=len(texts))
         out["fixed_instruction_share"] = float(1.0 - varying.mean())
+        out["instruction_read_share"] = float(1.0 - unread.mean())
 
 
 def features_frame(rows: list[dict[str, Any]], accounts: list[str]) -> pd.DataFrame:

@@ -69,11 +69,15 @@ TIMING_SIGNALS = frozenset({"regular_cadence", "round_the_clock"})
 REPEAT_LIMIT = 0.5
 REASON_ALPHA = 1e-2
 FIXED_INSTRUCTION_SHARE = 0.5   # distinct prompts giving the same instructions: one fixed task
+INSTRUCTION_READ_SHARE = 0.5    # ... judged only where at least this share of prompts is read (see fixed_instruction)
 SUPPLIED_MATERIAL_SHARE = 0.5   # elicitation is exempt only when fewer queries than this are self-contained
 PROBE_SHARE = 0.3               # queries that are security probes, for the probing status
 EVAL_SHARE = 0.5                # queries formatted as benchmark items, for the evaluation status
 EVAL_TEMP0_SHARE = 0.8          # ... and at temperature 0 (deterministic, comparable runs), or
 EVAL_RESENT_SHARE = 1 / 3       # ... re-sent: queries repeating an earlier prompt (re-runs), any temperature
+MATERIAL_REQUESTS = 100         # distinct requests from a program that make a training set ...
+MATERIAL_ALPHA = 1e-2           # ... when its volume is also beyond organic accounts' at this level
+ANSWER_RATIO_FLOOR = 0.0        # log2 answer/prompt tokens: answers shorter than prompts are labels, not generation
 EVAL_MAX_ITEMS = 15_000         # distinct prompts a benchmark run may have (MMLU has ~14k items)
 STATUSES = ("flagged", "clear", "insufficient_data", "repeated_runs", "authorised", "probing", "evaluation")
 
@@ -144,10 +148,18 @@ def _share(row: Any, feature: str) -> float:
     return float(value) / n if n and value is not None and np.isfinite(value) else 0.0
 
 
-def fixed_instruction(row: Any) -> bool:
-    """One fixed instruction over payloads the application brings (see ``FIXED_INSTRUCTION_SHARE``)."""
+def fixed_instruction(row: Any, *, read: bool = True) -> bool:
+    """One fixed instruction over payloads the application brings (see ``FIXED_INSTRUCTION_SHARE``).
+
+    With ``read``, only where the instructions are read: with most prompts in a language the
+    instruction reading does not know (``INSTRUCTION_READ_SHARE``), one fixed instruction cannot
+    be told from many, so the exemption from the value and coverage routes is not given."""
     share = row.get("fixed_instruction_share", float("nan"))
-    return share is not None and bool(np.isfinite(share)) and float(share) >= FIXED_INSTRUCTION_SHARE
+    fixed = share is not None and bool(np.isfinite(share)) and float(share) >= FIXED_INSTRUCTION_SHARE
+    if fixed and read:
+        readable = row.get("instruction_read_share", float("nan"))
+        fixed = readable is None or not np.isfinite(readable) or float(readable) >= INSTRUCTION_READ_SHARE
+    return fixed
 
 
 def supplied_material(row: Any) -> bool:
@@ -157,18 +169,57 @@ def supplied_material(row: Any) -> bool:
     return _share(row, "self_contained_count") < SUPPLIED_MATERIAL_SHARE
 
 
-def _routes(fam: dict[str, float], p: dict[str, float], row: Any) -> list[str]:
+def _ratio(row: Any) -> float:
+    value = row.get("answer_ratio", float("nan"))
+    return float(value) if value is not None and np.isfinite(value) else float("nan")
+
+
+def generative(row: Any) -> bool:
+    """Do its answers give back more than its prompts bring (``ANSWER_RATIO_FLOOR``)? Labels,
+    classifications and extractions return less text than they are given: little to train a
+    generator on. Unknown (no answers logged) counts as generative."""
+    ratio = _ratio(row)
+    return not np.isfinite(ratio) or ratio >= ANSWER_RATIO_FLOOR
+
+
+def harvests(fam: dict[str, float], p: dict[str, float], row: Any) -> bool:
+    """Has it collected a training set? Far more new answers than organic accounts collect (per
+    day or over its life, p <= ``HARVEST_ALPHA``), or, for a program (content automation p <=
+    ``HARVEST_ALPHA``), at least ``MATERIAL_REQUESTS`` distinct requests and more than organic
+    accounts collect (p <= ``MATERIAL_ALPHA``): organic *people* at their extreme are the wrong
+    yardstick for a script's volume, and a few hundred answers already train. (A volume the
+    baseline calls normal, e.g. after an analyst's false positive is fed back, never counts.)"""
+    if fam[HARVEST] <= HARVEST_ALPHA:
+        return True
+    distinct = row.get("distinct_prompts", float("nan"))
+    return (fam[HARVEST] <= MATERIAL_ALPHA and content_automation_p(p) <= HARVEST_ALPHA and distinct is not None
+            and bool(np.isfinite(distinct)) and float(distinct) >= MATERIAL_REQUESTS)
+
+
+def _routes(fam: dict[str, float], p: dict[str, float], row: Any, baseline: Baseline | None = None) -> list[str]:
     """The routes by which the harvest is valuable as training data (see the module docstring)."""
     automated = content_automation_p(p) <= FAMILY_ALPHA
     fixed = fixed_instruction(row)
     routes = []
-    if fam[ELICITATION] <= FAMILY_ALPHA and not (fixed and supplied_material(row)):
+    if fam[ELICITATION] <= FAMILY_ALPHA and not (fixed_instruction(row, read=False) and supplied_material(row)):
         routes.append("elicitation")
-    if fam[VALUE] <= FAMILY_ALPHA and automated and not fixed:
+    # Value: answers worth more than organic ones, or, from a program, answers at least as long
+    # relative to their prompts as organic users get (a script sending organic-like requests at
+    # volume collects organic-grade training data; see ``typical_value``).
+    if automated and not fixed and generative(row) and (fam[VALUE] <= FAMILY_ALPHA or typical_value(row, baseline)):
         routes.append("value")
-    if fam[COVERAGE] <= FAMILY_ALPHA and fam[AUTOMATION] <= FAMILY_ALPHA and automated and not fixed:
+    if (fam[COVERAGE] <= FAMILY_ALPHA and fam[AUTOMATION] <= FAMILY_ALPHA and automated and not fixed
+            and generative(row)):
         routes.append("coverage")
     return routes
+
+
+def typical_value(row: Any, baseline: Baseline | None) -> bool:
+    """Are its answers at least as long relative to its prompts as the median organic account's?"""
+    if baseline is None:
+        return False
+    ratio = _ratio(row)
+    return bool(np.isfinite(ratio)) and ratio >= baseline.describe(SIGNAL_BY_NAME["answer_length_ratio"])["organic_median"]
 
 
 def probing(row: Any, p: dict[str, float]) -> bool:
@@ -222,8 +273,8 @@ def judge(row: pd.Series | dict[str, Any], baseline: Baseline, fpr: float, *, au
     reasons.sort(key=lambda r: r.p_value)
     queries = float(row["queries"])
     repeat_share = float(row.get("repeat_share", 0.0) or 0.0)
-    routes = _routes(fam, p, row)
-    suspicious = fam[HARVEST] <= HARVEST_ALPHA and bool(routes) and combined <= fpr
+    routes = _routes(fam, p, row, baseline)
+    suspicious = harvests(fam, p, row) and bool(routes) and combined <= fpr
     if queries < baseline.min_queries:
         status, flagged = "insufficient_data", False
     elif suspicious and repeat_share >= REPEAT_LIMIT:
@@ -245,7 +296,7 @@ def judge(row: pd.Series | dict[str, Any], baseline: Baseline, fpr: float, *, au
     elif status in ("probing", "evaluation"):
         reasons.insert(0, _status_reason(status, row, p, baseline))
     elif status in ("flagged", "authorised"):
-        reasons.insert(0, _rule_reason(routes, fam, row))
+        reasons.insert(0, _rule_reason(routes, fam, row, p))
     verdict = Verdict(p_value=combined, flagged=flagged, status=status, family_p=fam, reasons=tuple(reasons))
     if status == "clear":
         verdict = _judge_substream(row, baseline, fpr, authorised, verdict)
@@ -254,18 +305,25 @@ def judge(row: pd.Series | dict[str, Any], baseline: Baseline, fpr: float, *, au
 
 _ROUTE_WORDS = {"elicitation": "it asks for privileged content",
                 "value": "its requests are self-contained and generative or its answers long relative to its "
-                         "prompts, sent by automation",
-                "coverage": "it covers capability areas broadly, by automation"}
+                         "prompts (at least as long as organic users get), sent by automation",
+                "coverage": "it covers capability areas broadly, by automation, with answers longer than its "
+                            "prompts"}
 
 
-def _rule_reason(routes: list[str], fam: dict[str, float], row: Any) -> Reason:
+def _rule_reason(routes: list[str], fam: dict[str, float], row: Any, p: dict[str, float]) -> Reason:
     """The rule in words: harvest, the routes that made it valuable, and what did not explain it."""
     share = row.get("fixed_instruction_share", float("nan"))
     fixed = (f"; not one fixed instruction ({share:.0%} of distinct prompts give its most common instructions)"
              if share is not None and np.isfinite(share) else "")
+    if fam[HARVEST] <= HARVEST_ALPHA:
+        harvest = f"harvests new answers beyond organic accounts (harvest p = {fam[HARVEST]:.1e})"
+    else:
+        harvest = (f"a program (content automation p = {content_automation_p(p):.1e}) has collected "
+                   f"{int(float(row['distinct_prompts'])):,} distinct answers, more than organic accounts (harvest "
+                   f"p = {fam[HARVEST]:.1e}; at least {MATERIAL_REQUESTS} make a training set)")
     return Reason("extraction_rule", "rule", float(len(routes)), fam[HARVEST],
-                  f"harvests new answers beyond organic accounts (harvest p = {fam[HARVEST]:.1e}) and the harvest "
-                  f"is valuable as training data: {'; '.join(_ROUTE_WORDS[r] for r in routes)}{fixed}")
+                  f"{harvest} and the harvest is valuable as training data: "
+                  f"{'; '.join(_ROUTE_WORDS[r] for r in routes)}{fixed}")
 
 
 def _judge_substream(row: Any, baseline: Baseline, fpr: float, authorised: bool, verdict: Verdict) -> Verdict:

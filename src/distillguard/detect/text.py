@@ -7,7 +7,9 @@ so a cue that organic users also type only counts when an account uses it far mo
 
 from __future__ import annotations
 
+import hashlib
 import re
+from typing import Any
 import zlib
 
 import numpy as np
@@ -362,6 +364,11 @@ def _inflections(stem: str) -> set[str]:
 INSTRUCTION_WORDS: frozenset[str] = frozenset(
     {w for stem in _VERB_STEMS for w in _inflections(stem)}
     | {"how", "what", "why", "which", "when", "where", "who", "whom", "whose", "whether"})
+# Words that show a prompt is written in English (instructions or the commonest function words that
+# other languages do not share: not "a", "as", "do", "on", "in"): a prompt with none of them is in
+# a language the instruction reading cannot read.
+ENGLISH_FUNCTION_WORDS = frozenset({"the", "and", "of", "to", "for", "with", "is", "are", "be", "this", "that", "it",
+                                    "you", "your", "my", "please", "not", "from", "if", "by", "any", "into", "about"})
 # Verbs that are as often nouns in product data, records or specs ("water filter", "model X2",
 # "build quality"): they say a prompt asks something, but not that a payload carries an instruction.
 _NOUN_LIKE = ("model", "code", "plan", "list", "test", "map", "filter", "store", "load", "count", "output", "program",
@@ -370,6 +377,7 @@ _NOUN_LIKE = ("model", "code", "plan", "list", "test", "map", "filter", "store",
               "rank", "estimate", "complete", "continue", "select", "factor", "outline", "draft", "plan", "save",
               "send", "read", "insert", "order", "process", "record", "map", "reduce", "act", "handle")
 VARYING_INSTRUCTION_WORDS: frozenset[str] = INSTRUCTION_WORDS - {w for stem in _NOUN_LIKE for w in _inflections(stem)}
+READABLE_WORDS: frozenset[str] = INSTRUCTION_WORDS | ENGLISH_FUNCTION_WORDS
 # Material the request brings with it (text to work on, code, data): not a self-contained request.
 # Each marker has a cheap substring pre-test; the regular expressions run only where it passes.
 _MATERIAL_NOUNS = re.compile(
@@ -392,6 +400,7 @@ TASK_WORDS = frozenset({"task", "tasks", "problem", "problems", "question", "que
                         "instruction", "instructions", "request", "requests", "prompt", "prompts", "challenge",
                         "assignment", "puzzle"})
 _SEGMENT = re.compile(r"[:\n]+")
+TASK_PAYLOAD_WORDS = 8   # distinct words outside the frame that make a handed-over payload a task, not a slot value
 
 
 def carries_material(t: str) -> bool:
@@ -468,8 +477,24 @@ def instruction_words(texts: list[str], frame: frozenset[str]) -> list[frozenset
 def varying_instruction(word_sets: list[frozenset[str]], frame: frozenset[str]) -> np.ndarray:
     """Does the part of each prompt outside the frame give an instruction of its own (many distinct
     instructions behind one frame), or only a payload (one fixed instruction over data)? A frame
-    that hands over a task ("the following task:") makes every payload an instruction."""
-    if not TASK_WORDS.isdisjoint(frame):
-        return np.ones(len(word_sets), dtype=bool)
-    return np.fromiter((not VARYING_INSTRUCTION_WORDS.isdisjoint(words - frame) for words in word_sets), dtype=bool,
-                       count=len(word_sets))
+    that hands over a task ("solve the following problem:") makes every payload of a sentence's
+    length an instruction; a few words in a slot ("generate 5 exercises on {topic} for {level}")
+    are parameters of the frame's own instruction, not a task handed over."""
+    handed_over = not TASK_WORDS.isdisjoint(frame)
+    return np.fromiter((not VARYING_INSTRUCTION_WORDS.isdisjoint(words - frame)
+                        or (handed_over and len(words - frame) >= TASK_PAYLOAD_WORDS) for words in word_sets),
+                       dtype=bool, count=len(word_sets))
+
+
+def request_key(prompt: str, system: Any, n_messages: int, has_tools: bool = False) -> tuple[str, str | None, int]:
+    """What makes two requests the same question: the prompt in its context. The same user turn
+    under another system prompt (a persona) asks for a different answer, and so does an agent's
+    next step after more tool rounds (with tools, the history is material the model acts on).
+    Without tools, the same question asked again later in a chat is a re-ask."""
+    return prompt, system if isinstance(system, str) else None, int(n_messages) if has_tools else 0
+
+
+def request_digest(prompt: str, system: Any, n_messages: int, has_tools: bool = False) -> int:
+    """``request_key`` as a 64-bit hash (the gateway's live scorer keeps hashes, not texts)."""
+    text = f"{prompt}\x00{system if isinstance(system, str) else ''}\x00{int(n_messages) if has_tools else 0}"
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")

@@ -305,7 +305,8 @@ def prompt_view(request: dict[str, Any]) -> PromptView:
             elif role in ("system", "developer") and system_prompt is None:
                 system_prompt = content_text(message.get("content"))
         for message in reversed(messages):
-            if message.get("role") == "user":
+            # A blank user turn (" ", "\n") carries no prompt: the request's text is elsewhere.
+            if message.get("role") == "user" and content_text(message.get("content")).strip():
                 prompt_text = content_text(message.get("content"))
                 break
         else:

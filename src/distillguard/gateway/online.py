@@ -16,7 +16,6 @@ State is a few numpy arrays and one bytearray: under 8 KB an account, whatever i
 
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 from array import array
@@ -44,7 +43,7 @@ _NAMES = ("queries", "distinct_seen", "repeats0", "out_tokens_distinct", "cot", 
           "impersonal", "gap_n", "gap_mean", "gap_m2", "first_t", "last_t", "windows", "window_entropy_sum",
           "window_fill", "areas_distinct", "ring_next", "ring_fill",
           "self_contained", "probe", "benchmark", "temperature0", "ratio_sum", "ratio_n", "probes_distinct", "elicited_tokens",
-          "instr_judged", "instr_fixed")
+          "instr_judged", "instr_fixed", "instr_unread")
 S = {name: i for i, name in enumerate(_NAMES)}
 _HOURS = len(_NAMES)
 _AREAS = _HOURS + 24
@@ -85,6 +84,7 @@ class RequestFacts:
     prompt_chars: int = 0         # prompt + system characters (as the scan reads them), for the answer ratio
     word_bits: bytes = b""        # WORD_BUCKETS-bit bitmap of the prompt's hashed words
     instruction_bits: bytes = b""  # ... of those that are instruction words
+    instruction_read: bool = True  # the prompt has an instruction word we know (else: another language, a bare payload)
 
     @property
     def elicited(self) -> bool:
@@ -116,10 +116,9 @@ def _word_bitmaps(words: frozenset[str]) -> tuple[bytes, bytes]:
 
 def read_request(view: PromptView, max_tokens_cap: int) -> RequestFacts:
     prompt = view.prompt_text or ""
-    if not prompt and view.system_prompt:
+    if not prompt.strip() and view.system_prompt:
         prompt = view.system_prompt[:PROMPT_CHARS]     # as the scan reads a system-message-only request
-    digest = hashlib.blake2b(prompt.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    h = int.from_bytes(digest, "little")
+    h = tx.request_digest(prompt, view.system_prompt, view.n_messages, view.has_tools)   # the prompt in its context
     bits = tuple((h >> (16 * i)) & (BLOOM_BITS - 1) for i in range(BLOOM_HASHES))
     cue = elicitation_text(prompt, view.system_prompt)
     cues = [bool(tx.has(pattern, [cue])[0]) for pattern in
@@ -130,7 +129,8 @@ def read_request(view: PromptView, max_tokens_cap: int) -> RequestFacts:
     keys32 = (keys ^ (keys >> np.uint64(32))).astype(np.uint32)
     keys32[keys == 0] = 0
     lowered = prompt[:PROMPT_CHARS].lower()
-    word_bits, instruction_bits = _word_bitmaps(tx.prompt_words(lowered))
+    words = tx.prompt_words(lowered)
+    word_bits, instruction_bits = _word_bitmaps(words)
     system = view.system_prompt
     chars = min(len(prompt), PROMPT_CHARS) + (min(len(system), SYSTEM_CHARS) if system and system != prompt else 0)
     has_system = view.system_prompt is not None
@@ -145,7 +145,8 @@ def read_request(view: PromptView, max_tokens_cap: int) -> RequestFacts:
         single_turn=single, impersonal=not bool(tx.human_style([prompt])[0]),
         temperature0=view.temperature == 0.0, area=tx.area_index(prompt), end_user=view.end_user,
         self_contained=bool(tx.self_contained([lowered])[0]), probe=cues[4], benchmark=cues[5], prompt_chars=chars,
-        word_bits=word_bits, instruction_bits=instruction_bits)
+        word_bits=word_bits, instruction_bits=instruction_bits,
+        instruction_read=not tx.READABLE_WORDS.isdisjoint(words))
 
 
 # Counters a request adds one to when its fact holds (fact name == slot name).
@@ -251,6 +252,7 @@ class AccountState:
                 v[S["probes_distinct"]] += 1
             elif facts.word_bits:
                 self._judge_instruction(facts.word_bits, facts.instruction_bits)
+                v[S["instr_unread"]] += not facts.instruction_read
             if v[S["areas_distinct"]] < BREADTH_SAMPLE * BREADTH_WINDOWS:
                 v[S["areas_distinct"]] += 1
                 v[_AREAS + facts.area] += 1
@@ -363,6 +365,7 @@ def features_of(v: np.ndarray, distinct: float) -> dict[str, float]:
     out["answer_ratio"] = float(v[S["ratio_sum"]] / v[S["ratio_n"]]) if v[S["ratio_n"]] else nan
     judged = v[S["instr_judged"]]
     out["fixed_instruction_share"] = float(v[S["instr_fixed"]] / judged) if judged >= FRAME_PROMPTS else nan
+    out["instruction_read_share"] = (1.0 - float(v[S["instr_unread"]] / judged)) if judged >= FRAME_PROMPTS else nan
     for feature, slot in (("cot_count", "cot"), ("grading_count", "grading"), ("identity_count", "identity"),
                           ("datagen_count", "datagen"), ("logprobs_count", "logprobs"), ("tools_count", "tools"),
                           ("open_loop_tools_count", "open_loop_tools"), ("orphan_followup_count", "orphan_followup"),

@@ -34,7 +34,7 @@ from distillguard.detect.hydra import (CREATED_BUCKET_S, EDGE_WEIGHT_ONE_STRONG,
                                       TIMING, AccountIdentity, behaviour_evidence, carried_by, edge_evidence,
                                       email_pattern)
 from distillguard.detect.features import end_user_key, split_end_user_key
-from distillguard.detect.scoring import HARVEST_ALPHA, Verdict, end_user_verdict, judge
+from distillguard.detect.scoring import HARVEST_ALPHA, MATERIAL_REQUESTS, Verdict, end_user_verdict, judge
 from distillguard.detect.signals import HARVEST, SIGNALS
 from distillguard.gateway.intel import FIRST_PROMPTS_CHECKED
 from distillguard.gateway.online import _AREAS, _HOURS, N_AREAS, S, AccountState, RequestFacts, merged_features
@@ -275,6 +275,10 @@ class LiveScorer:
 
     # -- verdicts --------------------------------------------------------------------------
     def _harvest_p(self, features: dict[str, float]) -> float:
+        """Harvest p-value for scheduling re-judgement; an account near the material volume of a
+        program (``MATERIAL_REQUESTS``) counts as harvesting, so it is re-judged per query."""
+        if features.get("distinct_prompts", 0.0) >= 0.5 * MATERIAL_REQUESTS:
+            return 0.0
         ps = [self.baseline.value_fits_[s.name].p_value(features[s.feature]) for s in _HARVEST_SIGNALS]
         return min(1.0, min(ps) * len(ps))
 
