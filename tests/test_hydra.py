@@ -211,3 +211,19 @@ def test_rotated_accounts_link_by_hand_off():
                    last=T0 + (i + 1) * 86400.0 - 60.0, slots=frozenset()) for i in range(4)]
     clusters = find_clusters(chain)
     assert len(clusters) == 1 and clusters[0].link_counts.get("handoff") == 3
+
+
+def test_a_window_that_is_the_whole_log_is_no_timing_link():
+    """Two long-running services active from the log's first request to its last share the log's
+    window, not one controller's: the same skeleton then links nothing. The same accounts
+    starting and stopping together inside the log are linked."""
+    day = 86_400.0
+    a = ident("svc-a", first=T0, last=T0 + 5 * day, template_keys=(7,))
+    b = ident("svc-b", first=T0 + 60, last=T0 + 5 * day - 60, template_keys=(7,))
+    assert timing_links(a, b) == ["same_window"]
+    assert timing_links(a, b, (T0, T0 + 5 * day)) == []
+    assert link_graph([a, b]).number_of_edges() == 0
+    inner_a = ident("bot-a", first=T0 + day, last=T0 + 2 * day, template_keys=(7,))
+    inner_b = ident("bot-b", first=T0 + day + 60, last=T0 + 2 * day - 60, template_keys=(7,))
+    assert timing_links(inner_a, inner_b, (T0, T0 + 5 * day)) == ["same_window"]
+    assert link_graph([a, inner_a, inner_b]).has_edge("bot-a", "bot-b")

@@ -115,12 +115,14 @@ def link_graph(identities: list[AccountIdentity]) -> nx.Graph:
         if 2 <= len(members) <= MAX_GROUP:
             for a, b in itertools.combinations(members, 2):
                 shared[(a, b)].add(kind)
+    times = [t for ident in identities for t in (ident.first, ident.last) if t is not None]
+    span = (min(times), max(times)) if times else None
     graph = nx.Graph()
     for (a, b), kinds in shared.items():
         ia, ib = identities[a], identities[b]
         edge = edge_evidence(kinds, ia.active_hours, ib.active_hours)
         if edge is None and "template" in kinds:
-            edge = behaviour_evidence(ia, ib)
+            edge = behaviour_evidence(ia, ib, span)
         if edge is not None:
             graph.add_edge(ia.account, ib.account, weight=edge[0], kinds=edge[1])
     return graph
@@ -135,25 +137,30 @@ def _sparse(ident: AccountIdentity) -> bool:
     return len(ident.slots) <= SPARSE_SHARE * span_slots
 
 
-def timing_links(a: AccountIdentity, b: AccountIdentity) -> list[str]:
-    """The timing links between two accounts (see ``TIMING``)."""
+def timing_links(a: AccountIdentity, b: AccountIdentity, span: tuple[float, float] | None = None) -> list[str]:
+    """The timing links between two accounts (see ``TIMING``). ``span``: the first and last request
+    of the whole log; a window that is the log's own (both accounts active from its start to its
+    end, as long-running services are) is not one controller's window."""
     kinds = []
     if a.slots and b.slots and _sparse(a) and _sparse(b):
         inter = len(a.slots & b.slots)
         if inter and inter / len(a.slots | b.slots) >= COACTIVE_JACCARD:
             kinds.append("co_active")
     if None not in (a.first, a.last, b.first, b.last):
-        if abs(a.first - b.first) <= WINDOW_S and abs(a.last - b.last) <= WINDOW_S:
+        whole_log = span is not None and max(a.first, b.first) <= span[0] + WINDOW_S \
+            and min(a.last, b.last) >= span[1] - WINDOW_S
+        if abs(a.first - b.first) <= WINDOW_S and abs(a.last - b.last) <= WINDOW_S and not whole_log:
             kinds.append("same_window")
         elif 0 <= b.first - a.last <= WINDOW_S or 0 <= a.first - b.last <= WINDOW_S:
             kinds.append("handoff")
     return kinds
 
 
-def behaviour_evidence(a: AccountIdentity, b: AccountIdentity) -> tuple[float, list[str]] | None:
+def behaviour_evidence(a: AccountIdentity, b: AccountIdentity,
+                       span: tuple[float, float] | None = None) -> tuple[float, list[str]] | None:
     """The behavioural link between two accounts that share a template skeleton: (weight, kinds)
     when timing ties them together too, else None (shared content alone is a public library)."""
-    timing = timing_links(a, b)
+    timing = timing_links(a, b, span)
     if not timing:
         return None
     kinds = {"template", *timing}

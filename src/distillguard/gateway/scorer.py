@@ -155,6 +155,7 @@ class LiveScorer:
         self._parent: dict[str, str] = {}          # union-find over linked accounts
         self._clusters: dict[str, _Cluster] = {}   # root -> cluster (components of MIN_CLUSTER+)
         self._cluster_seq = 0
+        self._t0: float | None = None              # the first request seen (the log's start, for hydra spans)
         self.intel: Any = None      # gateway.intel.LiveIntel when peers' indicators are loaded
         self.lock = threading.Lock()
 
@@ -172,6 +173,8 @@ class LiveScorer:
         ip, user_agent, identity, prompt = (observation.ip, observation.user_agent, observation.identity,
                                             observation.prompt)
         with self.lock:
+            if self._t0 is None or ts < self._t0:
+                self._t0 = ts
             state = self.accounts.get(account)
             if state is None:
                 state = self.accounts[account] = AccountState()
@@ -410,7 +413,8 @@ class LiveScorer:
                 edge = edge_evidence(kinds, hours, state_hours(other_state))
             if edge is None and "template" in kinds:
                 # Shared structure with timing that ties the two to one controller (hydra.behaviour_evidence).
-                edge = behaviour_evidence(_behaviour(account, state), _behaviour(other, other_state))
+                span = (self._t0, state.v[S["last_t"]]) if self._t0 is not None else None
+                edge = behaviour_evidence(_behaviour(account, state), _behaviour(other, other_state), span)
             if edge is not None:
                 self._union(account, other, edge[1])
 
