@@ -98,6 +98,11 @@ def run(*, seeds: int = 3, n_traces: int = 300, student_steps: int = 300, teache
         conditions += [("anchor", s, [AnchorPerturbationProcessor(
             AntidistillationProcessor(proxy, strength=s, direction=direction, plausible=plausible),
             T.STEP_DELIMITERS, threshold=0.02, max_anchors=1)], base) for s in anchor_strengths]
+        # a diagnostic, not a defence: the guarded shift with its sign flipped (pro-distillation
+        # direction); if it helps the student as much, the proxy's direction is not what acts
+        conditions += [("antidistillation-flipped", s, [_flipped(AntidistillationProcessor(
+            proxy, strength=s, direction=direction, plausible=plausible))], base) for s in strengths[1:]
+            if modes is not None and "antidistillation-flipped" in modes]
         unshaped: list[str] = []
         if modes is not None:
             conditions = [c for c in conditions if c[0] in modes or c[0] == "unshaped"]
@@ -124,6 +129,11 @@ def run(*, seeds: int = 3, n_traces: int = 300, student_steps: int = 300, teache
     return {"teacher": info, "rows": rows, "n_traces": n_traces, "student_steps": student_steps, "seeds": seeds}
 
 
+def _flipped(processor: AntidistillationProcessor) -> AntidistillationProcessor:
+    processor.strength = -processor.strength
+    return processor
+
+
 def detectability_auc(shaped: list[str], unshaped: list[str], seed: int = 0) -> float:
     """Cross-validated AUC of a logistic regression on character uni/bigram counts and length
     telling shaped answers from unshaped ones (0.5: indistinguishable)."""
@@ -146,7 +156,8 @@ def summarize(result: dict[str, Any]) -> list[dict[str, Any]]:
     relative to unshaped traces, cost per token relative to unshaped, and detectability."""
     rows = result["rows"]
     keys = sorted({(r["mode"], r["level"]) for r in rows}, key=lambda k: (
-        ["unshaped", "temperature", "antidistillation-raw", "antidistillation", "anchor", "summary"].index(k[0]), k[1]))
+        ["unshaped", "temperature", "antidistillation-raw", "antidistillation", "antidistillation-flipped", "anchor",
+         "summary"].index(k[0]), k[1]))
     base = {r["seed"]: r for r in rows if r["mode"] == "unshaped"}
     out = []
     for mode, level in keys:
