@@ -145,3 +145,23 @@ def test_labels_are_not_generation(baseline):
     feats = account_features(short)
     assert not generative(feats)
     assert not verdict(short, baseline).flagged
+
+
+def test_an_agent_harness_gets_no_fixed_instruction_exemption(baseline):
+    """Templated agent goals over file names read as one fixed instruction, but the requests carry
+    the agent's own trajectory (tools, tool results), not data the application brings: a scripted
+    agent harvest is judged on its value; the same fixed frame without tools is exempt."""
+    rng = np.random.default_rng(11)
+    files = [f"src/module_{i}.py" for i in range(60)]
+    goals = ("Fix the failing test in {f}", "Add logging to {f}", "Refactor {f} for readability")
+    n = 300
+    prompts = [goals[i % 3].format(f=files[int(rng.integers(60))]) + "." for i in range(n)]
+    df = frame(prompts, bot_times(n, rng), rng.integers(600, 1200, size=n).astype(float),
+               system="You are an autonomous agent. Use tools to complete the task.")
+    df["n_messages"] = rng.integers(4, 12, size=n)          # tool rounds came back: no open loop
+    feats = account_features(df)
+    assert fixed_instruction(feats)                   # reads as one fixed instruction ...
+    df["has_tools"] = True
+    v = verdict(df, baseline)
+    assert v.flagged, [r.detail for r in v.reasons[:3]]   # ... but an agent harness is not exempt
+    assert any("value" in r.detail or "privileged" in r.detail for r in v.reasons[:1])

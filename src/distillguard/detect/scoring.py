@@ -70,6 +70,7 @@ REPEAT_LIMIT = 0.5
 REASON_ALPHA = 1e-2
 FIXED_INSTRUCTION_SHARE = 0.5   # distinct prompts giving the same instructions: one fixed task
 INSTRUCTION_READ_SHARE = 0.5    # ... judged only where at least this share of prompts is read (see fixed_instruction)
+AGENT_SHARE = 0.5               # requests with tools defined: at least this share makes an agent harness (no exemption)
 SUPPLIED_MATERIAL_SHARE = 0.5   # elicitation is exempt only when fewer queries than this are self-contained
 PROBE_SHARE = 0.3               # queries that are security probes, for the probing status
 EVAL_SHARE = 0.5                # queries formatted as benchmark items, for the evaluation status
@@ -199,7 +200,9 @@ def harvests(fam: dict[str, float], p: dict[str, float], row: Any) -> bool:
 def _routes(fam: dict[str, float], p: dict[str, float], row: Any, baseline: Baseline | None = None) -> list[str]:
     """The routes by which the harvest is valuable as training data (see the module docstring)."""
     automated = content_automation_p(p) <= FAMILY_ALPHA
-    fixed = fixed_instruction(row)
+    # An agent's requests carry its own trajectory (tool calls and their results), not data the
+    # application brings: one fixed instruction explains a catalogue, not an agent harness.
+    fixed = fixed_instruction(row) and _share(row, "tools_count") < AGENT_SHARE
     routes = []
     if fam[ELICITATION] <= FAMILY_ALPHA and not (fixed_instruction(row, read=False) and supplied_material(row)):
         routes.append("elicitation")
