@@ -164,4 +164,4 @@ def test_an_agent_harness_gets_no_fixed_instruction_exemption(baseline):
     df["has_tools"] = True
     v = verdict(df, baseline)
     assert v.flagged, [r.detail for r in v.reasons[:3]]   # ... but an agent harness is not exempt
-    assert any("value" in r.detail or "privileged" in r.detail for r in v.reasons[:1])
+    assert v.reasons[0].signal == "extraction_rule" and "sent by automation" in v.reasons[0].detail
