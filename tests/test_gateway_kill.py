@@ -28,12 +28,17 @@ KILL_AFTER = 400
 def start_gateway(tmp_path: Path, upstream: str, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "distillguard", "gateway", "--upstream", upstream, "--port", str(port),
            "--db", str(tmp_path / "events.duckdb"), "--keys", str(tmp_path / "keys.json"),
-           "--log-dir", str(tmp_path / "log")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+           "--log-dir", str(tmp_path / "log"),
+           # durability, not detection: 3,000 scripted distinct requests in seconds are a harvest
+           # the policy would act on, so decisions are logged and never enforced here
+           "--mode", "shadow"]
+    # stderr to a file, not a pipe nobody drains: a full pipe would block the gateway's logging
+    err = open(tmp_path / "gateway.stderr", "wb")                 # noqa: SIM115 (lives with the process)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited: {proc.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"gateway exited: {(tmp_path / 'gateway.stderr').read_text()[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                 return proc
