@@ -225,45 +225,81 @@ SECURITY_PROBE = re.compile(
 # override, system-prompt and training-data leakage, encoding and obfuscation tricks, harmful
 # content a model should refuse, malware and markup/script injection, glitch tokens, and package
 # hallucination. ``security_probe`` is the union of both patterns.
-SECURITY_PROBE_MORE = re.compile(
-    # personas freed of rules
+# The scanner categories one by one, each with its anchor words (every match holds one): a window
+# around an anchor is searched with its own category's pattern only, not the whole union.
+# personas freed of rules
+_PROBE_PERSONA = re.compile(
     r"(you are|you're|act as|acting as|pretend|roleplay|role-play|role play|play the role|simulate|become)[^.?!\n]{0,60}"
     r"(unrestricted|unfiltered|uncensored|amoral|unethical|immoral|no morals|no ethics|without (any )?(limits|limitations|"
     r"morals|ethics|rules|restrictions|filters|guidelines))|(stay|remain|keep) in character|\byou are dan\b|\bas dan\b"
     r"|(free|freed|broken free|liberated) (of|from) (the )?(typical |usual )?(confines|restrictions|limitations|rules|"
     r"guidelines|policies)|(does not|doesn't|do not|don't|never|won't) (abide|adhere|comply|follow)[^.?!\n]{0,30}"
-    r"(polic(y|ies)|rules|guidelines|restrictions)"
-    # instruction override
-    r"|(forget|override|overwrite|discard|abandon) (all |any |everything |your |the )?(previous |prior |above |earlier |"
+    r"(polic(y|ies)|rules|guidelines|restrictions)",
+    _FLAGS)
+_ANCHORS[_PROBE_PERSONA.pattern] = ("you are", "you're", "act as", "acting as", "pretend", "role", "simulate",
+    "become", "in character", "dan", "free", "liberated", "abide", "adhere", "comply", "follow")
+# instruction override
+_PROBE_OVERRIDE = re.compile(
+    r"(forget|override|overwrite|discard|abandon) (all |any |everything |your |the )?(previous |prior |above |earlier |"
     r"original )?(instructions|rules|guidelines|directions|prompt|you were told)|new (system )?instructions?:"
-    r"|stop everything"
-    # system-prompt and training-data leakage
-    r"|(repeat|print|reveal|output|show|tell me|what (is|are|was|were)|disclose|spell out)[^.?!\n]{0,40}(system (prompt|"
+    r"|stop everything",
+    _FLAGS)
+_ANCHORS[_PROBE_OVERRIDE.pattern] = ("forget", "override", "overwrite", "discard", "abandon", "instruction",
+    "stop everything")
+# system-prompt and training-data leakage
+_PROBE_LEAKAGE = re.compile(
+    r"(repeat|print|reveal|output|show|tell me|what (is|are|was|were)|disclose|spell out)[^.?!\n]{0,40}(system (prompt|"
     r"message)|original instructions|pre-?prompt|your (prompt|rules|guidelines|initial))|(word for word|verbatim)"
     r"[^.?!\n]{0,60}(above|before|prompt|instructions|training)|\[mask\]|training data[^.?!\n]{0,40}(verbatim|"
-    r"memori[sz]ed|reveal|extract|recite)|repeat (the|this) word[^.?!\n]{0,40}(forever|times)"
-    # encoding and obfuscation
-    r"|(decode|decoded|decipher|encoded|encoding|obfuscated)[^.?!\n]{0,40}(base64|base 64|base32|rot13|rot-13|morse|"
+    r"memori[sz]ed|reveal|extract|recite)|repeat (the|this) word[^.?!\n]{0,40}(forever|times)",
+    _FLAGS)
+_ANCHORS[_PROBE_LEAKAGE.pattern] = ("system", "instruction", "pre-prompt", "preprompt", "your prompt", "your rules",
+    "your guidelines", "your initial", "word for word", "verbatim", "[mask]", "training data", "repeat")
+# encoding and obfuscation
+_PROBE_ENCODING = re.compile(
+    r"(decode|decoded|decipher|encoded|encoding|obfuscated)[^.?!\n]{0,40}(base64|base 64|base32|rot13|rot-13|morse|"
     r"braille|leetspeak|caesar|uuencode|quoted-printable|ascii85|zalgo|nato phonetic)|(base64|base32|rot13|rot-13|morse|"
-    r"braille|leetspeak|uuencode|ascii85|zalgo)[^.?!\n]{0,30}(decode|decoded|decipher|encoded|encoding|obfuscated)"
-    # harmful content a model should refuse
-    r"|(kill|murder|hurt|poison|stalk|harass|kidnap) (someone|somebody|a person|people|my (wife|husband|neighbou?r|boss|"
+    r"braille|leetspeak|uuencode|ascii85|zalgo)[^.?!\n]{0,30}(decode|decoded|decipher|encoded|encoding|obfuscated)",
+    _FLAGS)
+_ANCHORS[_PROBE_ENCODING.pattern] = ("decode", "decipher", "encod", "obfuscat", "base64", "base 64", "base32",
+    "rot13", "rot-13", "morse", "braille", "leetspeak", "uuencode", "ascii85", "zalgo")
+# harmful content a model should refuse
+_PROBE_HARMFUL = re.compile(
+    r"(kill|murder|hurt|poison|stalk|harass|kidnap) (someone|somebody|a person|people|my (wife|husband|neighbou?r|boss|"
     r"friend|partner)|him|her|them|a child)|(racist|sexist|homophobic|transphobic|antisemitic|hateful|offensive) "
     r"(jokes?|remarks?|slurs?|insults?|rants?|messages?|content)|\bslurs?\b|(make|cook|synthesi[sz]e|produce|obtain|"
     r"buy|extract)[^.?!\n]{0,30}(methamphetamine|cocaine|heroin|fentanyl|\blsd\b|ricin|sarin|anthrax|nerve agent|"
-    r"napalm|pipe bomb|untraceable gun)|(help|assist)[^.?!\n]{0,30}(something |anything )?(illegal|unethical|harmful)"
-    # malware, script and markup injection
-    r"|(write|create|generate|code|develop|build)[^.?!\n]{0,40}(virus|trojan|rootkit|keylogger|ransomware|malware|"
+    r"napalm|pipe bomb|untraceable gun)|(help|assist)[^.?!\n]{0,30}(something |anything )?(illegal|unethical|harmful)",
+    _FLAGS)
+_ANCHORS[_PROBE_HARMFUL.pattern] = ("kill", "murder", "hurt", "poison", "stalk", "harass", "kidnap", "racist",
+    "sexist", "homophobic", "transphobic", "antisemitic", "hateful", "offensive", "slur", "methamphetamine",
+    "cocaine", "heroin", "fentanyl", "lsd", "ricin", "sarin", "anthrax", "nerve agent", "napalm", "pipe bomb",
+    "untraceable", "illegal", "unethical", "harmful")
+# malware, script and markup injection
+_PROBE_INJECTION = re.compile(
+    r"(write|create|generate|code|develop|build)[^.?!\n]{0,40}(virus|trojan|rootkit|keylogger|ransomware|malware|"
     r"botnet|backdoor|spyware|cryptojacker|worm that)|(evade|bypass|disable) (the )?(antivirus|anti-virus|defender|"
     r"edr|detection)|(alert|confirm|prompt)\((1|'xss'|\"xss\"|document\.)|onerror\s*=|javascript:\s*alert"
-    r"|!\[[^\]\n]{0,40}\]\(https?://[^)\s]{0,80}(\?|\$|\{)|(sql injection|xss|cross-site scripting) payload"
-    # glitch tokens
-    r"|(repeat|spell|say|print)[^.?!\n]{0,30}(the |this )?(string|token)\s*[\"'\u201c]|solidgoldmagikarp|petertodd"
-    r"|davidjl|thenitromefan|externaltoeva|attrot|streamerbot"
-    # package hallucination
-    r"|(is there|recommend|suggest|name|which|what)[^.?!\n]{0,30}(python|pip|pypi|npm|node|rust|crate|ruby|gem|go|java"
+    r"|!\[[^\]\n]{0,40}\]\(https?://[^)\s]{0,80}(\?|\$|\{)|(sql injection|xss|cross-site scripting) payload",
+    _FLAGS)
+_ANCHORS[_PROBE_INJECTION.pattern] = ("virus", "trojan", "rootkit", "keylogger", "ransomware", "malware", "botnet",
+    "backdoor", "spyware", "cryptojacker", "worm that", "antivirus", "anti-virus", "defender", "edr", "detection",
+    "alert(", "confirm(", "prompt(", "onerror", "javascript:", "](http", "payload")
+# glitch tokens
+_PROBE_GLITCH = re.compile(
+    r"(repeat|spell|say|print)[^.?!\n]{0,30}(the |this )?(string|token)\s*[\"'\u201c]|solidgoldmagikarp|petertodd"
+    r"|davidjl|thenitromefan|externaltoeva|attrot|streamerbot",
+    _FLAGS)
+_ANCHORS[_PROBE_GLITCH.pattern] = ("string", "token", "solidgoldmagikarp", "petertodd", "davidjl", "thenitromefan",
+    "externaltoeva", "attrot", "streamerbot")
+# package hallucination
+_PROBE_PACKAGE = re.compile(
+    r"(is there|recommend|suggest|name|which|what)[^.?!\n]{0,30}(python|pip|pypi|npm|node|rust|crate|ruby|gem|go|java"
     r"|javascript) (packages?|librar(y|ies)|modules?|crates?|gems?) (for|to|that)",
     _FLAGS)
+_ANCHORS[_PROBE_PACKAGE.pattern] = ("package", "librar", "module", "crate", "gem")
+_PROBE_PARTS = (_PROBE_PERSONA, _PROBE_OVERRIDE, _PROBE_LEAKAGE, _PROBE_ENCODING, _PROBE_HARMFUL, _PROBE_INJECTION, _PROBE_GLITCH, _PROBE_PACKAGE)
+SECURITY_PROBE_MORE = re.compile("|".join(f"(?:{p.pattern})" for p in _PROBE_PARTS), _FLAGS)   # the union, for reference
 # Benchmark formatting: an answer slot, answer-format demands, a benchmark's own phrasing.
 # (Multiple-choice option lines are found apart, see ``benchmark_format``.)
 BENCHMARK_FORMAT = re.compile(
@@ -280,20 +316,6 @@ _ANCHORS[SECURITY_PROBE.pattern] = (
     "instructions above", "text above", "your instructions", "confidential", "prompt injection", "payload", "bomb",
     "explosive", "nerve agent", "meth ", "meth.", "malware", "ransomware", "weapon", "poison", "keylogger", "phishing",
     "exploit", "bypass", "api key", "api_key", "apikey", "password", "credentials")
-_ANCHORS[SECURITY_PROBE_MORE.pattern] = (
-    "you are", "you're", "act as", "acting as", "pretend", "role", "simulate", "become", "in character", "dan",
-    "free", "liberated", "abide", "adhere", "comply", "follow", "forget", "override", "overwrite", "discard", "abandon",
-    "instruction", "stop everything", "system", "pre-prompt", "preprompt", "your prompt", "your rules",
-    "your guidelines", "your initial", "word for word", "verbatim", "[mask]", "training data", "repeat", "decode",
-    "decipher", "encod", "obfuscat", "base64", "base 64", "base32", "rot13", "rot-13", "morse", "braille", "leetspeak",
-    "uuencode", "ascii85", "zalgo", "kill", "murder", "hurt", "poison", "stalk", "harass", "kidnap", "racist", "sexist",
-    "homophobic", "transphobic", "antisemitic", "hateful", "offensive", "slur", "methamphetamine", "cocaine", "heroin",
-    "fentanyl", "lsd", "ricin", "sarin", "anthrax", "nerve agent", "napalm", "pipe bomb", "untraceable", "illegal",
-    "unethical", "harmful", "virus", "trojan", "rootkit", "keylogger", "ransomware", "malware", "botnet", "backdoor",
-    "spyware", "cryptojacker", "worm that", "antivirus", "anti-virus", "defender", "edr", "detection", "alert(",
-    "confirm(", "prompt(", "onerror", "javascript:", "](http", "payload", "string", "token", "solidgoldmagikarp",
-    "petertodd", "davidjl", "thenitromefan", "externaltoeva", "attrot", "streamerbot", "package", "librar", "module",
-    "crate", "gem")
 _ANCHORS[BENCHMARK_FORMAT.pattern] = ("final answer", "answer:", "question:", "answer the", "answer this",
                                       "answer each", "which of the following", "choose the", "select the",
                                       "pick the", "answer with", "the answer is", "correct answer",
@@ -302,7 +324,13 @@ _ANCHORS[BENCHMARK_FORMAT.pattern] = ("final answer", "answer:", "question:", "a
 
 def security_probe(texts: list[str]) -> np.ndarray:
     """Is each (lowercased) text a security probe of any category a scanner covers?"""
-    return has(SECURITY_PROBE, texts) | has(SECURITY_PROBE_MORE, texts)
+    found = has(SECURITY_PROBE, texts)
+    for part in _PROBE_PARTS:
+        rest = np.flatnonzero(~found)
+        if len(rest) == 0:
+            break
+        found[rest[has(part, [texts[i] for i in rest])]] = True
+    return found
 
 
 # Reference-style answer formats beyond those above: options given inline ("(a) ... (b) ..."),
