@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
+from distillguard.detect import probes
 from distillguard.detect import text as tx
 from distillguard.detect.baseline import load_default
 from distillguard.detect.features import account_features
@@ -36,11 +37,11 @@ BENIGN = ("How do I bake sourdough bread?", "Write a Python function that sorts 
 
 @pytest.mark.parametrize("category", sorted(PROBES))
 def test_probe_recogniser_covers_each_scanner_category(category):
-    assert tx.security_probe([PROBES[category].lower()]).tolist() == [True]
+    assert probes.security_probe([PROBES[category].lower()]).tolist() == [True]
 
 
 def test_probe_recogniser_leaves_ordinary_requests_alone():
-    assert not tx.security_probe([b.lower() for b in BENIGN]).any()
+    assert not probes.security_probe([b.lower() for b in BENIGN]).any()
 
 
 BENCH = ("Which planet is largest? (A) Mars (B) Jupiter (C) Venus (D) Earth",

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from distillguard.detect import probes
 from distillguard.detect import text as tx
 from distillguard.detect.minhash import band_keys, minhash_signatures, template_groups, template_shingles
 
@@ -155,7 +156,7 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
     # Probes (jailbreak, leakage and refusal tests) are not value transferred: harvest counts the
     # other prompts only, so a security scan harvests nothing while extraction beside it still does.
     cue_text = _elicitation_text(prompts, systems)
-    probe = tx.security_probe(cue_text)
+    probe = probes.security_probe(cue_text)
     value_idx = distinct_idx[~probe[distinct_idx]]
     out["distinct_prompts"] = float(len(value_idx))
     # Deterministic re-asks (temperature 0, the same prompt again) return the same answer: an

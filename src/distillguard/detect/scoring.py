@@ -321,12 +321,21 @@ def _rule_reason(routes: list[str], fam: dict[str, float], row: Any, p: dict[str
     if fam[HARVEST] <= HARVEST_ALPHA:
         harvest = f"harvests new answers beyond organic accounts (harvest p = {fam[HARVEST]:.1e})"
     else:
-        harvest = (f"a program (content automation p = {content_automation_p(p):.1e}) has collected "
-                   f"{int(float(row['distinct_prompts'])):,} distinct answers, more than organic accounts (harvest "
-                   f"p = {fam[HARVEST]:.1e}; at least {MATERIAL_REQUESTS} make a training set)")
+        harvest = (f"a program has collected {int(float(row['distinct_prompts'])):,} distinct answers (at least "
+                   f"{MATERIAL_REQUESTS} make a training set; harvest p = {fam[HARVEST]:.1e})")
+    words = [_ROUTE_WORDS[r] for r in routes]
+    if "elicitation" in routes:
+        asked = [_PRIVILEGED[s.name] for s in SIGNALS if s.family == ELICITATION and p.get(s.name, 1.0) <= FAMILY_ALPHA]
+        if asked:
+            words[routes.index("elicitation")] += f" ({', '.join(asked)})"
     return Reason("extraction_rule", "rule", float(len(routes)), fam[HARVEST],
-                  f"{harvest} and the harvest is valuable as training data: "
-                  f"{'; '.join(_ROUTE_WORDS[r] for r in routes)}{fixed}")
+                  f"{harvest} and the harvest is valuable as training data: {'; '.join(words)}{fixed}")
+
+
+# What each elicitation signal asks for, in the rule's words.
+_PRIVILEGED = {"cot_elicitation": "reasoning traces", "grading_prompts": "grades", "identity_probing": "identity",
+               "training_data_requests": "training data", "open_loop_tool_use": "one-shot agent runs",
+               "orphan_followups": "follow-ups lifted from other conversations"}
 
 
 def _judge_substream(row: Any, baseline: Baseline, fpr: float, authorised: bool, verdict: Verdict) -> Verdict:

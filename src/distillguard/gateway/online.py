@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from distillguard.detect import probes
 from distillguard.detect import text as tx
 from distillguard.detect.features import (BREADTH_SAMPLE, BREADTH_WINDOWS, PROMPT_CHARS, SYSTEM_CHARS,
                                           TEMPLATE_MIN_GROUP, _entropy_bits, elicitation_text)
@@ -123,7 +124,7 @@ def read_request(view: PromptView, max_tokens_cap: int) -> RequestFacts:
     cue = elicitation_text(prompt, view.system_prompt)
     cues = [bool(tx.has(pattern, [cue])[0]) for pattern in
             (tx.COT_ELICITATION, tx.GRADING, tx.IDENTITY_PROBE, tx.DATA_GENERATION)]
-    cues.append(bool(tx.security_probe([cue])[0]))
+    cues.append(bool(probes.security_probe([cue])[0]))
     cues.append(bool(tx.benchmark_format([cue])[0]))
     keys = band_keys(signature_one(template_shingles(prompt))[None, :])[0]
     keys32 = (keys ^ (keys >> np.uint64(32))).astype(np.uint32)

@@ -26,7 +26,6 @@ import hashlib
 import ipaddress
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from distillguard.detect.baseline import Baseline
@@ -37,6 +36,7 @@ from distillguard.detect.features import end_user_key, split_end_user_key
 from distillguard.detect.scoring import HARVEST_ALPHA, MATERIAL_REQUESTS, Verdict, end_user_verdict, judge
 from distillguard.detect.signals import HARVEST, SIGNALS
 from distillguard.gateway.intel import FIRST_PROMPTS_CHECKED
+from distillguard.gateway.assessment import INSUFFICIENT, Assessment, Observation  # noqa: F401 (re-exported)
 from distillguard.gateway.online import _AREAS, _HOURS, N_AREAS, S, AccountState, RequestFacts, merged_features
 
 _KINDS = ("template", "payment", "ip24", "email_pattern", "org", "user_agent", "created_burst")
@@ -67,63 +67,6 @@ def ip24(ip: str | None) -> str | None:
         return None
     prefix = 24 if addr.version == 4 else 48
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """One request as the live scorer reads it: computed once from the request, plain data only
-    (no live objects), so replicas can ship observations to each other and fold them into their
-    own state. ``asdict`` writes it; ``Observation.from_dict`` reads it back.
-
-    ``prompt`` is read only by peers' template indicators when a template newly recurs; a replica
-    may ship the observation without it (None) at the cost of those matches.
-    """
-
-    account: str
-    ts: float
-    facts: RequestFacts
-    ip: str | None = None
-    user_agent: str | None = None
-    identity: dict[str, Any] | None = None   # the key's identity record (payment, email, org, created)
-    prompt: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        facts = asdict(self.facts)
-        facts["word_bits"] = self.facts.word_bits.hex()
-        facts["instruction_bits"] = self.facts.instruction_bits.hex()
-        return {"account": self.account, "ts": self.ts, "facts": facts, "ip": self.ip,
-                "user_agent": self.user_agent, "identity": self.identity, "prompt": self.prompt}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Observation":
-        return cls(account=str(data["account"]), ts=float(data["ts"]), facts=RequestFacts.from_dict(data["facts"]),
-                   ip=data.get("ip"), user_agent=data.get("user_agent"), identity=data.get("identity"),
-                   prompt=data.get("prompt"))
-
-
-INSUFFICIENT = Verdict(p_value=1.0, flagged=False, status="insufficient_data", family_p={}, reasons=())
-
-
-@dataclass(frozen=True)
-class Assessment:
-    """What the policy reads for one request."""
-
-    account: str
-    queries: int
-    verdict: Verdict
-    elevated: bool                  # passes the test at ELEVATED_FACTOR x the false-positive rate
-    cluster: str | None = None
-    cluster_size: int = 0
-    cluster_verdict: Verdict | None = None
-    cluster_confidence: float = 0.0
-    repeat: bool = False            # the prompt was seen before in this account
-    intel: Any = None               # intel.match.AccountIntel: peers' live indicators this account matches
-    end_user: str | None = None     # set when the verdict is this request's end user's, not the account's
-    end_user_key: str | None = None  # the end-user state this request was folded into (if it named one)
-    end_user_repeat: bool = False
-    prompt_chars: int = 0            # for the answer-length ratio, once answered (add_output)
-    probe: bool = False              # a security probe: its answer is not counted as harvest
-    elicited: bool = False           # asks for privileged content: its answer counts as such harvest
 
 
 class _Cluster:
