@@ -113,18 +113,9 @@ class LiveScorer:
             observation = Observation(observation, float(ts), facts, ip=ip, user_agent=user_agent, identity=identity,
                                       prompt=prompt)
         account, facts, ts = observation.account, observation.facts, observation.ts
-        ip, user_agent, identity, prompt = (observation.ip, observation.user_agent, observation.identity,
-                                            observation.prompt)
+        ip, prompt = observation.ip, observation.prompt
         with self.lock:
-            if self._t0 is None or ts < self._t0:
-                self._t0 = ts
-            state = self.accounts.get(account)
-            if state is None:
-                state = self.accounts[account] = AccountState()
-            repeat, new_templates = state.update(facts, ts)
-            fresh = self._new_attrs(state, ip, user_agent, identity, new_templates)
-            if fresh:
-                self._link(account, state, fresh)
+            state, repeat, new_templates = self._update_account(observation)
             verdict, elevated = self._account_verdict(account, state, account)
             end_user = eu_key = None
             eu_repeat = False
@@ -166,17 +157,26 @@ class LiveScorer:
         queries folded here count toward that) or shows the account (:meth:`judged`)."""
         account, facts, ts = observation.account, observation.facts, observation.ts
         with self.lock:
-            state = self.accounts.get(account)
-            if state is None:
-                state = self.accounts[account] = AccountState()
-            _repeat, new_templates = state.update(facts, ts)
-            fresh = self._new_attrs(state, observation.ip, observation.user_agent, observation.identity, new_templates)
-            if fresh:
-                self._link(account, state, fresh)
+            self._update_account(observation)
             if facts.end_user is not None:
                 self._end_user_state(account, end_user_key(account, facts.end_user)).update(facts, ts)
             if self.intel is not None and observation.ip:
                 self.intel.observe(account, observation.ip, None)
+
+    def _update_account(self, observation: Observation) -> tuple[AccountState, bool, tuple[int, ...]]:
+        """Fold one request into its account's state and hydra links (the caller holds the lock):
+        the state, whether the prompt was seen before, and the templates that just recurred."""
+        account, ts = observation.account, observation.ts
+        if self._t0 is None or ts < self._t0:
+            self._t0 = ts
+        state = self.accounts.get(account)
+        if state is None:
+            state = self.accounts[account] = AccountState()
+        repeat, new_templates = state.update(observation.facts, ts)
+        fresh = self._new_attrs(state, observation.ip, observation.user_agent, observation.identity, new_templates)
+        if fresh:
+            self._link(account, state, fresh)
+        return state, repeat, new_templates
 
     def judged(self, account: str) -> AccountState | None:
         """The account's state with its verdict brought up to date (for the admin views: folded
@@ -220,13 +220,14 @@ class LiveScorer:
                     eu_state.add_output(completion_tokens, end_user_repeat, prompt_chars, probe, elicited)
 
     # -- verdicts --------------------------------------------------------------------------
-    def _harvest_p(self, features: dict[str, float]) -> float:
-        """Harvest p-value for scheduling re-judgement; an account near the material volume of a
-        program (``MATERIAL_REQUESTS``) counts as harvesting, so it is re-judged per query."""
+    def _harvesting(self, features: dict[str, float]) -> bool:
+        """Is the account near a harvest, so re-judged on (nearly) every query: its harvest p-value
+        within ELEVATED_FACTOR of ``HARVEST_ALPHA``, or half the distinct requests that make a
+        program's training set (``MATERIAL_REQUESTS``, see ``scoring.harvests``)?"""
         if features.get("distinct_prompts", 0.0) >= 0.5 * MATERIAL_REQUESTS:
-            return 0.0
+            return True
         ps = [self.baseline.value_fits_[s.name].p_value(features[s.feature]) for s in _HARVEST_SIGNALS]
-        return min(1.0, min(ps) * len(ps))
+        return min(1.0, min(ps) * len(ps)) <= HARVEST_ALPHA * ELEVATED_FACTOR
 
     def _due(self, queries: float, scored_at: float, verdict: Verdict | None, harvesting: bool) -> bool:
         if verdict is None or verdict.status == "insufficient_data":
@@ -255,7 +256,7 @@ class LiveScorer:
         if queries < self.baseline.min_queries:
             return INSUFFICIENT, False
         features = state.features()
-        harvesting = self._harvest_p(features) <= HARVEST_ALPHA * ELEVATED_FACTOR
+        harvesting = self._harvesting(features)
         cached = state.verdict
         if self._due(queries, state.scored_at, cached, harvesting):
             verdict, elevated = self._judge(features, account in self.allowlist, fpr)
@@ -271,7 +272,7 @@ class LiveScorer:
         features = None
         if cluster.verdict is not None and not cluster.verdict.flagged:
             features = merged_features(states)
-            harvesting = self._harvest_p(features) <= HARVEST_ALPHA * ELEVATED_FACTOR
+            harvesting = self._harvesting(features)
         else:
             harvesting = False
         if self._due(total, cluster.scored_at, cluster.verdict, harvesting):
