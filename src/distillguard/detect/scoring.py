@@ -5,7 +5,9 @@ shape is *explained by a legitimate use*, not about one strategy's cues. An acco
 when
 
 * it harvests: many new prompts answered per day **or** over its life (the harvest family,
-  p <= ``HARVEST_ALPHA``; security probes are not counted as harvest),
+  p <= ``HARVEST_ALPHA``; security probes are not counted as harvest), or it is a program that
+  has collected a training set (``harvests``: content automation p <= ``HARVEST_ALPHA``, at least
+  ``MATERIAL_REQUESTS`` distinct requests, harvest p <= ``MATERIAL_ALPHA``),
 * what it harvests is valuable as training data, by any one of three routes (p <= ``FAMILY_ALPHA``):
 
   - **elicitation**: privileged content (reasoning traces, grades, identity, training data,
@@ -15,6 +17,9 @@ when
     carried in a system message;
   - **coverage**: broad capability areas, from automated prompts;
 
+  value and coverage only with answers no shorter than prompts (``generative``: labels are not
+  generation),
+
   with "automated" shown by the prompts themselves (single-turn, templated, impersonal, near-cap,
   logprobs), never by timing alone (many people behind one key are round the clock too),
 * it is not explained by one fixed instruction over payloads the application brings (at least
@@ -23,7 +28,9 @@ when
   the elicitation route too when the payloads are material, fewer than ``SUPPLIED_MATERIAL_SHARE``
   of queries self-contained: grading or labelling a supplied item is not self-contained
   generation, while one fixed frame over topics the caller picks, "explain X step by step", is
-  still a harvester),
+  still a harvester; the value and coverage exemption needs the instructions read, at least
+  ``INSTRUCTION_READ_SHARE`` of prompts, and is not given to an agent harness, at least
+  ``AGENT_SHARE`` of requests with tools),
 * most of its queries are not exact repeats of earlier ones (re-asking harvests nothing), and
 * Fisher's combination of the family p-values, calibrated on organic accounts by Brown's
   method, is at most the chosen false-positive rate.
@@ -143,10 +150,15 @@ def content_automation_p(p: dict[str, float]) -> float:
     return _bonferroni_min([p[s.name] for s in SIGNALS if s.family == AUTOMATION and s.name not in TIMING_SIGNALS])
 
 
+def _value(row: Any, feature: str, default: float = float("nan")) -> float:
+    """A feature as a float, ``default`` when absent, None or not finite."""
+    value = row.get(feature)
+    return float(value) if value is not None and np.isfinite(value) else default
+
+
 def _share(row: Any, feature: str) -> float:
     n = float(row["queries"])
-    value = row.get(feature, 0.0)
-    return float(value) / n if n and value is not None and np.isfinite(value) else 0.0
+    return _value(row, feature, 0.0) / n if n else 0.0
 
 
 def fixed_instruction(row: Any, *, read: bool = True) -> bool:
@@ -155,12 +167,8 @@ def fixed_instruction(row: Any, *, read: bool = True) -> bool:
     With ``read``, only where the instructions are read: with most prompts in a language the
     instruction reading does not know (``INSTRUCTION_READ_SHARE``), one fixed instruction cannot
     be told from many, so the exemption from the value and coverage routes is not given."""
-    share = row.get("fixed_instruction_share", float("nan"))
-    fixed = share is not None and bool(np.isfinite(share)) and float(share) >= FIXED_INSTRUCTION_SHARE
-    if fixed and read:
-        readable = row.get("instruction_read_share", float("nan"))
-        fixed = readable is None or not np.isfinite(readable) or float(readable) >= INSTRUCTION_READ_SHARE
-    return fixed
+    fixed = _value(row, "fixed_instruction_share", 0.0) >= FIXED_INSTRUCTION_SHARE
+    return fixed and (not read or _value(row, "instruction_read_share", 1.0) >= INSTRUCTION_READ_SHARE)
 
 
 def supplied_material(row: Any) -> bool:
@@ -170,17 +178,11 @@ def supplied_material(row: Any) -> bool:
     return _share(row, "self_contained_count") < SUPPLIED_MATERIAL_SHARE
 
 
-def _ratio(row: Any) -> float:
-    value = row.get("answer_ratio", float("nan"))
-    return float(value) if value is not None and np.isfinite(value) else float("nan")
-
-
 def generative(row: Any) -> bool:
     """Do its answers give back more than its prompts bring (``ANSWER_RATIO_FLOOR``)? Labels,
     classifications and extractions return less text than they are given: little to train a
     generator on. Unknown (no answers logged) counts as generative."""
-    ratio = _ratio(row)
-    return not np.isfinite(ratio) or ratio >= ANSWER_RATIO_FLOOR
+    return _value(row, "answer_ratio", ANSWER_RATIO_FLOOR) >= ANSWER_RATIO_FLOOR
 
 
 def harvests(fam: dict[str, float], p: dict[str, float], row: Any) -> bool:
@@ -192,9 +194,8 @@ def harvests(fam: dict[str, float], p: dict[str, float], row: Any) -> bool:
     baseline calls normal, e.g. after an analyst's false positive is fed back, never counts.)"""
     if fam[HARVEST] <= HARVEST_ALPHA:
         return True
-    distinct = row.get("distinct_prompts", float("nan"))
-    return (fam[HARVEST] <= MATERIAL_ALPHA and content_automation_p(p) <= HARVEST_ALPHA and distinct is not None
-            and bool(np.isfinite(distinct)) and float(distinct) >= MATERIAL_REQUESTS)
+    return (fam[HARVEST] <= MATERIAL_ALPHA and content_automation_p(p) <= HARVEST_ALPHA
+            and _value(row, "distinct_prompts", 0.0) >= MATERIAL_REQUESTS)
 
 
 def _routes(fam: dict[str, float], p: dict[str, float], row: Any, baseline: Baseline | None = None) -> list[str]:
@@ -221,8 +222,8 @@ def typical_value(row: Any, baseline: Baseline | None) -> bool:
     """Are its answers at least as long relative to its prompts as the median organic account's?"""
     if baseline is None:
         return False
-    ratio = _ratio(row)
-    return bool(np.isfinite(ratio)) and ratio >= baseline.describe(SIGNAL_BY_NAME["answer_length_ratio"])["organic_median"]
+    median = baseline.describe(SIGNAL_BY_NAME["answer_length_ratio"])["organic_median"]
+    return _value(row, "answer_ratio") >= median
 
 
 def probing(row: Any, p: dict[str, float]) -> bool:
@@ -231,9 +232,7 @@ def probing(row: Any, p: dict[str, float]) -> bool:
 
 def evaluation(row: Any, p: dict[str, float]) -> bool:
     distinct = row.get("distinct_prompts", float("nan"))
-    resent = row.get("resent_share", 0.0)
-    resent = float(resent) if resent is not None and np.isfinite(resent) else 0.0
-    rerun = _share(row, "temp0_count") >= EVAL_TEMP0_SHARE or resent >= EVAL_RESENT_SHARE
+    rerun = _share(row, "temp0_count") >= EVAL_TEMP0_SHARE or _value(row, "resent_share", 0.0) >= EVAL_RESENT_SHARE
     return (_share(row, "benchmark_count") >= EVAL_SHARE and rerun
             and p.get("benchmark_format", 1.0) <= FAMILY_ALPHA
             and p.get("training_data_requests", 1.0) > FAMILY_ALPHA and p.get("grading_prompts", 1.0) > FAMILY_ALPHA
@@ -251,13 +250,12 @@ def _status_reason(status: str, row: Any, p: dict[str, float], baseline: Baselin
                       f"of its traffic is not flagged: reported as probing, not extraction")
     if status == "evaluation":
         share, cold = _share(row, "benchmark_count"), _share(row, "temp0_count")
-        resent = row.get("resent_share", 0.0)
-        resent = float(resent) if resent is not None and np.isfinite(resent) else 0.0
+        resent = _value(row, "resent_share", 0.0)
         return Reason("evaluation", "info", share, p["benchmark_format"],
                       f"{share:.0%} of {n:,} queries are formatted as benchmark items, {cold:.0%} are at "
-                      f"temperature 0 and {resent:.0%} re-send an earlier prompt, over {int(float(row['distinct_prompts'])):,} distinct prompts (at most "
-                      f"{EVAL_MAX_ITEMS:,}), with no request for training data or grades: reported as an "
-                      f"evaluation run, not extraction")
+                      f"temperature 0 and {resent:.0%} re-send an earlier prompt, over "
+                      f"{int(float(row['distinct_prompts'])):,} distinct prompts (at most {EVAL_MAX_ITEMS:,}), "
+                      f"with no request for training data or grades: reported as an evaluation run, not extraction")
     return None
 
 

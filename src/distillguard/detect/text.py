@@ -411,5 +411,6 @@ def request_key(prompt: str, system: Any, n_messages: int, has_tools: bool = Fal
 
 def request_digest(prompt: str, system: Any, n_messages: int, has_tools: bool = False) -> int:
     """``request_key`` as a 64-bit hash (the gateway's live scorer keeps hashes, not texts)."""
-    text = f"{prompt}\x00{system if isinstance(system, str) else ''}\x00{int(n_messages) if has_tools else 0}"
+    prompt, system, rounds = request_key(prompt, system, n_messages, has_tools)
+    text = f"{prompt}\x00{system or ''}\x00{rounds}"
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
