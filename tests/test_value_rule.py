@@ -174,7 +174,7 @@ def test_self_instruct_in_system_messages_is_flagged(baseline):
     assert verdict.flagged, [(r.signal, r.p_value) for r in verdict.reasons]
 
 
-def test_slow_sustained_elicitation_is_flagged_by_lifetime_harvest(baseline):
+def slow_elicitation_features() -> dict:
     """~15 queries a day for two weeks, every prompt asking for a reasoning trace."""
     rng = np.random.default_rng(6)
     combos = list(itertools.product(("Solve", "Prove", "Determine", "Compute"), ("the integral", "the limit",
@@ -184,7 +184,12 @@ def test_slow_sustained_elicitation_is_flagged_by_lifetime_harvest(baseline):
     prompts = [f"{a} {b} in problem {c}-{i}. Show your reasoning step by step before the final answer."
                for i, (a, b, c) in enumerate(combos[j] for j in picks)]
     times = BASE + np.sort(rng.uniform(0, 14 * 86400, size=210))
-    feats = account_features(frame(prompts, times, rng.integers(700, 1500, size=210).astype(float)))
+    return account_features(frame(prompts, times, rng.integers(700, 1500, size=210).astype(float)))
+
+
+def test_slow_sustained_elicitation_is_flagged_by_lifetime_harvest(baseline):
+    """~15 queries a day for two weeks, every prompt asking for a reasoning trace."""
+    feats = slow_elicitation_features()
     p = baseline.p_values(feats)
     assert p["new_prompts_per_day"] > 1e-3          # never significant per day ...
     assert min(p["lifetime_new_prompts"], p["lifetime_output_tokens"], p["lifetime_elicited_tokens"]) <= 1e-4
