@@ -145,10 +145,10 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
     # Distinct requests (first occurrence): re-asking the same thing harvests nothing new. A request
     # is its prompt in its context: the same user turn under another system prompt (a persona) or
     # after other tool rounds (an agent's next step) asks for a different answer.
-    n_messages_all = frame["n_messages"].fillna(0).to_numpy(dtype=np.int64)
-    with_tools = (frame["has_tools"].to_numpy(dtype=object) == True).tolist()  # noqa: E712 (None-safe)
+    n_messages = frame["n_messages"].fillna(0).to_numpy(dtype=np.int64)
+    tools = frame["has_tools"].to_numpy(dtype=object) == True  # noqa: E712 (None-safe)
     first_index: dict[Any, int] = {}
-    for i, key in enumerate(zip(prompts, systems, n_messages_all.tolist(), with_tools)):
+    for i, key in enumerate(zip(prompts, systems, n_messages.tolist(), tools.tolist())):
         first_index.setdefault(tx.request_key(*key), i)
     distinct_idx = np.fromiter(first_index.values(), dtype=np.int64, count=len(first_index))
     span_days = max(1.0, (t[-1] - t[0]) / 86400.0)
@@ -184,12 +184,10 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
     out["identity_count"] = float(identity.sum())
     out["datagen_count"] = float(datagen.sum())
     out["logprobs_count"] = float(np.sum(frame["logprobs"].to_numpy(dtype=object) == True))  # noqa: E712 (None-safe)
-    tools = frame["has_tools"].to_numpy(dtype=object) == True  # noqa: E712 (None-safe)
     out["tools_count"] = float(tools.sum())
     # Tools defined, yet nothing but the system prompt and user turns in the history: no tool
     # result ever came back, so the tools were never really run (a one-shot trajectory).
     has_system = np.fromiter((isinstance(x, str) for x in systems), dtype=bool, count=n)
-    n_messages = frame["n_messages"].fillna(0).to_numpy(dtype=np.int64)
     n_turns = frame["n_turns"].fillna(1).to_numpy(dtype=np.int64)
     open_loop = tools & (n_messages <= n_turns + has_system)
     out["open_loop_tools_count"] = float(np.sum(open_loop))
