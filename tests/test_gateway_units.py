@@ -6,10 +6,12 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from distillguard.detect.baseline import load_default
 from distillguard.detect.features import account_features
-from distillguard.detect.minhash import minhash_signatures, signature_one, template_shingles
+from distillguard.detect.minhash import band_keys, band_keys32_one, minhash_signatures, signature_one, template_shingles
 from distillguard.detect.scoring import Reason, Verdict
 from distillguard.errors import BadInputError
 from distillguard.events.schema import prompt_view
@@ -112,6 +114,18 @@ def test_signature_one_equals_the_batch_minhash():
     for text in ("Explain step by step: 12 + 7", "a b", "", "x" * 5000 + " the end of a long prompt"):
         shingles = template_shingles(text)
         assert (signature_one(shingles) == minhash_signatures([shingles])[0]).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=800))
+def test_one_prompts_band_keys_equal_the_batch_band_keys(text):
+    """The gateway's per-request band keys are the scan's, folded to 32 bits (0: no template)."""
+    shingles = template_shingles(text)
+    keys = band_keys(minhash_signatures([shingles]))[0]
+    folded = (keys ^ (keys >> np.uint64(32))).astype(np.uint32)
+    folded[keys == 0] = 0
+    assert (band_keys32_one(shingles) == folded).all()
+    assert (band_keys32_one(shingles) == 0).all() == (not shingles)
 
 
 def test_fast_p_values_equal_the_frame_p_values():
@@ -353,3 +367,21 @@ def test_end_user_states_are_bounded():
     assert len(scorer.end_users) == 5
     assert [k.split("\x1f")[1] for k in scorer.end_users] == ["u7", "u8", "u9", "u10", "u11"]
     assert scorer._end_user_count == {"platform": 5}     # the Bonferroni k follows evictions
+
+
+def test_behaviour_identity_is_cached_until_the_accounts_next_request():
+    """Hydra's behaviour link reads an account once per request of its own (cached on the state),
+    and never a stale view: a new request moves its last time, slots and area."""
+    from distillguard.gateway.scorer import _behaviour
+
+    state = AccountState()
+    code = read_request(prompt_view({"messages": [{"role": "user", "content": "Write a Python function to merge two sorted lists."}]}), 4096)
+    state.update(code, BASE)
+    first = _behaviour("a", state)
+    assert _behaviour("a", state) is first                      # no new request: the same object
+    state.update(code, BASE + 3600)
+    second = _behaviour("a", state)
+    assert second is not first
+    assert (second.first, second.last) == (BASE, BASE + 3600)
+    assert len(second.slots) == 2 and second.slots >= first.slots
+    assert second.area == first.area

@@ -80,6 +80,29 @@ def signature_one(shingles: Sequence[int], num_perm: int = NUM_PERM, seed: int =
         return (mixed[:, None] * a[None, :] + b[None, :]).min(axis=0)
 
 
+_BAND_WEIGHTS = np.array([1, 0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D][:ROWS], dtype=np.uint64)
+_BAND_SALT = np.arange(BANDS, dtype=np.uint64) << np.uint64(56)
+
+
+def band_keys32_one(shingles: Sequence[int]) -> np.ndarray:
+    """One prompt's band keys folded to 32 bits (0: no template), what ``band_keys`` of
+    ``signature_one`` gives folded as ``k ^ (k >> 32)``, in a third of the numpy calls: the
+    gateway computes it on every request."""
+    if not shingles:
+        return np.zeros(BANDS, dtype=np.uint32)
+    a, b = permutations(NUM_PERM, 1)
+    mixed = _fmix32(np.array(shingles, dtype=np.uint32))
+    values = np.multiply.outer(mixed, a)          # uint32 arithmetic wraps, as datasketch's affine32
+    values += b
+    sig = values.min(axis=0)[: BANDS * ROWS].astype(np.uint64).reshape(BANDS, ROWS)
+    sig *= _BAND_WEIGHTS
+    keys = sig.sum(axis=1)
+    keys ^= _BAND_SALT
+    out = (keys ^ (keys >> np.uint64(32))).astype(np.uint32)
+    out[keys == 0] = 0
+    return out
+
+
 def _reduce_min(reduced: np.ndarray, owner: np.ndarray, values: np.ndarray) -> None:
     """reduced[o] = min(reduced[o], values of rows owned by o); owners are sorted."""
     boundaries = np.flatnonzero(np.diff(owner)) + 1

@@ -20,6 +20,7 @@ import math
 import sys
 from array import array
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ from distillguard.detect import text as tx
 from distillguard.detect.features import (BREADTH_SAMPLE, BREADTH_WINDOWS, PROMPT_CHARS, SYSTEM_CHARS,
                                           TEMPLATE_MIN_GROUP, _entropy_bits, elicitation_text)
 from distillguard.detect.hydra import SLOT_S
-from distillguard.detect.minhash import band_keys, signature_one, template_shingles
+from distillguard.detect.minhash import band_keys32_one, template_shingles
 from distillguard.detect.scoring import Verdict
 from distillguard.events.schema import PromptView
 
@@ -126,9 +127,7 @@ def read_request(view: PromptView, max_tokens_cap: int) -> RequestFacts:
             (tx.COT_ELICITATION, tx.GRADING, tx.IDENTITY_PROBE, tx.DATA_GENERATION)]
     cues.append(bool(probes.security_probe([cue])[0]))
     cues.append(bool(tx.benchmark_format([cue])[0]))
-    keys = band_keys(signature_one(template_shingles(prompt))[None, :])[0]
-    keys32 = (keys ^ (keys >> np.uint64(32))).astype(np.uint32)
-    keys32[keys == 0] = 0
+    keys32 = band_keys32_one(template_shingles(prompt))
     lowered = prompt[:PROMPT_CHARS].lower()
     words = tx.prompt_words(lowered)
     word_bits, instruction_bits = _word_bitmaps(words)
@@ -166,7 +165,7 @@ class AccountState:
     """
 
     __slots__ = ("v", "bloom", "ring", "verdict", "elevated", "scored_at", "template_keys", "attrs", "frame",
-                 "slots")
+                 "slots", "behaviour")
 
     def __init__(self) -> None:
         self.v = array("d", bytes(8 * _SIZE))
@@ -181,6 +180,7 @@ class AccountState:
         # being learnt, per-bucket word counts and those prompts' instruction bitmaps; then one bitmap.
         self.frame: tuple[bytearray, list[bytes]] | int = (bytearray(WORD_BUCKETS), [])
         self.slots = array("d")        # the last SLOT_RING ten-minute activity slots (behavioural links)
+        self.behaviour: tuple[float, Any] | None = None   # (queries, what hydra's behaviour link reads): a cache
 
     @property
     def queries(self) -> int:

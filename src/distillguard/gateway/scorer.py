@@ -37,7 +37,7 @@ from distillguard.detect.scoring import HARVEST_ALPHA, MATERIAL_REQUESTS, Verdic
 from distillguard.detect.signals import HARVEST, SIGNALS
 from distillguard.gateway.intel import FIRST_PROMPTS_CHECKED
 from distillguard.gateway.assessment import INSUFFICIENT, Assessment, Observation  # noqa: F401 (re-exported)
-from distillguard.gateway.online import _AREAS, _HOURS, N_AREAS, S, AccountState, RequestFacts, merged_features
+from distillguard.gateway.online import _AREAS, _HOURS, _Q, N_AREAS, S, AccountState, RequestFacts, merged_features
 
 _KINDS = ("template", "payment", "ip24", "email_pattern", "org", "user_agent", "created_burst")
 _KIND_BITS = 3
@@ -48,6 +48,13 @@ MAX_END_USERS = 20_000  # end-user states kept (LRU), under 8 KB each
 
 
 def _attr(kind: str, value: Any) -> int:
+    return _attr_hash(kind, f"{value}")
+
+
+@functools.lru_cache(maxsize=1 << 15)
+def _attr_hash(kind: str, value: str) -> int:
+    """A link attribute's hash (kind in the low bits); cached: an account sends the same address,
+    user agent and identity with every request."""
     digest = hashlib.blake2b(f"{kind}\x00{value}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return (int.from_bytes(digest, "little") >> _KIND_BITS << _KIND_BITS) | _KINDS.index(kind)
 
@@ -445,12 +452,20 @@ def _may_link(kinds: set[str]) -> bool:
 
 def _behaviour(account: str, state: AccountState) -> AccountIdentity:
     """What the behavioural link reads of a live account: recent activity slots, first and last
-    request, top capability area."""
+    request, top capability area. Cached on the state until its next request (every field moves
+    only with a request, and the query count with it): an account sharing a popular template is
+    read once per request of its own, not once per account it is compared with."""
     v = state.v
+    queries = v[_Q]
+    cached = state.behaviour
+    if cached is not None and cached[0] == queries:
+        return cached[1]
     areas = v[_AREAS:_AREAS + N_AREAS]
     area = max(range(N_AREAS), key=areas.__getitem__) if any(areas) else None
-    return AccountIdentity(account=account, slots=frozenset(int(x) for x in state.slots), first=v[S["first_t"]],
-                           last=v[S["last_t"]], area=area)
+    identity = AccountIdentity(account=account, slots=frozenset(int(x) for x in state.slots), first=v[S["first_t"]],
+                               last=v[S["last_t"]], area=area)
+    state.behaviour = (queries, identity)
+    return identity
 
 
 def state_hours(state: AccountState) -> frozenset[int]:
