@@ -7,7 +7,7 @@
   replayed time; admitted against what one bucket admits (R burst + R per minute);
 * **round trip**: the per-request Redis script (buckets + observation XADD), sequential.
 
-    python benchmarks/eval_fleet.py [--replicas 4] [--seed 3001] [--accounts 40] [--days 2]
+    python benchmarks/eval_fleet.py [--replicas 4] [--seed 3001] [--accounts 40] [--days 2] [--accounts-per-kind 2]
 """
 
 from __future__ import annotations
@@ -187,6 +187,8 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=2)
     parser.add_argument("--limit-rpm", type=int, default=120)
     parser.add_argument("--limit-minutes", type=int, default=10)
+    parser.add_argument("--accounts-per-kind", type=int, default=0,
+                        help="add every evasive extraction family and hard legitimate family, this many each")
     parser.add_argument("--skip-detection", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dg-fleet-"))
@@ -208,7 +210,7 @@ def main() -> None:
             runner = fleet_replay(n, url)
             eval_gateway_online.run_replay = runner
             t = time.perf_counter()
-            results[n] = evaluate(args.seed, args.accounts, args.days, work / f"n{n}")
+            results[n] = evaluate(args.seed, args.accounts, args.days, work / f"n{n}", args.accounts_per_kind)
             rtt = sorted(runner.rtt)
             print(f"{n} replica(s): {results[n]['events']:,} events in {time.perf_counter() - t:.0f} s; Redis round "
                   f"trip under replay p50 {rtt[len(rtt) // 2] * 1000:.2f} ms, p99 {rtt[int(len(rtt) * .99)] * 1000:.2f} ms")
@@ -220,7 +222,7 @@ def main() -> None:
             ma = statistics.median(a) if a else None
             mb = statistics.median(b) if b else None
             change = f"{100 * (mb - ma) / ma:+.0f} %" if ma and mb else "-"
-            print(f"{strategy:<14}{str(ma):>28}{str(mb):>30}{change:>9}   {a} | {b}")
+            print(f"{strategy:<16}{str(ma):>26}{str(mb):>30}{change:>9}   {a} | {b}")
         print(f"\n{'negatives':<14}{'flagged (1)':>12}{'flagged (N)':>12}")
         for kind in sorted(results[1]["negatives"]):
             print(f"{kind:<14}{results[1]['negatives'][kind]['flagged']:>12}"

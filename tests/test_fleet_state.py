@@ -40,6 +40,36 @@ async def _until(cond, timeout: float = 2.0) -> float:
     return time.monotonic() - t0
 
 
+@pytest.mark.parametrize("text", [
+    "Explain step by step how a transformer works",
+    "Erkläre Schritt für Schritt, wie ein Transformator funktioniert, und nenne drei Beispiele.",
+    "Объясните, пожалуйста, как работает трансформер",
+    "请一步一步解释变压器的工作原理",
+    "def f(x):\n    return x * 2",
+    "   ",
+])
+def test_every_request_fact_survives_the_stream(text):
+    """Every field of RequestFacts travels to the other replicas: a field the encoding forgets
+    reads as its default on every peer (a replica then scores the account on different facts;
+    an unread-language harvester went unflagged on a 4-replica fleet that way)."""
+    import dataclasses
+
+    for extra in ({}, {"logprobs": True, "user": "end-7", "temperature": 0}):
+        facts = _facts(text, **extra)
+        back = decode(encode(Observation("q", "acct", 1.0, facts=facts))).facts
+        for field in dataclasses.fields(facts):
+            a, b = getattr(facts, field.name), getattr(back, field.name)
+            same = np.array_equal(a, b) if field.name == "keys" else a == b
+            assert same, (field.name, a, b)
+
+
+def test_an_older_record_without_the_unread_bit_reads_as_read():
+    facts = _facts("Translate this sentence into French")
+    raw = orjson.loads(encode(Observation("q", "acct", 1.0, facts=facts)))
+    assert raw["f"] < 1 << 15                          # the first 15 flags: what an older replica writes
+    assert decode(orjson.dumps(raw)).facts.instruction_read is True
+
+
 def test_observation_round_trip_folds_like_the_original():
     facts = _facts("Explain step by step how a transformer works", logprobs=True, user="end-7")
     obs = Observation("q", "acct", 1234.5, facts=facts, ip="198.51.100.9", user_agent="ua/1",
