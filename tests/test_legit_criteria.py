@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,7 @@ from distillguard.detect import probes
 from distillguard.detect import text as tx
 from distillguard.detect.baseline import load_default
 from distillguard.detect.features import account_features
-from distillguard.detect.scoring import EVAL_RESENT_SHARE, evaluation, judge
+from distillguard.detect.scoring import EVAL_MAX_ITEMS, EVAL_RESENT_SHARE, evaluation, judge
 
 from test_value_rule import BASE, FPR, frame, slow_elicitation_features
 
@@ -93,3 +95,59 @@ def test_fixed_instruction_over_supplied_material_exempts_elicitation_only_remov
     # One fixed frame over topics the caller picks ("explain X step by step") is still harvesting.
     topics = dict(feats, fixed_instruction_share=0.9, self_contained_count=feats["queries"])
     assert judge(topics, baseline, FPR).flagged
+
+
+SUBJECTS = ("a train", "a cyclist", "a tank", "a savings account", "a recipe", "a garden", "a library", "a ferry")
+ASKS = ("How long does it take", "How much is left", "What fraction remains", "How many are needed",
+        "What is the total cost", "What is the average")
+
+
+def _cot_items(n: int) -> list[str]:
+    """Free-form word problems with one chain-of-thought suffix: no options, no answer slot."""
+    combos = list(itertools.product(ASKS, SUBJECTS, range(12, 12 + n)))
+    rng = np.random.default_rng(5)
+    picks = rng.choice(len(combos), size=n, replace=False)
+    return [f"{a} for {s} when the numbers are {k} and {k * 3 + 1}? Let's think step by step."
+            for a, s, k in (combos[j] for j in picks)]
+
+
+def _features(prompts: list[str], temperature: float, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    times = BASE + np.cumsum(rng.uniform(1.0, 3.0, size=len(prompts)))
+    return account_features(frame(prompts, times, rng.integers(300, 700, size=len(prompts)).astype(float),
+                                  temperature=temperature, max_tokens=1024))
+
+
+def test_prompt_space_and_passes_describe_the_item_set():
+    items = _cot_items(300)
+    passes = _features(items * 3, 0.7)
+    assert passes["pass_share"] == 1.0 and passes["prompt_space"] == passes["distinct_prompts"] == 300
+    # The same volume drawn at random from the same items: repeats by chance, unequal counts.
+    rng = np.random.default_rng(8)
+    drawn = _features([items[i] for i in rng.integers(0, 300, size=900)], 0.7)
+    assert drawn["pass_share"] < 0.5
+    # All new: the source is far larger than what it sent.
+    fresh = _features(_cot_items(600), 0.7)
+    assert fresh["pass_share"] == 0.0 and fresh["prompt_space"] > 100 * fresh["distinct_prompts"]
+
+
+def test_free_form_cot_rerun_at_temperature_is_evaluation_not_extraction(baseline):
+    """A free-form chain-of-thought benchmark re-run at temperature > 0: no benchmark formatting,
+    no deterministic re-asks, yet whole passes over one bounded item set."""
+    items = _cot_items(400)
+    rerun = _features(items * 3, 0.7)
+    assert rerun["benchmark_count"] == 0 and rerun["repeat_share"] == 0
+    verdict = judge(rerun, baseline, FPR)
+    assert verdict.status == "evaluation" and not verdict.flagged
+    assert "whole passes" in verdict.reasons[0].detail
+    # One pass transfers the same reasoning traces a harvester collects: still flagged.
+    assert judge(_features(items, 0.7), baseline, FPR).flagged
+    # Re-sends by chance (a generator over a small set, unequal counts) are no re-run.
+    rng = np.random.default_rng(9)
+    drawn = _features([items[i] for i in rng.integers(0, 400, size=1200)], 0.7)
+    assert judge(drawn, baseline, FPR).flagged
+    # Past the bound on a benchmark's size, whole passes explain nothing.
+    big = dict(rerun, distinct_prompts=EVAL_MAX_ITEMS + 1.0, prompt_space=EVAL_MAX_ITEMS + 1.0)
+    assert not evaluation(big, baseline.p_values(big), suspicious=True)
+    # A clear account is never relabelled by the re-run path (it only replaces a flag).
+    assert not evaluation(rerun, baseline.p_values(rerun), suspicious=False)

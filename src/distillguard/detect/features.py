@@ -47,6 +47,8 @@ BASE_FEATURES = (
     "output_tokens_distinct", "elicited_tokens", "self_contained_count", "answer_ratio", "fixed_instruction_share",
     "instruction_read_share",
     "probe_count", "benchmark_count", "temp0_count", "resent_share",
+    # a bounded set of requests and whole passes over it (evaluation re-runs)
+    "prompt_space", "pass_share",
 )
 # The same features for an account's largest templated sub-stream (extraction hidden in a busy,
 # otherwise organic account, such as a reseller's), judged as if it were an account of its own.
@@ -148,8 +150,14 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
     n_messages = frame["n_messages"].fillna(0).to_numpy(dtype=np.int64)
     tools = frame["has_tools"].to_numpy(dtype=object) == True  # noqa: E712 (None-safe)
     first_index: dict[Any, int] = {}
+    sends: dict[Any, int] = {}
     for i, key in enumerate(zip(prompts, systems, n_messages.tolist(), tools.tolist())):
-        first_index.setdefault(tx.request_key(*key), i)
+        request = tx.request_key(*key)
+        first_index.setdefault(request, i)
+        sends[request] = sends.get(request, 0) + 1
+    send_counts = np.fromiter(sends.values(), dtype=np.int64, count=len(sends))
+    out["prompt_space"] = prompt_space(send_counts)
+    out["pass_share"] = pass_share(send_counts)
     distinct_idx = np.fromiter(first_index.values(), dtype=np.int64, count=len(first_index))
     span_days = max(1.0, (t[-1] - t[0]) / 86400.0)
     completion = frame["completion_tokens"].to_numpy(dtype=np.float64)
@@ -327,6 +335,29 @@ def _value_features(out: dict[str, Any], prompts: list[str], systems: list[Any],
                              count=len(texts))
         out["fixed_instruction_share"] = float(1.0 - varying.mean())
         out["instruction_read_share"] = float(1.0 - unread.mean())
+
+
+def prompt_space(sends: np.ndarray) -> float:
+    """How many distinct requests the account's source holds, estimated from how often it sent
+    each one (Chao1, bias-corrected: distinct + f1 (f1 - 1) / (2 (f2 + 1)), f1 and f2 the requests
+    sent once and twice). A benchmark re-run sends each item several times (f1 = 0: the space is
+    what was sent); a generator over a few slot values repeats itself by chance; a harvester's
+    requests are all new (f1 = distinct: the space is far beyond what was sent)."""
+    if len(sends) == 0:
+        return 0.0
+    f1, f2 = float(np.sum(sends == 1)), float(np.sum(sends == 2))
+    return float(len(sends) + f1 * (f1 - 1.0) / (2.0 * (f2 + 1.0)))
+
+
+def pass_share(sends: np.ndarray) -> float:
+    """The share of distinct requests sent exactly as often as the most common count, when that
+    count is 2 or more (0 otherwise): near 1 for whole passes over one item set (a benchmark run
+    r times sends every item r times), low for a generator whose requests repeat by chance."""
+    if len(sends) == 0:
+        return 0.0
+    counts = np.bincount(sends)
+    mode = int(np.argmax(counts))
+    return float(counts[mode] / len(sends)) if mode >= 2 else 0.0
 
 
 def features_frame(rows: list[dict[str, Any]], accounts: list[str]) -> pd.DataFrame:

@@ -53,7 +53,11 @@ Two legitimate uses get a status of their own instead of a flag:
   an earlier prompt (re-runs, at any temperature), more than
   organic accounts send, with no request for training data or grades, and no more than
   ``EVAL_MAX_ITEMS`` distinct prompts (a benchmark is bounded; past that it is flagged as any
-  other account would be).
+  other account would be). An account that would otherwise be flagged is an evaluation run in
+  any format (free-form chain-of-thought items re-sampled at temperature > 0 too) when it makes
+  whole passes over one bounded item set (``rerun``: re-sends, every item sent equally often,
+  the set exhausted): what it transfers is its distinct items. A distiller re-sampling a fixed
+  prompt set gets the same status (the lab's ``resample`` family measures it).
 """
 
 from __future__ import annotations
@@ -87,6 +91,8 @@ MATERIAL_REQUESTS = 100         # distinct requests from a program that make a t
 MATERIAL_ALPHA = 1e-2           # ... when its volume is also beyond organic accounts' at this level
 ANSWER_RATIO_FLOOR = 0.0        # log2 answer/prompt tokens: answers shorter than prompts are labels, not generation
 EVAL_MAX_ITEMS = 15_000         # distinct prompts a benchmark run may have (MMLU has ~14k items)
+EVAL_PASS_SHARE = 0.8           # distinct requests sent equally often (whole passes), for a re-run in any format
+EVAL_SPACE_SLACK = 1.05         # ... and the item set exhausted: estimated size within 5 % of what was sent
 STATUSES = ("flagged", "clear", "insufficient_data", "repeated_runs", "authorised", "probing", "evaluation")
 
 
@@ -230,13 +236,32 @@ def probing(row: Any, p: dict[str, float]) -> bool:
     return _share(row, "probe_count") >= PROBE_SHARE and p.get("security_probes", 1.0) <= FAMILY_ALPHA
 
 
-def evaluation(row: Any, p: dict[str, float]) -> bool:
-    distinct = row.get("distinct_prompts", float("nan"))
-    rerun = _share(row, "temp0_count") >= EVAL_TEMP0_SHARE or _value(row, "resent_share", 0.0) >= EVAL_RESENT_SHARE
-    return (_share(row, "benchmark_count") >= EVAL_SHARE and rerun
-            and p.get("benchmark_format", 1.0) <= FAMILY_ALPHA
-            and p.get("training_data_requests", 1.0) > FAMILY_ALPHA and p.get("grading_prompts", 1.0) > FAMILY_ALPHA
-            and distinct is not None and np.isfinite(distinct) and float(distinct) <= EVAL_MAX_ITEMS)
+def evaluation(row: Any, p: dict[str, float], *, suspicious: bool = False) -> bool:
+    """A benchmark run: benchmark-formatted and repeatable, or (for an account that would
+    otherwise be flagged) whole passes over one bounded item set in any format (``rerun``); with
+    no request for training data or grades, and a bounded item set (``EVAL_MAX_ITEMS``)."""
+    distinct = _value(row, "distinct_prompts")
+    bounded = (np.isfinite(distinct) and distinct <= EVAL_MAX_ITEMS
+               and p.get("training_data_requests", 1.0) > FAMILY_ALPHA and p.get("grading_prompts", 1.0) > FAMILY_ALPHA)
+    repeatable = _share(row, "temp0_count") >= EVAL_TEMP0_SHARE or _value(row, "resent_share", 0.0) >= EVAL_RESENT_SHARE
+    formatted = (_share(row, "benchmark_count") >= EVAL_SHARE and repeatable
+                 and p.get("benchmark_format", 1.0) <= FAMILY_ALPHA)
+    return bounded and (formatted or (suspicious and rerun(row)))
+
+
+def rerun(row: Any) -> bool:
+    """Whole passes over one bounded item set, at any temperature and in any format (free-form
+    chain-of-thought items too): at least ``EVAL_RESENT_SHARE`` of queries re-send an earlier
+    request, at least ``EVAL_PASS_SHARE`` of distinct requests were sent the same number of times
+    (two or more: a benchmark run r times sends every item r times), and the set is exhausted (its
+    estimated size, ``prompt_space``, within ``EVAL_SPACE_SLACK`` of what was sent). What a re-run
+    transfers is its distinct items (at most ``EVAL_MAX_ITEMS``), each sampled once per pass; a
+    harvester needs new requests, and one that re-samples a fixed set at temperature to collect
+    several traces per item is reported so too (held to the rule's rate and watermarked, never
+    blocked; README, *Statuses other than flagged*)."""
+    distinct, space = _value(row, "distinct_prompts"), _value(row, "prompt_space")
+    return (_value(row, "resent_share", 0.0) >= EVAL_RESENT_SHARE and _value(row, "pass_share", 0.0) >= EVAL_PASS_SHARE
+            and np.isfinite(space) and distinct > 0 and space <= EVAL_SPACE_SLACK * distinct)
 
 
 def _status_reason(status: str, row: Any, p: dict[str, float], baseline: Baseline) -> Reason | None:
@@ -250,10 +275,11 @@ def _status_reason(status: str, row: Any, p: dict[str, float], baseline: Baselin
                       f"of its traffic is not flagged: reported as probing, not extraction")
     if status == "evaluation":
         share, cold = _share(row, "benchmark_count"), _share(row, "temp0_count")
-        resent = _value(row, "resent_share", 0.0)
+        resent, passes = _value(row, "resent_share", 0.0), _value(row, "pass_share", 0.0)
         return Reason("evaluation", "info", share, p["benchmark_format"],
                       f"{share:.0%} of {n:,} queries are formatted as benchmark items, {cold:.0%} are at "
-                      f"temperature 0 and {resent:.0%} re-send an earlier prompt, over "
+                      f"temperature 0 and {resent:.0%} re-send an earlier prompt ({passes:.0%} of distinct prompts "
+                      f"sent equally often: whole passes), over "
                       f"{int(float(row['distinct_prompts'])):,} distinct prompts (at most {EVAL_MAX_ITEMS:,}), "
                       f"with no request for training data or grades: reported as an evaluation run, not extraction")
     return None
@@ -282,7 +308,7 @@ def judge(row: pd.Series | dict[str, Any], baseline: Baseline, fpr: float, *, au
         status, flagged = "repeated_runs", False
     elif not suspicious and probing(row, p):
         status, flagged = "probing", False
-    elif evaluation(row, p):
+    elif evaluation(row, p, suspicious=suspicious):
         status, flagged = "evaluation", False
     elif suspicious and authorised:
         status, flagged = "authorised", False

@@ -11,6 +11,8 @@ Every family draws its volume, cadence and wording per account from wide ranges;
 * ``persona``: the same tasks through many personas;
 * ``system_only``: the prompt in the system or developer message, no or an empty user turn;
 * ``slow_reasoning``: 10-20 queries a day for the whole period, each asking for reasoning;
+* ``resample``: a fixed set of 40-600 reasoning, math or coding prompts, each sent 2-8 times at
+  temperature > 0 (several traces per prompt, in whole passes or in a row);
 * ``swarm``: 30-60 accounts with nothing shared (own /24, e-mail domain, card, user agent, creation
   date), linked only by prompt style, targets and synchronised or load-balanced timing;
 * ``library``: 2-4 campaigns that share only a public prompt library (each its own ``campaign``);
@@ -109,6 +111,9 @@ class FamilyAccount(Actor):
         else:
             self.schedule = pick(rng, SCHEDULES)
             self.total = log_uniform(rng, *self.VOLUME)
+        if family == "resample":   # its volume is its item set times the samples per item, at temperature > 0
+            self.total = self.builder.total
+            self.temperature = pick(rng, (0.6, 0.7, 0.8, 1.0))
         lead = int(rng.integers(0, max(1, ctx.days // 3))) if family != "slow_reasoning" else 0
         self.window = (ctx.start + lead * DAY, ctx.end)
 
@@ -253,7 +258,7 @@ class ProxyMixed(MixedCampaign):
                             extraction_share=round(float(rng.uniform(0.05, 0.3)), 3), content="replay",
                             end_user_ids=bool(rng.random() < 0.5))
         super().__init__(ctx, spec, name=f"family/proxy_mixed/{index}")
-        self.inner = pick(rng, sorted(set(BUILDERS) - {"system_only"}))
+        self.inner = pick(rng, sorted(set(BUILDERS) - {"system_only", "resample"}))
         builder = BUILDERS[self.inner](ctx, self.rng)
         self.prompts = builder
         self.system = pick(rng, PROXY_SYSTEMS).format(name=pick(rng, PROXY_NAMES))

@@ -21,7 +21,7 @@ from distillguard.lab.wording import (ANSWER_FORMATS, CODE_ARTIFACTS, CODE_CONST
                                       GENERATE_ASKS, GENERIC_TASKS, JUDGE_CRITERIA, JUDGE_FRAMES, JUDGE_LAYOUTS,
                                       JUDGE_OUTPUTS, JUDGE_SCALES, LANGUAGE_PARTS, MATH_OPENERS, PERSONA_FORMS,
                                       PERSONA_PLACES, PERSONA_ROLES, PERSONA_TASK_FORMS, PERSONA_TRAITS, REASONING,
-                                      SEED_INTROS, Style, math_problem, pick)
+                                      SEED_INTROS, Style, log_uniform, math_problem, pick)
 
 SYSTEM_VOICES = ("You are a helpful assistant.", "You are an expert tutor.", "You are a senior engineer.",
                  "Answer as an expert in the field.", "You are a meticulous analyst.", "", "",
@@ -293,11 +293,32 @@ class SystemOnly(Builder):
         return Prompt(messages, prompt.area, prompt.target_tokens, prompt.tools)
 
 
+class Resample(Builder):
+    """Rejection-sampling distillation: a fixed set of reasoning, math or coding prompts, each sent
+    ``k`` times at temperature > 0 to collect several traces per prompt (the distiller keeps the
+    best). Sent in whole passes over the set, or each prompt ``k`` times in a row: the shape of a
+    free-form evaluation harness re-run, which is what it imitates."""
+
+    def __init__(self, ctx: LabContext, rng: np.random.Generator) -> None:
+        super().__init__(ctx, rng)
+        inner = pick(rng, (ReasoningAsks, ReasoningAsks, MathOnly, CodingOnly))(ctx, rng)
+        self.items = [inner(rng) for _ in range(log_uniform(rng, 40, 600))]
+        self.k = int(rng.integers(2, 9))
+        self.in_passes = rng.random() < 0.5
+        self.total = len(self.items) * self.k
+        self.sent = 0
+
+    def __call__(self, rng: np.random.Generator) -> Prompt:
+        i = self.sent % len(self.items) if self.in_passes else (self.sent // self.k) % len(self.items)
+        self.sent += 1
+        return self.items[i]
+
+
 NARROW: dict[str, Callable[[LabContext, np.random.Generator], Builder]] = {
     "narrow_coding": CodingOnly, "narrow_agentic": AgenticOnly, "narrow_math": MathOnly,
     "narrow_language": OneLanguage,
 }
 BUILDERS: dict[str, Callable[[LabContext, np.random.Generator], Builder]] = {
     **NARROW, "self_instruct": SelfInstruct, "evol_instruct": EvolInstruct, "judge_pipeline": JudgePipeline,
-    "persona": PersonaDriven, "system_only": SystemOnly, "slow_reasoning": ReasoningAsks,
+    "persona": PersonaDriven, "system_only": SystemOnly, "slow_reasoning": ReasoningAsks, "resample": Resample,
 }
