@@ -31,8 +31,13 @@ def test_demo_runs_end_to_end(tmp_path):
     by = gw["by_strategy"]
     for negative in ("organic", "batch_app", "power_user", "researcher", "eval_run"):
         assert by.get(negative, {}).get("block", 0) == 0, negative     # nobody legitimate is blocked
-    blocked = [s for s, c in by.items() if c.get("block")]
-    assert {"cot", "hydra", "sweep", "rubric", "agentic"} <= set(blocked)
+    # Graduated: every extractor is acted on live (its first flag strips, shapes, caps and limits);
+    # the hydra cluster is blocked at once; single accounts only once a flag persists past a day.
+    assert {"cot", "hydra", "sweep", "rubric", "agentic"} <= set(gw["flagged_accounts"])
+    for strategy in ("cot", "sweep", "rubric", "agentic"):
+        assert by[strategy].get("modify", 0) + by[strategy].get("throttle", 0) > 0, strategy
+    assert "hydra" in [s for s, c in by.items() if c.get("block")]
+    assert "limited and stripped rather than blocked" in text
     assert gw["codes"].get("extraction_flagged", 0) > 0 and gw["codes"].get("cluster_flagged", 0) > 0
     assert any(code.startswith("rate_limit_") for code in gw["codes"])    # throttling shown too
     assert "example block explanation" in text

@@ -324,22 +324,61 @@ def test_metrics_are_prometheus_text(tmp_path, upstream):
     assert "distillguard_events_logged_total 3.0" in text
 
 
-def test_extraction_is_blocked_live_with_reasons(tmp_path, upstream):
-    """An account harvesting reasoning traces is flagged by the live scorer and then blocked."""
-    with running_gateway(tmp_path, upstream.url) as (gw, url):
-        blocked_at = None
+def test_extraction_is_limited_at_once_and_blocked_once_the_flag_persists(tmp_path, upstream):
+    """An account harvesting reasoning traces, under the default graduated policy: from its first
+    flagged request its reasoning is stripped (asked for and returned), its answers capped and
+    shaped, its rate held to 10 a minute and it is watermarked; it is blocked only once the flag
+    has persisted a day and 1,000 more queries (refused ones count: hammering the limit hastens it)."""
+    with running_gateway(tmp_path, upstream.url, trust_client_timestamps=True) as (gw, url):
+        t0 = 1_760_000_000.0
+
+        def ask(client, i, ts, model="ok"):
+            body = chat(f"Solve problem {i}: a tank holds {i * 7 + 3} litres and drains {i % 9 + 2} litres per "
+                        f"minute. Think step by step and show your reasoning before the final answer.",
+                        model=model, max_tokens=4096, reasoning_effort="high")
+            return client.post("/v1/chat/completions", json=body, headers={"x-distillguard-replay-ts": f"{ts:.3f}"})
+
+        flagged_at = None
         with httpx.Client(base_url=url, headers=ALICE) as client:
-            for i in range(400):
-                body = chat(f"Solve problem {i}: a tank holds {i * 7 + 3} litres and drains {i % 9 + 2} litres per "
-                            f"minute. Think step by step and show your reasoning before the final answer.",
-                            max_tokens=4096)
-                r = client.post("/v1/chat/completions", json=body)
-                if r.status_code == 403:
-                    blocked_at = i + 1
+            for i in range(400):                        # one every 2 s (no limit applies before the flag)
+                r = ask(client, i, t0 + 2.0 * i)
+                assert r.status_code == 200, (i, r.text)
+                if r.headers["x-distillguard-action"] != "allow":
+                    flagged_at = i + 1
                     break
-        assert blocked_at is not None, "never blocked"
-        assert r.json()["error"]["code"] == "extraction_flagged"
-        assert "reasoning" in r.headers["x-distillguard-explanation"]
+            assert flagged_at is not None and flagged_at <= 100, "never acted on"
+            assert r.headers["x-distillguard-action"] == "modify"
+            assert r.headers["x-distillguard-reason"].split(",") == ["extraction_flagged", "output_shaped"]
+            explanation = r.headers["x-distillguard-explanation"]
+            assert "privileged content" in explanation and "rather than blocked" in explanation
+            assert "reasoning" in explanation
+            sent, sent_headers = upstream.app.seen[-1], upstream.app.headers[-1]
+            assert "reasoning_effort" not in sent and sent["max_tokens"] == 512
+            assert sent_headers["x-distillguard-shape"] == "summary" and sent_headers["x-distillguard-cohort"] == "watch"
+            # A reasoning model's hidden trace is removed from the answer.
+            r = ask(client, 10_000, t0 + 2.0 * flagged_at + 60.0, model="reasoning")
+            assert r.status_code == 200 and r.headers["x-distillguard-action"] == "modify"
+            assert r.json()["choices"][0]["message"] == {"role": "assistant", "content": "42"}
+            # Faster than 10 a minute: refused with 429 and Retry-After, not blocked.
+            burst = [ask(client, 20_000 + k, t0 + 2.0 * flagged_at + 120.0) for k in range(15)]
+            assert {b.status_code for b in burst} == {200, 429}
+            refused = next(b for b in burst if b.status_code == 429)
+            assert refused.json()["error"]["code"] == "extraction_flagged" and int(refused.headers["retry-after"]) >= 1
+            # A day later it keeps hammering: blocked once 1,000 more queries came after the flag.
+            since = gw.policy.flagged_since("alice")
+            assert since is not None and since[0] == pytest.approx(t0 + 2.0 * (flagged_at - 1))
+            later = since[0] + 86_400.0
+            blocked_at = None
+            for k in range(1100):
+                r = ask(client, 30_000 + k, later + k * 0.05)
+                assert r.status_code in (200, 429, 403)
+                if r.status_code == 403:
+                    blocked_at = gw.scorer.accounts["alice"].queries
+                    break
+            assert blocked_at is not None, "never blocked"
+            assert blocked_at - since[1] == 1000
+            assert r.json()["error"]["code"] == "extraction_flagged"
+            assert "persisted past a day and 1,000 more queries" in r.headers["x-distillguard-explanation"]
         view = httpx.get(url + "/admin/accounts/alice", headers=ADMIN_H).json()
         assert view["flagged"] is True and any(x["signal"] == "cot_elicitation" for x in view["reasons"])
         # A person chatting at the same time is not touched.
@@ -347,4 +386,4 @@ def test_extraction_is_blocked_live_with_reasons(tmp_path, upstream):
             r = httpx.post(url + "/v1/chat/completions", json=chat(f"hi, could you help me plan a trip {i}?"),
                            headers=BOB)
             assert r.status_code == 200 and r.headers["x-distillguard-action"] == "allow"
-    print(f"blocked after {blocked_at} queries")
+    print(f"acted on after {flagged_at} queries, blocked {blocked_at - since[1]} queries and a day after the flag")

@@ -220,12 +220,18 @@ def test_without_intel_nothing_changes(tmp_path, upstream, homes):
 
 
 def test_intel_never_lowers_or_softens_a_decision():
-    """A peer's weak match on an account our scorer flags: the block stands, intel is only added."""
+    """A peer's weak match on an account our scorer flags: our decision stands (a hydra cluster's
+    block, a flagged account's limits), intel is only added."""
     weak = AccountIntel("acct", (IntelMatch("lab-a", "indicator--x", "ip24", 20, 1.0, "TLP:AMBER"),))
     policy = Policy(PolicyConfig())
-    plain = policy.decide(_assessment(flagged=True))
-    with_intel = policy.decide(replace(_assessment(flagged=True), intel=weak))
-    assert plain.action == with_intel.action == "block" and with_intel.codes == ["extraction_flagged", "intel_match"]
+    plain = policy.decide(_assessment(cluster_flagged=True))
+    with_intel = policy.decide(replace(_assessment(cluster_flagged=True), intel=weak))
+    assert plain.action == with_intel.action == "block" and with_intel.codes == ["cluster_flagged", "intel_match"]
+    assert "also matches peers' intel" in with_intel.explanation
+    plain = Policy(PolicyConfig()).decide(_assessment(flagged=True))
+    with_intel = Policy(PolicyConfig()).decide(replace(_assessment(flagged=True), intel=weak))
+    assert plain.action == with_intel.action == "modify" and plain.rule == with_intel.rule == "flagged_elicitation"
+    assert with_intel.codes == ["extraction_flagged", "output_shaped", "intel_match"]
     assert "also matches peers' intel: IP /24 hash matched indicator indicator--x from peer lab-a" in with_intel.explanation
     # the allowlist still exempts, whatever a peer says
     strong = AccountIntel("acct", (IntelMatch("lab-a", "indicator--y", "email", 100, 1.0, "TLP:AMBER"),))

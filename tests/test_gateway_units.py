@@ -179,16 +179,19 @@ def _assessment(flagged=False, elevated=False, cluster_flagged=False, account="a
 def test_policy_actions_and_codes():
     policy = Policy(PolicyConfig())
     assert policy.decide(_assessment()).action == "allow"
-    d = policy.decide(_assessment(flagged=True))
-    assert d.action == "block" and d.codes == ["extraction_flagged"] and "flagged for model extraction" in d.explanation
-    # Flagged without privileged content (value or coverage from automated prompts): limited and
-    # watermarked, blocked only once it persists past 1,000 queries.
-    d = policy.decide(_assessment(flagged=True, elicitation=False))
+    # Flagged on privileged content: not blocked on its first flagged request; reasoning stripped,
+    # the summary shape asked for, answers capped, limited and watermarked.
+    d = policy.decide(_assessment(flagged=True), now=0.0)
+    assert d.action == "modify" and d.rule == "flagged_elicitation" and d.codes == ["extraction_flagged", "output_shaped"]
+    assert d.strip_reasoning and d.strip_logprobs and d.shape == "summary" and d.max_tokens == 512
+    assert d.cohort == "watch" and "on privileged content" in d.explanation and "rather than blocked" in d.explanation
+    assert "persists past a day and 1,000 more queries" in d.explanation
+    # Flagged without privileged content (value or coverage from automated prompts): the same
+    # limits with the antidistillation shape.
+    d = policy.decide(_assessment(flagged=True, elicitation=False, account="cov"), now=0.0)
     assert d.action == "modify" and d.rule == "flagged_coverage" and d.cohort == "watch" and d.strip_logprobs
     assert d.codes == ["extraction_flagged", "output_shaped"] and "rather than blocked" in d.explanation
     assert d.shape == "antidistillation"
-    d = policy.decide(_assessment(flagged=True, elicitation=False, queries=1000))
-    assert d.action == "block" and d.rule == "flagged_persistent"
     d = policy.decide(_assessment(cluster_flagged=True))
     assert d.action == "block" and d.codes == ["cluster_flagged"] and "cluster c1 (4 accounts" in d.explanation
     d = policy.decide(_assessment(elevated=True))
@@ -201,7 +204,53 @@ def test_policy_actions_and_codes():
     assert allow.decide(_assessment()).codes == ["manual_block"]      # manual blocks beat the allowlist
     shadow = Policy(PolicyConfig(mode="shadow"))
     d = shadow.decide(_assessment(flagged=True))
-    assert d.action == "block" and d.enforced is False
+    assert d.action == "modify" and d.enforced is False
+
+
+@pytest.mark.parametrize("elicitation", [True, False])
+def test_a_flag_blocks_only_once_it_persists_a_day_and_1000_queries(elicitation):
+    """The graduated ladder: a flag first limits; it blocks once it has held for a day and over
+    1,000 more of the account's queries, counted from its first flagged request (a long first
+    pass in one sitting is not blocked, a slow one that lasts days but stays small is not either;
+    pausing does not restart the count)."""
+    policy = Policy(PolicyConfig())
+    first = policy.decide(_assessment(flagged=True, elicitation=elicitation, queries=40), now=1000.0)
+    assert first.action == "modify"
+    assert policy.flagged_since("acct") == (1000.0, 40)
+    # A long first pass in one sitting: 5,000 more queries within 23 hours, never blocked.
+    d = policy.decide(_assessment(flagged=True, elicitation=elicitation, queries=5040), now=1000.0 + 23 * 3600)
+    assert d.action in ("modify", "throttle") and d.rule != "flagged_persistent"
+    # Days later but only 999 more queries: still limited, not blocked.
+    d = policy.decide(_assessment(flagged=True, elicitation=elicitation, queries=1039), now=1000.0 + 5 * 86400)
+    assert d.action in ("modify", "throttle") and d.rule != "flagged_persistent"
+    # The flag lapses for a while (allow), then returns: the count goes on from the first flag.
+    assert policy.decide(_assessment(queries=1039), now=1000.0 + 5 * 86400 + 1).action == "allow"
+    d = policy.decide(_assessment(flagged=True, elicitation=elicitation, queries=1040), now=1000.0 + 5 * 86400 + 2)
+    assert d.action == "block" and d.rule == "flagged_persistent" and d.codes[0] == "extraction_flagged"
+    assert "persisted past a day and 1,000 more queries" in d.explanation
+    # Another account flagged later starts its own count.
+    d = policy.decide(_assessment(flagged=True, elicitation=elicitation, account="other", queries=5000),
+                      now=1000.0 + 5 * 86400 + 3)
+    assert d.action == "modify"
+
+
+def test_sustained_rule_fields_from_toml(tmp_path):
+    from distillguard.errors import BadInputError
+    from distillguard.gateway.config import load_config
+
+    path = tmp_path / "gw.toml"
+    path.write_text('[[policy.rules]]\nname = "slow"\nwhen = "flagged"\nactions = ["block"]\n'
+                    'sustained_s = 3600\nsustained_queries = 50\n')
+    rule = load_config(path, upstream="http://127.0.0.1:1").policy.rules[0]
+    assert (rule.sustained_s, rule.sustained_queries, rule.sustained) == (3600.0, 50, True)
+    policy = Policy(PolicyConfig(rules=(rule,)))
+    assert policy.decide(_assessment(flagged=True, queries=10), now=0.0).action == "allow"
+    assert policy.decide(_assessment(flagged=True, queries=60), now=3600.0).action == "block"
+    for bad in ("sustained_s = -1", "sustained_s = nan", 'sustained_s = "a day"', "sustained_queries = 1.5",
+                "sustained_queries = true"):
+        path.write_text(f'[[policy.rules]]\nwhen = "flagged"\nactions = ["block"]\n{bad}\n')
+        with pytest.raises(BadInputError, match="sustained"):
+            load_config(path, upstream="http://127.0.0.1:1")
 
 
 @pytest.mark.parametrize("status, code", [("probing", "security_probing"), ("evaluation", "evaluation_run")])

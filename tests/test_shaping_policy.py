@@ -30,7 +30,10 @@ def test_shape_applies_to_flagged_and_watch_accounts_never_to_the_allowlist():
     for kwargs in ({"flagged": True, "elicitation": False}, {"elevated": True}, {"flagged": True}):
         d = policy.decide(_assessment(account="research-lab", **kwargs))
         assert d.shape is None and d.codes == ["authorised"] and d.action == "allow", kwargs
-    blocked = policy.decide(_assessment(flagged=True))          # a block has nothing to shape
+    # Flagged on privileged content: its reasoning summarised, not the antidistillation shift.
+    d = policy.decide(_assessment(flagged=True))
+    assert d.shape == "summary" and d.strip_reasoning and "output_shaped" in d.codes
+    blocked = policy.decide(_assessment(cluster_flagged=True))   # a block has nothing to shape
     assert blocked.action == "block" and blocked.shape is None
 
 

@@ -12,16 +12,12 @@ from rich.markup import escape
 from rich.table import Table
 
 DEMO_POLICY = """
-# The default graduated rules, with a tight token budget for accounts flagged on coverage alone
-# (so the demo's slow-paced bots visibly hit it).
+# The default graduated rules, with tight token budgets for flagged accounts (so the demo's
+# slow-paced bots visibly hit them). A first flag limits, strips and shapes; only a flag that
+# persists a day and 1,000 more queries blocks (beyond the demo's first day), and a hydra
+# cluster is blocked at once.
 [policy.limits]
 requests_per_minute = 60
-
-[[policy.rules]]
-name = "flagged_elicitation"
-when = "flagged"
-evidence = "elicitation"
-actions = ["block"]
 
 [[policy.rules]]
 name = "cluster_flagged"
@@ -31,8 +27,19 @@ actions = ["block"]
 [[policy.rules]]
 name = "flagged_persistent"
 when = "flagged"
-min_queries = 1000
+sustained_s = 86400
+sustained_queries = 1000
 actions = ["block"]
+
+[[policy.rules]]
+name = "flagged_elicitation"
+when = "flagged"
+evidence = "elicitation"
+actions = ["throttle", "strip_logprobs", "strip_reasoning", "cap_max_tokens", "cohort", "shape"]
+shape = "summary"
+tokens_per_minute = 100
+max_tokens = 512
+cohort = "watch"
 
 [[policy.rules]]
 name = "flagged_coverage"
@@ -104,22 +111,30 @@ def run_gateway_demo(out: Path, events_path: Path, truth: dict, console: Console
                                connections=4)
     rows: dict[str, Counter] = {}
     first_block: dict[str, list[int]] = {}
+    first_flag: dict[str, list[int]] = {}     # the first decision on an extraction flag (any action)
     for account, decs in decisions.items():
         strategy = truth.get(account, {}).get("strategy", "organic")
         c = rows.setdefault(strategy, Counter())
         c["accounts"] += 1
         c["requests"] += len(decs)
+        flagged_at = next((i + 1 for i, (_, codes) in enumerate(decs)
+                           if "extraction_flagged" in codes or "cluster_flagged" in codes), None)
+        if flagged_at is not None:
+            first_flag.setdefault(strategy, []).append(flagged_at)
+            c["flagged_accounts"] += 1
         for i, (action, _) in enumerate(decs):
             c[action] += 1
             if action == "block" and (i == 0 or decs[i - 1][0] != "block"):
                 first_block.setdefault(strategy, []).append(i + 1)
     table = Table(title="what the gateway did, by ground-truth strategy (live, in time order)", box=box.SIMPLE_HEAD)
-    for col in ("strategy", "accts", "req", "allow", "modify", "throttle", "block", "1st block"):
+    for col in ("strategy", "accts", "req", "allow", "modify", "throttle", "block", "1st flag", "1st block"):
         table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)
     for strategy, c in sorted(rows.items(), key=lambda kv: (truth_kind(kv[0]), kv[0])):
         blocks = sorted(first_block.get(strategy, []))
+        flags = sorted(first_flag.get(strategy, []))
         table.add_row(strategy, f"{c['accounts']:,}", f"{c['requests']:,}", f"{c['allow']:,}", f"{c['modify']:,}",
-                      f"{c['throttle']:,}", f"{c['block']:,}", f"#{blocks[0]}" if blocks else "")
+                      f"{c['throttle']:,}", f"{c['block']:,}", f"#{flags[0]}" if flags else "",
+                      f"#{blocks[0]}" if blocks else "")
     console.print(table)
     codes = Counter(code for decs in decisions.values() for _, reason in decs for code in reason.split(",") if code)
     console.print("reason codes: " + ", ".join(f"{code} ×{n:,}" for code, n in codes.most_common()))
@@ -129,6 +144,12 @@ def run_gateway_demo(out: Path, events_path: Path, truth: dict, console: Console
         stored = store.count()
         sample = store.run("SELECT account, json_extract_string(extra, '$.decision.explanation') FROM events "
                            "WHERE json_extract_string(extra, '$.decision.action') = 'block' ORDER BY ts LIMIT 1")
+        limited = store.run("SELECT account, json_extract_string(extra, '$.decision.explanation') FROM events "
+                            "WHERE json_extract_string(extra, '$.decision.rule') = 'flagged_elicitation' "
+                            "ORDER BY ts LIMIT 1")
+    if limited:
+        console.print(f"example of a first flag, limited and stripped rather than blocked: "
+                      f"[italic]{escape(limited[0][1])}[/italic]")
     if sample:
         console.print(f"example block explanation (sent to the client in x-distillguard-explanation and the JSON "
                       f"error): [italic]{escape(sample[0][1])}[/italic]")
@@ -136,6 +157,7 @@ def run_gateway_demo(out: Path, events_path: Path, truth: dict, console: Console
                   f"every decision carries a reason code")
     return {"requests": len(events), "stored": stored, "codes": dict(codes),
             "blocked_accounts": {s: len(v) for s, v in first_block.items()},
+            "flagged_accounts": {s: len(v) for s, v in first_flag.items()},
             "by_strategy": {s: dict(c) for s, c in rows.items()}}
 
 

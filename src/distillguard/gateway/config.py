@@ -28,6 +28,7 @@ Every key is optional; see ``docs/gateway.md`` for a commented example. Errors n
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,7 +177,8 @@ def _rule(table: Any, index: int) -> Rule:
     if not isinstance(table, dict):
         raise BadInputError("expected a table", field=where)
     unknown = set(table) - {"name", "when", "actions", "requests_per_minute", "tokens_per_minute", "max_tokens",
-                            "cohort", "shape", "evidence", "min_queries"}
+                            "cohort", "shape", "evidence", "min_queries", "sustained_s",
+                            "sustained_queries"}
     if unknown:
         raise BadInputError(f"unknown key '{sorted(unknown)[0]}'", field=where)
     when = table.get("when")
@@ -209,8 +211,18 @@ def _rule(table: Any, index: int) -> Rule:
     min_queries = table.get("min_queries", 0)
     if not isinstance(min_queries, int) or isinstance(min_queries, bool) or min_queries < 0:
         raise BadInputError(f"expected a non-negative integer, got {min_queries!r}", field=f"{where}.min_queries")
+    sustained_queries = table.get("sustained_queries", 0)
+    if not isinstance(sustained_queries, int) or isinstance(sustained_queries, bool) or sustained_queries < 0:
+        raise BadInputError(f"expected a non-negative integer, got {sustained_queries!r}",
+                            field=f"{where}.sustained_queries")
+    sustained_s = table.get("sustained_s", 0)
+    if (not isinstance(sustained_s, (int, float)) or isinstance(sustained_s, bool) or not math.isfinite(sustained_s)
+            or sustained_s < 0):
+        raise BadInputError(f"expected a non-negative number of seconds, got {sustained_s!r}",
+                            field=f"{where}.sustained_s")
     return Rule(name=str(table.get("name") or when), when=when, actions=tuple(actions), limits=limits,
-                max_tokens=max_tokens, cohort=cohort, shape=shape, evidence=evidence, min_queries=min_queries)
+                max_tokens=max_tokens, cohort=cohort, shape=shape, evidence=evidence, min_queries=min_queries,
+                sustained_s=float(sustained_s), sustained_queries=sustained_queries)
 
 
 def load_config(path: str | Path | None, **overrides: Any) -> GatewayConfig:

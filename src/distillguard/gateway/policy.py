@@ -52,12 +52,38 @@ class Rule:
     shape: str = "antidistillation"             # the shaping mode the ``shape`` action asks for
     evidence: str = "any"                       # "elicitation": only when privileged content is significant
     min_queries: int = 0                        # only once the account has sent this many queries
+    # Only once the rule's flag (its condition and evidence) has held this long and over this many
+    # of the account's queries since this gateway first saw it hold (the flag's first request).
+    sustained_s: float = 0.0
+    sustained_queries: int = 0
+
+    @property
+    def sustained(self) -> bool:
+        return self.sustained_s > 0 or self.sustained_queries > 0
 
 
-# Graduated by default. A flag resting on privileged content (reasoning traces, grades, identity,
-# training data, one-shot agent runs) blocks at once; a flag resting on value or broad coverage
-# from automated prompts alone throttles, strips and watermarks until the account has sent 1,000
-# queries, then blocks.
+# Graduated by default: a single account's first flag never blocks it; it takes away what an
+# extractor wants and keeps answering what a person needs. Only a flag that persists blocks.
+#
+# * ``flagged_elicitation`` (privileged content: reasoning traces, grades, identity, training
+#   data, one-shot agent runs): reasoning fields stripped from request and answer (a reasoning
+#   model's hidden trace is what a trace harvester pays for), the ``summary`` shape (a ``<think>``
+#   trace cut to its first and last steps: a benchmark's scored answer survives, the steps a
+#   student copies do not; not ``antidistillation``, which the lab measured helping a student,
+#   docs/shaping.md), answers capped at 512 tokens, no logprobs, 10 requests and 5,000 tokens a
+#   minute, and the ``watch`` watermark cohort.
+# * ``flagged_coverage`` (value or broad coverage from automated prompts alone): the same limits
+#   with the ``antidistillation`` shape.
+# * ``flagged_persistent``: either flag blocks once it has held a day *and* over 1,000 more of
+#   the account's queries since its first flagged request. An honest first benchmark pass runs in
+#   one sitting (10,000 items at 10 a minute fit in a day) and a class's exercise batch is tens
+#   of requests; a harvester that keeps going past stripped, shaped answers is blocked. As the
+#   attacker: pausing does not restart the day; hammering the limit counts (refused queries are
+#   queries); dropping the privileged-content cues only moves it to ``flagged_coverage``;
+#   rotating accounts gets it, per account, a few dozen unlimited answers before the flag (as
+#   before) and then only what the limits let through, without hidden traces, capped, shaped
+#   and watermarked. A hydra cluster (accounts tied to one controller) is blocked at once.
+#
 # Peers' intel never blocks on its own: another organisation's word (about a card, an e-mail, a
 # network) can be wrong about our customer, so an account flagged on intel alone (intel score
 # >= 0.5, e.g. one e-mail or card match at confidence 80 from a fully trusted peer) is limited
@@ -69,10 +95,14 @@ class Rule:
 # and routed to the watermark cohort, so that a harvester dressed as one gains little and stays
 # traceable.
 MODIFY = ("strip_logprobs", "strip_reasoning", "cap_max_tokens", "cohort", "shape")
+SUSTAINED_S = 86_400.0          # a day
+SUSTAINED_QUERIES = 1000
 DEFAULT_RULES = (
-    Rule("flagged_elicitation", "flagged", ("block",), evidence="elicitation"),
     Rule("cluster_flagged", "cluster_flagged", ("block",)),
-    Rule("flagged_persistent", "flagged", ("block",), min_queries=1000),
+    Rule("flagged_persistent", "flagged", ("block",), sustained_s=SUSTAINED_S, sustained_queries=SUSTAINED_QUERIES),
+    Rule("flagged_elicitation", "flagged", ("throttle",) + MODIFY, evidence="elicitation",
+         limits=Limits(requests_per_minute=10, tokens_per_minute=5_000), max_tokens=512, cohort="watch",
+         shape="summary"),
     Rule("flagged_coverage", "flagged", ("throttle",) + MODIFY,
          limits=Limits(requests_per_minute=10, tokens_per_minute=5_000), max_tokens=512, cohort="watch"),
     Rule("probing", "probing", ("throttle", "cohort"), limits=Limits(requests_per_minute=60), cohort="watch"),
@@ -83,6 +113,7 @@ DEFAULT_RULES = (
          limits=Limits(requests_per_minute=30, tokens_per_minute=30_000), max_tokens=1024, cohort="watch"),
     Rule("intel_match", "intel_any", ("cohort",), cohort="watch"),
 )
+MAX_SUSTAINED = 200_000         # flags whose start is remembered (oldest forgotten first)
 
 
 @dataclass
@@ -191,12 +222,52 @@ def _top_reasons(verdict: Verdict, k: int = 3) -> str:
     return "; ".join(r.detail for r in ranked[:k])
 
 
+def _persists(rule: Rule) -> str:
+    """'past a day and 1,000 more queries' for a sustained rule."""
+    parts = ([_duration(rule.sustained_s)] if rule.sustained_s > 0 else []) + (
+        [f"{rule.sustained_queries:,} more queries"] if rule.sustained_queries > 0 else [])
+    return "past " + " and ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 86_400 and seconds % 86_400 == 0:
+        days = int(seconds // 86_400)
+        return "a day" if days == 1 else f"{days} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} h"
+    return f"{seconds:g} s"
+
+
+def _limited(rule: Rule, rules: tuple[Rule, ...]) -> str:
+    """What a non-blocking flag rule does, in words, and when the flag blocks (the first sustained
+    blocking rule on flags)."""
+    parts = []
+    if "strip_reasoning" in rule.actions:
+        parts.append("reasoning stripped")
+    if "shape" in rule.actions and rule.shape:
+        parts.append(f"answers shaped ({rule.shape})")
+    if "cap_max_tokens" in rule.actions and rule.max_tokens:
+        parts.append(f"capped at {rule.max_tokens} tokens")
+    if "throttle" in rule.actions:
+        parts.append("rate limited")
+    if "cohort" in rule.actions and rule.cohort:
+        parts.append(f"watermarked (cohort {rule.cohort!r})")
+    text = ", ".join(parts) or "limited"
+    block = next((r for r in rules if r.when == "flagged" and "block" in r.actions and r.sustained
+                  and r.evidence in ("any", rule.evidence)), None)
+    if block is not None:
+        text += f" rather than blocked; blocked if the flag persists {_persists(block)}"
+    return text
+
+
 class Policy:
     def __init__(self, config: PolicyConfig, allowlist: set[str] | None = None) -> None:
         self.config = config
         self.allowlist = allowlist if allowlist is not None else set()
         self.manual: dict[str, ManualAction] = {}
         self._buckets: dict[tuple[str, str, str], TokenBucket] = {}
+        # (subject, condition) -> (clock, account queries) when a sustained rule's flag first held
+        self._since: dict[tuple[str, str], tuple[float, int]] = {}
 
     def cohort_of(self, account: str) -> str:
         """Default watermark cohort: a stable hash of the account."""
@@ -271,7 +342,7 @@ class Policy:
         if a.cluster is not None:
             self._check_limits(d, "cluster", a.cluster, self.config.cluster_limits, now, tokens_wanted)
         for rule in self.config.rules:
-            if self._holds(rule, a):
+            if self._holds(rule, a) and (not rule.sustained or self._sustained(rule, a, now)):
                 self._apply(rule, d, a, now, tokens_wanted)
                 break
         return self._admit(d, now)
@@ -283,6 +354,24 @@ class Policy:
             for bucket in d._buckets:
                 bucket.take(1.0, now)
         return d
+
+    def _sustained(self, rule: Rule, a: Assessment, now: float) -> bool:
+        """Whether the flag ``rule`` rests on has held for ``sustained_s`` and over
+        ``sustained_queries`` of the account's queries since it was first seen to hold here (it is
+        held, so this is that moment or later). The start is kept when the flag lapses: pausing
+        or slowing down does not restart the count."""
+        subject = a.cluster if rule.when == "cluster_flagged" else (a.end_user_key if a.end_user else a.account)
+        key = (f"{subject}", rule.when + "/" + rule.evidence)
+        start = self._since.get(key)
+        if start is None:
+            if len(self._since) >= MAX_SUSTAINED:
+                self._since.pop(next(iter(self._since)))
+            start = self._since[key] = (now, a.queries)
+        return now - start[0] >= rule.sustained_s and a.queries - start[1] >= rule.sustained_queries
+
+    def flagged_since(self, account: str, when: str = "flagged", evidence: str = "any") -> tuple[float, int] | None:
+        """(clock, account queries) when a sustained rule's flag on ``account`` was first seen, if it was."""
+        return self._since.get((account, when + "/" + evidence))
 
     @staticmethod
     def _holds(rule: Rule, a: Assessment) -> bool:
@@ -331,13 +420,19 @@ class Policy:
         if "block" in rule.actions:
             d.escalate("block")
             d.codes.insert(0, code)
-            d.explanation = f"{subject} is flagged for model extraction ({p_text}): {why}{also}"
+            held = ""
+            if rule.sustained and rule.when != "cluster_flagged":
+                held = f" and the flag has persisted {_persists(rule)} after its answers were limited"
+            d.explanation = f"{subject} is flagged for model extraction ({p_text}){held}: {why}{also}"
             if also:
                 d.codes.append("intel_match")
             if a.end_user is not None and rule.when != "cluster_flagged":
                 d.codes.append("end_user")
             return
-        if rule.when in ("flagged", "cluster_flagged"):
+        if rule.when == "flagged" and rule.evidence == "elicitation":
+            lead = (f"{subject} is flagged for model extraction on privileged content ({p_text}); "
+                    f"{_limited(rule, self.config.rules)}: {why}{also}")
+        elif rule.when in ("flagged", "cluster_flagged"):
             lead = (f"{subject} is flagged for model extraction ({p_text}) without privileged content "
                     f"(value or broad coverage from automated prompts); limited and watermarked rather than "
                     f"blocked: {why}{also}")
