@@ -9,7 +9,7 @@ logged, scored, its observation published and folded by the other worker), then 
 workers: event loops, log writers, loader) divided by the requests wrk completed; Redis's CPU is
 reported on its own. Lost events: stored in DuckDB (loaded by the lease holder) against answered.
 
-    python benchmarks/bench_fleet.py [--duration 10] [--saturate 256] [--clients 64]
+    python benchmarks/bench_fleet.py [--duration 10] [--saturate 256] [--clients 64] [--upstream fast|serve]
 """
 
 from __future__ import annotations
@@ -75,6 +75,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--delay-ms", type=float, default=100.0)
     parser.add_argument("--accounts", type=int, default=1000)
+    parser.add_argument("--upstream", choices=("fast", "serve"), default="fast",
+                        help="fast: benchmarks/fast_upstream.py (bare asyncio, leaves the cores to the gateway); "
+                             "serve: distillguard serve (uvicorn)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     load0 = os.getloadavg()[0]
@@ -88,7 +91,7 @@ def main() -> None:
     redis = subprocess.Popen([shutil.which("redis-server"), "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
                               "--appendonly", "no", "--dir", str(work)], stdout=subprocess.DEVNULL)
     state = f"redis://127.0.0.1:{rport}/0"
-    upstream, up_url = start_upstream(args.delay_ms)
+    upstream, up_url = start_upstream(args.delay_ms, args.upstream)
     rows = []
     try:
         run_wrk(up_url, script, args.saturate, 2)
@@ -122,7 +125,7 @@ def main() -> None:
         redis.terminate()
         redis.wait()
     print(f"load average (1 min) at the start: {load0:.2f}, at the end: {os.getloadavg()[0]:.2f}")
-    print(f"upstream delay {args.delay_ms:g} ms; direct: {direct[args.saturate]['rps']:,.0f} req/s at "
+    print(f"upstream {args.upstream}, delay {args.delay_ms:g} ms; direct: {direct[args.saturate]['rps']:,.0f} req/s at "
           f"{args.saturate} connections, {direct[args.clients]['rps']:,.0f} at {args.clients}")
     print(f"{'workers':>7}{'req/s @' + str(args.saturate):>14}{'vs 1 worker':>12}{'CPU/req':>10}{'Redis CPU/req':>15}"
           f"{'req/s @' + str(args.clients):>13}{'% direct':>10}{'p50 +ms':>9}{'p99 +ms':>9}{'stored':>9}"

@@ -65,9 +65,13 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
     raise RuntimeError(f"{url} did not start")
 
 
-def start_upstream(delay_ms: float) -> tuple[subprocess.Popen, str]:
+def start_upstream(delay_ms: float, kind: str = "serve") -> tuple[subprocess.Popen, str]:
+    """``kind`` "serve": ``distillguard serve``; "fast": benchmarks/fast_upstream.py (a bare asyncio
+    server, for runs where the upstream's own CPU must not compete with the gateway's)."""
     port = free_port()
-    proc = subprocess.Popen(CLI + ["serve", "--port", str(port), "--delay-ms", str(delay_ms)],
+    command = ([sys.executable, str(Path(__file__).parent / "fast_upstream.py")] if kind == "fast"
+               else CLI + ["serve"])
+    proc = subprocess.Popen(command + ["--port", str(port), "--delay-ms", str(delay_ms)],
                             stdout=subprocess.DEVNULL, stderr=open(LOGS / f"upstream-{port}.log", "wb"))
     url = f"http://127.0.0.1:{port}"
     wait_ready(url + "/v1/models", proc)
