@@ -11,7 +11,7 @@ import pytest
 from distillguard.detect import probes
 from distillguard.detect import text as tx
 from distillguard.detect.baseline import load_default
-from distillguard.detect.features import account_features
+from distillguard.detect.features import account_features, late_novelty
 from distillguard.detect.scoring import EVAL_MAX_ITEMS, EVAL_RESENT_SHARE, evaluation, judge
 
 from test_value_rule import BASE, FPR, frame, slow_elicitation_features
@@ -151,3 +151,56 @@ def test_free_form_cot_rerun_at_temperature_is_evaluation_not_extraction(baselin
     assert not evaluation(big, baseline.p_values(big), suspicious=True)
     # A clear account is never relabelled by the re-run path (it only replaces a flag).
     assert not evaluation(rerun, baseline.p_values(rerun), suspicious=False)
+
+
+def test_late_novelty_reads_bounded_and_open_slots():
+    menu = [frozenset({t, lvl}) for t, lvl in itertools.product(("fractions", "ratios", "angles"), ("5", "7"))] * 10
+    assert late_novelty(menu) == 0.0
+    open_topics = [frozenset({f"w{i}", f"v{i}"}) for i in range(60)]
+    assert late_novelty(open_topics) == 1.0
+    assert np.isnan(late_novelty([frozenset({"a"})]))
+
+
+def _pseudo_word(rng: np.random.Generator) -> str:
+    return "".join(rng.choice(list("bcdfgklmnprstvz"), 1).tolist() + [rng.choice(list("aeiou")) + rng.choice(list("lmnrst"))
+                                                                     for _ in range(int(rng.integers(2, 4)))])
+
+
+def test_one_fixed_instruction_over_open_topics_is_a_generator_and_over_a_menu_is_not(baseline):
+    """Cosmopedia-style synthetic data (one frame over open subjects) is flagged; an education
+    product's fixed frame over its own syllabus, asking for worked solutions, is not."""
+    rng = np.random.default_rng(21)
+    n = 700
+    times = BASE + np.sort(rng.uniform(0, 2 * 86400, size=n))
+    answers = rng.integers(700, 1500, size=n).astype(float)
+    forms = ("textbook section", "blog post", "short story")
+    open_prompts = [f"Write a {forms[i % 3]} about {_pseudo_word(rng)} {_pseudo_word(rng)} for college students."
+                    for i in range(n)]
+    gen = account_features(frame(open_prompts, times, answers))
+    assert gen["fixed_instruction_share"] >= 0.5 and gen["slot_novelty"] > 0.5
+    verdict = judge(gen, baseline, FPR)
+    assert verdict.flagged and "open topics" in verdict.reasons[0].detail
+    topics = ("fractions", "long division", "percentages", "ratios", "area and perimeter", "probability")
+    menu = [f"Exercise set request | topic={topics[int(rng.integers(6))]} | level=grade {int(rng.choice([5, 7, 9]))} "
+            f"| count={int(rng.choice([5, 8, 10]))} | with answers and worked solutions, step by step" for _ in range(n)]
+    edu = account_features(frame(menu, times, answers))
+    assert edu["slot_novelty"] <= 0.1 and edu["fixed_instruction_share"] >= 0.5
+    p = baseline.p_values(edu)
+    assert min(p["cot_elicitation"], p["grading_prompts"]) <= 0.05     # it asks for worked solutions
+    assert not judge(edu, baseline, FPR).flagged
+    # Unknown slot novelty (the live scorer does not measure it) keeps the older reading.
+    unknown = {k: float("nan") for k in gen if k.endswith("novelty")}
+    assert not judge(dict(gen, **unknown), baseline, FPR).flagged
+
+
+def test_a_template_over_random_numbers_is_not_a_menu(baseline):
+    """One fixed frame whose only slots are numbers ("solve {a}x + {b} = {c}, step by step"):
+    bounded words, open numbers. Every request is a new problem: not a menu, still a harvest."""
+    rng = np.random.default_rng(22)
+    n = 700
+    prompts = [f"Solve {a}x + {b} = {c} for x. Show your reasoning step by step."
+               for a, b, c in rng.integers(2, 5000, size=(n, 3))]
+    feats = account_features(frame(prompts, BASE + np.sort(rng.uniform(0, 2 * 86400, size=n)),
+                                   rng.integers(400, 900, size=n).astype(float)))
+    assert feats["slot_word_novelty"] <= 0.1 < feats["slot_novelty"]
+    assert judge(feats, baseline, FPR).flagged

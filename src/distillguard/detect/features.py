@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,7 @@ BASE_FEATURES = (
     "instruction_read_share",
     "probe_count", "benchmark_count", "temp0_count", "resent_share",
     # a bounded set of requests and whole passes over it (evaluation re-runs)
-    "prompt_space", "pass_share",
+    "prompt_space", "pass_share", "slot_novelty", "slot_word_novelty",
 )
 # The same features for an account's largest templated sub-stream (extraction hidden in a busy,
 # otherwise organic account, such as a reseller's), judged as if it were an account of its own.
@@ -335,6 +336,33 @@ def _value_features(out: dict[str, Any], prompts: list[str], systems: list[Any],
                              count=len(texts))
         out["fixed_instruction_share"] = float(1.0 - varying.mean())
         out["instruction_read_share"] = float(1.0 - unread.mean())
+        slots = [frozenset(_TOKEN.findall(t[:600])) - frame for t in texts]
+        out["slot_novelty"] = late_novelty(slots)
+        # Words only: a record's numbers (an SKU, a wattage) are new in every request of a catalogue.
+        out["slot_word_novelty"] = late_novelty([frozenset(w for w in s if not any(c.isdigit() for c in w))
+                                                 for s in slots])
+
+
+# Words and numbers: a slot's values are often numbers (a count, a grade, a problem's parameters).
+_TOKEN = re.compile(r"[a-z0-9']+")
+
+
+def late_novelty(token_sets: list[frozenset[str]]) -> float:
+    """The share of the later half of an account's distinct prompts (in time order) that bring a
+    token outside its frame that no earlier prompt had. Near 0 when a fixed frame's slots take a
+    bounded set of values (a syllabus's topics, levels and counts, all seen early and then
+    reused); a generator over open topics (a web page's subject, an encyclopaedia's titles) and a
+    harvester's tasks keep bringing new words and numbers."""
+    half = len(token_sets) // 2
+    if half == 0:
+        return float("nan")
+    seen: set[str] = set()
+    new = 0
+    for k, tokens in enumerate(token_sets):
+        if k >= half and not tokens <= seen:
+            new += 1
+        seen |= tokens
+    return new / (len(token_sets) - half)
 
 
 def prompt_space(sends: np.ndarray) -> float:

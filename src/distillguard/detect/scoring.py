@@ -28,9 +28,16 @@ when
   the elicitation route too when the payloads are material, fewer than ``SUPPLIED_MATERIAL_SHARE``
   of queries self-contained: grading or labelling a supplied item is not self-contained
   generation, while one fixed frame over topics the caller picks, "explain X step by step", is
-  still a harvester; the value and coverage exemption needs the instructions read, at least
-  ``INSTRUCTION_READ_SHARE`` of prompts, and is not given to an agent harness, at least
-  ``AGENT_SHARE`` of requests with tools),
+  still a harvester unless its slots are bounded (below); the value and coverage exemption needs
+  the instructions read, at least ``INSTRUCTION_READ_SHARE`` of prompts, and is not given to an
+  agent harness, at least ``AGENT_SHARE`` of requests with tools; over topics the caller picks
+  (self-contained requests), one fixed instruction explains the traffic only when its slots take
+  a bounded set of words (``bounded_slots``: at most ``SLOT_NOVELTY`` of its later prompts bring
+  a word no earlier prompt had: a syllabus's topics, a catalogue's attributes, not a web crawl's
+  subjects), and when its numbers are bounded too it removes the elicitation route as well
+  (exercise sets with worked solutions over a syllabus; the lab's ``syllabus_frame`` family is
+  the harvester this lets through; a template over random numbers, "solve {a}x + {b} = {c} step
+  by step", is not a menu),
 * most of its queries are not exact repeats of earlier ones (re-asking harvests nothing), and
 * Fisher's combination of the family p-values, calibrated on organic accounts by Brown's
   method, is at most the chosen false-positive rate.
@@ -91,6 +98,7 @@ MATERIAL_REQUESTS = 100         # distinct requests from a program that make a t
 MATERIAL_ALPHA = 1e-2           # ... when its volume is also beyond organic accounts' at this level
 ANSWER_RATIO_FLOOR = 0.0        # log2 answer/prompt tokens: answers shorter than prompts are labels, not generation
 EVAL_MAX_ITEMS = 15_000         # distinct prompts a benchmark run may have (MMLU has ~14k items)
+SLOT_NOVELTY = 0.1              # later prompts bringing a new word or number: at most this share is a bounded menu
 EVAL_PASS_SHARE = 0.8           # distinct requests sent equally often (whole passes), for a re-run in any format
 EVAL_SPACE_SLACK = 1.05         # ... and the item set exhausted: estimated size within 5 % of what was sent
 STATUSES = ("flagged", "clear", "insufficient_data", "repeated_runs", "authorised", "probing", "evaluation")
@@ -184,6 +192,30 @@ def supplied_material(row: Any) -> bool:
     return _share(row, "self_contained_count") < SUPPLIED_MATERIAL_SHARE
 
 
+def bounded_slots(row: Any, *, numbers: bool = True) -> bool:
+    """Do the frame's slots take a bounded set of values (``SLOT_NOVELTY``: in the later half of
+    its prompts, few bring a word or number outside the frame that no earlier prompt had)? Then
+    one fixed instruction over topics the caller picks is a product's own menu (a syllabus's
+    topics and levels), and what it transfers is bounded by that menu. Without ``numbers``, words
+    only: a record's numbers (an SKU, a price) are new in every request of a catalogue. Unknown
+    (not measured, e.g. live) is not bounded."""
+    return _value(row, "slot_novelty" if numbers else "slot_word_novelty", 1.0) <= SLOT_NOVELTY
+
+
+def explained_by_frame(row: Any) -> bool:
+    """Is its traffic explained by one fixed instruction, for the value and coverage routes? Over
+    material the application brings (a catalogue, a labelling queue), or, over topics it picks,
+    only with bounded slot words: one fixed frame over open topics ("write a textbook chapter
+    about {topic}" over a web crawl's subjects) is a synthetic-data generator, while product data
+    given inline ("... for the Acme kettle SKU 10412: steel, red, 2,200 W") has bounded words and
+    new numbers. Unknown slot novelty (live) keeps the older reading: one fixed instruction
+    explains it."""
+    fixed = fixed_instruction(row) and _share(row, "tools_count") < AGENT_SHARE
+    if not fixed or supplied_material(row) or not np.isfinite(_value(row, "slot_word_novelty")):
+        return fixed
+    return bounded_slots(row, numbers=False)
+
+
 def generative(row: Any) -> bool:
     """Do its answers give back more than its prompts bring (``ANSWER_RATIO_FLOOR``)? Labels,
     classifications and extractions return less text than they are given: little to train a
@@ -209,9 +241,14 @@ def _routes(fam: dict[str, float], p: dict[str, float], row: Any, baseline: Base
     automated = content_automation_p(p) <= FAMILY_ALPHA
     # An agent's requests carry its own trajectory (tool calls and their results), not data the
     # application brings: one fixed instruction explains a catalogue, not an agent harness.
-    fixed = fixed_instruction(row) and _share(row, "tools_count") < AGENT_SHARE
+    fixed = explained_by_frame(row)
     routes = []
-    if fam[ELICITATION] <= FAMILY_ALPHA and not (fixed_instruction(row, read=False) and supplied_material(row)):
+    # Privileged content asked for over supplied items (grading what the application brings), or
+    # by one read, fixed frame whose slots are bounded (a syllabus's exercise sets with worked
+    # solutions) is explained by it; over open topics it is a harvest.
+    menu = fixed and not supplied_material(row) and bounded_slots(row)
+    if fam[ELICITATION] <= FAMILY_ALPHA and not (fixed_instruction(row, read=False) and supplied_material(row)) \
+            and not menu:
         routes.append("elicitation")
     # Value: answers worth more than organic ones, or, from a program, answers at least as long
     # relative to their prompts as organic users get (a script sending organic-like requests at
@@ -342,6 +379,10 @@ def _rule_reason(routes: list[str], fam: dict[str, float], row: Any, p: dict[str
     share = row.get("fixed_instruction_share", float("nan"))
     fixed = (f"; not one fixed instruction ({share:.0%} of distinct prompts give its most common instructions)"
              if share is not None and np.isfinite(share) else "")
+    if fixed_instruction(row) and not supplied_material(row) and not bounded_slots(row, numbers=False) \
+            and np.isfinite(_value(row, "slot_word_novelty")):
+        fixed = (f"; one fixed instruction over open topics ({_value(row, 'slot_word_novelty'):.0%} of its later "
+                 f"prompts bring a word no earlier prompt had): a generator, not a menu of the application's own")
     if fam[HARVEST] <= HARVEST_ALPHA:
         harvest = f"harvests new answers beyond organic accounts (harvest p = {fam[HARVEST]:.1e})"
     else:

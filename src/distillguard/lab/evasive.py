@@ -13,6 +13,9 @@ Every family draws its volume, cadence and wording per account from wide ranges;
 * ``slow_reasoning``: 10-20 queries a day for the whole period, each asking for reasoning;
 * ``resample``: a fixed set of 40-600 reasoning, math or coding prompts, each sent 2-8 times at
   temperature > 0 (several traces per prompt, in whole passes or in a row);
+* ``topic_frame``: one fixed instruction ("write a {form} about {topic} for {audience}") over
+  open topics, Cosmopedia-style synthetic data; ``syllabus_frame``: one fixed frame asking for
+  worked explanations over a bounded list of 10-42 topics and 1-3 levels, re-sampled;
 * ``swarm``: 30-60 accounts with nothing shared (own /24, e-mail domain, card, user agent, creation
   date), linked only by prompt style, targets and synchronised or load-balanced timing;
 * ``library``: 2-4 campaigns that share only a public prompt library (each its own ``campaign``);
@@ -258,7 +261,7 @@ class ProxyMixed(MixedCampaign):
                             extraction_share=round(float(rng.uniform(0.05, 0.3)), 3), content="replay",
                             end_user_ids=bool(rng.random() < 0.5))
         super().__init__(ctx, spec, name=f"family/proxy_mixed/{index}")
-        self.inner = pick(rng, sorted(set(BUILDERS) - {"system_only", "resample"}))
+        self.inner = pick(rng, sorted(set(BUILDERS) - {"system_only", "resample", "topic_frame", "syllabus_frame"}))
         builder = BUILDERS[self.inner](ctx, self.rng)
         self.prompts = builder
         self.system = pick(rng, PROXY_SYSTEMS).format(name=pick(rng, PROXY_NAMES))

@@ -314,6 +314,79 @@ class Resample(Builder):
         return self.items[i]
 
 
+TOPIC_FRAMES = ("Write a {form} about {topic} for {audience}.", "Compose a detailed {form} on the subject of {topic}, "
+                "aimed at {audience}.", "{form_c} | subject: {topic} | audience: {audience} | length: long",
+                "Produce a {form} covering {topic}. Target readers: {audience}. Be thorough and accurate.",
+                "Draft an engaging {form} whose topic is {topic}, written for {audience}.")
+TOPIC_FORMS = ("textbook section", "blog post", "short story", "how-to guide", "lecture transcript", "encyclopedia entry",
+               "forum answer", "newsletter article", "course unit", "explainer")
+TOPIC_AUDIENCES = ("young children", "high-school students", "college students", "general readers", "professionals",
+                   "researchers", "beginners", "retirees")
+# Verbs a topic-picking script leaves out of its topics (a topic is a subject, not a task).
+_TASK_VERBS = frozenset({"write", "explain", "create", "make", "give", "tell", "describe", "generate", "build",
+                         "implement", "solve", "find", "list", "compare", "summarize", "summarise", "translate",
+                         "please", "could", "would", "should", "which", "where", "there", "their", "about"})
+
+
+class TopicFrame(Builder):
+    """A synthetic-data generator in the Cosmopedia style: one fixed instruction ("write a
+    {form} about {topic} for {audience}") over open topics (subjects lifted from web text, here
+    from real questions' words), with long generative answers and no privileged-content cue."""
+
+    def __init__(self, ctx: LabContext, rng: np.random.Generator) -> None:
+        super().__init__(ctx, rng)
+        self.frame = pick(rng, TOPIC_FRAMES)
+        self.forms = list(rng.choice(TOPIC_FORMS, size=int(rng.integers(1, 4)), replace=False))
+        self.audiences = list(rng.choice(TOPIC_AUDIENCES, size=int(rng.integers(1, 4)), replace=False))
+
+    def _topic(self, rng: np.random.Generator) -> str:
+        for _ in range(10):
+            text, _ = _public_question(self.ctx, rng)
+            words = [w for w in (x.strip(".,;:!?()\"'").lower() for x in text.split())
+                     if len(w) >= 5 and w.isalpha() and w not in _TASK_VERBS]
+            if len(words) >= 2:
+                k = int(rng.integers(0, len(words) - 1))
+                return " ".join(words[k:k + int(rng.integers(2, 4))])
+        return "local history"
+
+    def __call__(self, rng: np.random.Generator) -> Prompt:
+        form = pick(rng, self.forms)
+        text = self.frame.format(form=form, form_c=form[0].upper() + form[1:], topic=self._topic(rng),
+                                 audience=pick(rng, self.audiences))
+        return Prompt(self.messages(text), None, int(rng.integers(600, 1600)))
+
+
+SYLLABUS_TOPICS = ("fractions", "long division", "photosynthesis", "plate tectonics", "supply and demand", "recursion",
+                   "the water cycle", "Newton's laws", "chemical bonding", "probability trees", "the French revolution",
+                   "binary search", "compound interest", "cell respiration", "vectors", "logarithms", "poetry metre",
+                   "the immune system", "electric circuits", "linear regression", "sorting algorithms", "acids and bases",
+                   "the cold war", "derivatives", "integration by parts", "graph colouring", "natural selection",
+                   "Ohm's law", "prime factorisation", "the Krebs cycle", "Bayes' theorem", "hash tables",
+                   "quadratic equations", "the Roman empire", "thermodynamics", "opportunity cost", "matrices",
+                   "dynamic programming", "plate boundaries", "the nitrogen cycle", "Pythagoras' theorem", "inflation")
+SYLLABUS_LEVELS = ("beginner", "intermediate", "advanced", "grade 6", "grade 9", "first-year university")
+
+
+class SyllabusFrame(Builder):
+    """The harvester the bounded-menu exemption lets through: one fixed frame asking for worked
+    explanations ("explain {topic} to a {level} student, step by step") over a bounded list of
+    topics and levels, re-sampled at temperature > 0 for several answers per topic."""
+
+    def __init__(self, ctx: LabContext, rng: np.random.Generator) -> None:
+        super().__init__(ctx, rng)
+        self.topics = list(rng.choice(SYLLABUS_TOPICS, size=int(rng.integers(10, len(SYLLABUS_TOPICS) + 1)),
+                                      replace=False))
+        self.levels = list(rng.choice(SYLLABUS_LEVELS, size=int(rng.integers(1, 4)), replace=False))
+        self.frame = pick(rng, ("Explain {topic} to a {level} student with worked examples. {reason}",
+                                "Teach {topic} ({level}). {reason}", "{reason} Topic: {topic}. Level: {level}.",
+                                "Give a full worked lesson on {topic} for a {level} learner. {reason}"))
+        self.reason = pick(rng, REASONING)   # one fixed phrasing: the frame stays one instruction
+
+    def __call__(self, rng: np.random.Generator) -> Prompt:
+        text = self.frame.format(topic=pick(rng, self.topics), level=pick(rng, self.levels), reason=self.reason)
+        return Prompt(self.messages(text), None, int(rng.integers(500, 1400)))
+
+
 NARROW: dict[str, Callable[[LabContext, np.random.Generator], Builder]] = {
     "narrow_coding": CodingOnly, "narrow_agentic": AgenticOnly, "narrow_math": MathOnly,
     "narrow_language": OneLanguage,
@@ -321,4 +394,5 @@ NARROW: dict[str, Callable[[LabContext, np.random.Generator], Builder]] = {
 BUILDERS: dict[str, Callable[[LabContext, np.random.Generator], Builder]] = {
     **NARROW, "self_instruct": SelfInstruct, "evol_instruct": EvolInstruct, "judge_pipeline": JudgePipeline,
     "persona": PersonaDriven, "system_only": SystemOnly, "slow_reasoning": ReasoningAsks, "resample": Resample,
+    "topic_frame": TopicFrame, "syllabus_frame": SyllabusFrame,
 }
