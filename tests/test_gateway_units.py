@@ -18,7 +18,8 @@ from distillguard.events.schema import prompt_view
 from distillguard.gateway.config import load_config
 from distillguard.gateway.online import AccountState, read_request
 from distillguard.gateway.policy import Limits, ManualAction, Policy, PolicyConfig, TokenBucket
-from distillguard.gateway.scorer import Assessment, LiveScorer, ip24
+from distillguard.gateway.live_links import ip24
+from distillguard.gateway.scorer import Assessment, LiveScorer
 from distillguard.gateway.sse import SSERelay
 
 BASE = 1791201600.0
@@ -421,7 +422,7 @@ def test_end_user_states_are_bounded():
 def test_behaviour_identity_is_cached_until_the_accounts_next_request():
     """Hydra's behaviour link reads an account once per request of its own (cached on the state),
     and never a stale view: a new request moves its last time, slots and area."""
-    from distillguard.gateway.scorer import _behaviour
+    from distillguard.gateway.live_links import _behaviour
 
     state = AccountState()
     code = read_request(prompt_view({"messages": [{"role": "user", "content": "Write a Python function to merge two sorted lists."}]}), 4096)

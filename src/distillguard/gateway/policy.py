@@ -20,8 +20,9 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from distillguard.detect.scoring import FAMILY_ALPHA, Verdict
+from distillguard.detect.scoring import FAMILY_ALPHA
 from distillguard.detect.signals import ELICITATION
+from distillguard.gateway import policy_words as words
 from distillguard.gateway.scorer import Assessment
 
 CONDITIONS = ("flagged", "cluster_flagged", "elevated", "probing", "evaluation", "intel", "intel_any", "any")
@@ -205,61 +206,6 @@ class ManualAction:
                 "set_at": self.set_at, "expires_at": self.expires_at}
 
 
-_FAMILY_ORDER = {"substream": 0, "rule": 0.5, ELICITATION: 1, "harvest": 2, "value": 2.5, "coverage": 3,
-                 "automation": 4}
-
-
-def _intel_reasons(intel: Any, k: int = 2) -> str:
-    """The strongest matches of peers' indicators (the scan's wording: peer, indicator, confidence, TLP)."""
-    return "; ".join(m.detail() for m in sorted(intel.matches, key=lambda m: -m.weight)[:k])
-
-
-def _top_reasons(verdict: Verdict, k: int = 3) -> str:
-    """The reasons a person should read first: what was asked for (privileged content), then how
-    much, then how broadly and how mechanically; by p-value within each."""
-    ranked = sorted((r for r in verdict.reasons if r.family != "info"),
-                    key=lambda r: (_FAMILY_ORDER.get(r.family, 9), r.p_value))
-    return "; ".join(r.detail for r in ranked[:k])
-
-
-def _persists(rule: Rule) -> str:
-    """'past a day and 1,000 more queries' for a sustained rule."""
-    parts = ([_duration(rule.sustained_s)] if rule.sustained_s > 0 else []) + (
-        [f"{rule.sustained_queries:,} more queries"] if rule.sustained_queries > 0 else [])
-    return "past " + " and ".join(parts)
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 86_400 and seconds % 86_400 == 0:
-        days = int(seconds // 86_400)
-        return "a day" if days == 1 else f"{days} days"
-    if seconds >= 3600:
-        return f"{seconds / 3600:g} h"
-    return f"{seconds:g} s"
-
-
-def _limited(rule: Rule, rules: tuple[Rule, ...]) -> str:
-    """What a non-blocking flag rule does, in words, and when the flag blocks (the first sustained
-    blocking rule on flags)."""
-    parts = []
-    if "strip_reasoning" in rule.actions:
-        parts.append("reasoning stripped")
-    if "shape" in rule.actions and rule.shape:
-        parts.append(f"answers shaped ({rule.shape})")
-    if "cap_max_tokens" in rule.actions and rule.max_tokens:
-        parts.append(f"capped at {rule.max_tokens} tokens")
-    if "throttle" in rule.actions:
-        parts.append("rate limited")
-    if "cohort" in rule.actions and rule.cohort:
-        parts.append(f"watermarked (cohort {rule.cohort!r})")
-    text = ", ".join(parts) or "limited"
-    block = next((r for r in rules if r.when == "flagged" and "block" in r.actions and r.sustained
-                  and r.evidence in ("any", rule.evidence)), None)
-    if block is not None:
-        text += f" rather than blocked; blocked if the flag persists {_persists(block)}"
-    return text
-
-
 class Policy:
     def __init__(self, config: PolicyConfig, allowlist: set[str] | None = None) -> None:
         self.config = config
@@ -405,7 +351,7 @@ class Policy:
         code = {"flagged": "extraction_flagged", "cluster_flagged": "cluster_flagged",
                 "elevated": "elevated_risk"}.get(rule.when, rule.name)
         verdict = a.cluster_verdict if rule.when == "cluster_flagged" and a.cluster_verdict else a.verdict
-        why = _top_reasons(verdict)
+        why = words.top_reasons(verdict)
         if rule.when == "cluster_flagged":
             subject = (f"account {a.account!r} belongs to cluster {a.cluster} ({a.cluster_size} accounts, "
                        f"attribution confidence {a.cluster_confidence:.0%})")
@@ -416,13 +362,13 @@ class Policy:
         p_text = f"p = {verdict.p_value:.1e}" if verdict.p_value > 0 else "p < 1e-300"
         also = ""
         if a.intel is not None:       # peers' intel adds to a decision of ours, never softens it
-            also = f"; also matches peers' intel: {_intel_reasons(a.intel, 1)}"
+            also = f"; also matches peers' intel: {words.intel_reasons(a.intel, 1)}"
         if "block" in rule.actions:
             d.escalate("block")
             d.codes.insert(0, code)
             held = ""
             if rule.sustained and rule.when != "cluster_flagged":
-                held = f" and the flag has persisted {_persists(rule)} after its answers were limited"
+                held = f" and the flag has persisted {words.persists(rule)} after its answers were limited"
             d.explanation = f"{subject} is flagged for model extraction ({p_text}){held}: {why}{also}"
             if also:
                 d.codes.append("intel_match")
@@ -431,7 +377,7 @@ class Policy:
             return
         if rule.when == "flagged" and rule.evidence == "elicitation":
             lead = (f"{subject} is flagged for model extraction on privileged content ({p_text}); "
-                    f"{_limited(rule, self.config.rules)}: {why}{also}")
+                    f"{words.limited(rule, self.config.rules)}: {why}{also}")
         elif rule.when in ("flagged", "cluster_flagged"):
             lead = (f"{subject} is flagged for model extraction ({p_text}) without privileged content "
                     f"(value or broad coverage from automated prompts); limited and watermarked rather than "
@@ -466,7 +412,7 @@ class Policy:
         code = "intel_flagged" if rule.when == "intel" else "intel_match"
         standing = "flagged on peers' intel" if intel.flagged else "matches peers' intel below the flag"
         subject = f"account {a.account!r} is {standing} (intel score {intel.score:.2f})"
-        why = _intel_reasons(intel)
+        why = words.intel_reasons(intel)
         if "block" in rule.actions:
             d.escalate("block")
             d.codes.insert(0, code)

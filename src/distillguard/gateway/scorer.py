@@ -1,11 +1,11 @@
-"""The gateway's live risk: per-account online state, hydra links across accounts, verdicts.
+"""The gateway's live risk: per-account online state and verdicts, for accounts and clusters.
 
 ``LiveScorer.observe`` is called once per request. It folds the request into the account's
 bounded state (:mod:`distillguard.gateway.online`), links the account to others that share
-infrastructure, identity or templates (the batch scan's edge rule,
-:func:`distillguard.detect.hydra.edge_evidence`), and returns the account's verdict and, when it
-belongs to a cluster of ``MIN_CLUSTER`` or more, the cluster's verdict (the members' states
-merged and judged as one actor).
+infrastructure, identity or templates with timing (:mod:`distillguard.gateway.live_links`, the
+batch scan's edge and behaviour rules), and returns the account's verdict and, when it belongs to
+a cluster of ``MIN_CLUSTER`` or more, the cluster's verdict (the members' states merged and judged
+as one actor).
 
 A request that names its caller's end user (``safety_identifier``/``user``, as resellers and
 platforms send) is folded into that end user's state too, as the batch scan scores busy end users
@@ -21,72 +21,24 @@ grows (1% steps while harvesting, 10% otherwise). Harvest itself is checked on e
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import ipaddress
 import threading
 from collections import OrderedDict
 from typing import Any
 
 from distillguard.detect.baseline import Baseline
-from distillguard.detect.hydra import (CREATED_BUCKET_S, EDGE_WEIGHT_ONE_STRONG, MAX_GROUP, MIN_CLUSTER, STRONG, WEAK,
-                                      TIMING, AccountIdentity, behaviour_evidence, carried_by, edge_evidence,
-                                      email_pattern)
+from distillguard.detect.hydra import carried_by
 from distillguard.detect.features import end_user_key, split_end_user_key
 from distillguard.detect.scoring import HARVEST_ALPHA, MATERIAL_REQUESTS, Verdict, end_user_verdict, judge
 from distillguard.detect.signals import HARVEST, SIGNALS
 from distillguard.gateway.intel import FIRST_PROMPTS_CHECKED
 from distillguard.gateway.assessment import INSUFFICIENT, Assessment, Observation  # noqa: F401 (re-exported)
-from distillguard.gateway.online import _AREAS, _HOURS, _Q, N_AREAS, S, AccountState, RequestFacts, merged_features
+from distillguard.gateway.live_links import LiveLinks
+from distillguard.gateway.online import AccountState, RequestFacts, merged_features
 
-_KINDS = ("template", "payment", "ip24", "email_pattern", "org", "user_agent", "created_burst")
-_KIND_BITS = 3
 _HARVEST_SIGNALS = tuple(s for s in SIGNALS if s.family == HARVEST)
 YOUNG = 200     # queries during which a harvesting account is re-judged on every query
 ELEVATED_FACTOR = 10.0
 MAX_END_USERS = 20_000  # end-user states kept (LRU), under 8 KB each
-
-
-def _attr(kind: str, value: Any) -> int:
-    return _attr_hash(kind, f"{value}")
-
-
-@functools.lru_cache(maxsize=1 << 15)
-def _attr_hash(kind: str, value: str) -> int:
-    """A link attribute's hash (kind in the low bits); cached: an account sends the same address,
-    user agent and identity with every request."""
-    digest = hashlib.blake2b(f"{kind}\x00{value}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return (int.from_bytes(digest, "little") >> _KIND_BITS << _KIND_BITS) | _KINDS.index(kind)
-
-
-def _kind(attr: int) -> str:
-    return _KINDS[attr & ((1 << _KIND_BITS) - 1)]
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def ip24(ip: str | None) -> str | None:
-    """The /24 (IPv4) or /48 (IPv6) network of a client address (cached: parsed once per address)."""
-    if not ip:
-        return None
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return None
-    prefix = 24 if addr.version == 4 else 48
-    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
-
-
-class _Cluster:
-    __slots__ = ("name", "members", "verdict", "scored_at", "edges", "strong", "links")
-
-    def __init__(self, name: str, members: set[str]) -> None:
-        self.name = name
-        self.members = members
-        self.verdict: Verdict | None = None
-        self.scored_at = 0.0
-        self.edges = 0
-        self.strong = 0.0
-        self.links: dict[str, int] = {}     # link kind -> edges carrying it
 
 
 class LiveScorer:
@@ -100,12 +52,7 @@ class LiveScorer:
         self.end_users: OrderedDict[str, AccountState] = OrderedDict()   # end_user_key -> state (LRU)
         self.max_end_users = max_end_users
         self._end_user_count: dict[str, int] = {}   # account -> end-user states it has in the LRU
-        self._by_attr: dict[int, list[str]] = {}   # attribute -> accounts (up to MAX_GROUP)
-        self._too_common: set[int] = set()           # attributes shared by more than MAX_GROUP accounts
-        self._parent: dict[str, str] = {}          # union-find over linked accounts
-        self._clusters: dict[str, _Cluster] = {}   # root -> cluster (components of MIN_CLUSTER+)
-        self._cluster_seq = 0
-        self._t0: float | None = None              # the first request seen (the log's start, for hydra spans)
+        self.links = LiveLinks(self.accounts)      # hydra: accounts tied to one controller
         self.intel: Any = None      # gateway.intel.LiveIntel when peers' indicators are loaded
         self.lock = threading.Lock()
 
@@ -139,7 +86,7 @@ class LiveScorer:
                     if eu_verdict.flagged or (eu_elevated and not elevated):
                         verdict = end_user_verdict(facts.end_user, eu_state.queries, state.queries, k, eu_verdict)
                         elevated, end_user = eu_elevated, facts.end_user
-            cluster = self._cluster_of(account)
+            cluster = self.links.cluster_of(account)
             cluster_verdict = None
             if cluster is not None:
                 cluster_verdict = self._cluster_verdict(cluster)
@@ -152,7 +99,7 @@ class LiveScorer:
                               cluster=cluster.name if cluster else None,
                               cluster_size=len(cluster.members) if cluster else 0,
                               cluster_verdict=cluster_verdict,
-                              cluster_confidence=self._confidence(cluster) if cluster else 0.0, repeat=repeat,
+                              cluster_confidence=self.links.confidence(cluster) if cluster else 0.0, repeat=repeat,
                               intel=evidence, end_user=end_user, end_user_key=eu_key, end_user_repeat=eu_repeat,
                               prompt_chars=facts.prompt_chars, probe=facts.probe, elicited=facts.elicited)
 
@@ -174,15 +121,11 @@ class LiveScorer:
         """Fold one request into its account's state and hydra links (the caller holds the lock):
         the state, whether the prompt was seen before, and the templates that just recurred."""
         account, ts = observation.account, observation.ts
-        if self._t0 is None or ts < self._t0:
-            self._t0 = ts
         state = self.accounts.get(account)
         if state is None:
             state = self.accounts[account] = AccountState()
         repeat, new_templates = state.update(observation.facts, ts)
-        fresh = self._new_attrs(state, observation.ip, observation.user_agent, observation.identity, new_templates)
-        if fresh:
-            self._link(account, state, fresh)
+        self.links.add(account, state, ts, observation.ip, observation.user_agent, observation.identity, new_templates)
         return state, repeat, new_templates
 
     def judged(self, account: str) -> AccountState | None:
@@ -271,7 +214,7 @@ class LiveScorer:
             return verdict, elevated
         return cached, state.elevated
 
-    def _cluster_verdict(self, cluster: _Cluster) -> Verdict:
+    def _cluster_verdict(self, cluster: Any) -> Verdict:
         states = [self.accounts[m] for m in cluster.members if m in self.accounts]
         total = float(sum(s.queries for s in states))
         if total < self.baseline.min_queries:
@@ -289,148 +232,14 @@ class LiveScorer:
             cluster.scored_at = total
         return cluster.verdict
 
-    # -- hydra links -------------------------------------------------------------------------
-    def _new_attrs(self, state: AccountState, ip: str | None, user_agent: str | None,
-                   identity: dict[str, Any] | None, templates: tuple[int, ...]) -> list[int]:
-        candidates = []
-        net = ip24(ip)
-        if net:
-            candidates.append(_attr("ip24", net))
-        if user_agent:
-            candidates.append(_attr("user_agent", user_agent[:200]))
-        if identity:
-            if identity.get("payment"):
-                candidates.append(_attr("payment", identity["payment"]))
-            pattern = email_pattern(identity.get("email"))
-            if pattern:
-                candidates.append(_attr("email_pattern", pattern))
-            if identity.get("org"):
-                candidates.append(_attr("org", str(identity["org"]).lower()))
-            created = identity.get("created")
-            if isinstance(created, (int, float)) and not isinstance(created, bool):
-                candidates.append(_attr("created_burst", int(created // CREATED_BUCKET_S)))
-        for key in templates:
-            candidates.append(_attr("template", key))
-        fresh = [a for a in candidates if a not in state.attrs]
-        if fresh:
-            # Bounded: a few network prefixes and the most recent recurring templates.
-            kept = sorted(state.attrs | set(fresh), key=lambda a: _kind(a) == "template")
-            state.attrs = frozenset(kept[-16:])
-        return fresh
-
-    def _link(self, account: str, state: AccountState, fresh: list[int]) -> None:
-        """Index the account's new attributes and test it against every account sharing one.
-
-        Each other account is tested once per call, whatever it shares. Every edge needs a strong
-        kind, so a new weak attribute only brings in accounts that already share a strong one.
-        """
-        too_common = self._too_common
-        candidates: set[str] = set()
-        weak: list[int] = []
-        for attr in fresh:
-            if attr in too_common:             # shared too widely to link anything (an office, a popular SDK)
-                continue
-            members = self._by_attr.setdefault(attr, [])
-            if account not in members:
-                members.append(account)
-            if len(members) > MAX_GROUP:
-                too_common.add(attr)
-                del self._by_attr[attr]
-            elif _kind(attr) in STRONG:
-                candidates.update(members)
-            else:
-                weak.append(attr)
-        if weak:
-            near: set[str] = set()
-            for attr in state.attrs:
-                if _kind(attr) in STRONG:
-                    near.update(self._by_attr.get(attr, ()))
-            for attr in weak:
-                candidates.update(m for m in self._by_attr.get(attr, ()) if m in near)
-        candidates.discard(account)
-        hours = None
-        for other in candidates:
-            if self._find(other) == self._find(account):
-                continue
-            other_state = self.accounts.get(other)
-            if other_state is None:
-                continue
-            shared = (state.attrs & other_state.attrs) - too_common
-            kinds = {_kind(a) for a in shared}
-            edge = None
-            # No infrastructure edge rests on one shared attribute (see hydra.edge_evidence).
-            if len(shared) >= 2 and _may_link(kinds):
-                hours = hours if hours is not None else state_hours(state)
-                edge = edge_evidence(kinds, hours, state_hours(other_state))
-            if edge is None and "template" in kinds:
-                # Shared structure with timing that ties the two to one controller (hydra.behaviour_evidence).
-                span = (self._t0, state.v[S["last_t"]]) if self._t0 is not None else None
-                edge = behaviour_evidence(_behaviour(account, state), _behaviour(other, other_state), span)
-            if edge is not None:
-                self._union(account, other, edge[1])
-
-    def _find(self, account: str) -> str:
-        parent = self._parent
-        root = account
-        while parent.get(root, root) != root:
-            root = parent[root]
-        while parent.get(account, account) != root:     # path compression
-            parent[account], account = root, parent[account]
-        return root
-
-    def _union(self, a: str, b: str, kinds: list[str]) -> None:
-        ra, rb = self._find(a), self._find(b)
-        ca, cb = self._clusters.pop(ra, None), self._clusters.pop(rb, None)
-        members_a = ca.members if ca else {a}
-        members_b = cb.members if cb else {b}
-        if len(members_a) < len(members_b):
-            ra, rb, ca, cb, members_a, members_b = rb, ra, cb, ca, members_b, members_a
-        self._parent[rb] = ra
-        self._parent.setdefault(ra, ra)
-        members = members_a | members_b
-        cluster = ca or cb
-        if cluster is None or len(members) < MIN_CLUSTER:
-            cluster = cluster or _Cluster("", members)
-        cluster.members = members
-        cluster.edges += 1 + (cb.edges if cb and cb is not cluster else 0)
-        if cb is not None and cb is not cluster:
-            for k, c in cb.links.items():
-                cluster.links[k] = cluster.links.get(k, 0) + c
-        for k in kinds:
-            cluster.links[k] = cluster.links.get(k, 0) + 1
-        cluster.strong += (sum(1 for k in kinds if k in ("template", "payment", "ip24", "email_pattern"))
-                           + (1 if any(k in TIMING for k in kinds) else 0))
-        if not cluster.name and len(members) >= MIN_CLUSTER:
-            self._cluster_seq += 1
-            cluster.name = f"live-c{self._cluster_seq}"
-        cluster.verdict, cluster.scored_at = None, 0.0    # new members: judge afresh
-        self._clusters[ra] = cluster
-
-    def _cluster_of(self, account: str) -> _Cluster | None:
-        if account not in self._parent:
-            return None
-        cluster = self._clusters.get(self._find(account))
-        if cluster is None or len(cluster.members) < MIN_CLUSTER:
-            return None
-        return cluster
-
-    @staticmethod
-    def _confidence(cluster: _Cluster) -> float:
-        n = len(cluster.members)
-        density = min(1.0, cluster.edges / max(1.0, n * (n - 1) / 2.0))
-        mean_strong = cluster.strong / max(1, cluster.edges)
-        return round(min(0.99, 1.0 - 0.5 ** (mean_strong + 2.0 * density)), 3)
-
     # -- views for the admin API ------------------------------------------------------------
     def clusters(self) -> list[dict[str, Any]]:
         with self.lock:
             out = []
-            for cluster in self._clusters.values():
-                if len(cluster.members) < MIN_CLUSTER:
-                    continue
+            for cluster in self.links.all():
                 v = cluster.verdict
                 out.append({"cluster": cluster.name, "accounts": sorted(cluster.members),
-                            "confidence": self._confidence(cluster), "links": dict(cluster.links),
+                            "confidence": self.links.confidence(cluster), "links": dict(cluster.links),
                             "carried_by": carried_by(cluster.links),
                             "flagged": bool(v and v.flagged), "status": v.status if v else "unscored",
                             "score": round(v.score, 4) if v else 0.0,
@@ -439,35 +248,7 @@ class LiveScorer:
 
     def cluster_name(self, account: str) -> str | None:
         with self.lock:
-            cluster = self._cluster_of(account)
+            cluster = self.links.cluster_of(account)
             return cluster.name if cluster else None
 
 
-def _may_link(kinds: set[str]) -> bool:
-    """Could these kinds make an edge even with synchronised timing? (Cheap: skips the hours.)"""
-    strong = sum(1 for k in kinds if k in STRONG)
-    weight = sum(STRONG.get(k, 0.0) + WEAK.get(k, 0.0) for k in kinds)
-    return strong >= 2 or (strong == 1 and weight + WEAK["sync"] >= EDGE_WEIGHT_ONE_STRONG)
-
-
-def _behaviour(account: str, state: AccountState) -> AccountIdentity:
-    """What the behavioural link reads of a live account: recent activity slots, first and last
-    request, top capability area. Cached on the state until its next request (every field moves
-    only with a request, and the query count with it): an account sharing a popular template is
-    read once per request of its own, not once per account it is compared with."""
-    v = state.v
-    queries = v[_Q]
-    cached = state.behaviour
-    if cached is not None and cached[0] == queries:
-        return cached[1]
-    areas = v[_AREAS:_AREAS + N_AREAS]
-    area = max(range(N_AREAS), key=areas.__getitem__) if any(areas) else None
-    identity = AccountIdentity(account=account, slots=frozenset(int(x) for x in state.slots), first=v[S["first_t"]],
-                               last=v[S["last_t"]], area=area)
-    state.behaviour = (queries, identity)
-    return identity
-
-
-def state_hours(state: AccountState) -> frozenset[int]:
-    """Hours of the day (UTC) in which the account has sent anything (the sync link)."""
-    return frozenset(h for h in range(24) if state.v[_HOURS + h] > 0)
