@@ -7,6 +7,8 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from distillguard.detect import probes
 from distillguard.detect import text as tx
@@ -204,3 +206,26 @@ def test_a_template_over_random_numbers_is_not_a_menu(baseline):
                                    rng.integers(400, 900, size=n).astype(float)))
     assert feats["slot_word_novelty"] <= 0.1 < feats["slot_novelty"]
     assert judge(feats, baseline, FPR).flagged
+
+
+PROMPT_TEXT = st.text(st.characters(codec="utf-8"), max_size=120) | st.sampled_from(
+    ["", " ", "\u202e", "é" * 50, "𝕏" * 10, "12 345 6789", "a" * 5000, "Ünïcödé 7x + 3 = 9"])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(PROMPT_TEXT, min_size=1, max_size=60), st.integers(1, 4))
+def test_item_set_features_hold_their_bounds_on_any_prompts(prompts, passes):
+    """Whatever the prompts (empty, unicode, huge, repeated), the new features stay meaningful:
+    the estimated item set is at least what was sent, shares lie in [0, 1]."""
+    sent = prompts * passes
+    times = BASE + np.arange(len(sent)) * 7.0
+    feats = account_features(frame(sent, times, np.full(len(sent), 50.0)))
+    requests = [p if p.strip() else "" for p in prompts]   # a blank user turn is one empty request
+    assert feats["prompt_space"] >= len(set(requests)) > 0
+    assert 0.0 <= feats["pass_share"] <= 1.0
+    for name in ("slot_novelty", "slot_word_novelty"):
+        value = feats[name]
+        assert np.isnan(value) or 0.0 <= value <= 1.0
+    # Whole passes over a set with no exact duplicates: every item sent equally often.
+    if passes >= 2 and len(set(requests)) == len(requests):
+        assert feats["pass_share"] == 1.0
