@@ -4,6 +4,8 @@ Each request is read once (:func:`read_request`: cues, style, area, template ban
 hash); the account's :class:`AccountState` folds it into fixed-size counters and sketches:
 
 * a Bloom filter of prompt hashes (repeats, and the distinct-prompt count from its fill),
+* from the account's first re-send on, send counts per request (:mod:`distillguard.gateway.sends`:
+  the distinct requests, ``prompt_space`` and ``pass_share`` as the scan counts them, bounded),
 * a ring of the band keys of the last ``RING`` distinct prompts (templates: a prompt is templated
   when it shares a band with two or more of them, as in the batch scan's groups of three),
 * topic-breadth windows of ``BREADTH_SAMPLE`` distinct prompts, hour-of-day and inter-arrival
@@ -11,7 +13,9 @@ hash); the account's :class:`AccountState` folds it into fixed-size counters and
 
 :meth:`AccountState.features` rebuilds the scan's feature row (``BASE_FEATURES``), so the live
 verdict is the batch verdict's test, against the same baseline, at the same false-positive rate.
-State is a few numpy arrays and one bytearray: under 8 KB an account, whatever its traffic.
+State is a few numpy arrays and one bytearray: under 8 KB an account that never re-sends a
+request; one that does adds its send counts (10 bytes a slot, at most ``EVAL_MAX_ITEMS`` requests
+counted: about 330 KB at the bound, then freed as unknown).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from distillguard.detect.hydra import SLOT_S
 from distillguard.detect.minhash import band_keys32_one, template_shingles
 from distillguard.detect.scoring import Verdict
 from distillguard.events.schema import PromptView
+from distillguard.gateway.sends import SendCounts, request_key
 
 N_AREAS = len(tx.AREA_LIST)
 BLOOM_BITS = 8192           # 1 KB
@@ -165,7 +170,7 @@ class AccountState:
     """
 
     __slots__ = ("v", "bloom", "ring", "verdict", "elevated", "scored_at", "template_keys", "attrs", "frame",
-                 "slots", "behaviour")
+                 "slots", "behaviour", "sends")
 
     def __init__(self) -> None:
         self.v = array("d", bytes(8 * _SIZE))
@@ -181,6 +186,8 @@ class AccountState:
         self.frame: tuple[bytearray, list[bytes]] | int = (bytearray(WORD_BUCKETS), [])
         self.slots = array("d")        # the last SLOT_RING ten-minute activity slots (behavioural links)
         self.behaviour: tuple[float, Any] | None = None   # (queries, what hydra's behaviour link reads): a cache
+        # Send counts per request (gateway.sends), from the first re-send on; False: unknown for good.
+        self.sends: SendCounts | None | bool = None
 
     @property
     def queries(self) -> int:
@@ -220,6 +227,7 @@ class AccountState:
             if getattr(facts, name):
                 v[slot] += 1
         seen = self._bloom_add(facts.bloom_bits)
+        self._count_send(facts.bloom_bits, seen, n)
         if seen and facts.temperature0:
             v[S["repeats0"]] += 1
         if facts.self_contained and not facts.probe:
@@ -266,6 +274,23 @@ class AccountState:
                     window[:] = 0
                     v[S["window_fill"]] = 0
         return seen, new_recurring
+
+    def _count_send(self, bits: tuple[int, ...], seen: bool, before: float) -> None:
+        """Count the send per request, once the account has re-sent (``before``: its queries
+        until this one, all distinct if this is the first re-send)."""
+        sends = self.sends
+        if sends is None:
+            if not seen:
+                return
+            sends = SendCounts(self.bloom, int(before), BLOOM_HASHES)
+            if not sends.usable:
+                self.sends = False
+                return
+            self.sends = sends
+        elif sends is False:
+            return
+        if not sends.add(bits, request_key(bits, BLOOM_BITS)):
+            self.sends = False
 
     def _judge_instruction(self, words: bytes, instructions: bytes) -> None:
         """Does this distinct prompt give an instruction outside the account's frame? (The live
@@ -330,7 +355,16 @@ class AccountState:
         return max(counted, -BLOOM_BITS / BLOOM_HASHES * math.log(1.0 - fraction))
 
     def features(self) -> dict[str, float]:
-        return features_of(np.frombuffer(self.v, dtype=np.float64), self.distinct_estimate())
+        """The scan's feature row; with send counts (an account that re-sends, within bounds), the
+        distinct requests, ``prompt_space`` and ``pass_share`` as the scan counts them."""
+        v = np.frombuffer(self.v, dtype=np.float64)
+        sends = self.sends
+        if not isinstance(sends, SendCounts):
+            return features_of(v, self.distinct_estimate())
+        distinct, space, passes = sends.reading()
+        out = features_of(v, distinct)
+        out["prompt_space"], out["pass_share"] = space, passes
+        return out
 
     def memory_bytes(self) -> int:
         """Bytes held by this state (the containers and what they hold)."""
@@ -340,7 +374,8 @@ class AccountState:
             frame_bytes += sys.getsizeof(frame[0]) + sys.getsizeof(frame[1]) + sum(sys.getsizeof(b) for b in frame[1])
         return (frame_bytes + sys.getsizeof(self.slots) + sys.getsizeof(self) + sys.getsizeof(self.v) + sys.getsizeof(self.bloom)
                 + sys.getsizeof(self.ring) + sys.getsizeof(self.template_keys) + 32 * len(self.template_keys)
-                + sys.getsizeof(self.attrs) + 32 * len(self.attrs))
+                + sys.getsizeof(self.attrs) + 32 * len(self.attrs)
+                + (self.sends.memory_bytes() if isinstance(self.sends, SendCounts) else 0))
 
 
 def _popcount(bits: bytearray) -> int:
@@ -362,7 +397,7 @@ def features_of(v: np.ndarray, distinct: float) -> dict[str, float]:
            "repeat_share": float(v[S["repeats0"]]) / n if n else 0.0,
            "self_contained_count": float(v[S["self_contained"]]), "probe_count": float(v[S["probe"]]),
            "benchmark_count": float(v[S["benchmark"]]), "temp0_count": float(v[S["temperature0"]]),
-           "resent_share": resent}
+           "resent_share": resent, "prompt_space": nan, "pass_share": nan}
     out["answer_ratio"] = float(v[S["ratio_sum"]] / v[S["ratio_n"]]) if v[S["ratio_n"]] else nan
     judged = v[S["instr_judged"]]
     out["fixed_instruction_share"] = float(v[S["instr_fixed"]] / judged) if judged >= FRAME_PROMPTS else nan
