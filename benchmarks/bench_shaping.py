@@ -35,7 +35,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--traces", type=int, default=300, help="teacher traces per student")
     parser.add_argument("--student-steps", type=int, default=300)
-    parser.add_argument("--teacher-steps", type=int, default=800)
+    parser.add_argument("--teacher-steps", type=int, help="when the teacher is trained (default: 800 for addition, "
+                        "1500 for multisum)")
     parser.add_argument("--strengths", default="0.05,0.3,1.0",
                         help="antidistillation λ: the first without the plausibility guard, the rest with it")
     parser.add_argument("--anchor-strengths", default="1.0")
@@ -44,6 +45,12 @@ def main() -> None:
     parser.add_argument("--temperatures", default="1.0,1.3")
     parser.add_argument("--modes", help="only these conditions (comma-separated; unshaped always runs)")
     parser.add_argument("--teacher-dir", help="load the lab teacher from here (trained and saved there if absent)")
+    parser.add_argument("--task", default="addition", choices=("addition", "multisum"),
+                        help="the lab task: 2-digit addition (one free choice per column) or five operands "
+                             "summed in any order (120 valid traces per problem)")
+    parser.add_argument("--keep-entropy", action="store_true",
+                        help="rescale every shift so that sampling keeps the serving temperature's entropy")
+    parser.add_argument("--test-problems", type=int, default=300, help="unseen problems a student is scored on")
     parser.add_argument("--composition", action="store_true",
                         help="instead: shaped + watermarked answers, text detection and radioactivity of a student")
     parser.add_argument("--cost", action="store_true", help="instead: generation cost per token (best of 5)")
@@ -63,13 +70,15 @@ def main() -> None:
     import torch
 
     from distillguard.shaping import lab
+    from distillguard.shaping import task as lab_task
 
     torch.set_num_threads(1)
     start = time.monotonic()
     say = lambda m: print(m, file=sys.stderr, flush=True)   # noqa: E731
     if args.cost:
-        teacher, _ = lab.teacher_from(args.teacher_dir, args.teacher_steps)
-        print(json.dumps(lab.generation_cost(teacher)))
+        task = lab_task.get(args.task)
+        teacher, _ = lab.teacher_from(args.teacher_dir, args.teacher_steps or task.teacher_steps, task)
+        print(json.dumps(lab.generation_cost(teacher, task=task)))
         return
     if args.radioactivity or args.natural_cost:
         from pathlib import Path
@@ -97,22 +106,25 @@ def main() -> None:
         print(f"{time.monotonic() - start:.0f} s")
         return
     if args.composition:
-        teacher, _ = lab.teacher_from(args.teacher_dir, args.teacher_steps)
+        task = lab_task.get(args.task)
+        teacher, _ = lab.teacher_from(args.teacher_dir, args.teacher_steps or task.teacher_steps, task)
         for seed in range(args.seeds):
-            print(json.dumps({"seed": seed, **lab.composition(teacher, seed=seed, n_traces=2 * args.traces,
+            print(json.dumps({"seed": seed, **lab.composition(teacher, task=task, seed=seed, n_traces=2 * args.traces,
                                                                 student_steps=args.student_steps, progress=say)}))
         return
+    task = lab_task.get(args.task)
     floats = lambda text: tuple(float(x) for x in text.split(",") if x)   # noqa: E731
     result = lab.run(seeds=args.seeds, n_traces=args.traces, student_steps=args.student_steps,
-                     teacher_steps=args.teacher_steps, strengths=floats(args.strengths),
+                     teacher_steps=args.teacher_steps or task.teacher_steps, strengths=floats(args.strengths),
                      anchor_strengths=floats(args.anchor_strengths), temperatures=floats(args.temperatures),
                      modes=tuple(args.modes.split(",")) if args.modes else None, teacher_dir=args.teacher_dir,
-                     plausible=args.plausible,
-                     progress=say)
+                     plausible=args.plausible, task=task, keep_entropy=args.keep_entropy,
+                     test_problems=args.test_problems, progress=say)
     summary = lab.summarize(result)
     print(f"teacher: {result['teacher']}")
-    print(f"{args.seeds} seeds, {args.traces} traces per student, {args.student_steps} student steps, "
-          f"unshaped = sampling at T={lab.BASE_TEMPERATURE}; {time.monotonic() - start:.0f} s")
+    print(f"task {task.name}, {args.seeds} seeds, {args.traces} traces per student, {args.student_steps} student "
+          f"steps, unshaped = sampling at T={lab.BASE_TEMPERATURE}"
+          f"{', shifts keep its entropy' if args.keep_entropy else ''}; {time.monotonic() - start:.0f} s")
     print(lab.format_table(summary))
     if args.json:
         with open(args.json, "w") as fh:

@@ -1,14 +1,21 @@
 """The shaping lab: does shaping make a teacher's traces worth less to a copier, at what cost?
 
-One tiny teacher learns 3-digit addition with a scratchpad (``task.py``). For each seed, a proxy
-student (1 layer, 32 dims) is trained briefly on a few teacher traces, and its held-out task
-gradient is cached. Then, for each condition, the teacher answers the same N training problems:
+One tiny teacher learns a scratchpad task (``task.py``: 2-digit addition, or five one-digit
+operands summed in any order). For each seed, a proxy student (1 layer, 32 dims) is trained briefly
+on a few teacher traces, and its held-out task gradient is cached. Then, for each condition, the
+teacher answers the same N training problems:
 
-* ``unshaped``: sampling at temperature 1 (the reference);
-* ``temperature T``: the paper's baseline, hotter sampling;
-* ``antidistillation λ``: temperature 1 plus ``AntidistillationProcessor`` at strength λ;
-* ``anchor λ``: temperature 1 plus ``AnchorPerturbationProcessor`` (only the most important steps);
+* ``unshaped``: sampling at the serving temperature (the reference);
+* ``temperature T``: the paper's baseline, hotter (or, at 0, greedy) sampling;
+* ``antidistillation λ``: the serving temperature plus ``AntidistillationProcessor`` at strength λ
+  (the first strength without the plausibility guard, ``antidistillation-raw``);
+* ``antidistillation-flipped λ`` (diagnostic): the same shift with its sign flipped;
+* ``anchor λ``: ``AnchorPerturbationProcessor`` (only the most important steps);
 * ``summary``: unshaped traces with the scratchpad summarised away (the answer kept).
+
+With ``keep_entropy`` every shift is rescaled to keep the serving temperature's entropy
+(``processors.match_entropy``), so a condition differs from unshaped in *which* continuations it
+prefers, not in how random it is.
 
 The teacher's accuracy on those answers is the utility a customer gets; a student of another
 architecture and initialisation than the proxy (2 layers, 48 dims, from scratch) is trained on the
@@ -32,41 +39,42 @@ PROXY = {"n_layer": 1, "n_embd": 32}
 STUDENT = {"n_layer": 2, "n_embd": 48}
 
 
-def train_teacher(*, steps: int = 1000, seed: int = 0) -> tuple[Any, dict[str, Any]]:
-    teacher = T.make_model(**TEACHER, seed=seed)
-    info = T.train(teacher, T.fresh_traces(np.random.default_rng(seed)), steps=steps, lr=3e-3, seed=seed)
+def train_teacher(task: T.Task = T.ADDITION, *, steps: int = 1000, seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    teacher = T.make_model(task, **TEACHER, seed=seed)
+    info = T.train(task, teacher, T.fresh_traces(task, np.random.default_rng(seed)), steps=steps, lr=3e-3, seed=seed)
     info["parameters"] = sum(p.numel() for p in teacher.parameters())
     return teacher, info
 
 
-def train_proxy(teacher, seed: int, *, traces: int = 64, steps: int = 150) -> tuple[Any, list]:
+def train_proxy(teacher, seed: int, *, task: T.Task = T.ADDITION, traces: int = 64,
+                steps: int = 150) -> tuple[Any, list]:
     """A proxy student trained on a few teacher traces, and its held-out batches (reference traces
     of problems it never saw, loss on the trace only)."""
     rng = np.random.default_rng(1000 + seed)
-    pairs = T.problems(traces, rng)
-    texts = [T.prompt(int(a), int(b)) + c for (a, b), c in zip(pairs, T.generate(teacher, pairs, temperature=1.0,
-                                                                               seed=seed))]
-    proxy = T.make_model(**PROXY, seed=100 + seed)
-    T.train(proxy, texts, steps=steps, lr=3e-3, seed=seed)
-    held = [T.prompt(int(a), int(b)) + T.trace(int(a), int(b), rng) for a, b in T.problems(128, rng)]
-    return proxy, [T.batch_tensors(held[i:i + 64]) for i in range(0, len(held), 64)]
+    rows = task.problems(traces, rng)
+    texts = [task.prompt(r) + c for r, c in zip(rows, T.generate(task, teacher, rows, temperature=1.0, seed=seed))]
+    proxy = T.make_model(task, **PROXY, seed=100 + seed)
+    T.train(task, proxy, texts, steps=steps, lr=3e-3, seed=seed)
+    held = [task.prompt(r) + task.trace(r, rng) for r in task.problems(128, rng)]
+    return proxy, [T.batch_tensors(task, held[i:i + 64]) for i in range(0, len(held), 64)]
 
 
 def summary_of(completion: str) -> str:
-    """The lab's summary post-processor: two-column traces have only a first and a last step, so
-    the summary keeps neither: the scratchpad is returned empty, the answer stays."""
-    if "[" not in completion or "]" not in completion:
+    """The lab's summary post-processor: the traces are short, so the summary keeps no step: the
+    scratchpad is returned empty, the answer stays."""
+    head, _, rest = completion.partition("[")
+    if "]" not in rest:
         return completion
-    head, rest = completion.split("[", 1)
     inner, tail = rest.split("]", 1)
     return head + "[" + summarize_steps(inner, keep=0, separator=",") + "]" + tail
 
 
-def student_accuracy(pairs: np.ndarray, completions: list[str], test: np.ndarray, seed: int, steps: int) -> float:
-    texts = [T.prompt(int(a), int(b)) + c for (a, b), c in zip(pairs, completions)]
-    student = T.make_model(**STUDENT, seed=200 + seed)
-    T.train(student, texts, steps=steps, lr=5e-3, batch=32, seed=seed)
-    return T.evaluate(student, test)
+def student_accuracy(pairs: np.ndarray, completions: list[str], test: np.ndarray, seed: int, steps: int,
+                     task: T.Task = T.ADDITION) -> float:
+    texts = [task.prompt(r) + c for r, c in zip(pairs, completions)]
+    student = T.make_model(task, **STUDENT, seed=200 + seed)
+    T.train(task, student, texts, steps=steps, lr=5e-3, batch=32, seed=seed)
+    return T.evaluate(task, student, test)
 
 
 BASE_TEMPERATURE = 0.7      # the teacher's serving temperature: ~98 % accurate samples
@@ -75,46 +83,55 @@ BASE_TEMPERATURE = 0.7      # the teacher's serving temperature: ~98 % accurate 
 def run(*, seeds: int = 3, n_traces: int = 300, student_steps: int = 300, teacher_steps: int = 800,
         strengths: tuple[float, ...] = (0.05, 0.3, 1.0), anchor_strengths: tuple[float, ...] = (1.0,),
         temperatures: tuple[float, ...] = (1.0, 1.3), plausible: float = 0.05, modes: tuple[str, ...] | None = None,
-        teacher_dir: str | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        teacher_dir: str | None = None, task: T.Task = T.ADDITION, keep_entropy: bool = False,
+        test_problems: int = 300, proxy_steps: int = 150,
+        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """``strengths``: λ of antidistillation, the first one without the plausibility guard (the
-    paper's form) and the others with ``plausible``."""
+    paper's form) and the others with ``plausible``; ``keep_entropy``: every shift keeps the
+    serving temperature's entropy."""
     say = progress or (lambda m: None)
-    teacher, info = teacher_from(teacher_dir, teacher_steps)
-    test = T.problems(300, np.random.default_rng(12345))
-    info["greedy_accuracy"] = T.evaluate(teacher, test)
+    teacher, info = teacher_from(teacher_dir, teacher_steps, task)
+    test = task.problems(test_problems, np.random.default_rng(12345))
+    info["greedy_accuracy"] = T.evaluate(task, teacher, test)
+    info["task"] = task.name
     say(f"teacher: {info}")
     rows: list[dict[str, Any]] = []
+    base = BASE_TEMPERATURE
+    entropy_at = base if keep_entropy else None
+
+    def shaper(proxy, direction, s: float, guard: float = plausible) -> AntidistillationProcessor:
+        return AntidistillationProcessor(proxy, strength=s, direction=direction, plausible=guard,
+                                         keep_entropy_at=entropy_at)
+
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
-        pairs = T.problems(n_traces, rng)
-        proxy, held = train_proxy(teacher, seed)
+        pairs = task.problems(n_traces, rng)
+        proxy, held = train_proxy(teacher, seed, task=task, steps=proxy_steps)
         direction = heldout_gradient(proxy, held)
-        base = BASE_TEMPERATURE
         conditions: list[tuple[str, float, list, float]] = [("unshaped", 0.0, [], base)]
         conditions += [("temperature", t, [], t) for t in temperatures]
-        conditions += [("antidistillation" if i else "antidistillation-raw", s, [AntidistillationProcessor(
-            proxy, strength=s, direction=direction, plausible=plausible if i else 0.0)], base)
-            for i, s in enumerate(strengths)]
-        conditions += [("anchor", s, [AnchorPerturbationProcessor(
-            AntidistillationProcessor(proxy, strength=s, direction=direction, plausible=plausible),
-            T.STEP_DELIMITERS, threshold=0.02, max_anchors=1)], base) for s in anchor_strengths]
+        conditions += [("antidistillation" if i else "antidistillation-raw", s,
+                        [shaper(proxy, direction, s, plausible if i else 0.0)], base) for i, s in enumerate(strengths)]
+        conditions += [("anchor", s, [AnchorPerturbationProcessor(shaper(proxy, direction, s), task.step_delimiters,
+                                                                  threshold=0.02, max_anchors=1)], base)
+                       for s in anchor_strengths]
         # a diagnostic, not a defence: the guarded shift with its sign flipped (pro-distillation
         # direction); if it helps the student as much, the proxy's direction is not what acts
-        conditions += [("antidistillation-flipped", s, [_flipped(AntidistillationProcessor(
-            proxy, strength=s, direction=direction, plausible=plausible))], base) for s in strengths[1:]
-            if modes is not None and "antidistillation-flipped" in modes]
+        conditions += [("antidistillation-flipped", s, [_flipped(shaper(proxy, direction, s))], base)
+                       for s in strengths[1:] if modes is not None and "antidistillation-flipped" in modes]
         unshaped: list[str] = []
         if modes is not None:
             conditions = [c for c in conditions if c[0] in modes or c[0] == "unshaped"]
         for mode, level, procs, temp in conditions:
             start = time.perf_counter()
-            completions = T.generate(teacher, pairs, processors=procs, temperature=temp, seed=seed)
+            completions = T.generate(task, teacher, pairs, processors=procs, temperature=temp, seed=seed)
             seconds = time.perf_counter() - start
             tokens = sum(len(c) for c in completions)
             if mode == "unshaped":
                 unshaped = completions
-            row = {"seed": seed, "mode": mode, "level": level, "teacher_accuracy": T.accuracy(pairs, completions),
-                   "student_accuracy": student_accuracy(pairs, completions, test, seed, student_steps),
+            row = {"seed": seed, "mode": mode, "level": level,
+                   "teacher_accuracy": T.accuracy(task, pairs, completions),
+                   "student_accuracy": student_accuracy(pairs, completions, test, seed, student_steps, task),
                    "ms_per_token": 1000 * seconds / max(1, tokens), "completions": completions}
             rows.append(row)
             say(f"seed {seed} {mode} {level}: teacher {row['teacher_accuracy']:.3f} "
@@ -122,11 +139,13 @@ def run(*, seeds: int = 3, n_traces: int = 300, student_steps: int = 300, teache
         if modes is not None and "summary" not in modes:
             continue
         summarized = [summary_of(c) for c in unshaped]
-        rows.append({"seed": seed, "mode": "summary", "level": 1.0, "teacher_accuracy": T.accuracy(pairs, unshaped),
-                     "student_accuracy": student_accuracy(pairs, summarized, test, seed, student_steps),
+        rows.append({"seed": seed, "mode": "summary", "level": 1.0,
+                     "teacher_accuracy": T.accuracy(task, pairs, unshaped),
+                     "student_accuracy": student_accuracy(pairs, summarized, test, seed, student_steps, task),
                      "ms_per_token": None, "completions": summarized})
         say(f"seed {seed} summary: student {rows[-1]['student_accuracy']:.3f}")
-    return {"teacher": info, "rows": rows, "n_traces": n_traces, "student_steps": student_steps, "seeds": seeds}
+    return {"teacher": info, "rows": rows, "n_traces": n_traces, "student_steps": student_steps, "seeds": seeds,
+            "task": task.name, "keep_entropy": keep_entropy}
 
 
 def _flipped(processor: AntidistillationProcessor) -> AntidistillationProcessor:
@@ -191,21 +210,26 @@ def _torch_threads() -> None:
     torch.set_num_threads(1)
 
 
-def teacher_from(path: str | None, steps: int = 800) -> tuple[Any, dict[str, Any]]:
+def teacher_from(path: str | None, steps: int = 800, task: T.Task = T.ADDITION) -> tuple[Any, dict[str, Any]]:
     """The lab teacher, loaded from ``path`` when it holds one, else trained (and saved there)."""
     from pathlib import Path
 
     if path and (Path(path) / "config.json").exists():
         from transformers import GPT2LMHeadModel
 
-        return GPT2LMHeadModel.from_pretrained(path).eval(), {"loaded_from": str(path)}
-    teacher, info = train_teacher(steps=steps)
+        from distillguard.errors import BadInputError
+
+        teacher = GPT2LMHeadModel.from_pretrained(path).eval()
+        if teacher.config.n_positions != task.max_len:
+            raise BadInputError(f"the teacher in {path} was not trained on the {task.name} task", field="teacher_dir")
+        return teacher, {"loaded_from": str(path)}
+    teacher, info = train_teacher(task, steps=steps)
     if path:
         teacher.save_pretrained(path)
     return teacher, info
 
 
-def composition(teacher, *, seed: int = 0, n_traces: int = 600, strength: float = 0.3, plausible: float = 0.05,
+def composition(teacher, *, task: T.Task = T.ADDITION, seed: int = 0, n_traces: int = 600, strength: float = 0.3, plausible: float = 0.05,
                 student_steps: int = 400, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Shaped answers are still watermarked: the teacher answers one account ("farm") with
     antidistillation ahead of transformers' KGW processor (the account's cohort key); the text
@@ -223,25 +247,26 @@ def composition(teacher, *, seed: int = 0, n_traces: int = 600, strength: float 
     say = progress or (lambda m: None)
     keys = KeySet(secret=hashlib.sha256(f"shaping-lab-{seed}".encode()).digest(), cohorts=8)
     cohort = keys.cohort_of("farm")
-    pairs = T.problems(n_traces, np.random.default_rng(500 + seed))
-    proxy, held = train_proxy(teacher, seed)
+    pairs = task.problems(n_traces, np.random.default_rng(500 + seed))
+    proxy, held = train_proxy(teacher, seed, task=task)
     direction = heldout_gradient(proxy, held)
     out: dict[str, Any] = {"cohort": keys.label(cohort), "strength": strength, "n_traces": n_traces}
-    test = T.problems(300, np.random.default_rng(12345))
-    detector = KGWDetector([keys.cohort_key(c) for c in range(keys.total)], T.VOCAB, keys.greenlist_ratio)
+    test = task.problems(300, np.random.default_rng(12345))
+    detector = KGWDetector([keys.cohort_key(c) for c in range(keys.total)], task.vocab, keys.greenlist_ratio)
     for kind, watermark in (("watermarked", True), ("control", False)):
         procs: list = [AntidistillationProcessor(proxy, strength=strength, direction=direction, plausible=plausible)]
         if watermark:
-            procs.append(WatermarkLogitsProcessor(vocab_size=T.VOCAB, device="cpu", **keys.watermarking_config(cohort)))
-        completions = T.generate(teacher, pairs, processors=procs, temperature=BASE_TEMPERATURE, seed=seed)
-        texts = [T.prompt(int(a), int(b)) + c for (a, b), c in zip(pairs, completions)]
-        ids = [np.asarray(T.encode(c), dtype=np.int64) for c in completions]
+            procs.append(WatermarkLogitsProcessor(vocab_size=task.vocab, device="cpu", **keys.watermarking_config(cohort)))
+        completions = T.generate(task, teacher, pairs, processors=procs, temperature=BASE_TEMPERATURE, seed=seed)
+        texts = [task.prompt(r) + c for r, c in zip(pairs, completions)]
+        ids = [np.asarray(task.encode(c), dtype=np.int64) for c in completions]
         text_scores = [detector.score_pooled(ids, c).p_value for c in range(keys.total)]
-        student = T.make_model(**STUDENT, seed=300 + seed)
-        T.train(student, texts, steps=student_steps, lr=5e-3, batch=32, seed=seed)
-        radio = reading_mode(student, T.Tokenizer(), texts, keys, reference=teacher).to_dict()
+        student = T.make_model(task, **STUDENT, seed=300 + seed)
+        T.train(task, student, texts, steps=student_steps, lr=5e-3, batch=32, seed=seed)
+        radio = reading_mode(student, T.Tokenizer(task), texts, keys, reference=teacher).to_dict()
         best = radio["cohorts"][0]
-        out[kind] = {"teacher_accuracy": T.accuracy(pairs, completions), "student_accuracy": T.evaluate(student, test),
+        out[kind] = {"teacher_accuracy": T.accuracy(task, pairs, completions),
+                     "student_accuracy": T.evaluate(task, student, test),
                      "text_best_cohort": keys.label(int(np.argmin(text_scores))),
                      "text_p": float(min(text_scores)), "radioactivity_best_cohort": best["label"],
                      "radioactivity_p_corrected": best["p_value_corrected"], "verdict": radio["verdict"],
@@ -250,20 +275,20 @@ def composition(teacher, *, seed: int = 0, n_traces: int = 600, strength: float 
     return out
 
 
-def generation_cost(teacher, *, strength: float = 0.3, n: int = 300, repeats: int = 5) -> dict[str, float]:
+def generation_cost(teacher, *, task: T.Task = T.ADDITION, strength: float = 0.3, n: int = 300, repeats: int = 5) -> dict[str, float]:
     """Milliseconds per generated token, unshaped vs antidistillation vs anchor, on the same
     problems: repeats interleaved and the fastest kept (robust on a shared machine)."""
-    pairs = T.problems(n, np.random.default_rng(7))
-    proxy, held = train_proxy(teacher, 0)
+    pairs = task.problems(n, np.random.default_rng(7))
+    proxy, held = train_proxy(teacher, 0, task=task)
     direction = heldout_gradient(proxy, held)
     shaper = AntidistillationProcessor(proxy, strength=strength, direction=direction, plausible=0.05)
     makers = {"unshaped": lambda: [], "antidistillation": lambda: [shaper],
-              "anchor": lambda: [AnchorPerturbationProcessor(shaper, T.STEP_DELIMITERS, threshold=0.02, max_anchors=1)]}
+              "anchor": lambda: [AnchorPerturbationProcessor(shaper, task.step_delimiters, threshold=0.02, max_anchors=1)]}
     best = {k: float("inf") for k in makers}
     for _ in range(repeats):
         for name, make in makers.items():
             start = time.perf_counter()
-            out = T.generate(teacher, pairs, processors=make(), temperature=BASE_TEMPERATURE, seed=0)
+            out = T.generate(task, teacher, pairs, processors=make(), temperature=BASE_TEMPERATURE, seed=0)
             best[name] = min(best[name], 1000 * (time.perf_counter() - start) / max(1, sum(len(c) for c in out)))
     return {**{f"{k}_ms_per_token": round(v, 4) for k, v in best.items()},
             **{f"{k}_vs_unshaped": round(v / best["unshaped"], 2) for k, v in best.items() if k != "unshaped"}}

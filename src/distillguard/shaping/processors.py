@@ -125,7 +125,8 @@ class AntidistillationProcessor:
     gradient (``heldout_gradient``; computed here from ``heldout`` when not given)."""
 
     def __init__(self, proxy: Any, *, strength: float, heldout: Iterable[torch.Tensor] | None = None,
-                 direction: list[torch.Tensor] | None = None, epsilon: float = 1e-2, plausible: float = 0.0) -> None:
+                 direction: list[torch.Tensor] | None = None, epsilon: float = 1e-2, plausible: float = 0.0,
+                 keep_entropy_at: float | None = None) -> None:
         if not strength >= 0 or strength != strength:
             raise BadInputError(f"strength must be >= 0, got {strength}", field="strength")
         if not epsilon > 0:
@@ -136,7 +137,11 @@ class AntidistillationProcessor:
             direction = heldout_gradient(proxy, heldout)
         if not 0.0 <= plausible < 1.0:
             raise BadInputError(f"plausible must be in [0, 1), got {plausible}", field="plausible")
+        if keep_entropy_at is not None and not keep_entropy_at > 0:
+            raise BadInputError(f"keep_entropy_at is a sampling temperature > 0, got {keep_entropy_at}",
+                                field="keep_entropy_at")
         self.strength = float(strength)
+        self.keep_entropy_at = keep_entropy_at
         self.epsilon = float(epsilon)
         self.plausible = float(plausible)
         self.direction = direction
@@ -188,16 +193,80 @@ class AntidistillationProcessor:
         v = min(out.shape[-1], d.shape[-1])
         out[:, :v] = self.strength * d[:, :v].to(scores.dtype)
         if self.plausible > 0:
-            logp = torch.log_softmax(scores.float(), -1)
-            keep = logp >= logp.max(-1, keepdim=True).values + math.log(self.plausible)
+            keep = self._plausible(scores)
             floor = torch.where(keep, out, torch.full_like(out, math.inf)).min(-1, keepdim=True).values.clamp(max=0)
             out = torch.where(keep, out, torch.minimum(out, floor))
         return out
 
+    def _plausible(self, scores: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(scores.float(), -1)
+        return logp >= logp.max(-1, keepdim=True).values + math.log(self.plausible)
+
+    def shaped(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """The shaped scores: ``scores + shift``; with ``keep_entropy_at = T`` the shift moves
+        probability between continuations without making the answer more or less random (a
+        sharper distribution is itself easier to learn from, whichever way it leans):
+
+        * with the plausibility guard, sampling at ``T`` gives every implausible token exactly the
+          probability the teacher gives it, and the plausible tokens their total; only how that
+          total is divided among them changes, in proportion to ``exp(c · (score + shift) / T)``
+          with ``c`` chosen so the division has the teacher's entropy (``tilt_within``);
+        * without it, the shifted scores are rescaled to the teacher's entropy (``match_entropy``)."""
+        shift = self.shift(input_ids, scores)
+        if self.keep_entropy_at is None:
+            return scores + shift
+        if self.plausible > 0:
+            return tilt_within(scores, shift, self._plausible(scores), self.keep_entropy_at)
+        return match_entropy(scores, scores + shift, self.keep_entropy_at)
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.strength == 0:
             return scores
-        return scores + self.shift(input_ids, scores)
+        return self.shaped(input_ids, scores)
+
+
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    logp = torch.log_softmax(logits, -1)
+    p = logp.exp()
+    return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
+
+
+def _entropy_scale(reference: torch.Tensor, z: torch.Tensor, iterations: int = 40) -> torch.Tensor:
+    """Per row the ``c > 0`` with entropy(softmax(c · z)) = entropy(softmax(reference)) (bisection on
+    ``log c`` in [-8, 8]; the entropy of a softmax falls as its logits are scaled up, so the root is
+    unique when it is in range, and the nearer end is taken when it is not)."""
+    target = _entropy(reference)
+    lo = torch.full(target.shape, -8.0)
+    hi = torch.full(target.shape, 8.0)
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        too_flat = _entropy(z * mid.exp()[:, None]) > target
+        lo = torch.where(too_flat, mid, lo)
+        hi = torch.where(too_flat, hi, mid)
+    return ((lo + hi) / 2).exp()[:, None]
+
+
+def match_entropy(reference: torch.Tensor, shifted: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``c · shifted`` with ``c > 0`` per row such that ``softmax(c · shifted / T)`` has the entropy of
+    ``softmax(reference / T)``."""
+    c = _entropy_scale(reference.float() / temperature, shifted.float() / temperature)
+    return (shifted.float() * c).to(shifted.dtype)
+
+
+def tilt_within(scores: torch.Tensor, shift: torch.Tensor, keep: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Scores that, divided by ``T`` and softmaxed, give each token outside ``keep`` the probability
+    ``softmax(scores / T)`` gives it, and divide the remaining mass among the ``keep`` tokens in
+    proportion to ``exp(c · (scores + shift) / T)``, ``c`` chosen so that this division has the
+    entropy the teacher's own division of it has."""
+    t = float(temperature)
+    s = scores.float()
+    logp = torch.log_softmax(s / t, -1)
+    ninf = torch.full_like(s, -math.inf)
+    z = torch.where(keep, (s + shift.float()) / t, ninf)
+    c = _entropy_scale(torch.where(keep, s / t, ninf), z)
+    mass = torch.logsumexp(torch.where(keep, logp, ninf), -1, keepdim=True)
+    inside = mass + torch.log_softmax(z * c, -1)
+    return (t * torch.where(keep, inside, logp)).to(scores.dtype)
 
 
 def _total_variation(scores: torch.Tensor, shifted: torch.Tensor) -> torch.Tensor:
@@ -242,8 +311,7 @@ class AnchorPerturbationProcessor:
         candidates = step_start & (self._used < self.max_anchors)
         if not bool(candidates.any() or self._in_anchor.any()) or self.shaper.strength == 0:
             return scores
-        shift = self.shaper.shift(input_ids, scores)
-        shifted = scores + shift
+        shifted = self.shaper.shaped(input_ids, scores)
         importance = _total_variation(scores, shifted)
         new = candidates & (importance >= self.threshold)
         self._used = self._used + new.long()
