@@ -1,6 +1,8 @@
 """Output shaping on the arithmetic lab: teacher utility vs what a student distilled from its traces learns.
 
-Trains a tiny teacher on 2-digit addition with a scratchpad, then per seed a proxy student and,
+Trains a tiny teacher on a scratchpad task (``--task addition``: 2-digit addition, the only free
+choice the order of two digits in a column; ``--task multisum``: five operands summed in any order,
+120 valid traces per problem), then per seed a proxy student and,
 for every condition (unshaped at the serving temperature, hotter temperature sampling,
 antidistillation at several strengths, anchor-step perturbation, reasoning summaries), N
 teacher traces and a student of another architecture trained on them. Prints per condition the
@@ -9,6 +11,9 @@ share of the unshaped student's), the generation cost per token relative to unsh
 and the cross-validated AUC of a logistic regression telling shaped answers from unshaped ones.
 
     nice -n 10 timeout 1800 .venv/bin/python benchmarks/bench_shaping.py --seeds 3 --traces 300
+    nice -n 10 timeout 3600 .venv/bin/python benchmarks/bench_shaping.py --task multisum --seeds 3 --traces 300 \
+        --student-steps 1000 --teacher-dir /tmp/shaping-multisum --keep-entropy --plausible 0.2 \
+        --modes temperature,antidistillation,antidistillation-flipped --strengths 0,1,10 --temperatures 0.85
     nice -n 10 timeout 600 .venv/bin/python benchmarks/bench_shaping.py --cost --teacher-dir /tmp/shaping-teacher
     nice -n 10 timeout 1800 .venv/bin/python benchmarks/bench_shaping.py --composition --seeds 2 --traces 300
     nice -n 10 timeout 1800 .venv/bin/python benchmarks/bench_shaping.py --radioactivity --seeds 3 \
@@ -54,6 +59,10 @@ def main() -> None:
     parser.add_argument("--composition", action="store_true",
                         help="instead: shaped + watermarked answers, text detection and radioactivity of a student")
     parser.add_argument("--cost", action="store_true", help="instead: generation cost per token (best of 5)")
+    parser.add_argument("--proxy-lr", type=float, default=0.005, help="--proxy-check: gradient-descent step size")
+    parser.add_argument("--proxy-check", action="store_true",
+                        help="instead: the proxy's own held-out loss after training on unshaped, shaped and "
+                             "sign-flipped traces (the shift's first-order premise; the last --strengths value)")
     parser.add_argument("--radioactivity", action="store_true",
                         help="instead: radioactivity of students of shaped, watermarked natural-text answers")
     parser.add_argument("--natural-cost", action="store_true",
@@ -78,7 +87,25 @@ def main() -> None:
     if args.cost:
         task = lab_task.get(args.task)
         teacher, _ = lab.teacher_from(args.teacher_dir, args.teacher_steps or task.teacher_steps, task)
-        print(json.dumps(lab.generation_cost(teacher, task=task)))
+        print(json.dumps(lab.generation_cost(teacher, task=task, plausible=args.plausible,
+                                             keep_entropy=args.keep_entropy)))
+        return
+    if args.proxy_check:
+        task = lab_task.get(args.task)
+        teacher, _ = lab.teacher_from(args.teacher_dir, args.teacher_steps or task.teacher_steps, task)
+        strength = [float(x) for x in args.strengths.split(",") if x][-1]
+        rows = lab.proxy_check(teacher, task=task, seeds=args.seeds, n_traces=args.traces, strength=strength,
+                               plausible=args.plausible, keep_entropy=args.keep_entropy, lr=args.proxy_lr,
+                               progress=say)
+        steps = [k for k in rows[0] if k.startswith("after_")]
+        print(f"task {task.name}, λ {strength:g}, plausible {args.plausible:g}, step size {args.proxy_lr:g}; proxy held-out loss minus the "
+              f"loss after the same steps on unshaped traces (start: before any step)")
+        print(f"{'seed':>4}  {'mode':<25}{'start':>8}" + "".join(f"{k.replace('after_', 'Δ step '):>14}" for k in steps))
+        base = {r["seed"]: r for r in rows if r["mode"] == "unshaped"}
+        for r in rows:
+            print(f"{r['seed']:>4}  {r['mode']:<25}{r['start']:>8.4f}"
+                  + "".join(f"{r[k] - base[r['seed']][k]:>+14.2e}" for k in steps))
+        print(f"{time.monotonic() - start:.0f} s")
         return
     if args.radioactivity or args.natural_cost:
         from pathlib import Path

@@ -120,6 +120,7 @@ def test_entropy_keeping_processor_only_redivides_plausible_mass(multisum_proxy)
         AntidistillationProcessor(proxy, strength=1.0, direction=direction, keep_entropy_at=0.0)
 
 
+@pytest.mark.slow
 def test_tiny_lab_run_on_multisum_gives_every_condition(tmp_path):
     result = lab.run(task=T.MULTISUM, seeds=1, n_traces=24, student_steps=3, teacher_steps=3, proxy_steps=3,
                      strengths=(0.0, 1.0), temperatures=(1.0,), keep_entropy=True, test_problems=16,

@@ -24,6 +24,7 @@ N prompt+answer pairs and its greedy accuracy on 300 unseen problems is the skil
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any, Callable
 
@@ -275,13 +276,15 @@ def composition(teacher, *, task: T.Task = T.ADDITION, seed: int = 0, n_traces: 
     return out
 
 
-def generation_cost(teacher, *, task: T.Task = T.ADDITION, strength: float = 0.3, n: int = 300, repeats: int = 5) -> dict[str, float]:
+def generation_cost(teacher, *, task: T.Task = T.ADDITION, strength: float = 0.3, n: int = 300, repeats: int = 5,
+                    plausible: float = 0.05, keep_entropy: bool = False) -> dict[str, float]:
     """Milliseconds per generated token, unshaped vs antidistillation vs anchor, on the same
     problems: repeats interleaved and the fastest kept (robust on a shared machine)."""
     pairs = task.problems(n, np.random.default_rng(7))
     proxy, held = train_proxy(teacher, 0, task=task)
     direction = heldout_gradient(proxy, held)
-    shaper = AntidistillationProcessor(proxy, strength=strength, direction=direction, plausible=0.05)
+    shaper = AntidistillationProcessor(proxy, strength=strength, direction=direction, plausible=plausible,
+                                       keep_entropy_at=BASE_TEMPERATURE if keep_entropy else None)
     makers = {"unshaped": lambda: [], "antidistillation": lambda: [shaper],
               "anchor": lambda: [AnchorPerturbationProcessor(shaper, task.step_delimiters, threshold=0.02, max_anchors=1)]}
     best = {k: float("inf") for k in makers}
@@ -292,3 +295,52 @@ def generation_cost(teacher, *, task: T.Task = T.ADDITION, strength: float = 0.3
             best[name] = min(best[name], 1000 * (time.perf_counter() - start) / max(1, sum(len(c) for c in out)))
     return {**{f"{k}_ms_per_token": round(v, 4) for k, v in best.items()},
             **{f"{k}_vs_unshaped": round(v / best["unshaped"], 2) for k, v in best.items() if k != "unshaped"}}
+
+
+def heldout_loss(model, batches: list) -> float:
+    """Mean next-token loss of ``model`` on ``(ids, labels)`` batches."""
+    with torch.no_grad():
+        return float(np.mean([float(model(input_ids=ids, labels=labels).loss) for ids, labels in batches]))
+
+
+def proxy_check(teacher, *, task: T.Task = T.ADDITION, seeds: int = 3, n_traces: int = 300, strength: float = 10.0,
+                plausible: float = 0.05, keep_entropy: bool = False, steps: tuple[int, ...] = (1, 10, 50),
+                lr: float = 0.005, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Does the shift do, on the proxy it is computed from, what it is computed to do? Per seed the
+    proxy *continues* training from its own weights (plain full-batch gradient descent, ``lr``) on
+    the N unshaped, shaped and sign-flipped traces, and its loss on the held-out batches that gave
+    the direction is read after each number of ``steps``. To first order, one step on shaped
+    traces must raise that loss relative to unshaped ones and one on flipped traces lower it; if
+    that holds and a separately trained student still does not learn less, the first-order,
+    one-step effect does not carry over to what a student learns."""
+    say = progress or (lambda m: None)
+    out: list[dict[str, Any]] = []
+    for seed in range(seeds):
+        pairs = task.problems(n_traces, np.random.default_rng(seed))
+        proxy, held = train_proxy(teacher, seed, task=task)
+        direction = heldout_gradient(proxy, held)
+        start = heldout_loss(proxy, held)
+        for name, sign in (("unshaped", 0.0), ("antidistillation", 1.0), ("antidistillation-flipped", -1.0)):
+            procs = [] if sign == 0 else [AntidistillationProcessor(
+                proxy, strength=strength, direction=direction, plausible=plausible,
+                keep_entropy_at=BASE_TEMPERATURE if keep_entropy else None)]
+            if sign < 0:
+                _flipped(procs[0])
+            completions = T.generate(task, teacher, pairs, processors=procs, temperature=BASE_TEMPERATURE, seed=seed)
+            ids, labels = T.batch_tensors(task, [task.prompt(r) + c for r, c in zip(pairs, completions)])
+            model = copy.deepcopy(proxy).train()
+            opt = torch.optim.SGD(model.parameters(), lr=lr)
+            row: dict[str, Any] = {"seed": seed, "mode": name, "start": start}
+            for step in range(1, max(steps) + 1):
+                loss = model(input_ids=ids, attention_mask=(ids != task.pad).long(), labels=labels).loss
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if step in steps:
+                    model.eval()
+                    row[f"after_{step}"] = heldout_loss(model, held)
+                    model.train()
+            out.append(row)
+            say(f"proxy check seed {seed} {name}: " + ", ".join(f"{k} {v:.5f}" for k, v in row.items()
+                                                                  if k not in ("seed", "mode")))
+    return out
