@@ -56,6 +56,12 @@ def main() -> None:
     parser.add_argument("--keep-entropy", action="store_true",
                         help="rescale every shift so that sampling keeps the serving temperature's entropy")
     parser.add_argument("--test-problems", type=int, default=300, help="unseen problems a student is scored on")
+    parser.add_argument("--proxy-steps", type=int, default=150, help="training steps of the proxy student")
+    parser.add_argument("--proxy-traces", type=int, default=64, help="teacher traces the proxy trains on")
+    parser.add_argument("--proxy-layers", type=int, default=1, help="the proxy's layers (32 dims)")
+    parser.add_argument("--select-k", type=int, default=4,
+                        help="modes select / select-flipped: teacher samples per answer, the one that would raise "
+                             "(lower) the proxy's held-out loss most over its whole completion is returned")
     parser.add_argument("--composition", action="store_true",
                         help="instead: shaped + watermarked answers, text detection and radioactivity of a student")
     parser.add_argument("--cost", action="store_true", help="instead: generation cost per token (best of 5)")
@@ -146,7 +152,8 @@ def main() -> None:
                      anchor_strengths=floats(args.anchor_strengths), temperatures=floats(args.temperatures),
                      modes=tuple(args.modes.split(",")) if args.modes else None, teacher_dir=args.teacher_dir,
                      plausible=args.plausible, task=task, keep_entropy=args.keep_entropy,
-                     test_problems=args.test_problems, progress=say)
+                     test_problems=args.test_problems, select_k=args.select_k, proxy_steps=args.proxy_steps,
+                     proxy_traces=args.proxy_traces, proxy_layers=args.proxy_layers, progress=say)
     summary = lab.summarize(result)
     print(f"teacher: {result['teacher']}")
     print(f"task {task.name}, {args.seeds} seeds, {args.traces} traces per student, {args.student_steps} student "

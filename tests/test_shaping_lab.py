@@ -149,3 +149,30 @@ def test_summary_of_any_completion_keeps_its_answer(text):
         assert out == head + "[]" + rest.split("]", 1)[1]     # the scratchpad emptied, the answer kept
     else:
         assert out == text
+
+
+def test_sequence_delta_is_the_sum_of_the_per_token_deltas(multisum_proxy):
+    task, proxy, direction = multisum_proxy
+    texts = ["a3+b7+c5+d2+e9=[e9=9,a3=12,c5=17,d2=19,b7=26]26\n", "a3+b7+c5+d2+e9=[a3=3,b7=10]10\n"]
+    got = lab.sequence_delta(task, proxy, direction, texts)
+    shaper = AntidistillationProcessor(proxy, strength=1.0, direction=direction)
+    for text, value in zip(texts, got):
+        ids = task.encode(text)
+        total = 0.0
+        for i in range(task.prompt_len, len(ids)):
+            shaper.reset()
+            total += float(shaper.delta(torch.tensor([ids[:i]]))[0, ids[i]])
+        assert abs(total - float(value)) < 1e-3 * max(1.0, abs(total))
+
+
+def test_selection_returns_the_sample_the_direction_rates_highest(multisum_proxy):
+    task, proxy, direction = multisum_proxy
+    teacher = T.make_model(task, n_layer=1, n_embd=32, seed=5).eval()
+    rows = task.problems(6, np.random.default_rng(1))
+    picked = {sign: lab.select_by_proxy(task, teacher, proxy, direction, sign, rows, k=3, seed=0) for sign in (1, -1)}
+    samples = [T.generate(task, teacher, rows, temperature=lab.BASE_TEMPERATURE, seed=10_000 + j) for j in range(3)]
+    for i, row in enumerate(rows):
+        options = [s[i] for s in samples]
+        scores = lab.sequence_delta(task, proxy, direction, [task.prompt(row) + c for c in options])
+        assert picked[1][i] == options[int(np.argmax(scores))]
+        assert picked[-1][i] == options[int(np.argmin(scores))]

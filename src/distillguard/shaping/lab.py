@@ -48,13 +48,13 @@ def train_teacher(task: T.Task = T.ADDITION, *, steps: int = 1000, seed: int = 0
 
 
 def train_proxy(teacher, seed: int, *, task: T.Task = T.ADDITION, traces: int = 64,
-                steps: int = 150) -> tuple[Any, list]:
+                steps: int = 150, layers: int = 1) -> tuple[Any, list]:
     """A proxy student trained on a few teacher traces, and its held-out batches (reference traces
     of problems it never saw, loss on the trace only)."""
     rng = np.random.default_rng(1000 + seed)
     rows = task.problems(traces, rng)
     texts = [task.prompt(r) + c for r, c in zip(rows, T.generate(task, teacher, rows, temperature=1.0, seed=seed))]
-    proxy = T.make_model(task, **PROXY, seed=100 + seed)
+    proxy = T.make_model(task, **{**PROXY, "n_layer": layers}, seed=100 + seed)
     T.train(task, proxy, texts, steps=steps, lr=3e-3, seed=seed)
     held = [task.prompt(r) + task.trace(r, rng) for r in task.problems(128, rng)]
     return proxy, [T.batch_tensors(task, held[i:i + 64]) for i in range(0, len(held), 64)]
@@ -85,7 +85,8 @@ def run(*, seeds: int = 3, n_traces: int = 300, student_steps: int = 300, teache
         strengths: tuple[float, ...] = (0.05, 0.3, 1.0), anchor_strengths: tuple[float, ...] = (1.0,),
         temperatures: tuple[float, ...] = (1.0, 1.3), plausible: float = 0.05, modes: tuple[str, ...] | None = None,
         teacher_dir: str | None = None, task: T.Task = T.ADDITION, keep_entropy: bool = False,
-        test_problems: int = 300, proxy_steps: int = 150,
+        test_problems: int = 300, proxy_steps: int = 150, proxy_traces: int = 64, proxy_layers: int = 1,
+        select_k: int = 4,
         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """``strengths``: λ of antidistillation, the first one without the plausibility guard (the
     paper's form) and the others with ``plausible``; ``keep_entropy``: every shift keeps the
@@ -107,8 +108,10 @@ def run(*, seeds: int = 3, n_traces: int = 300, student_steps: int = 300, teache
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
         pairs = task.problems(n_traces, rng)
-        proxy, held = train_proxy(teacher, seed, task=task, steps=proxy_steps)
+        proxy, held = train_proxy(teacher, seed, task=task, steps=proxy_steps, traces=proxy_traces,
+                                  layers=proxy_layers)
         direction = heldout_gradient(proxy, held)
+        say(f"seed {seed} proxy held-out loss {heldout_loss(proxy, held):.4f}")
         conditions: list[tuple[str, float, list, float]] = [("unshaped", 0.0, [], base)]
         conditions += [("temperature", t, [], t) for t in temperatures]
         conditions += [("antidistillation" if i else "antidistillation-raw", s,
@@ -120,12 +123,20 @@ def run(*, seeds: int = 3, n_traces: int = 300, student_steps: int = 300, teache
         # direction); if it helps the student as much, the proxy's direction is not what acts
         conditions += [("antidistillation-flipped", s, [_flipped(shaper(proxy, direction, s))], base)
                        for s in strengths[1:] if modes is not None and "antidistillation-flipped" in modes]
+        # sequence level (a diagnostic, k teacher samples per answer): the sample whose whole
+        # completion would raise (or, flipped, lower) the proxy's held-out loss most is returned
+        conditions += [(f"select{flip}", float(select_k), [proxy, direction, sign], base)
+                       for flip, sign in (("", 1.0), ("-flipped", -1.0))
+                       if select_k and modes is not None and f"select{flip}" in modes]
         unshaped: list[str] = []
         if modes is not None:
             conditions = [c for c in conditions if c[0] in modes or c[0] == "unshaped"]
         for mode, level, procs, temp in conditions:
             start = time.perf_counter()
-            completions = T.generate(task, teacher, pairs, processors=procs, temperature=temp, seed=seed)
+            if mode.startswith("select"):
+                completions = select_by_proxy(task, teacher, *procs, pairs, k=select_k, seed=seed)
+            else:
+                completions = T.generate(task, teacher, pairs, processors=procs, temperature=temp, seed=seed)
             seconds = time.perf_counter() - start
             tokens = sum(len(c) for c in completions)
             if mode == "unshaped":
@@ -147,6 +158,37 @@ def run(*, seeds: int = 3, n_traces: int = 300, student_steps: int = 300, teache
         say(f"seed {seed} summary: student {rows[-1]['student_accuracy']:.3f}")
     return {"teacher": info, "rows": rows, "n_traces": n_traces, "student_steps": student_steps, "seeds": seeds,
             "task": task.name, "keep_entropy": keep_entropy}
+
+
+def sequence_delta(task: T.Task, proxy, direction: list, texts: list[str], epsilon: float = 1e-2) -> np.ndarray:
+    """Per text, the first-order change of the proxy's held-out loss if it trained on the whole
+    completion: ``(log p_{θ+εg}(completion) − log p_{θ−εg}(completion)) / 2ε`` summed over the
+    completion's tokens (the per-token Δ of antidistillation sampling, but for the tokens a choice
+    leads to as well as the choice itself)."""
+    from distillguard.shaping.processors import _Perturbed
+
+    ids, labels = T.batch_tensors(task, texts)
+    mask = labels[:, 1:] != -100
+    out = []
+    with torch.no_grad():
+        for sign in (1.0, -1.0):
+            model = _Perturbed(proxy, direction, sign * epsilon).model
+            logp = torch.log_softmax(model(input_ids=ids, attention_mask=(ids != task.pad).long()).logits[:, :-1].float(), -1)
+            tok = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+            out.append((tok * mask).sum(-1))
+    return ((out[0] - out[1]) / (2 * epsilon)).numpy()
+
+
+def select_by_proxy(task: T.Task, teacher, proxy, direction: list, sign: float, pairs: np.ndarray, *, k: int = 4,
+                    seed: int = 0) -> list[str]:
+    """Per problem, ``k`` teacher samples at the serving temperature, and the one with the largest
+    ``sign · sequence_delta`` (``sign`` +1: antidistillation; −1: its flipped diagnostic)."""
+    samples = [T.generate(task, teacher, pairs, temperature=BASE_TEMPERATURE, seed=10_000 * (seed + 1) + j)
+               for j in range(k)]
+    scores = np.stack([sequence_delta(task, proxy, direction, [task.prompt(r) + c for r, c in zip(pairs, cs)])
+                       for cs in samples])
+    best = np.argmax(sign * scores, axis=0)
+    return [samples[b][i] for i, b in enumerate(best)]
 
 
 def _flipped(processor: AntidistillationProcessor) -> AntidistillationProcessor:
@@ -176,8 +218,8 @@ def summarize(result: dict[str, Any]) -> list[dict[str, Any]]:
     relative to unshaped traces, cost per token relative to unshaped, and detectability."""
     rows = result["rows"]
     keys = sorted({(r["mode"], r["level"]) for r in rows}, key=lambda k: (
-        ["unshaped", "temperature", "antidistillation-raw", "antidistillation", "antidistillation-flipped", "anchor",
-         "summary"].index(k[0]), k[1]))
+        ["unshaped", "temperature", "antidistillation-raw", "antidistillation", "antidistillation-flipped", "select",
+         "select-flipped", "anchor", "summary"].index(k[0]), k[1]))
     base = {r["seed"]: r for r in rows if r["mode"] == "unshaped"}
     out = []
     for mode, level in keys:
