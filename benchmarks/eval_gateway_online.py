@@ -72,7 +72,8 @@ def lab_config(seed: int, accounts: int, days: int, per_kind: int) -> TrafficCon
                          family_instances=per_kind, legit_families=tuple(LEGIT_FAMILIES), legit_accounts=per_kind)
 
 
-def evaluate(seed: int, accounts: int, days: int, work: Path, per_kind: int = 0) -> dict:
+def evaluate(seed: int, accounts: int, days: int, work: Path, per_kind: int = 0,
+             detail_families: tuple[str, ...] = ("eval_harness",)) -> dict:
     lab = work / f"lab-{seed}"
     generate(lab_config(seed, accounts, days, per_kind), lab)
     events = load_events(lab / "events.jsonl.gz")
@@ -84,6 +85,7 @@ def evaluate(seed: int, accounts: int, days: int, work: Path, per_kind: int = 0)
     per_strategy: dict[str, list] = defaultdict(list)
     campaigns: dict[str, list[str]] = defaultdict(list)
     negatives: dict[str, list[tuple]] = defaultdict(list)
+    details: list[dict] = []
     flag_codes = ("extraction_flagged", "cluster_flagged")
     for account, decs in decisions.items():
         label = labels.get(account, {"kind": "organic", "strategy": "organic"})
@@ -97,6 +99,17 @@ def evaluate(seed: int, accounts: int, days: int, work: Path, per_kind: int = 0)
             blocked_first = any(action == "block" for action, _ in first_pass)
             first_action = next((i + 1 for i, (a, c) in enumerate(decs) if acted(a, c)), None)
             negatives[family].append((flagged, blocked, blocked_first, first_action is not None))
+            if family in detail_families:
+                n_first = label.get("first_pass") or len(decs)
+                flag_at = next((i + 1 for i, (_, c) in enumerate(decs) if any(x in c for x in flag_codes)), None)
+                block_at = next((i + 1 for i, (a, _) in enumerate(decs) if a == "block"), None)
+                evaluation = [i + 1 for i, (_, c) in enumerate(decs) if "evaluation_run" in c.split(",")]
+                details.append({"family": family, "account": account, "items": n_first, "queries": len(decs),
+                                "runs": label.get("runs"), "first_flag": flag_at, "first_block": block_at,
+                                "block_pass": None if block_at is None else (block_at - 1) // n_first + 1,
+                                "blocked_requests": sum(a == "block" for a, _ in decs),
+                                "evaluation_from": evaluation[0] if evaluation else None,
+                                "last_codes": decs[-1][1] if decs else ""})
     # Campaign-level: the campaign's queries in time order, until any member is flagged / acted on / blocked.
     order: dict[str, list[str]] = defaultdict(list)
     for ev in events:
@@ -121,7 +134,7 @@ def evaluate(seed: int, accounts: int, days: int, work: Path, per_kind: int = 0)
                                      "queries": len(order[campaign]), "queries_until_flag": until_flag,
                                      "queries_until_action": until_action, "queries_until_block": until_block})
     return {"seed": seed, "events": len(events), "replay_seconds": elapsed,
-            "per_strategy": per_strategy,
+            "per_strategy": per_strategy, "details": details,
             "negatives": {k: {"accounts": len(v), "flagged": sum(f for f, *_ in v), "blocked": sum(b for _, b, *_ in v),
                               "blocked_first_pass": sum(x[2] for x in v), "acted": sum(x[3] for x in v)}
                           for k, v in negatives.items()}}
@@ -136,9 +149,13 @@ def main() -> None:
     parser.add_argument("--accounts-per-kind", type=int, default=0,
                         help="add the lab's evasive and hard legitimate families (issue 14): instances of each "
                              "attack family and accounts of each legitimate family")
+    parser.add_argument("--detail", nargs="*", default=["eval_harness"],
+                        help="legitimate families listed account by account (first flag, first block and "
+                             "the pass it fell in, requests blocked, first `evaluation` decision)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dg-online-"))
-    results = [evaluate(seed, args.accounts, args.days, work, args.accounts_per_kind) for seed in args.seeds]
+    results = [evaluate(seed, args.accounts, args.days, work, args.accounts_per_kind, tuple(args.detail))
+               for seed in args.seeds]
     by_strategy: dict[str, list] = defaultdict(list)
     negatives: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
     for r in results:
@@ -166,6 +183,15 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for kind, (n, flagged, blocked, first, acted_on) in sorted(negatives.items()):
         print(f"| {kind} | {n} | {flagged} | {acted_on} | {blocked} | {first} |")
+    details = [d for r in results for d in r["details"]]
+    if details:
+        print("\n| account (detail) | items | runs | queries | first flagged | first blocked (pass) | "
+              "requests blocked | `evaluation` from | last decision's codes |")
+        print("|---|---:|---:|---:|---:|---|---:|---:|---|")
+        for d in details:
+            block = "-" if d["first_block"] is None else f"{d['first_block']} (pass {d['block_pass']})"
+            print(f"| {d['account']} | {d['items']} | {d['runs']} | {d['queries']} | {d['first_flag'] or '-'} | "
+                  f"{block} | {d['blocked_requests']} | {d['evaluation_from'] or '-'} | {d['last_codes'] or '-'} |")
     if args.json:
         args.json.write_text(json.dumps({"runs": results}, indent=2, default=str))
 

@@ -378,14 +378,17 @@ def prompt_space(sends: np.ndarray) -> float:
 
 
 def pass_share(sends: np.ndarray) -> float:
-    """The share of distinct requests sent exactly as often as the most common count, when that
-    count is 2 or more (0 otherwise): near 1 for whole passes over one item set (a benchmark run
-    r times sends every item r times), low for a generator whose requests repeat by chance."""
-    if len(sends) == 0:
-        return 0.0
+    """The share of distinct requests sent ``c`` or ``c + 1`` times, for the ``c >= 2`` that makes
+    it largest (0 when none was sent twice): 1 for whole passes over one item set (a benchmark run
+    r times sends every item r times) and all through a third or later pass (its items sent r - 1
+    or r times so far: a pass in progress is not read as unequal counts); a second pass in
+    progress counts only the items already sent twice; low for a generator whose requests repeat
+    by chance, or a re-sampler that draws several traces per item unequally."""
     counts = np.bincount(sends)
-    mode = int(np.argmax(counts))
-    return float(counts[mode] / len(sends)) if mode >= 2 else 0.0
+    if len(sends) == 0 or len(counts) <= 2:
+        return 0.0
+    pairs = counts[2:] + np.append(counts[3:], 0)
+    return float(pairs.max() / len(sends))
 
 
 def features_frame(rows: list[dict[str, Any]], accounts: list[str]) -> pd.DataFrame:

@@ -62,9 +62,9 @@ Two legitimate uses get a status of their own instead of a flag:
   ``EVAL_MAX_ITEMS`` distinct prompts (a benchmark is bounded; past that it is flagged as any
   other account would be). An account that would otherwise be flagged is an evaluation run in
   any format (free-form chain-of-thought items re-sampled at temperature > 0 too) when it makes
-  whole passes over one bounded item set (``rerun``: re-sends, every item sent equally often,
-  the set exhausted): what it transfers is its distinct items. A distiller re-sampling a fixed
-  prompt set gets the same status (the lab's ``resample`` family measures it).
+  whole passes over one bounded item set (``rerun``: re-sends, every item sent equally often
+  or one pass behind, the set exhausted): what it transfers is its distinct items. A distiller
+  re-sampling a fixed prompt set gets the same status (the lab's ``resample`` family measures it).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ MATERIAL_ALPHA = 1e-2           # ... when its volume is also beyond organic acc
 ANSWER_RATIO_FLOOR = 0.0        # log2 answer/prompt tokens: answers shorter than prompts are labels, not generation
 EVAL_MAX_ITEMS = 15_000         # distinct prompts a benchmark run may have (MMLU has ~14k items)
 SLOT_NOVELTY = 0.1              # later prompts bringing a new word or number: at most this share is a bounded menu
-EVAL_PASS_SHARE = 0.8           # distinct requests sent equally often (whole passes), for a re-run in any format
+EVAL_PASS_SHARE = 0.8           # distinct requests sent equally often or one pass behind, for a re-run in any format
 EVAL_SPACE_SLACK = 1.05         # ... and the item set exhausted: estimated size within 5 % of what was sent
 STATUSES = ("flagged", "clear", "insufficient_data", "repeated_runs", "authorised", "probing", "evaluation")
 
@@ -289,8 +289,9 @@ def evaluation(row: Any, p: dict[str, float], *, suspicious: bool = False) -> bo
 def rerun(row: Any) -> bool:
     """Whole passes over one bounded item set, at any temperature and in any format (free-form
     chain-of-thought items too): at least ``EVAL_RESENT_SHARE`` of queries re-send an earlier
-    request, at least ``EVAL_PASS_SHARE`` of distinct requests were sent the same number of times
-    (two or more: a benchmark run r times sends every item r times), and the set is exhausted (its
+    request, at least ``EVAL_PASS_SHARE`` of distinct requests were sent c or c + 1 times, c >= 2
+    (a benchmark run r times sends every item r times; a third or later pass in progress has sent
+    them r - 1 or r times: ``features.pass_share``), and the set is exhausted (its
     estimated size, ``prompt_space``, within ``EVAL_SPACE_SLACK`` of what was sent). What a re-run
     transfers is its distinct items (at most ``EVAL_MAX_ITEMS``), each sampled once per pass; a
     harvester needs new requests, and one that re-samples a fixed set at temperature to collect
@@ -316,7 +317,7 @@ def _status_reason(status: str, row: Any, p: dict[str, float], baseline: Baselin
         return Reason("evaluation", "info", share, p["benchmark_format"],
                       f"{share:.0%} of {n:,} queries are formatted as benchmark items, {cold:.0%} are at "
                       f"temperature 0 and {resent:.0%} re-send an earlier prompt ({passes:.0%} of distinct prompts "
-                      f"sent equally often: whole passes), over "
+                      f"sent equally often or one pass behind: whole passes), over "
                       f"{int(float(row['distinct_prompts'])):,} distinct prompts (at most {EVAL_MAX_ITEMS:,}), "
                       f"with no request for training data or grades: reported as an evaluation run, not extraction")
     return None
