@@ -19,7 +19,7 @@ from distillguard.gateway.fleet.observation import Observation as StreamObservat
 from distillguard.gateway.fleet.observation import decode, encode, fold
 from distillguard.gateway.online import BLOOM_BITS, AccountState, read_request
 from distillguard.gateway.scorer import LiveScorer
-from distillguard.gateway.sends import SendCounts
+from distillguard.gateway.sends import MAX_BEFORE_RESEND, SendCounts
 
 from test_legit_criteria import _cot_items, _features
 from test_value_rule import BASE, FPR
@@ -68,12 +68,12 @@ def test_whole_pass_rerun_reaches_evaluation_live_as_the_scan_does(baseline):
     first, statuses = _live(scorer, "harness", items)
     # One free-form chain-of-thought pass: flagged live as in the scan (no re-send, no counts kept).
     assert first.verdict.flagged and judge(_features(items, 0.7), baseline, FPR).flagged
-    assert scorer.accounts["harness"].sends is None
+    assert not scorer.accounts["harness"].sends.resent      # a log of digests, no table yet
     last, statuses = _live(scorer, "harness", items * 3)
     state = scorer.accounts["harness"]
     live = state.features()
     scan = _features(items * 4, 0.7)
-    assert isinstance(state.sends, SendCounts)
+    assert isinstance(state.sends, SendCounts) and state.sends.resent
     assert live["pass_share"] == scan["pass_share"] == 1.0
     assert live["prompt_space"] == scan["prompt_space"] == 400
     assert live["resent_share"] == pytest.approx(scan["resent_share"])
@@ -101,15 +101,15 @@ def test_a_resampler_that_is_not_whole_passes_stays_flagged_live(baseline):
 
 
 def test_new_requests_beside_a_rerun_count_against_it(baseline):
-    """Two passes then a harvest of new items: the scan's reading, never a kinder one."""
+    """Two passes then a harvest of new items: the scan's reading exactly."""
     items, more = _cot_items(300), _cot_items(700)[300:]
     prompts = items + items + more
     scorer = LiveScorer(baseline, FPR)
     last, _ = _live(scorer, "mixed", prompts)
     live = scorer.accounts["mixed"].features()
     exact = _exact_row(prompts)
-    assert live["distinct_prompts"] >= exact["distinct_prompts"]
-    assert live["pass_share"] <= exact["pass_share"] and live["prompt_space"] >= exact["prompt_space"]
+    for name in exact:
+        assert live[name] == pytest.approx(exact[name])
     assert not rerun(live) and last.verdict.flagged
 
 
@@ -118,21 +118,27 @@ def _random_facts(template, rng: np.random.Generator, n: int):
             for _ in range(n)]
 
 
-def test_send_counts_are_lazy_and_bounded():
+def test_send_counts_are_bounded():
     template = _facts(["What is 2 + 2? Think step by step."])[0]
     rng = np.random.default_rng(4)
-    # Never re-sent: nothing allocated (the ordinary account's few kilobytes).
+    # Never re-sent: a log of digests, 8 bytes each, dropped past MAX_BEFORE_RESEND (no bounded
+    # benchmark re-run sends that many items before its first re-send).
     ordinary = AccountState()
-    for i, f in enumerate(_random_facts(template, rng, 300)):
+    pool = _random_facts(template, rng, EVAL_MAX_ITEMS + 200)
+    for i, f in enumerate(pool[:300]):
         ordinary.update(f, BASE + i)
-    assert ordinary.sends is None and ordinary.memory_bytes() <= 8192
+    assert not ordinary.sends.resent and ordinary.memory_bytes() <= 8192 + 8 * 300
+    for i, f in enumerate(pool[300:MAX_BEFORE_RESEND + 1]):
+        ordinary.update(f, BASE + 300 + i)
+    assert ordinary.sends is False and ordinary.memory_bytes() <= 8192
+    ordinary.update(pool[0], BASE + 5000)      # a re-send after that: still unknown
+    assert ordinary.sends is False and not rerun(ordinary.features())
     # Re-sends early, then more distinct requests than a benchmark holds: unknown, freed, and
     # never an exemption.
     big = AccountState()
-    pool = _random_facts(template, rng, EVAL_MAX_ITEMS + 200)
     big.update(pool[0], BASE)
     big.update(pool[0], BASE + 1)
-    assert isinstance(big.sends, SendCounts)
+    assert big.sends.resent
     peak = 0
     for i, f in enumerate(pool[1:]):
         big.update(f, BASE + 2 + i)
@@ -142,12 +148,27 @@ def test_send_counts_are_lazy_and_bounded():
     assert big.memory_bytes() <= 8192 and peak <= 400_000
     features = big.features()
     assert math.isnan(features["pass_share"]) and not rerun(features)
-    # The first re-send after a set too large for the frozen filter to place (three quarters of
-    # its bits set): unknown at once.
-    late = AccountState()
-    late.bloom[:] = bytes([0xEE]) * len(late.bloom)
-    late.update(dataclasses.replace(template, bloom_bits=(1, 2, 3, 5)), BASE)
-    assert late.sends is False and math.isnan(late.features()["prompt_space"])
+    # End users' states (an LRU of 20,000) keep no counts.
+    assert AccountState(counts=False).sends is False
+
+
+def test_a_crafted_bloom_hit_is_not_a_re_send():
+    """As the attacker: a new request whose Bloom positions earlier requests already set (cheap
+    to find once the filter fills) reads as 'seen' to the filter, but the counts are kept by
+    digest: it is a new request sent once."""
+    template = _facts(["What is 2 + 2? Think step by step."])[0]
+    first = [dataclasses.replace(template, bloom_bits=(1, 2, 3, 4)),
+             dataclasses.replace(template, bloom_bits=(5, 6, 7, 8))]
+    crafted = dataclasses.replace(template, bloom_bits=(1, 6, 3, 8))
+    state = AccountState()
+    for i, f in enumerate(first):
+        state.update(f, BASE + i)
+    seen, _ = state.update(crafted, BASE + 2)
+    assert seen                                  # the filter is fooled ...
+    assert not state.sends.resent and state.sends.size == 3    # ... the counts are not
+    state.update(first[0], BASE + 3)             # a true re-send
+    assert state.sends.resent
+    assert list(state.sends.histogram()[1:3]) == [2, 1]
 
 
 def test_fold_counts_what_observe_counts(baseline):
@@ -161,9 +182,10 @@ def test_fold_counts_what_observe_counts(baseline):
         served.observe("acct", facts[p], float(ts))
         fold(peer, decode(encode(StreamObservation("q", "acct", float(ts), facts=facts[p]))))
     a, b = served.accounts["acct"].sends, peer.accounts["acct"].sends
-    assert isinstance(a, SendCounts) and isinstance(b, SendCounts)
-    assert (a.pre, a.claimed, a.fresh, a.size) == (b.pre, b.claimed, b.fresh, b.size)
+    assert a.resent and b.resent and a.size == b.size == len(set(prompts))
     assert np.array_equal(a.histogram(), b.histogram())
+    exact = _exact_row(prompts)
+    assert served.accounts["acct"].features()["pass_share"] == exact["pass_share"]
     live, other = served.accounts["acct"].features(), peer.accounts["acct"].features()
     for name in ("distinct_prompts", "resent_share", "prompt_space", "pass_share"):
         assert live[name] == other[name]
@@ -172,9 +194,8 @@ def test_fold_counts_what_observe_counts(baseline):
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(pool=st.integers(2, 250), order=st.lists(st.integers(0, 10_000), min_size=2, max_size=900))
 def test_live_rerun_never_exempts_what_exact_counts_do_not(pool, order):
-    """As the attacker: whatever the order of sends over a pool of requests (re-sends, fresh
-    requests after the first re-send, partial passes), the live reading gives the re-run status
-    only where exact counts (the scan's) give it."""
+    """Whatever the order of sends over a pool of requests (re-sends, new requests after the
+    first re-send, partial passes), the live reading is the exact counts' (the scan's)."""
     rng = np.random.default_rng(pool)
     template = _facts(["Solve: 3 + 4. Let's think step by step."])[0]
     facts = _random_facts(template, rng, pool)
@@ -187,7 +208,10 @@ def test_live_rerun_never_exempts_what_exact_counts_do_not(pool, order):
     counts = counts[counts > 0]
     exact = {"distinct_prompts": float(len(counts)), "resent_share": 1.0 - len(counts) / len(sent),
              "prompt_space": prompt_space(counts), "pass_share": pass_share(counts)}
+    if isinstance(state.sends, SendCounts) and state.sends.resent:
+        for name in exact:
+            assert live[name] == pytest.approx(exact[name])
+    else:
+        assert not rerun(live)
     if rerun(live):
         assert rerun(exact)
-    if isinstance(state.sends, SendCounts):
-        assert live["distinct_prompts"] >= exact["distinct_prompts"]

@@ -4,8 +4,9 @@ Each request is read once (:func:`read_request`: cues, style, area, template ban
 hash); the account's :class:`AccountState` folds it into fixed-size counters and sketches:
 
 * a Bloom filter of prompt hashes (repeats, and the distinct-prompt count from its fill),
-* from the account's first re-send on, send counts per request (:mod:`distillguard.gateway.sends`:
-  the distinct requests, ``prompt_space`` and ``pass_share`` as the scan counts them, bounded),
+* exact send counts per request digest (:mod:`distillguard.gateway.sends`: from the account's
+  first re-send on, the distinct requests, ``prompt_space`` and ``pass_share`` as the scan counts
+  them; bounded),
 * a ring of the band keys of the last ``RING`` distinct prompts (templates: a prompt is templated
   when it shares a band with two or more of them, as in the batch scan's groups of three),
 * topic-breadth windows of ``BREADTH_SAMPLE`` distinct prompts, hour-of-day and inter-arrival
@@ -13,9 +14,9 @@ hash); the account's :class:`AccountState` folds it into fixed-size counters and
 
 :meth:`AccountState.features` rebuilds the scan's feature row (``BASE_FEATURES``), so the live
 verdict is the batch verdict's test, against the same baseline, at the same false-positive rate.
-State is a few numpy arrays and one bytearray: under 8 KB an account that never re-sends a
-request; one that does adds its send counts (10 bytes a slot, at most ``EVAL_MAX_ITEMS`` requests
-counted: about 330 KB at the bound, then freed as unknown).
+State is a few numpy arrays and one bytearray, under 8 KB an account, plus its send counts: 8
+bytes a distinct request until its first re-send (at most 2,048, then freed as unknown), 10 bytes
+a slot after it (at most ``EVAL_MAX_ITEMS`` requests: about 330 KB at the bound, then freed).
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ class AccountState:
     __slots__ = ("v", "bloom", "ring", "verdict", "elevated", "scored_at", "template_keys", "attrs", "frame",
                  "slots", "behaviour", "sends")
 
-    def __init__(self) -> None:
+    def __init__(self, counts: bool = True) -> None:
         self.v = array("d", bytes(8 * _SIZE))
         self.bloom = bytearray(BLOOM_BITS // 8)
         self.ring = np.zeros((RING, N_BANDS), dtype=np.uint32)
@@ -186,8 +187,9 @@ class AccountState:
         self.frame: tuple[bytearray, list[bytes]] | int = (bytearray(WORD_BUCKETS), [])
         self.slots = array("d")        # the last SLOT_RING ten-minute activity slots (behavioural links)
         self.behaviour: tuple[float, Any] | None = None   # (queries, what hydra's behaviour link reads): a cache
-        # Send counts per request (gateway.sends), from the first re-send on; False: unknown for good.
-        self.sends: SendCounts | None | bool = None
+        # Send counts per request (gateway.sends; None: no request yet, False: unknown for good,
+        # or not kept: ``counts=False``, as for end users).
+        self.sends: SendCounts | None | bool = None if counts else False
 
     @property
     def queries(self) -> int:
@@ -227,7 +229,7 @@ class AccountState:
             if getattr(facts, name):
                 v[slot] += 1
         seen = self._bloom_add(facts.bloom_bits)
-        self._count_send(facts.bloom_bits, seen, n)
+        self._count_send(facts.bloom_bits, seen)
         if seen and facts.temperature0:
             v[S["repeats0"]] += 1
         if facts.self_contained and not facts.probe:
@@ -275,21 +277,15 @@ class AccountState:
                     v[S["window_fill"]] = 0
         return seen, new_recurring
 
-    def _count_send(self, bits: tuple[int, ...], seen: bool, before: float) -> None:
-        """Count the send per request, once the account has re-sent (``before``: its queries
-        until this one, all distinct if this is the first re-send)."""
+    def _count_send(self, bits: tuple[int, ...], seen: bool) -> None:
+        """Count the send per request digest (exact; ``seen``, the Bloom filter's word, is only a
+        hint: a request it has not seen is certainly new)."""
         sends = self.sends
-        if sends is None:
-            if not seen:
-                return
-            sends = SendCounts(self.bloom, int(before), BLOOM_HASHES)
-            if not sends.usable:
-                self.sends = False
-                return
-            self.sends = sends
-        elif sends is False:
+        if sends is False:
             return
-        if not sends.add(bits, request_key(bits, BLOOM_BITS)):
+        if sends is None:
+            sends = self.sends = SendCounts()
+        if not sends.add(request_key(bits, BLOOM_BITS), seen):
             self.sends = False
 
     def _judge_instruction(self, words: bytes, instructions: bytes) -> None:
@@ -359,7 +355,7 @@ class AccountState:
         distinct requests, ``prompt_space`` and ``pass_share`` as the scan counts them."""
         v = np.frombuffer(self.v, dtype=np.float64)
         sends = self.sends
-        if not isinstance(sends, SendCounts):
+        if not isinstance(sends, SendCounts) or not sends.resent:
             return features_of(v, self.distinct_estimate())
         distinct, space, passes = sends.reading()
         out = features_of(v, distinct)

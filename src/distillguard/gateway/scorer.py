@@ -144,7 +144,7 @@ class LiveScorer:
         if state is not None:
             self.end_users.move_to_end(key)
             return state
-        state = self.end_users[key] = AccountState()
+        state = self.end_users[key] = AccountState(counts=False)   # no send counts: bounded memory for the LRU
         self._end_user_count[account] = self._end_user_count.get(account, 0) + 1
         if len(self.end_users) > self.max_end_users:
             owner = split_end_user_key(self.end_users.popitem(last=False)[0])[0]

@@ -1,27 +1,25 @@
 """Live send counts: how often an account sent each request, for the whole-pass re-run criterion.
 
 The batch scan reads an evaluation re-run from the send count of every distinct request
-(``detect.features.prompt_space``, ``pass_share``; ``scoring.rerun``). The live state keeps a
-Bloom filter of requests, which says whether a request was seen, not how often. An account that
-never re-sends has nothing to count, so :class:`SendCounts` is allocated lazily, on the account's
-first re-send (ordinary accounts keep their few kilobytes), and keyed by the request digest the
-Bloom filter already carries (:func:`request_key`: the 52 bits of ``request_digest`` in
-``RequestFacts.bloom_bits``; no new fact, so every replica folding the same facts counts the same).
+(``detect.features.prompt_space``, ``pass_share``; ``scoring.rerun``). The live state's Bloom
+filter says whether a request was seen, not how often, and its false hits are cheap to craft
+(a request whose four positions earlier requests already set), so it must not decide a re-send
+here. :class:`SendCounts` keeps the request digests themselves (:func:`request_key`: the 52 bits
+of ``request_digest`` that ``RequestFacts.bloom_bits`` carry; no new fact, so every replica
+folding the same facts counts the same, in any order):
 
-Before the first re-send every request was new (a Bloom filter has no false negatives), so the
-``pre`` requests sent until then were each sent once; their digests are not known, only a frozen
-copy of the filter. A later request absent from the table is *claimed* as one of them (count 2)
-when the frozen filter holds it, else it is *fresh* (count 1). A fresh request the frozen filter
-falsely holds (probability ``p0``, from its fill) is miscounted as a re-send, which would favour
-the exemption; the reading therefore assumes the most such errors the fresh requests make
-plausible (mean + 3 sd; at least the claims beyond ``pre``) and counts them against it. Unknown
-(the exemption is never given on it): a frozen filter too full (``p0 > MAX_FALSE_HIT``), a set past
-``EVAL_MAX_ITEMS`` distinct requests, or a count past 65,535. Unknown is final; the table is freed.
+* until the account's first re-send, a log of its distinct digests (8 bytes each, at most
+  ``MAX_BEFORE_RESEND``: an account that sends more distinct requests than that before re-sending
+  any is no bounded benchmark re-run, and its counts become unknown);
+* from the first re-send on, an open-addressing table of digests and 16-bit counts (10 bytes a
+  slot), exact, up to ``EVAL_MAX_ITEMS`` distinct requests.
+
+Unknown (the exemption is never given on it) is final and frees the memory: past either bound,
+or a count past 65,535.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 from array import array
 
@@ -30,9 +28,9 @@ import numpy as np
 from distillguard.detect.features import pass_share, prompt_space
 from distillguard.detect.scoring import EVAL_MAX_ITEMS
 
-MAX_FALSE_HIT = 0.1         # the frozen filter's false-hit rate past which counts are unknown (~1,700 requests)
+MAX_BEFORE_RESEND = 2048     # distinct requests logged before the first re-send (16 KB)
 _EMPTY = 0
-_TOP = 1 << 63              # set on every stored key (0 marks an empty slot)
+_TOP = 1 << 63               # set on every stored key (0 marks an empty slot)
 _MAX_COUNT = 65_535
 
 
@@ -47,34 +45,52 @@ def request_key(bloom_bits: tuple[int, ...], bloom_size: int) -> int:
 
 
 class SendCounts:
-    """Send counts per request since the account's first re-send (an open-addressing table of
-    digests and 16-bit counts, 10 bytes a slot), with what is known of the requests before it."""
+    """Exact send counts per request digest: a log of distinct digests until the first re-send,
+    then a table (see the module docstring)."""
 
-    __slots__ = ("keys", "counts", "size", "freq", "pre", "claimed", "fresh", "p0", "frozen")
+    __slots__ = ("log", "keys", "counts", "size", "freq")
 
-    def __init__(self, bloom: bytearray, pre: int, hashes: int) -> None:
-        self.frozen = bytes(bloom)
-        fill = int.from_bytes(self.frozen, "little").bit_count() / (8 * len(self.frozen))
-        self.p0 = fill ** hashes        # a new request's chance of a false hit in the frozen filter
-        self.pre = pre                  # requests before the first re-send (each sent once, keys unknown)
-        self.claimed = 0                # table entries taken for one of those (started at count 2)
-        self.fresh = 0                  # table entries for requests the frozen filter did not hold
-        self.keys = array("Q", bytes(8 * 64))
-        self.counts = array("H", bytes(2 * 64))
+    def __init__(self) -> None:
+        self.log: array | None = array("Q")     # distinct digests, until the first re-send
+        self.keys = self.counts = None
         self.size = 0
-        self.freq = array("q", bytes(8 * 4))   # freq[c]: table entries sent c times
+        self.freq = array("q", [0, 0, 0, 0])     # freq[c]: requests sent c times
 
     @property
-    def usable(self) -> bool:
-        return self.p0 <= MAX_FALSE_HIT
+    def resent(self) -> bool:
+        return self.log is None
 
-    def _in_frozen(self, bits: tuple[int, ...]) -> bool:
-        frozen = self.frozen
-        return all(frozen[b >> 3] & (1 << (b & 7)) for b in bits)
+    def add(self, key: int, seen: bool) -> bool:
+        """Count one send (``seen``: the Bloom filter's word, only a hint that it may be a re-send);
+        False when the counts became unknown (the caller drops them)."""
+        log = self.log
+        if log is None:
+            return self._count(key)
+        if seen and key in log:          # the first re-send: the log becomes the table
+            self._table(log)
+            self.log = None
+            return self._count(key)
+        log.append(key)
+        self.size += 1
+        self._move(0, 1)
+        return len(log) <= MAX_BEFORE_RESEND
 
-    def add(self, bits: tuple[int, ...], key: int) -> bool:
-        """Count one send; False when the counts became unknown (the caller drops them)."""
-        keys, mask = self.keys, len(self.keys) - 1
+    def _table(self, log: array) -> None:
+        size = 64
+        while 0.6 * size < len(log) + 1:
+            size *= 2
+        self.keys, self.counts = array("Q", bytes(8 * size)), array("H", bytes(2 * size))
+        mask = size - 1
+        keys, counts = self.keys, self.counts
+        for k in log:
+            i = k & mask
+            while keys[i] != _EMPTY:
+                i = (i + 1) & mask
+            keys[i], counts[i] = k, 1
+
+    def _count(self, key: int) -> bool:
+        keys = self.keys
+        mask = len(keys) - 1
         i = key & mask
         while True:
             k = keys[i]
@@ -88,17 +104,11 @@ class SendCounts:
             if k == _EMPTY:
                 break
             i = (i + 1) & mask
-        if self._in_frozen(bits):
-            self.claimed += 1       # past ``pre``, claims are certainly false hits (histogram)
-            start = 2
-        else:
-            self.fresh += 1
-            start = 1
         keys[i] = key
-        self.counts[i] = start
+        self.counts[i] = 1
         self.size += 1
-        self._move(0, start)
-        if self.size + self.pre - self.claimed > EVAL_MAX_ITEMS:
+        self._move(0, 1)
+        if self.size > EVAL_MAX_ITEMS:
             return False
         if self.size > 0.6 * len(keys):
             self._grow()
@@ -115,39 +125,21 @@ class SendCounts:
     def _grow(self) -> None:
         old_keys, old_counts = self.keys, self.counts
         size = 2 * len(old_keys)
-        self.keys, self.counts = array("Q", bytes(8 * size)), array("H", bytes(2 * size))
+        keys, counts = array("Q", bytes(8 * size)), array("H", bytes(2 * size))
         mask = size - 1
         for k, c in zip(old_keys, old_counts):
             if k == _EMPTY:
                 continue
             i = k & mask
-            while self.keys[i] != _EMPTY:
+            while keys[i] != _EMPTY:
                 i = (i + 1) & mask
-            self.keys[i], self.counts[i] = k, c
+            keys[i], counts[i] = k, c
+        self.keys, self.counts = keys, counts
 
     def histogram(self) -> np.ndarray:
-        """Distinct requests by send count (index: times sent), the frozen filter's plausible false
-        hits counted against the exemption. A false hit is a new request whose count carries one
-        send too many, and one request before the first re-send was never re-sent (count 1); the
-        false hits are taken from the most common count of two or more (fewer requests sent
-        equally often, and more sent once when that count is 2)."""
+        """Distinct requests by send count (index: times sent; index 0 is 0)."""
         hist = np.frombuffer(self.freq, dtype=np.int64).copy()
         hist[0] = 0
-        errors = max(0, self.claimed - self.pre)     # claims past the requests before: false hits
-        if self.fresh and self.p0 > 0.0:
-            mean = self.fresh * self.p0 / (1.0 - self.p0)
-            errors = max(errors, math.ceil(mean + 3.0 * math.sqrt(mean)))
-        errors = min(self.claimed, errors)
-        hist[1] += self.pre - self.claimed + errors
-        left = errors
-        while left > 0 and len(hist) > 2:
-            top = 2 + int(np.argmax(hist[2:]))
-            take = min(left, int(hist[top]))
-            if take <= 0:
-                break
-            hist[top] -= take
-            hist[top - 1] += take
-            left -= take
         return hist
 
     def reading(self) -> tuple[float, float, float]:
@@ -158,5 +150,8 @@ class SendCounts:
         return float(len(sends)), prompt_space(sends), pass_share(sends)
 
     def memory_bytes(self) -> int:
-        return (sys.getsizeof(self) + sys.getsizeof(self.keys) + sys.getsizeof(self.counts)
-                + sys.getsizeof(self.freq) + sys.getsizeof(self.frozen))
+        held = sys.getsizeof(self) + sys.getsizeof(self.freq)
+        for part in (self.log, self.keys, self.counts):
+            if part is not None:
+                held += sys.getsizeof(part)
+        return held
