@@ -20,6 +20,7 @@ import pandas as pd
 from scipy import stats
 
 from distillguard.detect import probes
+from distillguard.detect.cue_index import CueTexts
 from distillguard.detect import text as tx
 from distillguard.detect.minhash import band_keys, minhash_signatures, template_groups, template_shingles
 
@@ -131,7 +132,8 @@ def _elicitation_text(prompts: list[str], systems: list[Any]) -> list[str]:
 def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP,
                      substreams: bool = True) -> dict[str, Any]:
     """Numeric features of one account (see ``FEATURES``) plus its recurring template keys."""
-    frame = frame.sort_values("t", kind="stable")
+    if not frame["t"].is_monotonic_increasing:      # (most stores hold an account's events in time order)
+        frame = frame.sort_values("t", kind="stable")
     t = frame["t"].to_numpy(dtype=np.float64)
     systems = frame["system"].tolist()
     # A request with no user turn carries its prompt in the system message (stores written
@@ -164,7 +166,7 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
     completion = frame["completion_tokens"].to_numpy(dtype=np.float64)
     # Probes (jailbreak, leakage and refusal tests) are not value transferred: harvest counts the
     # other prompts only, so a security scan harvests nothing while extraction beside it still does.
-    cue_text = _elicitation_text(prompts, systems)
+    cue_text = CueTexts(_elicitation_text(prompts, systems))
     probe = probes.security_probe(cue_text)
     value_idx = distinct_idx[~probe[distinct_idx]]
     out["distinct_prompts"] = float(len(value_idx))
@@ -254,10 +256,14 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
         if os.environ.get("DISTILLGUARD_EMBEDDER", "hashing") == "minilm":
             emb = tx.minilm_embeddings(sample_prompts)
         else:
-            emb = tx.hashed_embeddings(sample_prompts, drop=tx.frequent_words(sample_prompts))
+            words = tx.embedding_words(sample_prompts)
+            emb = tx.hashed_embeddings(sample_prompts, drop=tx.frequent_words(sample_prompts, words=words),
+                                       words=words)
         sims = emb @ emb.T
         np.fill_diagonal(sims, -1.0)
-        earlier_best = np.array([sims[i, :i].max() for i in range(1, len(sample_prompts))])
+        # Row i's best over the prompts before it (j < i): the strict lower triangle, row maxima.
+        m = len(sample_prompts)
+        earlier_best = np.where(np.tri(m, m, -1, dtype=bool), sims, -np.inf).max(axis=1)[1:]
         out["novelty_rate"] = float(np.mean(earlier_best < NOVELTY_SIMILARITY))
         # PRADA (Juuti et al. 2019): distances from each query to its nearest earlier query.
         dists = np.sqrt(np.clip(2.0 - 2.0 * earlier_best, 0.0, None))

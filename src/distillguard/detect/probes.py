@@ -125,5 +125,10 @@ def security_probe(texts: list[str]) -> np.ndarray:
         rest = np.flatnonzero(~found)
         if len(rest) == 0:
             break
-        found[rest[has(part, [texts[i] for i in rest])]] = True
+        if hasattr(texts, "holding"):        # a cue_index.CueTexts: only where the part's anchors occur
+            rest = texts.holding(part, rest)
+            subset: list[str] = texts.subset(rest)
+        else:
+            subset = [texts[i] for i in rest]
+        found[rest[has(part, subset)]] = True
     return found

@@ -7,6 +7,7 @@ so a cue that organic users also type only counts when an account uses it far mo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from typing import Any
@@ -79,15 +80,27 @@ _TOKEN = re.compile(r"[a-z]+|\d+|[^\sa-z\d]")
 _WORD = re.compile(r"[a-z][a-z']+")
 
 
-def has(pattern: re.Pattern[str], texts: list[str], limit: int = 4000) -> np.ndarray:
+CUE_LIMIT = 4000     # characters of a cue text the cue patterns read
+
+
+def has(pattern: re.Pattern[str], texts: list[str], limit: int = CUE_LIMIT) -> np.ndarray:
     """Boolean array: does each text (its first ``limit`` characters) match ``pattern``?
 
     Texts should be lowercased already (see :func:`cue_texts`); the anchor pre-test relies on it.
+    A :class:`distillguard.detect.cue_index.CueTexts` skips the texts that hold none of the
+    pattern's anchors.
     """
     search = pattern.search
     anchors = _anchors(pattern)
     if not anchors:
         return np.fromiter((search(t[:limit]) is not None for t in texts), dtype=bool, count=len(texts))
+    bit_of = getattr(texts, "bit_of", None)       # a cue_index.CueTexts: which anchors each text holds
+    if bit_of is not None and limit == CUE_LIMIT:
+        # The anchors absent from a text are the ones whose find loop does nothing: searching the
+        # present ones, in the pattern's order, is the same search (none present: no match).
+        bit = bit_of(pattern)
+        return np.fromiter((m & bit != 0 and _anchored_search(search, t[:limit], [a for a in anchors if a in f])
+                            for t, m, f in zip(texts, texts.masks, texts.found)), dtype=bool, count=len(texts))
     return np.fromiter((_anchored_search(search, t[:limit], anchors) for t in texts), dtype=bool, count=len(texts))
 
 
@@ -152,18 +165,39 @@ def stable_hash(token: str) -> int:
     return zlib.crc32(token.encode("utf-8"))
 
 
-def hashed_embeddings(texts: list[str], dim: int = 256, drop: frozenset[str] = frozenset()) -> np.ndarray:
+_WORD_HASHES: dict[str, int] = {}
+
+
+def _word_hash(word: str) -> int:
+    """``stable_hash`` of a word, cached (bounded: a scan of rare words must not grow it forever)."""
+    h = _WORD_HASHES.get(word)
+    if h is None:
+        if len(_WORD_HASHES) > 500_000:
+            _WORD_HASHES.clear()
+        h = _WORD_HASHES[word] = stable_hash(word)
+    return h
+
+
+def embedding_words(texts: list[str]) -> list[list[str]]:
+    """The words :func:`hashed_embeddings` and :func:`frequent_words` read of each text (read once
+    when both are wanted)."""
+    return [_WORD.findall(text[:1500].lower()) for text in texts]
+
+
+def hashed_embeddings(texts: list[str], dim: int = 256, drop: frozenset[str] = frozenset(),
+                      words: list[list[str]] | None = None) -> np.ndarray:
     """L2-normalised bag-of-words vectors by the hashing trick (no model, no vocabulary).
 
     ``drop`` removes words an account repeats in most of its prompts (its own template), so the
     vectors describe the *payload* a prompt asks about rather than the wrapper around it.
+    ``words``: :func:`embedding_words` of ``texts``, if already read.
     """
     out = np.zeros((len(texts), dim), dtype=np.float32)
-    for i, text in enumerate(texts):
-        for word in _WORD.findall(text[:1500].lower()):
+    for i, text_words in enumerate(words if words is not None else embedding_words(texts)):
+        for word in text_words:
             if word in drop or len(word) < 3:
                 continue
-            h = stable_hash(word)
+            h = _word_hash(word)
             out[i, h % dim] += 1.0 if (h >> 16) & 1 else -1.0
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     np.divide(out, norms, out=out, where=norms > 0)
@@ -192,13 +226,15 @@ def minilm_embeddings(texts: list[str], batch_size: int = 64) -> np.ndarray:
     return np.asarray(vectors, dtype=np.float32)
 
 
-def frequent_words(texts: list[str], share: float = 0.3, min_docs: int = 5) -> frozenset[str]:
-    """Words present in at least ``share`` of the texts: an account's recurring template words."""
+def frequent_words(texts: list[str], share: float = 0.3, min_docs: int = 5,
+                   words: list[list[str]] | None = None) -> frozenset[str]:
+    """Words present in at least ``share`` of the texts: an account's recurring template words.
+    ``words``: :func:`embedding_words` of ``texts``, if already read."""
     if len(texts) < min_docs:
         return frozenset()
     counts: dict[str, int] = {}
-    for text in texts:
-        for word in set(_WORD.findall(text[:1500].lower())):
+    for text_words in (words if words is not None else embedding_words(texts)):
+        for word in set(text_words):
             counts[word] = counts.get(word, 0) + 1
     cutoff = max(min_docs, share * len(texts))
     return frozenset(w for w, c in counts.items() if c >= cutoff)
@@ -344,8 +380,14 @@ def gives_instruction(words: set[str] | frozenset[str], text: str) -> bool:
 
 
 def prompt_words(text: str, limit: int = 600) -> frozenset[str]:
-    """The distinct words of a (lowercased) prompt's first ``limit`` characters."""
-    return frozenset(_LOWER_WORD.findall(text[:limit]))
+    """The distinct words of a (lowercased) prompt's first ``limit`` characters (cached by those
+    characters: the value features read one prompt's words up to four times)."""
+    return _words_of(text[:limit])
+
+
+@functools.lru_cache(maxsize=8192)
+def _words_of(head: str) -> frozenset[str]:
+    return frozenset(_LOWER_WORD.findall(head))
 
 
 def self_contained(texts: list[str]) -> np.ndarray:
