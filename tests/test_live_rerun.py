@@ -19,7 +19,7 @@ from distillguard.gateway.fleet.observation import Observation as StreamObservat
 from distillguard.gateway.fleet.observation import decode, encode, fold
 from distillguard.gateway.online import BLOOM_BITS, AccountState, read_request
 from distillguard.gateway.scorer import LiveScorer
-from distillguard.gateway.sends import MAX_BEFORE_RESEND, SendCounts
+from distillguard.gateway.sends import MAX_BEFORE_RESEND, SendCounts, request_key
 
 from test_legit_criteria import _cot_items, _features
 from test_value_rule import BASE, FPR
@@ -215,3 +215,19 @@ def test_live_rerun_never_exempts_what_exact_counts_do_not(pool, order):
         assert not rerun(live)
     if rerun(live):
         assert rerun(exact)
+
+
+def test_digests_sharing_their_low_bits_do_not_make_one_probe_chain():
+    """As the attacker: requests whose digests share their low bits (one Bloom position fixed)
+    would all hash to one slot of a table indexed by those bits; the salted slot spreads them."""
+    import time
+
+    counts = SendCounts()
+    keys = [request_key((7, b1, b2, 9), BLOOM_BITS) for b1 in range(100) for b2 in range(100)]
+    counts.add(keys[0], False)
+    counts.add(keys[0], True)                    # the first re-send: the table from here on
+    t0 = time.perf_counter()
+    for k in keys[1:]:
+        assert counts.add(k, False)
+    assert time.perf_counter() - t0 < 2.0        # one chain: ~50M probe steps, minutes
+    assert counts.size == len(keys) and list(counts.histogram()[1:3]) == [len(keys) - 1, 1]

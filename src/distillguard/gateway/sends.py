@@ -20,6 +20,7 @@ or a count past 65,535.
 
 from __future__ import annotations
 
+import secrets
 import sys
 from array import array
 
@@ -32,6 +33,16 @@ MAX_BEFORE_RESEND = 2048     # distinct requests logged before the first re-send
 _EMPTY = 0
 _TOP = 1 << 63               # set on every stored key (0 marks an empty slot)
 _MAX_COUNT = 65_535
+_M64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+# A table slot comes from the top bits of (digest ^ salt) * golden: digests are an unkeyed hash,
+# so a caller could send many requests sharing their low bits and make every insert walk one
+# long probe chain; with a salt drawn per process it cannot aim at a slot.
+_SALT = secrets.randbits(64)
+
+
+def _slot(key: int, shift: int) -> int:
+    return (((key ^ _SALT) * _GOLDEN) & _M64) >> shift
 
 
 def request_key(bloom_bits: tuple[int, ...], bloom_size: int) -> int:
@@ -80,10 +91,10 @@ class SendCounts:
         while 0.6 * size < len(log) + 1:
             size *= 2
         self.keys, self.counts = array("Q", bytes(8 * size)), array("H", bytes(2 * size))
-        mask = size - 1
+        mask, shift = size - 1, 65 - size.bit_length()
         keys, counts = self.keys, self.counts
         for k in log:
-            i = k & mask
+            i = _slot(k, shift)
             while keys[i] != _EMPTY:
                 i = (i + 1) & mask
             keys[i], counts[i] = k, 1
@@ -91,7 +102,7 @@ class SendCounts:
     def _count(self, key: int) -> bool:
         keys = self.keys
         mask = len(keys) - 1
-        i = key & mask
+        i = _slot(key, 65 - len(keys).bit_length())
         while True:
             k = keys[i]
             if k == key:
@@ -126,11 +137,11 @@ class SendCounts:
         old_keys, old_counts = self.keys, self.counts
         size = 2 * len(old_keys)
         keys, counts = array("Q", bytes(8 * size)), array("H", bytes(2 * size))
-        mask = size - 1
+        mask, shift = size - 1, 65 - size.bit_length()
         for k, c in zip(old_keys, old_counts):
             if k == _EMPTY:
                 continue
-            i = k & mask
+            i = _slot(k, shift)
             while keys[i] != _EMPTY:
                 i = (i + 1) & mask
             keys[i], counts[i] = k, c
