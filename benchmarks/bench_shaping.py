@@ -102,6 +102,8 @@ def main() -> None:
         strength = [float(x) for x in args.strengths.split(",") if x][-1]
         rows = lab.proxy_check(teacher, task=task, seeds=args.seeds, n_traces=args.traces, strength=strength,
                                plausible=args.plausible, keep_entropy=args.keep_entropy, lr=args.proxy_lr,
+                               proxy={"steps": args.proxy_steps, "traces": args.proxy_traces,
+                                      "layers": args.proxy_layers},
                                progress=say)
         steps = [k for k in rows[0] if k.startswith("after_")]
         print(f"task {task.name}, λ {strength:g}, plausible {args.plausible:g}, step size {args.proxy_lr:g}; proxy held-out loss minus the "

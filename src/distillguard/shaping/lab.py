@@ -347,7 +347,8 @@ def heldout_loss(model, batches: list) -> float:
 
 def proxy_check(teacher, *, task: T.Task = T.ADDITION, seeds: int = 3, n_traces: int = 300, strength: float = 10.0,
                 plausible: float = 0.05, keep_entropy: bool = False, steps: tuple[int, ...] = (1, 10, 50),
-                lr: float = 0.005, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+                lr: float = 0.005, proxy: dict[str, int] | None = None,
+                progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Does the shift do, on the proxy it is computed from, what it is computed to do? Per seed the
     proxy *continues* training from its own weights (plain full-batch gradient descent, ``lr``) on
     the N unshaped, shaped and sign-flipped traces, and its loss on the held-out batches that gave
@@ -359,18 +360,18 @@ def proxy_check(teacher, *, task: T.Task = T.ADDITION, seeds: int = 3, n_traces:
     out: list[dict[str, Any]] = []
     for seed in range(seeds):
         pairs = task.problems(n_traces, np.random.default_rng(seed))
-        proxy, held = train_proxy(teacher, seed, task=task)
-        direction = heldout_gradient(proxy, held)
-        start = heldout_loss(proxy, held)
+        model0, held = train_proxy(teacher, seed, task=task, **(proxy or {}))
+        direction = heldout_gradient(model0, held)
+        start = heldout_loss(model0, held)
         for name, sign in (("unshaped", 0.0), ("antidistillation", 1.0), ("antidistillation-flipped", -1.0)):
             procs = [] if sign == 0 else [AntidistillationProcessor(
-                proxy, strength=strength, direction=direction, plausible=plausible,
+                model0, strength=strength, direction=direction, plausible=plausible,
                 keep_entropy_at=BASE_TEMPERATURE if keep_entropy else None)]
             if sign < 0:
                 _flipped(procs[0])
             completions = T.generate(task, teacher, pairs, processors=procs, temperature=BASE_TEMPERATURE, seed=seed)
             ids, labels = T.batch_tensors(task, [task.prompt(r) + c for r, c in zip(pairs, completions)])
-            model = copy.deepcopy(proxy).train()
+            model = copy.deepcopy(model0).train()
             opt = torch.optim.SGD(model.parameters(), lr=lr)
             row: dict[str, Any] = {"seed": seed, "mode": name, "start": start}
             for step in range(1, max(steps) + 1):
