@@ -172,6 +172,14 @@ def _limits(table: Any, where: str) -> Limits:
     return Limits(**values)
 
 
+def _query_count(table: dict, key: str, where: str) -> int:
+    """A rule's count of queries (``min_queries``, ``sustained_queries``): a non-negative integer, 0 if absent."""
+    value = table.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise BadInputError(f"expected a non-negative integer, got {value!r}", field=f"{where}.{key}")
+    return value
+
+
 def _rule(table: Any, index: int) -> Rule:
     where = f"policy.rules[{index}]"
     if not isinstance(table, dict):
@@ -208,13 +216,8 @@ def _rule(table: Any, index: int) -> Rule:
     evidence = table.get("evidence", "any")
     if evidence not in EVIDENCE:
         raise BadInputError(f"expected one of {', '.join(EVIDENCE)}, got {evidence!r}", field=f"{where}.evidence")
-    min_queries = table.get("min_queries", 0)
-    if not isinstance(min_queries, int) or isinstance(min_queries, bool) or min_queries < 0:
-        raise BadInputError(f"expected a non-negative integer, got {min_queries!r}", field=f"{where}.min_queries")
-    sustained_queries = table.get("sustained_queries", 0)
-    if not isinstance(sustained_queries, int) or isinstance(sustained_queries, bool) or sustained_queries < 0:
-        raise BadInputError(f"expected a non-negative integer, got {sustained_queries!r}",
-                            field=f"{where}.sustained_queries")
+    min_queries = _query_count(table, "min_queries", where)
+    sustained_queries = _query_count(table, "sustained_queries", where)
     sustained_s = table.get("sustained_s", 0)
     if (not isinstance(sustained_s, (int, float)) or isinstance(sustained_s, bool) or not math.isfinite(sustained_s)
             or sustained_s < 0):

@@ -206,6 +206,11 @@ class ManualAction:
                 "set_at": self.set_at, "expires_at": self.expires_at}
 
 
+def _since_key(subject: Any, when: str, evidence: str) -> tuple[str, str]:
+    """The key of a sustained flag's start: the flagged subject and the flag (condition/evidence)."""
+    return f"{subject}", f"{when}/{evidence}"
+
+
 class Policy:
     def __init__(self, config: PolicyConfig, allowlist: set[str] | None = None) -> None:
         self.config = config
@@ -307,7 +312,7 @@ class Policy:
         held, so this is that moment or later). The start is kept when the flag lapses: pausing
         or slowing down does not restart the count."""
         subject = a.cluster if rule.when == "cluster_flagged" else (a.end_user_key if a.end_user else a.account)
-        key = (f"{subject}", rule.when + "/" + rule.evidence)
+        key = _since_key(subject, rule.when, rule.evidence)
         start = self._since.get(key)
         if start is None:
             if len(self._since) >= MAX_SUSTAINED:
@@ -317,7 +322,7 @@ class Policy:
 
     def flagged_since(self, account: str, when: str = "flagged", evidence: str = "any") -> tuple[float, int] | None:
         """(clock, account queries) when a sustained rule's flag on ``account`` was first seen, if it was."""
-        return self._since.get((account, when + "/" + evidence))
+        return self._since.get(_since_key(account, when, evidence))
 
     @staticmethod
     def _holds(rule: Rule, a: Assessment) -> bool:
