@@ -16,7 +16,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from distillguard.detect.text import stable_hash, tokens
+from distillguard.detect.text import cached_hash, tokens
 
 NUM_PERM = 64
 BANDS, ROWS = 16, 4
@@ -112,18 +112,6 @@ def _reduce_min(reduced: np.ndarray, owner: np.ndarray, values: np.ndarray) -> N
     reduced[idx] = np.minimum(reduced[idx], mins)
 
 
-_TOKEN_HASHES: dict[str, int] = {}
-
-
-def _token_hash(token: str) -> int:
-    h = _TOKEN_HASHES.get(token)
-    if h is None:
-        if len(_TOKEN_HASHES) > 500_000:  # bounded: a scan of rare tokens must not grow it forever
-            _TOKEN_HASHES.clear()
-        h = _TOKEN_HASHES[token] = stable_hash(token)
-    return h
-
-
 def template_shingles(text: str, edge: int = 16, edge_chars: int = 300) -> list[int]:
     """Hashed 3-token shingles of a prompt's first and last ``edge`` masked tokens.
 
@@ -139,7 +127,7 @@ def template_shingles(text: str, edge: int = 16, edge_chars: int = 300) -> list[
         picked = tokens(text[:edge_chars])[:edge] + ["…"] + tokens(text[-edge_chars:])[-edge:]
     if len(picked) < 3:
         return []
-    h = [_token_hash(t) for t in picked]
+    h = [cached_hash(t) for t in picked]
     return sorted({(h[i] * 0x9E3779B1 + h[i + 1] * 0x85EBCA77 + h[i + 2]) & 0xFFFFFFFF
                    for i in range(len(h) - 2)})
 

@@ -165,16 +165,17 @@ def stable_hash(token: str) -> int:
     return zlib.crc32(token.encode("utf-8"))
 
 
-_WORD_HASHES: dict[str, int] = {}
+_HASHES: dict[str, int] = {}
 
 
-def _word_hash(word: str) -> int:
-    """``stable_hash`` of a word, cached (bounded: a scan of rare words must not grow it forever)."""
-    h = _WORD_HASHES.get(word)
+def cached_hash(token: str) -> int:
+    """``stable_hash`` of a word or token, cached (the embeddings' words and the template shingles'
+    tokens); bounded: a scan of rare tokens must not grow it forever."""
+    h = _HASHES.get(token)
     if h is None:
-        if len(_WORD_HASHES) > 500_000:
-            _WORD_HASHES.clear()
-        h = _WORD_HASHES[word] = stable_hash(word)
+        if len(_HASHES) > 500_000:
+            _HASHES.clear()
+        h = _HASHES[token] = stable_hash(token)
     return h
 
 
@@ -197,7 +198,7 @@ def hashed_embeddings(texts: list[str], dim: int = 256, drop: frozenset[str] = f
         for word in text_words:
             if word in drop or len(word) < 3:
                 continue
-            h = _word_hash(word)
+            h = cached_hash(word)
             out[i, h % dim] += 1.0 if (h >> 16) & 1 else -1.0
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     np.divide(out, norms, out=out, where=norms > 0)
