@@ -90,14 +90,7 @@ class SendCounts:
         size = 64
         while 0.6 * size < len(log) + 1:
             size *= 2
-        self.keys, self.counts = array("Q", bytes(8 * size)), array("H", bytes(2 * size))
-        mask, shift = size - 1, 65 - size.bit_length()
-        keys, counts = self.keys, self.counts
-        for k in log:
-            i = _slot(k, shift)
-            while keys[i] != _EMPTY:
-                i = (i + 1) & mask
-            keys[i], counts[i] = k, 1
+        self._place(size, ((k, 1) for k in log))
 
     def _count(self, key: int) -> bool:
         keys = self.keys
@@ -134,13 +127,13 @@ class SendCounts:
         freq[new] += 1
 
     def _grow(self) -> None:
-        old_keys, old_counts = self.keys, self.counts
-        size = 2 * len(old_keys)
+        self._place(2 * len(self.keys), ((k, c) for k, c in zip(self.keys, self.counts) if k != _EMPTY))
+
+    def _place(self, size: int, entries) -> None:
+        """A fresh table of ``size`` slots holding ``entries`` ((digest, count) pairs, distinct)."""
         keys, counts = array("Q", bytes(8 * size)), array("H", bytes(2 * size))
         mask, shift = size - 1, 65 - size.bit_length()
-        for k, c in zip(old_keys, old_counts):
-            if k == _EMPTY:
-                continue
+        for k, c in entries:
             i = _slot(k, shift)
             while keys[i] != _EMPTY:
                 i = (i + 1) & mask
