@@ -10,6 +10,7 @@ scores an account on all of its traffic, wherever it arrived. The record is comp
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +20,12 @@ import orjson
 from distillguard.gateway.online import N_BANDS, WORD_BUCKETS, RequestFacts
 from distillguard.gateway.scorer import Observation as ScorerObservation
 
+# A fact's bit is set when it differs from the field's default (False, or instruction_read's True),
+# so a record written before a fact was added reads as that default. New facts go at the end.
 _FLAGS = ("cot", "grading", "identity", "datagen", "logprobs", "tools", "open_loop_tools", "orphan_followup",
           "near_cap", "single_turn", "impersonal", "temperature0", "self_contained", "probe", "benchmark",
-          "unread")     # "unread": not instruction_read (a bit set only when false: older records read as read)
+          "instruction_read")
+_DEFAULT = {f.name: f.default is True for f in dataclasses.fields(RequestFacts) if f.name in _FLAGS}
 _BITMAP_HEX = 2 * WORD_BUCKETS // 8     # word / instruction-word bitmaps travel as hex
 MAX_FIELD = 4096          # longest string field accepted from the stream (account, ip, user agent, end user)
 
@@ -51,10 +55,6 @@ class Observation:
     elicited: bool = False              # "o": the answer to a request for privileged content
 
 
-def _flag(facts: RequestFacts, name: str) -> bool:
-    return not facts.instruction_read if name == "unread" else bool(getattr(facts, name))
-
-
 def encode(obs: Observation) -> bytes:
     out: dict[str, Any] = {"k": obs.kind, "a": obs.account, "t": obs.ts}
     if obs.kind == "q":
@@ -62,7 +62,7 @@ def encode(obs: Observation) -> bytes:
         assert f is not None
         out["b"] = list(f.bloom_bits)
         out["m"] = [int(x) for x in f.keys]
-        out["f"] = sum(1 << i for i, name in enumerate(_FLAGS) if _flag(f, name))
+        out["f"] = sum(1 << i for i, name in enumerate(_FLAGS) if bool(getattr(f, name)) != _DEFAULT[name])
         out["r"] = f.area
         if f.prompt_chars:
             out["c"] = f.prompt_chars
@@ -152,8 +152,7 @@ def decode(raw: bytes) -> Observation:
         bloom_bits=tuple(_int(b, 0, BLOOM_BITS, "bloom bit") for b in bits),
         keys=np.array([_int(k, 0, 1 << 32, "band key") for k in keys], dtype=np.uint32),
         area=_int(data.get("r", 0), 0, len(tx.AREA_LIST), "area"), end_user=_str(data, "e"),
-        instruction_read=not flags >> _FLAGS.index("unread") & 1,
-        **{name: bool(flags >> i & 1) for i, name in enumerate(_FLAGS) if name != "unread"})
+        **{name: _DEFAULT[name] != bool(flags >> i & 1) for i, name in enumerate(_FLAGS)})
     return Observation("q", account, float(ts), facts=facts, ip=_str(data, "i"), user_agent=_str(data, "u"),
                        identity=identity)
 
