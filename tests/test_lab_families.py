@@ -216,3 +216,34 @@ def test_cli_selects_families_and_rejects_unknown(tmp_path):
         assert len(bad.stderr.strip().splitlines()) == 1
     with pytest.raises(UsageError):
         TrafficConfig(families=("bogus",)).check()
+
+
+@pytest.mark.parametrize("inner", ["evol_instruct", "narrow_agentic"])
+def test_proxy_mixed_runs_its_inner_family_as_that_family_runs_alone(inner):
+    """The extraction hidden in a proxy is the inner family's own traffic: a loop feeds on its answers
+    and agentic requests keep their tools (the proxy only adds its system prompt)."""
+    import dataclasses
+
+    from distillguard.lab.evasive import ProxyMixed
+    from distillguard.lab.evasive_prompts import BUILDERS
+
+    ctx = build_context(_config(seed=11, days=3))
+    proxy = ProxyMixed(ctx, 0)
+    proxy.spec = dataclasses.replace(proxy.spec, extraction_share=1.0, per_day=150)  # the extraction alone
+    proxy.prompts = BUILDERS[inner](ctx, proxy.rng)
+    events = list(proxy.events())
+    assert len(events) > 200
+    prompts = [e["request"]["messages"][-1]["content"] for e in events]
+    assert all(e["request"]["messages"][0]["content"] == proxy.system for e in events)
+    if inner == "narrow_agentic":
+        assert sum(1 for e in events if e["request"].get("tools")) > len(events) * 0.5
+    else:
+        replies = [e["response"]["choices"][0]["message"]["content"] for e in events]
+        seen: set[str] = set()
+        reused = 0
+        for text, reply in zip(prompts, replies):
+            reused += any(line in text for line in seen)
+            seen |= {ln.strip(" -*0123456789.)\t") for ln in reply.splitlines()
+                     if 30 < len(ln.strip(" -*0123456789.)\t")) < 400}
+        assert reused > len(events) * 0.2
+        assert len(set(prompts)) > len(events) * 0.5

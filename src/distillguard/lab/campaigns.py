@@ -251,7 +251,11 @@ class MixedCampaign(Actor):
             messages = [{"role": "system", "content": self.system}] + [
                 m for m in prompt.messages if m["role"] != "system"]
             reply = self.ctx.responses.reply(rng, prompt.area, prompt.target_tokens)
-            ev = self.factory.chat(rng, float(t), self.ident, messages, reply, max_tokens=2048, temperature=0.7)
+            remember = getattr(self.prompts, "remember", None)
+            if remember is not None:  # a loop (self-instruct, evolution) feeds on its own answers
+                remember(reply)
+            ev = self.factory.chat(rng, float(t), self.ident, messages, reply, max_tokens=2048, temperature=0.7,
+                                   tools=prompt.tools)
             self._name_end_user(ev, len(self.customers))
             out.append((float(t), seq, ev))
             seq += 1
