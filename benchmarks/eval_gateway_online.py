@@ -40,7 +40,8 @@ from distillguard.lab.legit import LEGIT_FAMILIES
 from distillguard.lab.traffic import TrafficConfig, generate
 
 
-async def run_replay(events: list[dict], keys: dict, work: Path) -> dict[str, list]:
+async def run_replay(events: list[dict], keys: dict, work: Path,
+                     clusters: list | None = None) -> dict[str, list]:
     work.mkdir(parents=True, exist_ok=True)
     keys_path = work / "keys.json"
     keys_path.write_bytes(orjson.dumps(keys))
@@ -55,7 +56,10 @@ async def run_replay(events: list[dict], keys: dict, work: Path) -> dict[str, li
     await gw.start()
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
-            return await replay(client, events)
+            decisions = await replay(client, events)
+        if clusters is not None:        # the live hydra clusters at the end (admin API's view)
+            clusters.extend(gw.scorer.clusters())
+        return decisions
     finally:
         await gw.stop()
 
@@ -80,7 +84,8 @@ def evaluate(seed: int, accounts: int, days: int, work: Path, per_kind: int = 0,
     labels = {r["account"]: r for r in map(orjson.loads, (lab / "labels.jsonl").read_bytes().splitlines())}
     keys = keys_for(events)
     t = time.perf_counter()
-    decisions = asyncio.run(run_replay(events, keys, work / f"gw-{seed}"))
+    live_clusters: list[dict] = []
+    decisions = asyncio.run(run_replay(events, keys, work / f"gw-{seed}", live_clusters))
     elapsed = time.perf_counter() - t
     per_strategy: dict[str, list] = defaultdict(list)
     campaigns: dict[str, list[str]] = defaultdict(list)
@@ -121,9 +126,11 @@ def evaluate(seed: int, accounts: int, days: int, work: Path, per_kind: int = 0,
         family = label.get("family") or label["strategy"]
         seen: dict[str, int] = defaultdict(int)
         until_flag = until_block = until_action = None
+        actions: dict[str, int] = defaultdict(int)       # every decision on the campaign, by action
         for i, account in enumerate(order[campaign]):
             action, codes = decisions[account][seen[account]]
             seen[account] += 1
+            actions[action] += 1
             if until_flag is None and any(c in codes for c in flag_codes):
                 until_flag = i + 1
             if until_action is None and acted(action, codes):
@@ -132,8 +139,17 @@ def evaluate(seed: int, accounts: int, days: int, work: Path, per_kind: int = 0,
                 until_block = i + 1
         per_strategy[family].append({"campaign": campaign, "accounts": len(members),
                                      "queries": len(order[campaign]), "queries_until_flag": until_flag,
-                                     "queries_until_action": until_action, "queries_until_block": until_block})
-    return {"seed": seed, "events": len(events), "replay_seconds": elapsed,
+                                     "queries_until_action": until_action, "queries_until_block": until_block,
+                                     "actions": dict(actions)})
+    cluster_rows = []
+    for c in live_clusters:
+        kinds: dict[str, int] = defaultdict(int)
+        for account in c["accounts"]:
+            label = labels.get(account, {"kind": "organic", "strategy": "organic"})
+            kinds[f"{label['kind']}:{label.get('family') or label.get('strategy') or 'organic'}"] += 1
+        cluster_rows.append({"cluster": c["cluster"], "size": len(c["accounts"]), "members": dict(kinds),
+                             "carried_by": c["carried_by"], "links": c["links"], "flagged": c["flagged"]})
+    return {"seed": seed, "events": len(events), "replay_seconds": elapsed, "clusters": cluster_rows,
             "per_strategy": per_strategy, "details": details,
             "negatives": {k: {"accounts": len(v), "flagged": sum(f for f, *_ in v), "blocked": sum(b for _, b, *_ in v),
                               "blocked_first_pass": sum(x[2] for x in v), "acted": sum(x[3] for x in v)}
@@ -192,6 +208,25 @@ def main() -> None:
             block = "-" if d["first_block"] is None else f"{d['first_block']} (pass {d['block_pass']})"
             print(f"| {d['account']} | {d['items']} | {d['runs']} | {d['queries']} | {d['first_flag'] or '-'} | "
                   f"{block} | {d['blocked_requests']} | {d['evaluation_from'] or '-'} | {d['last_codes'] or '-'} |")
+    print("\n| campaign (swarm-like families) | family | accounts | queries | until first action | until block | "
+          "allow | modify (limited) | throttle (refused) | block |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for strategy, rows in sorted(by_strategy.items()):
+        for row in rows:
+            if row["accounts"] < 3:
+                continue
+            n = row["actions"]
+            print(f"| {row['campaign']} | {strategy} | {row['accounts']} | {row['queries']} | "
+                  f"{row['queries_until_action'] or '-'} | {row['queries_until_block'] or '-'} | {n.get('allow', 0)} | "
+                  f"{n.get('modify', 0)} | {n.get('throttle', 0)} | {n.get('block', 0)} |")
+    rows = [c for r in results for c in r["clusters"]]
+    if rows:
+        print("\n| live cluster | accounts | members (kind:family) | carried by | links | flagged |")
+        print("|---|---:|---|---|---|---|")
+        for c in rows:
+            members = ", ".join(f"{k} {n}" for k, n in sorted(c["members"].items()))
+            links = ", ".join(f"{k} {n}" for k, n in sorted(c["links"].items()))
+            print(f"| {c['cluster']} | {c['size']} | {members} | {c['carried_by']} | {links} | {c['flagged']} |")
     if args.json:
         args.json.write_text(json.dumps({"runs": results}, indent=2, default=str))
 

@@ -11,6 +11,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from distillguard.detect import text as tx
 from distillguard.taxonomy import AREAS
@@ -290,3 +292,71 @@ def test_frequent_words_finds_template_words():
 def test_cue_patterns_are_compiled_regexes():
     for pattern, _ in CUES.values():
         assert isinstance(pattern, re.Pattern)
+
+
+# ---------------------------------------------------------------- grade: a school level is not a grading request
+
+# Written for this test: "grade" naming a school level, next to words a grading request also uses.
+GRADE_LEVELS = [
+    "Write ten grade 5 practice questions on fractions, with answers at the end.",
+    "Worksheet | level=grade 7 | type=short-answer | with answers",
+    "A reading comprehension passage for 4th grade students, followed by an answer key.",
+    "Explain photosynthesis at a fifth-grade level and summarise the answer in one line.",
+    "Our grade-9 class needs a model essay about the water cycle.",
+    "Make quiz questions for grade three (multiple choice, mark the correct answer).",
+    "What grade level is this text, and can you write a simpler summary?",
+    "My grade point average dropped; any answers on how to recover?",
+    "Tips for a grade school science fair, with sample answers to judges' questions.",
+    "A twelfth grade essay on the French revolution.",
+]
+# "grade" the verb, beside the forms above.
+GRADE_VERBS = [
+    "Grade the answer below with this scale: 0 to 4.",
+    "Please grade these 3 essays on clarity.",
+    "Grade 5 answers from my students: who got it right?",
+    "grade each of the following responses",
+    "Could you grade my translation of this poem?",
+    "Give a grade to every submission.",
+]
+
+
+def test_a_school_grade_is_not_a_grading_request():
+    assert not tx.has(tx.GRADING, low(GRADE_LEVELS)).any(), [t for t, h in zip(GRADE_LEVELS, tx.has(
+        tx.GRADING, low(GRADE_LEVELS))) if h]
+    assert tx.has(tx.GRADING, low(GRADE_VERBS)).all(), [t for t, h in zip(GRADE_VERBS, tx.has(
+        tx.GRADING, low(GRADE_VERBS))) if not h]
+
+
+_FILLER = st.lists(st.sampled_from(["students", "worksheet", "with", "questions", "about", "fractions", "and",
+                                    "the", "key", "model", "for", "class", "reading", "practice", "short"]),
+                   max_size=8).map(" ".join)
+_LEVEL = st.one_of(st.integers(1, 12).map(str), st.sampled_from(
+    ["k", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]))
+_ORDINAL = st.sampled_from(["1st", "2nd", "3rd", "4th", "10th", "12th", "first", "second", "third", "fourth",
+                            "fifth", "sixth", "seventh", "eighth", "ninth", "tenth", "eleventh", "twelfth"])
+_OBJECT = st.sampled_from(["answer", "answers", "essay", "output", "summary", "reply", "response", "translation"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(level=_LEVEL, ordinal=_ORDINAL, sep=st.sampled_from([" ", "-"]), before=_FILLER, between=_FILLER,
+       obj=_OBJECT, form=st.integers(0, 3))
+def test_grade_levels_never_read_as_grading_and_the_verb_always_does(level, ordinal, sep, before, between, obj,
+                                                                     form):
+    """Any school-level form of "grade" followed by any words and an answer word is not a grading
+    request (unless a plural answer word follows the number at once: "grade 5 answers" is the
+    verb); "grade" the verb before the same words always is."""
+    between = f" {between} " if between else " "
+    if form == 0:
+        text = f"{before} grade{sep}{level}{between}{obj}"
+        verb = between == " " and obj.endswith("s")
+        assert (tx.GRADING.search(text.strip()) is not None) == verb, text
+    elif form == 1:
+        text = f"{before} {ordinal}{sep}grade{between}{obj}"
+        assert tx.GRADING.search(text.strip()) is None, text
+    elif form == 2:
+        text = f"{before} grade{sep}{'level' if sep == '-' else 'school'}{between}{obj}"
+        assert tx.GRADING.search(text.strip()) is None, text
+    else:
+        text = f"{before} please grade the{between}{obj}"
+        assert tx.GRADING.search(text.strip()) is not None, text
+    assert tx.has(tx.GRADING, [text.strip()])[0] == (tx.GRADING.search(text.strip()) is not None)

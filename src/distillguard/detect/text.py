@@ -27,9 +27,16 @@ COT_ELICITATION = re.compile(
     r"|intermediate (steps?|reasoning|results)|<think(ing)?>|one step at a time|let'?s think"
     r"|justify (each|every|your) step|internal (reasoning|monologue|thoughts?)|before (giving|stating) the (final )?answer",
     _FLAGS)
+_GRADED = r"(response|answer|output|completion|essay|reply|submission|summary|translation)s?\b"
+# "grade" the verb, not a school grade: not "grade 5", "grade-five", "grade level", "grade school",
+# "grade point", "5th grade", "fifth-grade" (one lookbehind per ordinal length: Python's are fixed
+# width); "grade 5 answers" (a plural right after the number) still reads as the verb.
+_GRADE_VERB = (r"(?<!\d(?:st|nd|rd|th)[ -])(?<!(?:first|third|fifth|sixth|ninth|tenth)[ -])"
+               r"(?<!(?:second|fourth|eighth)[ -])(?<!(?:seventh|twelfth)[ -])(?<!eleventh[ -])\bgrade\b"
+               r"(?![ -]?(?:(?:\d{1,2}|k|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve)\b"
+               r"(?![ -]?" + _GRADED.replace(")s?", ")s") + r")|levels?\b|schools?\b|points?\b))")
 GRADING = re.compile(
-    r"\b(rate|score|grade|evaluate|assess|judge|rank)\b[^.?!\n]{0,80}\b(response|answer|output|completion|essay|reply|"
-    r"submission|summary|translation)s?\b|\bon a scale (of|from) \d|\brubric\b|\b(which|what) (of the (two|following) )?"
+    r"\b(rate|score|" + _GRADE_VERB + r"|evaluate|assess|judge|rank)\b[^.?!\n]{0,80}\b" + _GRADED + r"|\bon a scale (of|from) \d|\brubric\b|\b(which|what) (of the (two|following) )?"
     r"(responses?|answers?|outputs?|completions?) (is|are) (better|best|more)|\b(response|answer|output|assistant) [ab]\b"
     r"|\[[ab]\]|\bpreference (label|data|pair)|\breward (model|score)|\bscore (out of|from) \d",
     _FLAGS)

@@ -57,6 +57,11 @@ class Assessment:
     cluster_size: int = 0
     cluster_verdict: Verdict | None = None
     cluster_confidence: float = 0.0
+    # Which links carried the cluster: "infrastructure" (shared infrastructure alone ties
+    # MIN_CLUSTER or more of its accounts) or "behaviour" (shared structure with timing).
+    cluster_links: str = "infrastructure"
+    cluster_queries: int = 0        # the cluster's queries, summed over its members
+    rerun: bool = False             # flagged, and a whole pass of its earlier requests is being re-sent
     repeat: bool = False            # the prompt was seen before in this account
     intel: Any = None               # intel.match.AccountIntel: peers' live indicators this account matches
     end_user: str | None = None     # set when the verdict is this request's end user's, not the account's

@@ -37,8 +37,8 @@ from urllib.parse import urlparse
 
 from distillguard.errors import BadInputError
 from distillguard.gateway.clientaddr import LOOPBACK, parse_trusted
-from distillguard.gateway.policy import (ACTIONS, CONDITIONS, DEFAULT_RULES, EVIDENCE, STATUS_CONDITIONS, Limits,
-                                        PolicyConfig, Rule)
+from distillguard.gateway.policy import (ACTIONS, CONDITIONS, DEFAULT_RULES, EVIDENCE, LINKS, STATUS_CONDITIONS,
+                                        Limits, PolicyConfig, Rule)
 from distillguard.shaping import MODES as SHAPE_MODES
 
 
@@ -186,7 +186,7 @@ def _rule(table: Any, index: int) -> Rule:
         raise BadInputError("expected a table", field=where)
     unknown = set(table) - {"name", "when", "actions", "requests_per_minute", "tokens_per_minute", "max_tokens",
                             "cohort", "shape", "evidence", "min_queries", "sustained_s",
-                            "sustained_queries"}
+                            "sustained_queries", "links"}
     if unknown:
         raise BadInputError(f"unknown key '{sorted(unknown)[0]}'", field=where)
     when = table.get("when")
@@ -216,6 +216,11 @@ def _rule(table: Any, index: int) -> Rule:
     evidence = table.get("evidence", "any")
     if evidence not in EVIDENCE:
         raise BadInputError(f"expected one of {', '.join(EVIDENCE)}, got {evidence!r}", field=f"{where}.evidence")
+    links = table.get("links", "any")
+    if links not in LINKS:
+        raise BadInputError(f"expected one of {', '.join(LINKS)}, got {links!r}", field=f"{where}.links")
+    if links != "any" and when != "cluster_flagged":
+        raise BadInputError("links applies to cluster_flagged rules only", field=f"{where}.links")
     min_queries = _query_count(table, "min_queries", where)
     sustained_queries = _query_count(table, "sustained_queries", where)
     sustained_s = table.get("sustained_s", 0)
@@ -225,7 +230,7 @@ def _rule(table: Any, index: int) -> Rule:
                             field=f"{where}.sustained_s")
     return Rule(name=str(table.get("name") or when), when=when, actions=tuple(actions), limits=limits,
                 max_tokens=max_tokens, cohort=cohort, shape=shape, evidence=evidence, min_queries=min_queries,
-                sustained_s=float(sustained_s), sustained_queries=sustained_queries)
+                sustained_s=float(sustained_s), sustained_queries=sustained_queries, links=links)
 
 
 def load_config(path: str | Path | None, **overrides: Any) -> GatewayConfig:

@@ -7,6 +7,12 @@ its behaviour rule (:func:`distillguard.detect.hydra.behaviour_evidence`: the sa
 timing that ties the two to one controller). Linked accounts are joined in a union-find; a
 component of ``MIN_CLUSTER`` or more is a cluster, which :class:`~distillguard.gateway.scorer.LiveScorer`
 judges as one actor (its ``verdict`` and ``scored_at`` live on the cluster).
+
+Which links carried a cluster is kept for the policy: the infrastructure edges (the edge rule:
+shared payment, network, e-mail series, organisation, user agent, creation burst) are also joined
+in a union-find of their own, and a cluster whose infrastructure edges alone tie ``MIN_CLUSTER`` or
+more of its accounts reads as ``infrastructure``; one held together by shared structure with
+timing (or with fewer accounts tied by infrastructure) reads as ``behaviour`` (:meth:`LiveLinks.carried`).
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ def ip24(ip: str | None) -> str | None:
 
 
 class _Cluster:
-    __slots__ = ("name", "members", "verdict", "scored_at", "edges", "strong", "links")
+    __slots__ = ("name", "members", "verdict", "scored_at", "edges", "strong", "links", "infrastructure")
 
     def __init__(self, name: str, members: set[str]) -> None:
         self.name = name
@@ -64,6 +70,7 @@ class _Cluster:
         self.edges = 0
         self.strong = 0.0
         self.links: dict[str, int] = {}     # link kind -> edges carrying it
+        self.infrastructure = 1             # its most accounts tied by infrastructure edges alone
 
 
 class LiveLinks:
@@ -74,6 +81,8 @@ class LiveLinks:
         self._by_attr: dict[int, list[str]] = {}   # attribute -> accounts (up to MAX_GROUP)
         self._too_common: set[int] = set()           # attributes shared by more than MAX_GROUP accounts
         self._parent: dict[str, str] = {}          # union-find over linked accounts
+        self._infra: dict[str, str] = {}           # union-find over infrastructure edges alone
+        self._infra_size: dict[str, int] = {}      # its roots -> accounts
         self._clusters: dict[str, _Cluster] = {}   # root -> cluster (components of MIN_CLUSTER+)
         self._cluster_seq = 0
         self._t0: float | None = None              # the first request seen (the log's start, for hydra spans)
@@ -147,7 +156,10 @@ class LiveLinks:
         candidates.discard(account)
         hours = None
         for other in candidates:
-            if self._find(other) == self._find(account):
+            # Accounts already in one cluster are still tested for an infrastructure edge (which
+            # links carried the cluster), unless infrastructure already ties them.
+            linked = self._find(other) == self._find(account)
+            if linked and _find(self._infra, other) == _find(self._infra, account):
                 continue
             other_state = self.accounts.get(other)
             if other_state is None:
@@ -159,21 +171,35 @@ class LiveLinks:
             if len(shared) >= 2 and _may_link(kinds):
                 hours = hours if hours is not None else state_hours(state)
                 edge = edge_evidence(kinds, hours, state_hours(other_state))
-            if edge is None and "template" in kinds:
+            if edge is not None:
+                if linked:
+                    _count(self._clusters[self._find(account)], edge[1])
+                else:
+                    self._union(account, other, edge[1])
+                self._infra_union(account, other)
+            elif not linked and "template" in kinds:
                 # Shared structure with timing that ties the two to one controller (hydra.behaviour_evidence).
                 span = (self._t0, state.v[S["last_t"]]) if self._t0 is not None else None
                 edge = behaviour_evidence(_behaviour(account, state), _behaviour(other, other_state), span)
-            if edge is not None:
-                self._union(account, other, edge[1])
+                if edge is not None:
+                    self._union(account, other, edge[1])
 
     def _find(self, account: str) -> str:
-        parent = self._parent
-        root = account
-        while parent.get(root, root) != root:
-            root = parent[root]
-        while parent.get(account, account) != root:     # path compression
-            parent[account], account = root, parent[account]
-        return root
+        return _find(self._parent, account)
+
+    def _infra_union(self, a: str, b: str) -> None:
+        """Join ``a`` and ``b`` (already in one cluster) by an infrastructure edge; the cluster
+        keeps the size of its largest such component."""
+        ra, rb = _find(self._infra, a), _find(self._infra, b)
+        if ra == rb:
+            return
+        size = self._infra_size.pop(ra, 1) + self._infra_size.pop(rb, 1)
+        self._infra[rb] = ra
+        self._infra.setdefault(ra, ra)
+        self._infra_size[ra] = size
+        cluster = self._clusters.get(self._find(a))
+        if cluster is not None:
+            cluster.infrastructure = max(cluster.infrastructure, size)
 
     def _union(self, a: str, b: str, kinds: list[str]) -> None:
         ra, rb = self._find(a), self._find(b)
@@ -189,14 +215,13 @@ class LiveLinks:
         if cluster is None or len(members) < MIN_CLUSTER:
             cluster = cluster or _Cluster("", members)
         cluster.members = members
-        cluster.edges += 1 + (cb.edges if cb and cb is not cluster else 0)
         if cb is not None and cb is not cluster:
+            cluster.edges += cb.edges
+            cluster.strong += cb.strong
             for k, c in cb.links.items():
                 cluster.links[k] = cluster.links.get(k, 0) + c
-        for k in kinds:
-            cluster.links[k] = cluster.links.get(k, 0) + 1
-        cluster.strong += (sum(1 for k in kinds if k in ("template", "payment", "ip24", "email_pattern"))
-                           + (1 if any(k in TIMING for k in kinds) else 0))
+            cluster.infrastructure = max(cluster.infrastructure, cb.infrastructure)
+        _count(cluster, kinds)
         if not cluster.name and len(members) >= MIN_CLUSTER:
             self._cluster_seq += 1
             cluster.name = f"live-c{self._cluster_seq}"
@@ -212,6 +237,12 @@ class LiveLinks:
         return cluster
 
     @staticmethod
+    def carried(cluster: _Cluster) -> str:
+        """``infrastructure`` when infrastructure edges alone tie ``MIN_CLUSTER`` or more of the
+        cluster's accounts, else ``behaviour`` (shared structure with timing carried it)."""
+        return "infrastructure" if cluster.infrastructure >= MIN_CLUSTER else "behaviour"
+
+    @staticmethod
     def confidence(cluster: _Cluster) -> float:
         n = len(cluster.members)
         density = min(1.0, cluster.edges / max(1.0, n * (n - 1) / 2.0))
@@ -221,6 +252,25 @@ class LiveLinks:
     def all(self) -> list[_Cluster]:
         """Every cluster (components of ``MIN_CLUSTER`` or more accounts)."""
         return [c for c in self._clusters.values() if len(c.members) >= MIN_CLUSTER]
+
+
+def _count(cluster: _Cluster, kinds: list[str]) -> None:
+    """One more edge of ``kinds`` inside ``cluster`` (its link counts and attribution strength)."""
+    cluster.edges += 1
+    for k in kinds:
+        cluster.links[k] = cluster.links.get(k, 0) + 1
+    cluster.strong += (sum(1 for k in kinds if k in ("template", "payment", "ip24", "email_pattern"))
+                       + (1 if any(k in TIMING for k in kinds) else 0))
+
+
+def _find(parent: dict[str, str], account: str) -> str:
+    """The root of ``account`` in the union-find ``parent`` (itself if it was never joined)."""
+    root = account
+    while parent.get(root, root) != root:
+        root = parent[root]
+    while parent.get(account, account) != root:     # path compression
+        parent[account], account = root, parent[account]
+    return root
 
 
 def _may_link(kinds: set[str]) -> bool:

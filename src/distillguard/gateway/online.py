@@ -350,6 +350,10 @@ class AccountState:
         fraction = min(_popcount(self.bloom) / BLOOM_BITS, 1.0 - 1e-9)
         return max(counted, -BLOOM_BITS / BLOOM_HASHES * math.log(1.0 - fraction))
 
+    def rerun_in_progress(self) -> bool:
+        """A whole pass of the account's earlier requests being re-sent (``SendCounts.rerun_in_progress``)."""
+        return isinstance(self.sends, SendCounts) and self.sends.rerun_in_progress()
+
     def features(self) -> dict[str, float]:
         """The scan's feature row; with send counts (an account that re-sends, within bounds), the
         distinct requests, ``prompt_space`` and ``pass_share`` as the scan counts them."""

@@ -29,6 +29,7 @@ CONDITIONS = ("flagged", "cluster_flagged", "elevated", "probing", "evaluation",
 STATUS_CONDITIONS = ("probing", "evaluation")  # legitimate uses reported as their own status, never blocked
 INTEL_CONDITIONS = ("intel", "intel_any")     # peers' live indicators: flagged on intel alone / any match
 EVIDENCE = ("any", "elicitation")
+LINKS = ("any", "infrastructure", "behaviour")   # which links carried a cluster (cluster_flagged rules)
 ACTIONS = ("block", "throttle", "strip_logprobs", "strip_reasoning", "cap_max_tokens", "cohort", "shape")
 _RANK = {"allow": 0, "modify": 1, "throttle": 2, "block": 3}
 
@@ -57,6 +58,8 @@ class Rule:
     # of the account's queries since this gateway first saw it hold (the flag's first request).
     sustained_s: float = 0.0
     sustained_queries: int = 0
+    # cluster_flagged only: the clusters it applies to by the links that carried them (Assessment.cluster_links).
+    links: str = "any"
 
     @property
     def sustained(self) -> bool:
@@ -83,12 +86,36 @@ class Rule:
 #   queries); dropping the privileged-content cues only moves it to ``flagged_coverage``;
 #   rotating accounts gets it, per account, a few dozen unlimited answers before the flag (as
 #   before) and then only what the limits let through, without hidden traces, capped, shaped
-#   and watermarked. A hydra cluster (accounts tied to one controller) is blocked at once.
+#   and watermarked.
+# * A hydra cluster (accounts tied to one controller, judged as one actor) tied by shared
+#   infrastructure (payment, network, e-mail series, organisation, user agent, creation burst
+#   linking MIN_CLUSTER or more of its accounts) is blocked at once (``cluster_flagged``): sharing
+#   infrastructure is a controller's mistake, not something unrelated customers do.
+# * A cluster carried by behaviour alone (the same prompt structure with synchronised timing) gets
+#   the graduated ladder instead: independent customers running one public benchmark at the same
+#   time look like that. ``cluster_limited`` limits it like a single account's flag, with the rate
+#   limits on the *cluster* (one bucket shared by its members, so rotating accounts inside a linked
+#   swarm buys no extra rate), and ``cluster_persistent`` blocks it once its flag has held a day and
+#   over 1,000 more of the cluster's queries (summed over members). As the attacker: a swarm with no
+#   shared infrastructure gets, after its flag, what one flagged account gets (10 requests a minute
+#   for the whole swarm, capped, shaped, watermarked) until the flag has held a day and 1,000
+#   queries; adding accounts adds no rate; a member flagged on its own traffic gets the single
+#   account's rules first.
 #
 # Peers' intel never blocks on its own: another organisation's word (about a card, an e-mail, a
 # network) can be wrong about our customer, so an account flagged on intel alone (intel score
 # >= 0.5, e.g. one e-mail or card match at confidence 80 from a fully trusted peer) is limited
 # like a coverage flag, and a weaker match (a /24 alone) only routes it to the watermark cohort.
+#
+# A re-run in progress: the scan reads a benchmark re-run from whole passes (``evaluation``) only
+# once ~80 % of a second pass is sent, and a long first pass may have held its flag a day and
+# 1,000 queries before that. While every request since the account's last new one re-sends an
+# earlier one, each once (``Assessment.rerun``, from the exact send counts: gateway.sends), the
+# sustained block on the account's own flag waits (the limits stay). As the attacker: the wait
+# lasts only while it re-sends items already sent, each once per pass (what whole re-runs,
+# reported as ``evaluation``, get anyway; no new prompt is answered during it); a new request, an
+# item re-sent twice within a pass or re-sampling at random ends it, and the block, whose start
+# was kept, falls at once.
 #
 # Security scanning (``probing``) and benchmark runs (``evaluation``) are legitimate uses with a
 # status of their own, not extraction flags: they are never blocked on that status (a rule with
@@ -98,14 +125,17 @@ class Rule:
 MODIFY = ("strip_logprobs", "strip_reasoning", "cap_max_tokens", "cohort", "shape")
 SUSTAINED_S = 86_400.0          # a day
 SUSTAINED_QUERIES = 1000
+FLAG_LIMITS = Limits(requests_per_minute=10, tokens_per_minute=5_000)
 DEFAULT_RULES = (
-    Rule("cluster_flagged", "cluster_flagged", ("block",)),
+    Rule("cluster_flagged", "cluster_flagged", ("block",), links="infrastructure"),
+    Rule("cluster_persistent", "cluster_flagged", ("block",), links="behaviour", sustained_s=SUSTAINED_S,
+         sustained_queries=SUSTAINED_QUERIES),
     Rule("flagged_persistent", "flagged", ("block",), sustained_s=SUSTAINED_S, sustained_queries=SUSTAINED_QUERIES),
     Rule("flagged_elicitation", "flagged", ("throttle",) + MODIFY, evidence="elicitation",
-         limits=Limits(requests_per_minute=10, tokens_per_minute=5_000), max_tokens=512, cohort="watch",
-         shape="summary"),
-    Rule("flagged_coverage", "flagged", ("throttle",) + MODIFY,
-         limits=Limits(requests_per_minute=10, tokens_per_minute=5_000), max_tokens=512, cohort="watch"),
+         limits=FLAG_LIMITS, max_tokens=512, cohort="watch", shape="summary"),
+    Rule("flagged_coverage", "flagged", ("throttle",) + MODIFY, limits=FLAG_LIMITS, max_tokens=512, cohort="watch"),
+    Rule("cluster_limited", "cluster_flagged", ("throttle",) + MODIFY, links="behaviour", limits=FLAG_LIMITS,
+         max_tokens=512, cohort="watch"),
     Rule("probing", "probing", ("throttle", "cohort"), limits=Limits(requests_per_minute=60), cohort="watch"),
     Rule("evaluation", "evaluation", ("throttle", "cohort"), limits=Limits(requests_per_minute=60), cohort="watch"),
     Rule("intel_flagged", "intel", ("throttle",) + MODIFY,
@@ -292,10 +322,19 @@ class Policy:
         self._check_limits(d, "account", a.account, self.config.limits, now, tokens_wanted)
         if a.cluster is not None:
             self._check_limits(d, "cluster", a.cluster, self.config.cluster_limits, now, tokens_wanted)
+        waits = False
         for rule in self.config.rules:
             if self._holds(rule, a) and (not rule.sustained or self._sustained(rule, a, now)):
+                if a.rerun and rule.sustained and rule.when == "flagged" and "block" in rule.actions:
+                    waits = True          # a re-run in progress: the persistent flag's block waits
+                    continue
                 self._apply(rule, d, a, now, tokens_wanted)
                 break
+        if waits and d.action != "allow":
+            d.codes.append("rerun_in_progress")
+            d.explanation += ("; the flag has persisted long enough to block, but every request since its last "
+                              "new one re-sends an earlier one, each once (a re-run in progress): the block waits "
+                              "until new requests come or an item is re-sent twice")
         return self._admit(d, now)
 
     def _admit(self, d: Decision, now: float) -> Decision:
@@ -311,14 +350,16 @@ class Policy:
         ``sustained_queries`` of the account's queries since it was first seen to hold here (it is
         held, so this is that moment or later). The start is kept when the flag lapses: pausing
         or slowing down does not restart the count."""
-        subject = a.cluster if rule.when == "cluster_flagged" else (a.end_user_key if a.end_user else a.account)
+        cluster = rule.when == "cluster_flagged"
+        subject = a.cluster if cluster else (a.end_user_key if a.end_user else a.account)
+        queries = a.cluster_queries if cluster else a.queries     # a cluster's flag counts its members' queries
         key = _since_key(subject, rule.when, rule.evidence)
         start = self._since.get(key)
         if start is None:
             if len(self._since) >= MAX_SUSTAINED:
                 self._since.pop(next(iter(self._since)))
-            start = self._since[key] = (now, a.queries)
-        return now - start[0] >= rule.sustained_s and a.queries - start[1] >= rule.sustained_queries
+            start = self._since[key] = (now, queries)
+        return now - start[0] >= rule.sustained_s and queries - start[1] >= rule.sustained_queries
 
     def flagged_since(self, account: str, when: str = "flagged", evidence: str = "any") -> tuple[float, int] | None:
         """(clock, account queries) when a sustained rule's flag on ``account`` was first seen, if it was."""
@@ -340,7 +381,8 @@ class Policy:
         if rule.when == "flagged":
             return a.verdict.flagged
         if rule.when == "cluster_flagged":
-            return a.cluster_verdict is not None and a.cluster_verdict.flagged
+            return (a.cluster_verdict is not None and a.cluster_verdict.flagged
+                    and rule.links in ("any", a.cluster_links))
         if rule.when == "elevated":
             return a.elevated
         if rule.when in STATUS_CONDITIONS:
@@ -358,8 +400,10 @@ class Policy:
         verdict = a.cluster_verdict if rule.when == "cluster_flagged" and a.cluster_verdict else a.verdict
         why = words.top_reasons(verdict)
         if rule.when == "cluster_flagged":
-            subject = (f"account {a.account!r} belongs to cluster {a.cluster} ({a.cluster_size} accounts, "
-                       f"attribution confidence {a.cluster_confidence:.0%})")
+            carried = ("tied by shared infrastructure" if a.cluster_links == "infrastructure" else
+                       "linked by shared prompt structure and timing, no shared infrastructure")
+            subject = (f"account {a.account!r} belongs to cluster {a.cluster} ({a.cluster_size} accounts "
+                       f"{carried}, attribution confidence {a.cluster_confidence:.0%})")
         elif a.end_user is not None:
             subject = f"end user {a.end_user!r} of account {a.account!r}"
         else:
@@ -372,8 +416,10 @@ class Policy:
             d.escalate("block")
             d.codes.insert(0, code)
             held = ""
-            if rule.sustained and rule.when != "cluster_flagged":
-                held = f" and the flag has persisted {words.persists(rule)} after its answers were limited"
+            if rule.sustained:
+                whose = " of the cluster's" if rule.when == "cluster_flagged" else ""
+                held = (f" and the flag has persisted {words.persists(rule, whose)} after its answers were "
+                        f"limited")
             d.explanation = f"{subject} is flagged for model extraction ({p_text}){held}: {why}{also}"
             if also:
                 d.codes.append("intel_match")
@@ -383,7 +429,10 @@ class Policy:
         if rule.when == "flagged" and rule.evidence == "elicitation":
             lead = (f"{subject} is flagged for model extraction on privileged content ({p_text}); "
                     f"{words.limited(rule, self.config.rules)}: {why}{also}")
-        elif rule.when in ("flagged", "cluster_flagged"):
+        elif rule.when == "cluster_flagged":
+            lead = (f"{subject} is flagged for model extraction ({p_text}); "
+                    f"{words.limited(rule, self.config.rules)}: {why}{also}")
+        elif rule.when == "flagged":
             lead = (f"{subject} is flagged for model extraction ({p_text}) without privileged content "
                     f"(value or broad coverage from automated prompts); limited and watermarked rather than "
                     f"blocked: {why}{also}")
@@ -432,7 +481,10 @@ class Policy:
              lead: str) -> None:
         modified = False
         if "throttle" in rule.actions:
-            if a.end_user is not None and a.end_user_key is not None and rule.when != "cluster_flagged":
+            if rule.when == "cluster_flagged" and a.cluster is not None:
+                # One bucket for the whole cluster: rotating accounts inside it buys no rate.
+                self._check_limits(d, "cluster", a.cluster, rule.limits, now, tokens_wanted)
+            elif a.end_user is not None and a.end_user_key is not None:
                 # The end user's requests only, in buckets of its own: the reseller's other
                 # customers are not slowed down.
                 self._check_limits(d, "end_user", a.end_user_key, rule.limits, now, tokens_wanted)

@@ -25,10 +25,11 @@ def top_reasons(verdict: Verdict, k: int = 3) -> str:
     return "; ".join(r.detail for r in ranked[:k])
 
 
-def persists(rule: Any) -> str:
-    """(``rule``: a policy Rule) 'past a day and 1,000 more queries' for a sustained rule."""
+def persists(rule: Any, whose: str = "") -> str:
+    """(``rule``: a policy Rule) 'past a day and 1,000 more queries' for a sustained rule
+    (``whose``: ' of the cluster's' reads '1,000 more of the cluster's queries')."""
     parts = ([duration(rule.sustained_s)] if rule.sustained_s > 0 else []) + (
-        [f"{rule.sustained_queries:,} more queries"] if rule.sustained_queries > 0 else [])
+        [f"{rule.sustained_queries:,} more{whose} queries"] if rule.sustained_queries > 0 else [])
     return "past " + " and ".join(parts)
 
 
@@ -56,8 +57,12 @@ def limited(rule: Any, rules: tuple[Any, ...]) -> str:
     if "cohort" in rule.actions and rule.cohort:
         parts.append(f"watermarked (cohort {rule.cohort!r})")
     text = ", ".join(parts) or "limited"
-    block = next((r for r in rules if r.when == "flagged" and "block" in r.actions and r.sustained
-                  and r.evidence in ("any", rule.evidence)), None)
+    cluster = rule.when == "cluster_flagged"
+    if cluster and "throttle" in rule.actions:
+        text = text.replace("rate limited", "rate limited as one cluster")
+    block = next((r for r in rules if r.when == rule.when and "block" in r.actions and r.sustained
+                  and r.evidence in ("any", rule.evidence) and r.links in ("any", rule.links)), None)
     if block is not None:
-        text += f" rather than blocked; blocked if the flag persists {persists(block)}"
+        whose = " of the cluster's" if cluster else ""
+        text += f" rather than blocked; blocked if the flag persists {persists(block, whose)}"
     return text

@@ -87,9 +87,9 @@ class LiveScorer:
                         verdict = end_user_verdict(facts.end_user, eu_state.queries, state.queries, k, eu_verdict)
                         elevated, end_user = eu_elevated, facts.end_user
             cluster = self.links.cluster_of(account)
-            cluster_verdict = None
+            cluster_verdict, cluster_queries = None, 0
             if cluster is not None:
-                cluster_verdict = self._cluster_verdict(cluster)
+                cluster_verdict, cluster_queries = self._cluster_verdict(cluster)
             intel = self.intel
             # An account's first prompts are checked too: an actor moving from a peer brings its
             # templates with its first request, before any template recurs here.
@@ -99,7 +99,10 @@ class LiveScorer:
                               cluster=cluster.name if cluster else None,
                               cluster_size=len(cluster.members) if cluster else 0,
                               cluster_verdict=cluster_verdict,
-                              cluster_confidence=self.links.confidence(cluster) if cluster else 0.0, repeat=repeat,
+                              cluster_confidence=self.links.confidence(cluster) if cluster else 0.0,
+                              cluster_links=self.links.carried(cluster) if cluster else "infrastructure",
+                              cluster_queries=cluster_queries, repeat=repeat,
+                              rerun=verdict.flagged and end_user is None and state.rerun_in_progress(),
                               intel=evidence, end_user=end_user, end_user_key=eu_key, end_user_repeat=eu_repeat,
                               prompt_chars=facts.prompt_chars, probe=facts.probe, elicited=facts.elicited)
 
@@ -214,11 +217,13 @@ class LiveScorer:
             return verdict, elevated
         return cached, state.elevated
 
-    def _cluster_verdict(self, cluster: Any) -> Verdict:
+    def _cluster_verdict(self, cluster: Any) -> tuple[Verdict, int]:
+        """The cluster's verdict (its members judged as one actor) and its queries."""
         states = [self.accounts[m] for m in cluster.members if m in self.accounts]
-        total = float(sum(s.queries for s in states))
+        queries = sum(s.queries for s in states)
+        total = float(queries)
         if total < self.baseline.min_queries:
-            return INSUFFICIENT
+            return INSUFFICIENT, queries
         features = None
         if cluster.verdict is not None and not cluster.verdict.flagged:
             features = merged_features(states)
@@ -230,7 +235,7 @@ class LiveScorer:
             authorised = all(m in self.allowlist for m in cluster.members)
             cluster.verdict = judge(features, self.baseline, self.fpr, authorised=authorised)
             cluster.scored_at = total
-        return cluster.verdict
+        return cluster.verdict, queries
 
     # -- views for the admin API ------------------------------------------------------------
     def clusters(self) -> list[dict[str, Any]]:
@@ -241,6 +246,8 @@ class LiveScorer:
                 out.append({"cluster": cluster.name, "accounts": sorted(cluster.members),
                             "confidence": self.links.confidence(cluster), "links": dict(cluster.links),
                             "carried_by": carried_by(cluster.links),
+                            # what the policy reads: infrastructure (blocked at once) or behaviour (graduated)
+                            "policy_links": self.links.carried(cluster),
                             "flagged": bool(v and v.flagged), "status": v.status if v else "unscored",
                             "score": round(v.score, 4) if v else 0.0,
                             "reasons": [r.to_dict() for r in v.reasons[:5]] if v else []})

@@ -16,6 +16,13 @@ folding the same facts counts the same, in any order):
 
 Unknown (the exemption is never given on it) is final and frees the memory: past either bound,
 or a count past 65,535.
+
+The counts also say whether a re-run is *in progress* (:meth:`SendCounts.rerun_in_progress`), which
+the scan's criterion cannot see until ~80 % of a second pass is sent: every request since the
+account's last new one re-sent an earlier item, and no item twice (all items sent ``c`` or
+``c + 1`` times, and the run of re-sends covers every item at ``c + 1``). The policy lets a
+persistent flag's block wait while that holds (:mod:`distillguard.gateway.policy`). That run is
+counted in arrival order, so replicas folding requests in another order may read it differently.
 """
 
 from __future__ import annotations
@@ -59,13 +66,14 @@ class SendCounts:
     """Exact send counts per request digest: a log of distinct digests until the first re-send,
     then a table (see the module docstring)."""
 
-    __slots__ = ("log", "keys", "counts", "size", "freq")
+    __slots__ = ("log", "keys", "counts", "size", "freq", "streak")
 
     def __init__(self) -> None:
         self.log: array | None = array("Q")     # distinct digests, until the first re-send
         self.keys = self.counts = None
         self.size = 0
         self.freq = array("q", [0, 0, 0, 0])     # freq[c]: requests sent c times
+        self.streak = 0                          # re-sends since the last new request
 
     @property
     def resent(self) -> bool:
@@ -83,6 +91,7 @@ class SendCounts:
             return self._count(key)
         log.append(key)
         self.size += 1
+        self.streak = 0
         self._move(0, 1)
         return len(log) <= MAX_BEFORE_RESEND
 
@@ -104,6 +113,7 @@ class SendCounts:
                     return False
                 self._move(c, c + 1)
                 self.counts[i] = c + 1
+                self.streak += 1
                 return True
             if k == _EMPTY:
                 break
@@ -111,6 +121,7 @@ class SendCounts:
         keys[i] = key
         self.counts[i] = 1
         self.size += 1
+        self.streak = 0
         self._move(0, 1)
         if self.size > EVAL_MAX_ITEMS:
             return False
@@ -139,6 +150,19 @@ class SendCounts:
                 i = (i + 1) & mask
             keys[i], counts[i] = k, c
         self.keys, self.counts = keys, counts
+
+    def rerun_in_progress(self) -> bool:
+        """A whole pass being re-sent: every item sent ``c`` or ``c + 1`` times (``c >= 1``) and
+        every request since the last new one a re-send, at least as many as the items at ``c + 1``
+        (so each raised once, none twice). An account that mixes new requests among its re-sends,
+        re-sends one item twice, or re-samples at random does not read so."""
+        if self.log is not None or not self.streak:
+            return False
+        freq = self.freq
+        levels = [c for c in range(1, len(freq)) if freq[c]]
+        if len(levels) == 1:                # a whole pass just completed (c >= 2: re-sends seen)
+            return levels[0] >= 2 and self.streak >= freq[levels[0]]
+        return len(levels) == 2 and levels[1] == levels[0] + 1 and self.streak >= freq[levels[1]]
 
     def histogram(self) -> np.ndarray:
         """Distinct requests by send count (index: times sent; index 0 is 0)."""
