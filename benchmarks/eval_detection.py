@@ -5,6 +5,9 @@ Usage: .venv/bin/python benchmarks/eval_detection.py [--seeds 2001,2002,2003] [-
        .venv/bin/python benchmarks/eval_detection.py --leave-one-family-out [--accounts-per-kind 3]
        [--accounts 200] [--reference-accounts 1000] [--seeds 4001] [--days 7] [--families a,b] [--work DIR] [--json OUT]
        (see benchmarks/lofo_detection.py: every family scored with a baseline built without it)
+       .venv/bin/python benchmarks/eval_detection.py --legit-fpr 3000 [--chunk 50] [--families a,b] [--days 5]
+       [--reference-accounts 2000] [--seeds 5001] [--work DIR] [--json OUT]
+       (see benchmarks/legit_fpr.py: false positives of the legitimate families, no campaign, at scale)
 
 Tuning used seed 1000 (the shipped baseline), seeds 1-7 and the default campaign parameters
 (wording families 0-2). Here every seed is new and campaigns use other wording families,
@@ -163,8 +166,21 @@ def main() -> None:
     lofo.add_argument("--no-lab-strategies", dest="lab_strategies", action="store_false",
                       help="leave out the older strategies and hard negatives (sweep ... mixed, batch_app ...)")
     lofo.add_argument("--work", default="", help="keep the lab runs, baselines and files here")
+    lofo.add_argument("--legit-fpr", type=int, default=0, metavar="N",
+                      help="only the legitimate families, N accounts of each, in chunks (see benchmarks/legit_fpr.py)")
+    lofo.add_argument("--chunk", type=int, default=50, help="with --legit-fpr: accounts of each family per lab run")
+    lofo.add_argument("--organic", type=int, default=0, help="with --legit-fpr: organic users in each lab run")
+    lofo.add_argument("--reference-seed", type=int, default=0,
+                      help="with --legit-fpr: the organic reference is lab seed 900000 + this (default: the first seed)")
     lofo.add_argument("--json", default="", help="write the per-account rows here")
     args = parser.parse_args()
+    if args.legit_fpr:
+        import legit_fpr
+
+        if "--seeds" not in sys.argv:
+            args.seeds = "5001"
+        legit_fpr.main(args)
+        return
     if args.leave_one_family_out:
         import lofo_detection
 
