@@ -1,4 +1,4 @@
-"""The one-pass anchor index (``cue_index.CueTexts``) gives exactly what the per-pattern anchored search
+"""The one-pass anchor index (``cue_index.CueTexts``, and ``CueText`` for one text) gives exactly what the per-pattern anchored search
 gives on plain lists: every registered cue pattern, the security-probe union and the benchmark
 recogniser, on generated text (anchor words, pattern fragments, unicode, long texts, texts with
 many repeats of one anchor) and on lab prompts; and the scan's features are identical."""
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from distillguard.detect import features as feats
 from distillguard.detect import probes
 from distillguard.detect import text as tx
-from distillguard.detect.cue_index import CueTexts, anchor_automaton
+from distillguard.detect.cue_index import CueText, CueTexts, anchor_automaton
 from distillguard.detect.text import CUE_LIMIT
 
 PATTERNS = [p for p in (tx.COT_ELICITATION, tx.GRADING, tx.IDENTITY_PROBE, tx.DATA_GENERATION, tx.BENCHMARK_FORMAT,
@@ -34,6 +34,12 @@ def _compare(batch: list[str]) -> None:
         assert tx.has(pattern, cues).tolist() == tx.has(pattern, list(batch)).tolist(), pattern.pattern[:60]
     assert probes.security_probe(cues).tolist() == probes.security_probe(list(batch)).tolist()
     assert tx.benchmark_format(cues).tolist() == tx.benchmark_format(list(batch)).tolist()
+    # One text at a time (the gateway's per-request form): the same answers, as plain bools.
+    ones = [CueText(t) for t in batch]
+    for pattern in PATTERNS:
+        assert [c.has(pattern) for c in ones] == tx.has(pattern, list(batch)).tolist(), pattern.pattern[:60]
+    assert [probes.security_probe_one(c) for c in ones] == probes.security_probe(list(batch)).tolist()
+    assert [tx.benchmark_format_one(c) for c in ones] == tx.benchmark_format(list(batch)).tolist()
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

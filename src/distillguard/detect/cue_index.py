@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from distillguard.detect.text import _ANCHORS, CUE_LIMIT
+from distillguard.detect.text import _ANCHORS, CUE_LIMIT, _anchored_search, _anchors
 
 
 def anchor_automaton() -> tuple[Any, dict[str, int]]:
@@ -81,3 +81,32 @@ class CueTexts(list):
 
     def subset(self, index: np.ndarray) -> "CueTexts":
         return CueTexts([self[i] for i in index], [self.masks[i] for i in index], [self.found[i] for i in index])
+
+
+class CueText:
+    """One lowercased cue text and the anchor words in its first ``CUE_LIMIT`` characters (one
+    Aho-Corasick pass), for a caller that reads one text at a time: the gateway, per request.
+    :meth:`has` answers what ``text.has(pattern, [text])[0]`` answers, as a plain bool, without
+    the numpy arrays the list forms build (which cost more than the searches on one text)."""
+
+    __slots__ = ("text", "head", "mask", "found")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.head = text[:CUE_LIMIT]
+        mask = 0
+        found: set[str] = set()
+        for _, (owner, word) in anchor_automaton()[0].iter(self.head):
+            mask |= owner
+            found.add(word)
+        self.mask = mask
+        self.found = found
+
+    def has(self, pattern: re.Pattern[str]) -> bool:
+        anchors = _anchors(pattern)
+        if not anchors:
+            return pattern.search(self.head) is not None
+        if not self.mask & anchor_automaton()[1][pattern.pattern]:
+            return False
+        found = self.found
+        return _anchored_search(pattern.search, self.head, [a for a in anchors if a in found])

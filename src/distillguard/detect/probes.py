@@ -7,6 +7,7 @@ hallucination). Probes are not value transferred: the scan and the gateway count
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 
@@ -116,6 +117,11 @@ _ANCHORS[SECURITY_PROBE.pattern] = (
     "instructions above", "text above", "your instructions", "confidential", "prompt injection", "payload", "bomb",
     "explosive", "nerve agent", "meth ", "meth.", "malware", "ransomware", "weapon", "poison", "keylogger", "phishing",
     "exploit", "bypass", "api key", "api_key", "apikey", "password", "credentials")
+
+
+def security_probe_one(cue: Any) -> bool:
+    """:func:`security_probe` of one text, a :class:`distillguard.detect.cue_index.CueText`."""
+    return cue.has(SECURITY_PROBE) or any(cue.has(part) for part in _PROBE_PARTS)
 
 
 def security_probe(texts: list[str]) -> np.ndarray:

@@ -285,12 +285,20 @@ def benchmark_format(texts: list[str]) -> np.ndarray:
     or inline), an answer slot, an answer-format demand (a letter, a number, true or false), a
     numeric or boxed final answer, or few-shot exemplars (two or more answered examples)?"""
     phrased = has(BENCHMARK_FORMAT, texts) | has(BENCHMARK_MORE, texts)
-    search = _OPTIONS.search
-    options = np.fromiter((("\nb)" in t or "\n(b)" in t or "\nb." in t or "\nb:" in t) and search(t[:4000]) is not None
-                           for t in texts), dtype=bool, count=len(texts))
-    few_shot = np.fromiter((any(t[:4000].count(m) >= 2 for m in FEW_SHOT_MARKERS) for t in texts), dtype=bool,
-                           count=len(texts))
-    return phrased | options | few_shot
+    return phrased | np.fromiter((_benchmark_layout(t) for t in texts), dtype=bool, count=len(texts))
+
+
+def benchmark_format_one(cue: Any) -> bool:
+    """:func:`benchmark_format` of one text, a :class:`distillguard.detect.cue_index.CueText`."""
+    return cue.has(BENCHMARK_FORMAT) or cue.has(BENCHMARK_MORE) or _benchmark_layout(cue.text)
+
+
+def _benchmark_layout(t: str) -> bool:
+    """Options on lines, or few-shot exemplars (the part of :func:`benchmark_format` that is not
+    a phrase)."""
+    if ("\nb)" in t or "\n(b)" in t or "\nb." in t or "\nb:" in t) and _OPTIONS.search(t[:4000]) is not None:
+        return True
+    return any(t[:4000].count(m) >= 2 for m in FEW_SHOT_MARKERS)
 
 
 # Instructions: the verbs of asking a model to produce, solve or explain something, in their

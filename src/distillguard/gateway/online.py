@@ -31,6 +31,7 @@ import numpy as np
 
 from distillguard.detect import probes
 from distillguard.detect import text as tx
+from distillguard.detect.cue_index import CueText
 from distillguard.detect.features import (BREADTH_SAMPLE, BREADTH_WINDOWS, PROMPT_CHARS, SYSTEM_CHARS,
                                           TEMPLATE_MIN_GROUP, _entropy_bits, elicitation_text)
 from distillguard.detect.hydra import SLOT_S
@@ -128,11 +129,7 @@ def read_request(view: PromptView, max_tokens_cap: int) -> RequestFacts:
         prompt = view.system_prompt[:PROMPT_CHARS]     # as the scan reads a system-message-only request
     h = tx.request_digest(prompt, view.system_prompt, view.n_messages, view.has_tools)   # the prompt in its context
     bits = tuple((h >> (16 * i)) & (BLOOM_BITS - 1) for i in range(BLOOM_HASHES))
-    cue = elicitation_text(prompt, view.system_prompt)
-    cues = [bool(tx.has(pattern, [cue])[0]) for pattern in
-            (tx.COT_ELICITATION, tx.GRADING, tx.IDENTITY_PROBE, tx.DATA_GENERATION)]
-    cues.append(bool(probes.security_probe([cue])[0]))
-    cues.append(bool(tx.benchmark_format([cue])[0]))
+    cue = CueText(elicitation_text(prompt, view.system_prompt))    # anchors found once, for every cue
     keys32 = band_keys32_one(template_shingles(prompt))
     lowered = prompt[:PROMPT_CHARS].lower()
     words = tx.prompt_words(lowered)
@@ -143,14 +140,16 @@ def read_request(view: PromptView, max_tokens_cap: int) -> RequestFacts:
     single = view.n_turns <= 1
     followup = bool(tx.followup_opening([prompt])[0])
     return RequestFacts(
-        bloom_bits=bits, keys=tuple(int(k) for k in keys32), cot=cues[0], grading=cues[1], identity=cues[2],
-        datagen=cues[3], logprobs=view.logprobs, tools=view.has_tools,
+        bloom_bits=bits, keys=tuple(keys32.tolist()), cot=cue.has(tx.COT_ELICITATION), grading=cue.has(tx.GRADING),
+        identity=cue.has(tx.IDENTITY_PROBE), datagen=cue.has(tx.DATA_GENERATION), logprobs=view.logprobs,
+        tools=view.has_tools,
         open_loop_tools=view.has_tools and view.n_messages <= view.n_turns + has_system,
         orphan_followup=single and view.n_messages <= 1 + has_system and followup,
         near_cap=view.max_tokens is not None and view.max_tokens >= 0.9 * max_tokens_cap,
         single_turn=single, impersonal=not bool(tx.human_style([prompt])[0]),
         temperature0=view.temperature == 0.0, area=tx.area_index(prompt), end_user=view.end_user,
-        self_contained=bool(tx.self_contained([lowered])[0]), probe=cues[4], benchmark=cues[5], prompt_chars=chars,
+        self_contained=bool(tx.self_contained([lowered])[0]), probe=probes.security_probe_one(cue),
+        benchmark=tx.benchmark_format_one(cue), prompt_chars=chars,
         word_bits=word_bits, instruction_bits=instruction_bits,
         instruction_read=not tx.READABLE_WORDS.isdisjoint(words))
 
