@@ -62,6 +62,13 @@ def main() -> None:
     parser.add_argument("--select-k", type=int, default=4,
                         help="modes select / select-flipped: teacher samples per answer, the one that would raise "
                              "(lower) the proxy's held-out loss most over its whole completion is returned")
+    parser.add_argument("--anchor-counts", default="",
+                        help="mode decoupled: anchor steps perturbed per answer (comma-separated strengths); the "
+                             "answer comes from the unshaped pass, the reasoning is regenerated from the first anchor")
+    parser.add_argument("--anchor-temperature", type=float, default=2.0,
+                        help="mode decoupled: the temperature anchor steps are sampled at")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run from here (design on other seeds "
+                        "than the ones reported)")
     parser.add_argument("--composition", action="store_true",
                         help="instead: shaped + watermarked answers, text detection and radioactivity of a student")
     parser.add_argument("--cost", action="store_true", help="instead: generation cost per token (best of 5)")
@@ -155,7 +162,9 @@ def main() -> None:
                      modes=tuple(args.modes.split(",")) if args.modes else None, teacher_dir=args.teacher_dir,
                      plausible=args.plausible, task=task, keep_entropy=args.keep_entropy,
                      test_problems=args.test_problems, select_k=args.select_k, proxy_steps=args.proxy_steps,
-                     proxy_traces=args.proxy_traces, proxy_layers=args.proxy_layers, progress=say)
+                     proxy_traces=args.proxy_traces, proxy_layers=args.proxy_layers,
+                     anchor_counts=tuple(int(x) for x in args.anchor_counts.split(",") if x),
+                     anchor_temperature=args.anchor_temperature, first_seed=args.first_seed, progress=say)
     summary = lab.summarize(result)
     print(f"teacher: {result['teacher']}")
     print(f"task {task.name}, {args.seeds} seeds, {args.traces} traces per student, {args.student_steps} student "

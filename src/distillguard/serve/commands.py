@@ -31,6 +31,10 @@ def serve(
                                                  "per line, or JSONL with 'text') whose loss the shaping raises."),
     shape_strength: float = typer.Option(0.3, "--shape-strength", min=0.0, help="Shaping: antidistillation "
                                          "strength (higher: students learn less, the model's own accuracy drops)."),
+    shape_anchors: int = typer.Option(1, "--shape-anchors", min=0, help="Shaping, mode decoupled: reasoning steps "
+                                      "perturbed per answer (the answer after </think> stays the unshaped one)."),
+    shape_anchor_temperature: float = typer.Option(1.5, "--shape-anchor-temperature", min=0.01, help="Shaping, "
+                                                   "mode decoupled: the temperature anchor steps are sampled at."),
 ) -> None:
     """Reference OpenAI-compatible model server: a watermarked Hugging Face model, or a fixed completion."""
     import uvicorn
@@ -72,11 +76,13 @@ def serve(
         if shape_proxy is not None:
             if shape_heldout is None:
                 raise UsageError("--shape-proxy needs --shape-heldout (the task texts the shaping protects)")
-            app_.shaper = Shaper.from_dirs(shape_proxy, shape_heldout, strength=shape_strength)
+            app_.shaper = Shaper.from_dirs(shape_proxy, shape_heldout, strength=shape_strength, anchors=shape_anchors,
+                                           anchor_temperature=shape_anchor_temperature)
             if app_.shaper.tokenizer.get_vocab() != app_.tokenizer.get_vocab():
                 raise UsageError("--shape-proxy: the proxy's tokenizer differs from the model's")
         else:
-            app_.shaper = Shaper(None, app_.tokenizer)      # summary mode needs no proxy
+            app_.shaper = Shaper(None, app_.tokenizer, anchors=shape_anchors,      # summary and decoupled
+                                 anchor_temperature=shape_anchor_temperature)      # need no proxy
         err_console.print(f"model server for {model_dir} on http://{host}:{port} "
                           f"(watermark {watermark}{f', {key_set.cohorts} cohorts' if key_set else ''})")
     uvicorn.Server(uvicorn_config(app_, host, port, log_level="warning")).run()

@@ -135,12 +135,16 @@ class HFModelServer:
         cohort = self.cohort_for(account, cohort_name)
         shaping = self.shaper is not None and bool(shape)
         with self._lock, torch.no_grad():
-            if shaping and (processors := self.shaper.processors(shape)):
-                from transformers import LogitsProcessorList
+            if shaping and self.shaper.two_pass(shape):     # decoupled reasoning: two passes
+                completion = torch.tensor(self.shaper.generate(self.model, ids, None, {
+                    **kwargs, **self._watermark_kwargs(cohort)})[0], dtype=torch.long)
+            else:
+                if shaping and (processors := self.shaper.processors(shape)):
+                    from transformers import LogitsProcessorList
 
-                kwargs["logits_processor"] = LogitsProcessorList(processors)   # placed before the watermark
-            out = self.model.generate(ids, **kwargs, **self._watermark_kwargs(cohort))
-        completion = out[0, ids.shape[1]:]
+                    kwargs["logits_processor"] = LogitsProcessorList(processors)   # placed before the watermark
+                out = self.model.generate(ids, **kwargs, **self._watermark_kwargs(cohort))
+                completion = out[0, ids.shape[1]:]
         text = self.tokenizer.decode(completion, skip_special_tokens=True)
         if shaping:
             text = self.shaper.postprocess(shape, text)
@@ -174,12 +178,16 @@ class HFModelServer:
         cohort = self.keys.cohort_of(account) if self.keys is not None else None
         shaping = self.shaper is not None and bool(shape)
         with self._lock, torch.no_grad():
-            if shaping and (processors := self.shaper.processors(shape, attention_mask=mask)):
-                from transformers import LogitsProcessorList
+            if shaping and self.shaper.two_pass(shape):     # decoupled reasoning: two passes
+                kwargs.pop("attention_mask")
+                rows = self.shaper.generate(self.model, ids, mask, {**kwargs, **self._watermark_kwargs(cohort)})
+            else:
+                if shaping and (processors := self.shaper.processors(shape, attention_mask=mask)):
+                    from transformers import LogitsProcessorList
 
-                kwargs["logits_processor"] = LogitsProcessorList(processors)   # placed before the watermark
-            out = self.model.generate(ids, **kwargs, **self._watermark_kwargs(cohort))
-        texts = [self.tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
+                    kwargs["logits_processor"] = LogitsProcessorList(processors)   # placed before the watermark
+                rows = self.model.generate(ids, **kwargs, **self._watermark_kwargs(cohort))[:, width:].tolist()
+        texts = [self.tokenizer.decode(row, skip_special_tokens=True) for row in rows]
         return [self.shaper.postprocess(shape, t) for t in texts] if shaping else texts
 
     async def __call__(self, scope: dict[str, Any], receive, send) -> None:

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from distillguard.shaping import lab_decoupled as LD
 from distillguard.shaping import task as T
 from distillguard.shaping.processors import (AnchorPerturbationProcessor, AntidistillationProcessor,
                                              heldout_gradient, summarize_steps)
@@ -86,8 +87,8 @@ def run(*, seeds: int = 3, n_traces: int = 300, student_steps: int = 300, teache
         temperatures: tuple[float, ...] = (1.0, 1.3), plausible: float = 0.05, modes: tuple[str, ...] | None = None,
         teacher_dir: str | None = None, task: T.Task = T.ADDITION, keep_entropy: bool = False,
         test_problems: int = 300, proxy_steps: int = 150, proxy_traces: int = 64, proxy_layers: int = 1,
-        select_k: int = 4,
-        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        select_k: int = 4, anchor_counts: tuple[int, ...] = (), anchor_temperature: float = 2.0,
+        first_seed: int = 0, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """``strengths``: λ of antidistillation, the first one without the plausibility guard (the
     paper's form) and the others with ``plausible``; ``keep_entropy``: every shift keeps the
     serving temperature's entropy."""
@@ -105,7 +106,7 @@ def run(*, seeds: int = 3, n_traces: int = 300, student_steps: int = 300, teache
         return AntidistillationProcessor(proxy, strength=s, direction=direction, plausible=guard,
                                          keep_entropy_at=entropy_at)
 
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         rng = np.random.default_rng(seed)
         pairs = task.problems(n_traces, rng)
         proxy, held = train_proxy(teacher, seed, task=task, steps=proxy_steps, traces=proxy_traces,
@@ -128,20 +129,31 @@ def run(*, seeds: int = 3, n_traces: int = 300, student_steps: int = 300, teache
         conditions += [(f"select{flip}", float(select_k), [proxy, direction, sign], base)
                        for flip, sign in (("", 1.0), ("-flipped", -1.0))
                        if select_k and modes is not None and f"select{flip}" in modes]
+        # decoupled reasoning: the unshaped answers, their reasoning perturbed at `a` anchor steps
+        conditions += [("decoupled", float(a), [], base) for a in anchor_counts]
         unshaped: list[str] = []
+        unshaped_seconds = 0.0
         if modes is not None:
             conditions = [c for c in conditions if c[0] in modes or c[0] == "unshaped"]
         for mode, level, procs, temp in conditions:
             start = time.perf_counter()
-            if mode.startswith("select"):
+            extra: dict[str, Any] = {}
+            if mode == "decoupled":      # the unshaped pass is the one above; only the reasoning pass runs
+                completions, stats, _ = LD.completions(task, teacher, pairs, unshaped, anchors=int(level),
+                                                            temperature=anchor_temperature, seed=seed,
+                                                            temperature_base=base)
+                start -= unshaped_seconds       # the cost of both passes
+                extra = {"decoded_vs_unshaped": (stats.first_pass_tokens + stats.second_pass_tokens)
+                         / max(1, stats.first_pass_tokens), "perturbed_tokens": stats.perturbed_tokens}
+            elif mode.startswith("select"):
                 completions = select_by_proxy(task, teacher, *procs, pairs, k=select_k, seed=seed)
             else:
                 completions = T.generate(task, teacher, pairs, processors=procs, temperature=temp, seed=seed)
             seconds = time.perf_counter() - start
             tokens = sum(len(c) for c in completions)
             if mode == "unshaped":
-                unshaped = completions
-            row = {"seed": seed, "mode": mode, "level": level,
+                unshaped, unshaped_seconds = completions, seconds
+            row = {**extra, "invalid": LD.invalid(task, pairs, completions), "seed": seed, "mode": mode, "level": level,
                    "teacher_accuracy": T.accuracy(task, pairs, completions),
                    "student_accuracy": student_accuracy(pairs, completions, test, seed, student_steps, task),
                    "ms_per_token": 1000 * seconds / max(1, tokens), "completions": completions}
@@ -219,7 +231,7 @@ def summarize(result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = result["rows"]
     keys = sorted({(r["mode"], r["level"]) for r in rows}, key=lambda k: (
         ["unshaped", "temperature", "antidistillation-raw", "antidistillation", "antidistillation-flipped", "select",
-         "select-flipped", "anchor", "summary"].index(k[0]), k[1]))
+         "select-flipped", "anchor", "decoupled", "summary"].index(k[0]), k[1]))
     base = {r["seed"]: r for r in rows if r["mode"] == "unshaped"}
     out = []
     for mode, level in keys:
@@ -230,7 +242,11 @@ def summarize(result: dict[str, Any]) -> list[dict[str, Any]]:
         cost = [r["ms_per_token"] / base[r["seed"]]["ms_per_token"] for r in group if r["ms_per_token"]]
         auc = (None if mode == "unshaped" else float(np.mean([
             detectability_auc(r["completions"], base[r["seed"]]["completions"], r["seed"]) for r in group])))
-        out.append({"mode": mode, "level": level, "teacher_accuracy": float(teacher.mean()),
+        verify = (None if mode == "unshaped" or any(r.get("invalid") is None for r in group) else float(np.mean([
+            LD.verify_auc(r["invalid"], base[r["seed"]]["invalid"]) for r in group])))
+        decoded = [r["decoded_vs_unshaped"] for r in group if "decoded_vs_unshaped" in r]
+        out.append({"mode": mode, "level": level, "teacher_accuracy": float(teacher.mean()), "verify_auc": verify,
+                    "decoded_vs_unshaped": float(np.mean(decoded)) if decoded else None,
                     "teacher_sd": float(teacher.std()), "student_accuracy": float(student.mean()),
                     "student_sd": float(student.std()), "student_gain_vs_unshaped": float(ratio.mean()),
                     "cost_vs_unshaped": float(np.mean(cost)) if cost else None, "detect_auc": auc})
@@ -239,13 +255,16 @@ def summarize(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def format_table(summary: list[dict[str, Any]]) -> str:
     lines = [f"{'mode':<17}{'level':>6}  {'teacher acc':>14}  {'student acc':>14}  {'gain/unshaped':>13}  "
-             f"{'cost x':>6}  {'AUC':>5}"]
+             f"{'cost x':>6}  {'AUC':>5}  {'check AUC':>9}"]
     for s in summary:
         cost = f"{s['cost_vs_unshaped']:.2f}" if s["cost_vs_unshaped"] else "-"
         auc = f"{s['detect_auc']:.2f}" if s["detect_auc"] is not None else "-"
+        check = f"{s['verify_auc']:.2f}" if s.get("verify_auc") is not None else "-"
+        if s.get("decoded_vs_unshaped") is not None:
+            cost += f" ({s['decoded_vs_unshaped']:.2f} tok)"
         lines.append(f"{s['mode']:<17}{s['level']:>6g}  {s['teacher_accuracy']:>8.3f}±{s['teacher_sd']:.3f}  "
                      f"{s['student_accuracy']:>8.3f}±{s['student_sd']:.3f}  {s['student_gain_vs_unshaped']:>13.2f}  "
-                     f"{cost:>6}  {auc:>5}")
+                     f"{cost:>6}  {auc:>5}  {check:>9}")
     return "\n".join(lines)
 
 
