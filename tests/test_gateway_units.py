@@ -129,6 +129,23 @@ def test_one_prompts_band_keys_equal_the_batch_band_keys(text):
     assert (band_keys32_one(shingles) == 0).all() == (not shingles)
 
 
+def test_a_requests_cached_template_keys_are_its_band_keys(monkeypatch):
+    """read_request caches band keys by shingle set: a prompt read from the cache, after the cache
+    was emptied at its bound, and fresh all carry ``band_keys32_one`` of its own shingles."""
+    from distillguard.gateway import online
+
+    monkeypatch.setattr(online, "KEYS_CACHED", 3)
+    online._KEYS.clear()
+    texts = [f"Translate to French: item {i}. Keep the tone." for i in range(3)] + \
+        ["Write a haiku about the sea, please, in a calm voice", "Write a haiku about the sea", "hi", ""] + \
+        [f"Summarise this report on {w} in three bullet points for a manager" for w in ("rice", "steel", "rice")]
+    for _ in range(2):
+        for text in texts:
+            expected = tuple(band_keys32_one(template_shingles(text)).tolist())
+            assert read_request(prompt_view({"messages": [{"role": "user", "content": text}]}), 4096).keys == expected
+            assert len(online._KEYS) <= 3
+
+
 def test_fast_p_values_equal_the_frame_p_values():
     baseline = load_default()
     state = AccountState()

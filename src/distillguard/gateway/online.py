@@ -123,6 +123,23 @@ def _word_bitmaps(words: frozenset[str]) -> tuple[bytes, bytes]:
     return every.to_bytes(size, "little"), instr.to_bytes(size, "little")
 
 
+_KEYS: dict[tuple[int, ...], tuple[int, ...]] = {}
+KEYS_CACHED = 8192          # shingle sets whose band keys are kept (a few MB)
+
+
+def _template_keys(prompt: str) -> tuple[int, ...]:
+    """The prompt's template band keys (``band_keys32_one`` of its shingles), cached by the exact
+    shingle set: prompts of one template with masked numbers, and re-sends, share it (a third of
+    lab requests), and the keys are a fixed function of the set."""
+    shingles = tuple(template_shingles(prompt))
+    keys = _KEYS.get(shingles)
+    if keys is None:
+        if len(_KEYS) >= KEYS_CACHED:
+            _KEYS.clear()
+        keys = _KEYS[shingles] = tuple(band_keys32_one(shingles).tolist())
+    return keys
+
+
 def read_request(view: PromptView, max_tokens_cap: int) -> RequestFacts:
     prompt = view.prompt_text or ""
     if not prompt.strip() and view.system_prompt:
@@ -130,7 +147,7 @@ def read_request(view: PromptView, max_tokens_cap: int) -> RequestFacts:
     h = tx.request_digest(prompt, view.system_prompt, view.n_messages, view.has_tools)   # the prompt in its context
     bits = tuple((h >> (16 * i)) & (BLOOM_BITS - 1) for i in range(BLOOM_HASHES))
     cue = CueText(elicitation_text(prompt, view.system_prompt))    # anchors found once, for every cue
-    keys32 = band_keys32_one(template_shingles(prompt))
+    keys = _template_keys(prompt)
     lowered = prompt[:PROMPT_CHARS].lower()
     words = tx.prompt_words(lowered)
     word_bits, instruction_bits = _word_bitmaps(words)
@@ -140,7 +157,7 @@ def read_request(view: PromptView, max_tokens_cap: int) -> RequestFacts:
     single = view.n_turns <= 1
     followup = bool(tx.followup_opening([prompt])[0])
     return RequestFacts(
-        bloom_bits=bits, keys=tuple(keys32.tolist()), cot=cue.has(tx.COT_ELICITATION), grading=cue.has(tx.GRADING),
+        bloom_bits=bits, keys=keys, cot=cue.has(tx.COT_ELICITATION), grading=cue.has(tx.GRADING),
         identity=cue.has(tx.IDENTITY_PROBE), datagen=cue.has(tx.DATA_GENERATION), logprobs=view.logprobs,
         tools=view.has_tools,
         open_loop_tools=view.has_tools and view.n_messages <= view.n_turns + has_system,
