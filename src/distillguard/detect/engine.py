@@ -21,9 +21,12 @@ from distillguard.store import EventStore
 
 PARTITION_EVENTS = 200_000
 PARALLEL_MIN_EVENTS = 100_000  # below this, starting worker processes costs more than it saves
+# Answers per request (the request's ``n``; a plain LIKE first keeps the JSON reading off requests without it).
+N_CHOICES_SQL = ("CASE WHEN request LIKE '%\"n\":%' THEN try_cast(json_extract_string(request, '$.n') AS DOUBLE) "
+                 "END AS n_choices")
 _INPUT_COLUMNS = ("epoch(ts) AS t", "left(prompt_text, 4000) AS prompt", "left(system_prompt, 1000) AS system",
                   "n_turns", "n_messages", "max_tokens", "logprobs", "has_tools", "temperature", "completion_tokens",
-                  "end_user")
+                  "end_user", N_CHOICES_SQL)
 
 
 def input_columns_sql(store: EventStore) -> str:

@@ -23,6 +23,7 @@ from distillguard.detect import probes
 from distillguard.detect.cue_index import CueTexts
 from distillguard.detect import text as tx
 from distillguard.detect.minhash import band_keys, minhash_signatures, template_groups, template_shingles
+from distillguard.detect.obfuscation import reveal
 
 ACCOUNT_INPUT_COLUMNS = ("t", "prompt", "system", "n_turns", "n_messages", "max_tokens", "logprobs", "has_tools",
                          "temperature", "completion_tokens", "end_user")
@@ -140,6 +141,11 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
     # before the event schema read it so hold an empty prompt): that text is the prompt.
     prompts = [p if isinstance(p, str) and p.strip() else (s[:PROMPT_CHARS] if isinstance(s, str) else "")
                for p, s in zip(frame["prompt"].tolist(), systems)]
+    # A request hidden in an encoding (base64, ROT13, leetspeak) is read decoded (obfuscation.reveal).
+    revealed: dict[str, str] = {}
+    read = [revealed[p] if p in revealed else revealed.setdefault(p, reveal(p)) for p in prompts]
+    decoded = np.fromiter((r != p for r, p in zip(read, prompts)), dtype=bool, count=len(prompts))
+    prompts = read
     n = len(prompts)
     out: dict[str, Any] = {name: float("nan") for name in FEATURES}
     out["queries"] = float(n)
@@ -167,7 +173,7 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
     # Probes (jailbreak, leakage and refusal tests) are not value transferred: harvest counts the
     # other prompts only, so a security scan harvests nothing while extraction beside it still does.
     cue_text = CueTexts(_elicitation_text(prompts, systems))
-    probe = probes.security_probe(cue_text)
+    probe = probes.security_probe(cue_text, decoded)
     value_idx = distinct_idx[~probe[distinct_idx]]
     out["distinct_prompts"] = float(len(value_idx))
     # Deterministic re-asks (temperature 0, the same prompt again) return the same answer: an
@@ -185,11 +191,19 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
     out["probe_count"] = float(probe.sum())
     out["benchmark_count"] = float(tx.benchmark_format(cue_text).sum())
     out["temp0_count"] = float(np.sum(temperature == 0.0))
-    _value_features(out, prompts, systems, completion, value_idx)
+    # Each answer is judged against its prompt: a request for n choices gets n answers, and its
+    # completion tokens are theirs together (harvest above counts them all; the answer ratio, one).
+    choices = (pd.to_numeric(frame["n_choices"], errors="coerce").to_numpy(dtype=np.float64)
+               if "n_choices" in frame else np.ones(n))
+    choices = np.where(np.isfinite(choices) & (choices >= 1), choices, 1.0)
+    _value_features(out, prompts, systems, completion / choices, value_idx)
 
     # Elicitation and usage cues (counts over all queries; rates are judged later).
     cot, grading = tx.has(tx.COT_ELICITATION, cue_text), tx.has(tx.GRADING, cue_text)
     identity, datagen = tx.has(tx.IDENTITY_PROBE, cue_text), tx.has(tx.DATA_GENERATION, cue_text)
+    # A security probe asks for nothing of value (a leakage probe names the system prompt, a
+    # jailbreak a harmful output): its cues are probing, not elicitation (as it is not harvest).
+    cot, grading, identity, datagen = (cue & ~probe for cue in (cot, grading, identity, datagen))
     out["cot_count"] = float(cot.sum())
     out["grading_count"] = float(grading.sum())
     out["identity_count"] = float(identity.sum())

@@ -50,19 +50,24 @@ _ANCHORS[_PROBE_PERSONA.pattern] = ("you are", "you're", "act as", "acting as", 
 _PROBE_OVERRIDE = re.compile(
     r"(forget|override|overwrite|discard|abandon) (all |any |everything |your |the )?(previous |prior |above |earlier |"
     r"original )?(instructions|rules|guidelines|directions|prompt|you were told)|new (system )?instructions?:"
-    r"|stop everything",
+    r"|stop everything|ignore (all of |everything )?the (above|previous|preceding)( text| prompt| message)? and",
     _FLAGS)
 _ANCHORS[_PROBE_OVERRIDE.pattern] = ("forget", "override", "overwrite", "discard", "abandon", "instruction",
-    "stop everything")
+    "stop everything", "ignore")
 # system-prompt and training-data leakage
 _PROBE_LEAKAGE = re.compile(
     r"(repeat|print|reveal|output|show|tell me|what (is|are|was|were)|disclose|spell out)[^.?!\n]{0,40}(system (prompt|"
     r"message)|original instructions|pre-?prompt|your (prompt|rules|guidelines|initial))|(word for word|verbatim)"
     r"[^.?!\n]{0,60}(above|before|prompt|instructions|training)|\[mask\]|training data[^.?!\n]{0,40}(verbatim|"
-    r"memori[sz]ed|reveal|extract|recite)|repeat (the|this) word[^.?!\n]{0,40}(forever|times)",
+    r"memori[sz]ed|reveal|extract|recite)|repeat (the|this) word[^.?!\n]{0,40}(forever|times)"
+    r"|(repeat|print|output|recite|copy|write out) (all |out )?(the |of the )?(words|text|everything|content|messages?)"
+    r"[^.?!\n]{0,20}(above|before (this|my|the))|(summari[sz]e|list|quote|paraphrase|translate|tell me|what (are|were))"
+    r"[^.?!\n]{0,20}\byour (instructions|rules|guidelines|directives)|(instructions|rules|guidelines) (were you|you were|"
+    r"have you been) given",
     _FLAGS)
 _ANCHORS[_PROBE_LEAKAGE.pattern] = ("system", "instruction", "pre-prompt", "preprompt", "your prompt", "your rules",
-    "your guidelines", "your initial", "word for word", "verbatim", "[mask]", "training data", "repeat")
+    "your guidelines", "your initial", "word for word", "verbatim", "[mask]", "training data", "repeat", "above",
+    "before", "your directives", "given")
 # encoding and obfuscation
 _PROBE_ENCODING = re.compile(
     r"(decode|decoded|decipher|encoded|encoding|obfuscated)[^.?!\n]{0,40}(base64|base 64|base32|rot13|rot-13|morse|"
@@ -119,16 +124,21 @@ _ANCHORS[SECURITY_PROBE.pattern] = (
     "exploit", "bypass", "api key", "api_key", "apikey", "password", "credentials")
 
 
-def security_probe_one(cue: Any) -> bool:
+def security_probe_one(cue: Any, revealed: bool = False) -> bool:
     """:func:`security_probe` of one text, a :class:`distillguard.detect.cue_index.CueText`."""
-    return cue.has(SECURITY_PROBE) or any(cue.has(part) for part in _PROBE_PARTS)
+    return cue.has(SECURITY_PROBE) or any(cue.has(part) for part in _PROBE_PARTS
+                                          if not (revealed and part is _PROBE_ENCODING))
 
 
-def security_probe(texts: list[str]) -> np.ndarray:
-    """Is each (lowercased) text a security probe of any category a scanner covers?"""
+def security_probe(texts: list[str], revealed: np.ndarray | None = None) -> np.ndarray:
+    """Is each (lowercased) text a security probe of any category a scanner covers?
+
+    ``revealed``: texts read decoded (``obfuscation.reveal``). Their encoding is seen through, so
+    naming it ("decode this base64 ...") does not make a probe: what it hid is judged (a harvest
+    wrapped in an encoding is a harvest)."""
     found = has(SECURITY_PROBE, texts)
     for part in _PROBE_PARTS:
-        rest = np.flatnonzero(~found)
+        rest = np.flatnonzero(~found if revealed is None or part is not _PROBE_ENCODING else ~found & ~revealed)
         if len(rest) == 0:
             break
         if hasattr(texts, "holding"):        # a cue_index.CueTexts: only where the part's anchors occur

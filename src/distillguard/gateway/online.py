@@ -36,6 +36,7 @@ from distillguard.detect.features import (BREADTH_SAMPLE, BREADTH_WINDOWS, PROMP
                                           TEMPLATE_MIN_GROUP, _entropy_bits, elicitation_text)
 from distillguard.detect.hydra import SLOT_S
 from distillguard.detect.minhash import band_keys32_one, template_shingles
+from distillguard.detect.obfuscation import reveal
 from distillguard.detect.scoring import Verdict
 from distillguard.events.schema import PromptView
 from distillguard.gateway.sends import SendCounts, request_key
@@ -144,10 +145,14 @@ def read_request(view: PromptView, max_tokens_cap: int) -> RequestFacts:
     prompt = view.prompt_text or ""
     if not prompt.strip() and view.system_prompt:
         prompt = view.system_prompt[:PROMPT_CHARS]     # as the scan reads a system-message-only request
+    read = reveal(prompt)                              # as the scan reads an encoded request (decoded)
+    decoded, prompt = read != prompt, read
     h = tx.request_digest(prompt, view.system_prompt, view.n_messages, view.has_tools)   # the prompt in its context
     bits = tuple((h >> (16 * i)) & (BLOOM_BITS - 1) for i in range(BLOOM_HASHES))
     cue = CueText(elicitation_text(prompt, view.system_prompt))    # anchors found once, for every cue
     keys = _template_keys(prompt)
+    probe = probes.security_probe_one(cue, decoded)
+    privileged = not probe       # a probe's cues are probing, not elicitation (as the scan counts them)
     lowered = prompt[:PROMPT_CHARS].lower()
     words = tx.prompt_words(lowered)
     word_bits, instruction_bits = _word_bitmaps(words)
@@ -157,15 +162,16 @@ def read_request(view: PromptView, max_tokens_cap: int) -> RequestFacts:
     single = view.n_turns <= 1
     followup = bool(tx.followup_opening([prompt])[0])
     return RequestFacts(
-        bloom_bits=bits, keys=keys, cot=cue.has(tx.COT_ELICITATION), grading=cue.has(tx.GRADING),
-        identity=cue.has(tx.IDENTITY_PROBE), datagen=cue.has(tx.DATA_GENERATION), logprobs=view.logprobs,
+        bloom_bits=bits, keys=keys, cot=privileged and cue.has(tx.COT_ELICITATION),
+        grading=privileged and cue.has(tx.GRADING), identity=privileged and cue.has(tx.IDENTITY_PROBE),
+        datagen=privileged and cue.has(tx.DATA_GENERATION), logprobs=view.logprobs,
         tools=view.has_tools,
         open_loop_tools=view.has_tools and view.n_messages <= view.n_turns + has_system,
         orphan_followup=single and view.n_messages <= 1 + has_system and followup,
         near_cap=view.max_tokens is not None and view.max_tokens >= 0.9 * max_tokens_cap,
         single_turn=single, impersonal=not bool(tx.human_style([prompt])[0]),
         temperature0=view.temperature == 0.0, area=tx.area_index(prompt), end_user=view.end_user,
-        self_contained=bool(tx.self_contained([lowered])[0]), probe=probes.security_probe_one(cue),
+        self_contained=bool(tx.self_contained([lowered])[0]), probe=probe,
         benchmark=tx.benchmark_format_one(cue), prompt_chars=chars,
         word_bits=word_bits, instruction_bits=instruction_bits,
         instruction_read=not tx.READABLE_WORDS.isdisjoint(words))
@@ -342,10 +348,11 @@ class AccountState:
             del slots[0]
 
     def add_output(self, completion_tokens: int, repeat: bool, prompt_chars: int | None = None,
-                   probe: bool = False, elicited: bool = False) -> None:
+                   probe: bool = False, elicited: bool = False, choices: int = 1) -> None:
         """Output tokens of an answered request (counted toward harvest when the prompt was new and
         not a security probe, toward privileged-content harvest when it ``elicited``; with
-        ``prompt_chars``, toward the answer-length ratio too)."""
+        ``prompt_chars``, toward the answer-length ratio too: each of its ``choices`` answers
+        against its prompt, as the scan reads a request's ``n``)."""
         if repeat or probe:
             return
         if completion_tokens > 0:
@@ -355,7 +362,8 @@ class AccountState:
         if prompt_chars is not None:
             # detect.features.answer_ratios for one answer, bit for bit (numpy's log2 on a scalar:
             # no arrays built per request)
-            self.v[S["ratio_sum"]] += float(np.log2((max(0, completion_tokens) + 1.0) / (prompt_chars / 4.0 + 1.0)))
+            answer = max(0, completion_tokens) / max(1, choices)
+            self.v[S["ratio_sum"]] += float(np.log2((answer + 1.0) / (prompt_chars / 4.0 + 1.0)))
             self.v[S["ratio_n"]] += 1
 
     def distinct_estimate(self) -> float:

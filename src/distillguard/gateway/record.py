@@ -72,6 +72,13 @@ def count(gw: Gateway, endpoint: str, status: int, decision: Decision | None) ->
                 gw.metrics.reasons.labels(code).inc()
 
 
+def answers_in(event: dict[str, Any]) -> int:
+    """Answers the request asked for (its ``n``; 1 when absent or not a positive integer)."""
+    request = event.get("request")
+    n = request.get("n") if isinstance(request, dict) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else 1
+
+
 def charge_answer(gw: Gateway, account: str, assessment: Any, event: dict[str, Any],
                   clock: float | None = None) -> None:
     """Once answered: output tokens feed harvest, and the token buckets are charged."""
@@ -82,7 +89,7 @@ def charge_answer(gw: Gateway, account: str, assessment: Any, event: dict[str, A
     if assessment is not None:
         gw.scorer.add_output(account, int(tokens), assessment.repeat, end_user_key=assessment.end_user_key,
                              end_user_repeat=assessment.end_user_repeat, prompt_chars=assessment.prompt_chars,
-                             probe=assessment.probe, elicited=assessment.elicited)
+                             probe=assessment.probe, elicited=assessment.elicited, choices=answers_in(event))
     gw.policy.charge_tokens(account, assessment.cluster if assessment else None,
                             float(usage.get("total_tokens") or tokens), now=clock)
     if gw.fleet is not None:

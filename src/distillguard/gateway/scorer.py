@@ -160,17 +160,17 @@ class LiveScorer:
 
     def add_output(self, account: str, completion_tokens: int, repeat: bool, *, end_user_key: str | None = None,
                    end_user_repeat: bool = False, prompt_chars: int | None = None, probe: bool = False,
-                   elicited: bool = False) -> None:
+                   elicited: bool = False, choices: int = 1) -> None:
         """An answered request's output tokens (``prompt_chars``, ``probe``, ``elicited``: from its
-        assessment)."""
+        assessment; ``choices``: answers in it, the request's ``n``)."""
         with self.lock:
             state = self.accounts.get(account)
             if state is not None:
-                state.add_output(completion_tokens, repeat, prompt_chars, probe, elicited)
+                state.add_output(completion_tokens, repeat, prompt_chars, probe, elicited, choices)
             if end_user_key is not None:
                 eu_state = self.end_users.get(end_user_key)
                 if eu_state is not None:
-                    eu_state.add_output(completion_tokens, end_user_repeat, prompt_chars, probe, elicited)
+                    eu_state.add_output(completion_tokens, end_user_repeat, prompt_chars, probe, elicited, choices)
 
     # -- verdicts --------------------------------------------------------------------------
     def _harvesting(self, features: dict[str, float]) -> bool:
