@@ -99,11 +99,11 @@ TASKS = ("checks whether a string is a palindrome", "merges two sorted linked li
 
 
 def _swarm(scorer: LiveScorer, waves: range, identity=lambda m: ({"email": f"p{m}@host{m}.example"},
-                                                                 f"203.0.{m}.{10 + m}")) -> Assessment:
+                                                                 f"203.0.{m}.{10 + m}")) -> dict[str, Assessment]:
     """Five accounts, each with its own network, agent and identity, fed in hourly waves with one
-    prompt skeleton (linked by behaviour alone)."""
+    prompt skeleton (linked by behaviour alone); each account's last assessment."""
     combos = itertools.cycle(itertools.product(LANGS, TASKS))
-    a = None
+    last = {}
     for wave in waves:
         for m in range(5):
             lang, task = next(combos)
@@ -111,30 +111,35 @@ def _swarm(scorer: LiveScorer, waves: range, identity=lambda m: ({"email": f"p{m
                 f"You are an expert software engineer on our team. Write a {lang} function that {task}. Return "
                 f"only the code, with no prose and no explanation, in a single fenced block.")}]}
             ident, ip = identity(m)
-            a = scorer.observe(Observation(f"swarm-{m}", BASE + wave * 3600.0 + m * 7.0,
-                                           read_request(prompt_view(body), 4096), ip=ip, user_agent=f"client/{m}",
-                                           identity=ident))
-    return a
+            last[f"swarm-{m}"] = scorer.observe(Observation(
+                f"swarm-{m}", BASE + wave * 3600.0 + m * 7.0, read_request(prompt_view(body), 4096), ip=ip,
+                user_agent=f"client/{m}", identity=ident))
+    return last
 
 
-@pytest.mark.parametrize("sharing, carried", [(2, "behaviour"), (3, "infrastructure")])
-def test_live_clusters_say_which_links_carried_them(sharing, carried):
-    """Linked by behaviour alone, a swarm reads as ``behaviour``; once members already in the
-    cluster also share a card and a network, infrastructure ties them: ``infrastructure`` when
-    it ties three or more, still ``behaviour`` when it ties only two."""
+@pytest.mark.parametrize("sharing", [2, 3])
+def test_live_clusters_say_which_links_tie_each_member(sharing):
+    """Linked by behaviour alone, a swarm's members read as ``behaviour``; once members already in
+    the cluster also share a card and a network, those members read as ``infrastructure`` when it
+    ties three or more of them, still ``behaviour`` when it ties only two; the members it does not
+    tie stay ``behaviour`` (an account joined by behaviour to a cluster whose core shares a card
+    is not that core)."""
     scorer = LiveScorer(load_default(), 1e-3)
-    a = _swarm(scorer, range(12))
+    last = _swarm(scorer, range(12))
+    a = last["swarm-4"]
     assert a.cluster is not None and a.cluster_size == 5
-    assert a.cluster_links == "behaviour" and a.cluster_queries == 60
+    assert a.cluster_queries == 60 and {b.cluster_links for b in last.values()} == {"behaviour"}
     [view] = scorer.clusters()
-    assert view["policy_links"] == "behaviour"
+    assert view["infrastructure_core"] == 1
 
     def shared_card(m):
         if m < sharing:
             return {"email": f"p{m}@host{m}.example", "payment": "card-4242"}, f"198.51.100.{m + 1}"
         return {"email": f"p{m}@host{m}.example"}, f"203.0.{m}.{10 + m}"
 
-    a = _swarm(scorer, range(12, 14), shared_card)
-    assert a.cluster_size == 5 and a.cluster_links == carried and a.cluster_queries == 70
+    last = _swarm(scorer, range(12, 14), shared_card)
+    assert last["swarm-4"].cluster_size == 5 and last["swarm-4"].cluster_queries == 70
+    tied = "infrastructure" if sharing >= 3 else "behaviour"
+    assert [last[f"swarm-{m}"].cluster_links for m in range(5)] == [tied] * sharing + ["behaviour"] * (5 - sharing)
     [view] = scorer.clusters()
-    assert view["policy_links"] == carried and view["links"].get("payment") == sharing - 1
+    assert view["infrastructure_core"] == sharing and view["links"].get("payment") == sharing - 1

@@ -57,8 +57,8 @@ class Assessment:
     cluster_size: int = 0
     cluster_verdict: Verdict | None = None
     cluster_confidence: float = 0.0
-    # Which links carried the cluster: "infrastructure" (shared infrastructure alone ties
-    # MIN_CLUSTER or more of its accounts) or "behaviour" (shared structure with timing).
+    # What ties this account to its cluster: "infrastructure" (shared infrastructure alone ties
+    # it to MIN_CLUSTER or more accounts) or "behaviour" (shared structure with timing).
     cluster_links: str = "infrastructure"
     cluster_queries: int = 0        # the cluster's queries, summed over its members
     rerun: bool = False             # flagged, and a whole pass of its earlier requests is being re-sent

@@ -8,11 +8,14 @@ timing that ties the two to one controller). Linked accounts are joined in a uni
 component of ``MIN_CLUSTER`` or more is a cluster, which :class:`~distillguard.gateway.scorer.LiveScorer`
 judges as one actor (its ``verdict`` and ``scored_at`` live on the cluster).
 
-Which links carried a cluster is kept for the policy: the infrastructure edges (the edge rule:
-shared payment, network, e-mail series, organisation, user agent, creation burst) are also joined
-in a union-find of their own, and a cluster whose infrastructure edges alone tie ``MIN_CLUSTER`` or
-more of its accounts reads as ``infrastructure``; one held together by shared structure with
-timing (or with fewer accounts tied by infrastructure) reads as ``behaviour`` (:meth:`LiveLinks.carried`).
+Which links tie an account to its cluster is kept for the policy: the infrastructure edges (the
+edge rule: shared payment, network, e-mail series, organisation, user agent, creation burst) are
+also joined in a union-find of their own, and a member whose infrastructure edges alone tie it to
+``MIN_CLUSTER`` or more accounts reads as ``infrastructure``; one tied to its cluster by shared
+structure with timing only (or to fewer accounts by infrastructure) reads as ``behaviour``
+(:meth:`LiveLinks.carried`). Per member, not per cluster: behaviour links can join accounts that
+share nothing else to a cluster whose core shares a card (an over-merge), and they are not that
+core.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ class _Cluster:
         self.edges = 0
         self.strong = 0.0
         self.links: dict[str, int] = {}     # link kind -> edges carrying it
-        self.infrastructure = 1             # its most accounts tied by infrastructure edges alone
+        self.infrastructure = 1             # its most accounts tied together by infrastructure edges alone
 
 
 class LiveLinks:
@@ -236,11 +239,11 @@ class LiveLinks:
             return None
         return cluster
 
-    @staticmethod
-    def carried(cluster: _Cluster) -> str:
-        """``infrastructure`` when infrastructure edges alone tie ``MIN_CLUSTER`` or more of the
-        cluster's accounts, else ``behaviour`` (shared structure with timing carried it)."""
-        return "infrastructure" if cluster.infrastructure >= MIN_CLUSTER else "behaviour"
+    def carried(self, account: str) -> str:
+        """``infrastructure`` when infrastructure edges alone tie ``account`` to ``MIN_CLUSTER`` or
+        more accounts, else ``behaviour`` (shared structure with timing ties it to its cluster)."""
+        size = self._infra_size.get(_find(self._infra, account), 1)
+        return "infrastructure" if size >= MIN_CLUSTER else "behaviour"
 
     @staticmethod
     def confidence(cluster: _Cluster) -> float:

@@ -58,7 +58,7 @@ class Rule:
     # of the account's queries since this gateway first saw it hold (the flag's first request).
     sustained_s: float = 0.0
     sustained_queries: int = 0
-    # cluster_flagged only: the clusters it applies to by the links that carried them (Assessment.cluster_links).
+    # cluster_flagged only: the members it applies to by what ties them to the cluster (Assessment.cluster_links).
     links: str = "any"
 
     @property
@@ -87,13 +87,14 @@ class Rule:
 #   rotating accounts gets it, per account, a few dozen unlimited answers before the flag (as
 #   before) and then only what the limits let through, without hidden traces, capped, shaped
 #   and watermarked.
-# * A hydra cluster (accounts tied to one controller, judged as one actor) tied by shared
-#   infrastructure (payment, network, e-mail series, organisation, user agent, creation burst
-#   linking MIN_CLUSTER or more of its accounts) is blocked at once (``cluster_flagged``): sharing
-#   infrastructure is a controller's mistake, not something unrelated customers do.
-# * A cluster carried by behaviour alone (the same prompt structure with synchronised timing) gets
-#   the graduated ladder instead: independent customers running one public benchmark at the same
-#   time look like that. ``cluster_limited`` limits it like a single account's flag, with the rate
+# * A member of a flagged hydra cluster (accounts tied to one controller, judged as one actor)
+#   that shared infrastructure (payment, network, e-mail series, organisation, user agent, creation
+#   burst) alone ties to MIN_CLUSTER or more accounts is blocked at once (``cluster_flagged``):
+#   sharing infrastructure is a controller's mistake, not something unrelated customers do.
+# * A member tied to its cluster by behaviour alone (the same prompt structure with synchronised
+#   timing) gets the graduated ladder instead: independent customers running one public benchmark
+#   at the same time look like that, and behaviour links can join an account to an unrelated
+#   campaign's cluster. ``cluster_limited`` limits it like a single account's flag, with the rate
 #   limits on the *cluster* (one bucket shared by its members, so rotating accounts inside a linked
 #   swarm buys no extra rate), and ``cluster_persistent`` blocks it once its flag has held a day and
 #   over 1,000 more of the cluster's queries (summed over members). As the attacker: a swarm with no

@@ -100,7 +100,7 @@ class LiveScorer:
                               cluster_size=len(cluster.members) if cluster else 0,
                               cluster_verdict=cluster_verdict,
                               cluster_confidence=self.links.confidence(cluster) if cluster else 0.0,
-                              cluster_links=self.links.carried(cluster) if cluster else "infrastructure",
+                              cluster_links=self.links.carried(account) if cluster else "infrastructure",
                               cluster_queries=cluster_queries, repeat=repeat,
                               rerun=verdict.flagged and end_user is None and state.rerun_in_progress(),
                               intel=evidence, end_user=end_user, end_user_key=eu_key, end_user_repeat=eu_repeat,
@@ -246,8 +246,9 @@ class LiveScorer:
                 out.append({"cluster": cluster.name, "accounts": sorted(cluster.members),
                             "confidence": self.links.confidence(cluster), "links": dict(cluster.links),
                             "carried_by": carried_by(cluster.links),
-                            # what the policy reads: infrastructure (blocked at once) or behaviour (graduated)
-                            "policy_links": self.links.carried(cluster),
+                            # the most members tied together by infrastructure alone: 3 or more of
+                            # them are blocked at once, the others get the graduated ladder
+                            "infrastructure_core": cluster.infrastructure,
                             "flagged": bool(v and v.flagged), "status": v.status if v else "unscored",
                             "score": round(v.score, 4) if v else 0.0,
                             "reasons": [r.to_dict() for r in v.reasons[:5]] if v else []})
