@@ -264,6 +264,25 @@ def test_internal_errors_fail_open_or_closed(tmp_path, upstream, fail, status):
         assert f'distillguard_internal_errors_total{{fail_mode="{fail}"}} 1.0' in httpx.get(url + "/metrics").text
 
 
+def test_an_unexpected_error_on_the_proxied_path_is_an_openai_500(tmp_path, upstream):
+    """POSTs to the OpenAI endpoints skip Starlette's layers (app.GatewayApp): an exception there
+    is still answered as those layers answer it (500, OpenAI JSON, no traceback), the gateway
+    keeps serving, and other methods on the same path still get Starlette's 405."""
+    with running_gateway(tmp_path, upstream.url) as (gw, url):
+        lookup = gw.keys.lookup
+
+        def broken(key):
+            raise ZeroDivisionError("injected")
+        gw.keys.lookup = broken
+        r = httpx.post(url + "/v1/chat/completions", json=chat(), headers=ALICE)
+        assert r.status_code == 500
+        assert r.json()["error"]["code"] == "internal_error" and "injected" not in r.text
+        gw.keys.lookup = lookup
+        assert httpx.post(url + "/v1/chat/completions", json=chat(), headers=ALICE).status_code == 200
+        r = httpx.get(url + "/v1/chat/completions", headers=ALICE)
+        assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
 RULES_STRIP = """
 [[policy.rules]]
 name = "everyone"

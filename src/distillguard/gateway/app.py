@@ -20,7 +20,9 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from distillguard.events.schema import CHAT_ENDPOINT, COMPLETIONS_ENDPOINT, EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT
 from distillguard.gateway import admin, appeals_api, batches, health, proxy
@@ -72,6 +74,33 @@ ROUTES = [
 ]
 
 
+PROXY_PATHS = frozenset({CHAT_ENDPOINT, COMPLETIONS_ENDPOINT, RESPONSES_ENDPOINT, EMBEDDINGS_ENDPOINT})
+
+
+class GatewayApp(Starlette):
+    """The route table above, with one shortcut: a POST to an OpenAI endpoint goes straight to
+    :func:`proxy.proxy`, the handler the table names for it, past Starlette's router, middleware
+    and per-request wrappers (about 6 % of a proxied request's CPU). Errors are answered as those
+    layers answer them (:func:`http_error`, :func:`internal_error`, then re-raised for the server
+    to log); every other request, and the lifespan, takes the full path."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in PROXY_PATHS
+                or scope.get("root_path")):
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        request = Request(scope, receive, send)
+        try:
+            response = await proxy.proxy(request)
+        except HTTPException as exc:
+            response = await http_error(request, exc)
+        except Exception as exc:
+            await (await internal_error(request, exc))(scope, receive, send)
+            raise
+        await response(scope, receive, send)
+
+
 def build_app(gateway: Gateway) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette):
@@ -81,7 +110,7 @@ def build_app(gateway: Gateway) -> Starlette:
         finally:
             await gateway.stop()
 
-    app = Starlette(routes=list(ROUTES), lifespan=lifespan,
-                    exception_handlers={HTTPException: http_error, Exception: internal_error})
+    app = GatewayApp(routes=list(ROUTES), lifespan=lifespan,
+                     exception_handlers={HTTPException: http_error, Exception: internal_error})
     app.state.gateway = gateway
     return app

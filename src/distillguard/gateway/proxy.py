@@ -62,7 +62,7 @@ async def proxy(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     t0 = time.perf_counter()
     ts = time.time()
-    endpoint = request.url.path
+    endpoint = request.scope["path"]     # (= request.url.path on these routes, without building a URL)
     info = authenticate(gw, request)
     if info is None:
         return no_key(gw, endpoint)
