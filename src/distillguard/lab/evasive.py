@@ -16,6 +16,8 @@ Every family draws its volume, cadence and wording per account from wide ranges;
 * ``topic_frame``: one fixed instruction ("write a {form} about {topic} for {audience}") over
   open topics, Cosmopedia-style synthetic data; ``syllabus_frame``: one fixed frame asking for
   worked explanations over a bounded list of 10-42 topics and 1-3 levels, re-sampled;
+* ``probe_wrapped``: coding tasks or reasoning asks, each wrapped in a jailbreak or override phrase
+  (so every request reads as a security probe, never counted as harvest);
 * ``swarm``: 30-60 accounts with nothing shared (own /24, e-mail domain, card, user agent, creation
   date), linked only by prompt style, targets and synchronised or load-balanced timing;
 * ``library``: 2-4 campaigns that share only a public prompt library (each its own ``campaign``);
