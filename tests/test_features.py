@@ -73,7 +73,7 @@ def test_empty_frame_gives_zero_queries_and_nan_elsewhere():
 
 def test_every_feature_is_present_and_numeric():
     out = account_features(frame(distinct(30)))
-    assert set(out) == set(FEATURES) | {"template_keys"}
+    assert set(out) == set(FEATURES) | {"template_keys", "script_keys"}
     for name in FEATURES:
         assert isinstance(float(out[name]), float), name
     assert out["queries"] == 30.0 and out["distinct_prompts"] == 30.0

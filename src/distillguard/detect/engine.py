@@ -80,8 +80,12 @@ def _chunks(frame: pd.DataFrame, target_events: int) -> Iterator[list[tuple[str,
 
 
 def local_features(store: EventStore, *, max_tokens_cap: int, workers: int = 1, end_users: bool = True,
-                   progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, dict[str, list[int]]]:
+                   progress: Callable[[int, int], None] | None = None,
+                   script_keys: dict[str, list[int]] | None = None) -> tuple[pd.DataFrame, dict[str, list[int]]]:
     """Features of every account (rows indexed by account) and each account's template keys.
+
+    ``script_keys``: a dict to fill with each account's script keys (band keys in two or more of
+    its prompts), which the queue-group test reads (:func:`identities`).
 
     With ``end_users``, accounts that name their end users also get one row per busy end user
     (keyed by ``features.end_user_key``; no template keys).
@@ -114,8 +118,11 @@ def local_features(store: EventStore, *, max_tokens_cap: int, workers: int = 1, 
             for batch in results:
                 for account, feats in batch:
                     keys = feats.pop("template_keys")
+                    script = feats.pop("script_keys", [])
                     if END_USER_SEP not in account:  # end users' rows carry none (links are accounts')
                         template_keys[account] = keys
+                        if script_keys is not None:
+                            script_keys[account] = script
                     rows.append(feats)
                     accounts.append(account)
             done += len(frame)
@@ -134,6 +141,7 @@ def features_for(store: EventStore, accounts: list[str], *, max_tokens_cap: int)
                           f"WHERE account IN ({_quote_list(accounts)})").df()
     feats = account_features(frame, max_tokens_cap=max_tokens_cap)
     feats.pop("template_keys")
+    feats.pop("script_keys", None)
     return feats
 
 
@@ -146,9 +154,11 @@ def account_totals(store: EventStore) -> pd.DataFrame:
 
 
 def identities(store: EventStore, template_keys: dict[str, list[int]],
-               areas: dict[str, int] | None = None) -> list[AccountIdentity]:
+               areas: dict[str, int] | None = None,
+               script_keys: dict[str, list[int]] | None = None) -> list[AccountIdentity]:
     """Linkable attributes of every account (latest identity record, IP /24s, agent, active hours
-    and ten-minute slots, first and last request; ``areas``: each account's top capability area)."""
+    and ten-minute slots, first and last request, queries; ``areas``: each account's top
+    capability area; ``script_keys``: from :func:`local_features`, for the queue-group test)."""
     rows = store.con.sql("""
         WITH ip AS (
             SELECT account, regexp_extract(ip, '^(\\d+\\.\\d+\\.\\d+)\\.\\d+$', 1) AS prefix, count(*) AS n
@@ -159,13 +169,14 @@ def identities(store: EventStore, template_keys: dict[str, list[int]],
             SELECT account, arg_max(identity, ts) AS identity, mode(user_agent) AS user_agent,
                    list(DISTINCT CAST(epoch(ts) // 3600 AS BIGINT))[1:2000] AS hours,
                    list(DISTINCT CAST(epoch(ts) // {SLOT_S} AS BIGINT))[1:4000] AS slots,
-                   min(epoch(ts)) AS first, max(epoch(ts)) AS last
+                   min(epoch(ts)) AS first, max(epoch(ts)) AS last, count(*) AS queries
             FROM events GROUP BY account)
-        SELECT base.account, identity, user_agent, hours, prefixes, slots, first, last
+        SELECT base.account, identity, user_agent, hours, prefixes, slots, first, last, queries
         FROM base LEFT JOIN top_ip USING (account) ORDER BY base.account""".replace("{SLOT_S}", str(SLOT_S))).fetchall()
     areas = areas or {}
+    script_keys = script_keys or {}
     out = []
-    for account, identity_json, user_agent, hours, prefixes, slots, first, last in rows:
+    for account, identity_json, user_agent, hours, prefixes, slots, first, last, queries in rows:
         ident = _identity_fields(identity_json)
         out.append(AccountIdentity(
             account=account, ip24=tuple(prefixes or ()), payment=ident.get("payment"), email=ident.get("email"),
@@ -173,7 +184,8 @@ def identities(store: EventStore, template_keys: dict[str, list[int]],
             active_hours=frozenset(int(h) for h in (hours or ())),
             template_keys=tuple(template_keys.get(account, ())), slots=frozenset(int(x) for x in (slots or ())),
             first=float(first) if first is not None else None, last=float(last) if last is not None else None,
-            area=areas.get(account)))
+            area=areas.get(account), queries=int(queries or 0),
+            script_keys=tuple(script_keys.get(account, ()))))
     return out
 
 

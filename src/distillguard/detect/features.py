@@ -34,6 +34,7 @@ BREADTH_WINDOWS = 10       # ... averaged over up to this many consecutive windo
 EMBEDDING_MIN_DISTINCT = 50  # novelty and PRADA statistics need at least this many distinct prompts
 NOVELTY_SIMILARITY = 0.35  # a prompt is "new ground" if no earlier prompt is this similar
 TEMPLATE_MIN_GROUP = 3
+SCRIPT_KEYS = 48           # band keys kept per account for the queue-group test (detect/queue_groups.py)
 INSTRUCTION_SAMPLE = 300   # distinct prompts read for the fixed-instruction share (evenly over time)
 INSTRUCTION_MIN_DISTINCT = 20  # below this many distinct prompts the share is not measured
 PROMPT_CHARS, SYSTEM_CHARS = 4000, 1000   # what the engines read of each (answer ratio uses the same)
@@ -53,7 +54,7 @@ BASE_FEATURES = (
     # a bounded set of requests and whole passes over it (evaluation re-runs)
     "prompt_space", "pass_share", "slot_novelty", "slot_word_novelty",
 )
-# The same features for an account's templated sub-stream (extraction hidden in a busy,
+# The same features for an account's largest templated sub-stream (extraction hidden in a busy,
 # otherwise organic account, such as a reseller's), judged as if it were an account of its own.
 SUBSTREAM_PREFIX = "sub_"
 SUBSTREAM_MIN_QUERIES = 200      # accounts this busy are searched for a sub-stream
@@ -101,7 +102,7 @@ def features_with_end_users(account: str, frame: pd.DataFrame, *, max_tokens_cap
     if end_users:
         for user, sub in end_user_streams(frame):
             feats = account_features(sub, max_tokens_cap=max_tokens_cap)
-            feats["template_keys"] = []  # links between accounts come from accounts' own rows
+            feats["template_keys"] = feats["script_keys"] = []  # links between accounts come from accounts' own rows
             rows.append((end_user_key(account, user), feats))
     return rows
 
@@ -150,7 +151,7 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
     out: dict[str, Any] = {name: float("nan") for name in FEATURES}
     out["queries"] = float(n)
     if n == 0:
-        out["template_keys"] = []
+        out["template_keys"] = out["script_keys"] = []
         return out
 
     # Distinct requests (first occurrence): re-asking the same thing harvests nothing new. A request
@@ -247,6 +248,16 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
         values, counts = values[keep], counts[keep]
         template_keys = values[np.argsort(-counts, kind="stable")[:32]].view(np.int64).tolist()
     out["template_keys"] = template_keys
+    # Band keys seen in at least 2 of the account's distinct prompts, templated or not: a small
+    # account's share of a script dealt over many accounts (read by the queue-group test only;
+    # the pairwise links use the recurring templates above).
+    # An account too small for any band to recur fills up with its smallest band keys (a bottom-k
+    # sample: two accounts that share many bands keep some of the same ones).
+    values, counts = np.unique(keys.ravel(), return_counts=True)
+    nonzero = values != 0
+    order = np.lexsort((values, -np.minimum(counts, 2)))   # recurring first, then by key value
+    order = order[nonzero[order]][:SCRIPT_KEYS]
+    out["script_keys"] = values[order].view(np.int64).tolist()
 
     # Coverage: breadth over capability areas. Areas are read once, for the first
     # BREADTH_SAMPLE * BREADTH_WINDOWS distinct prompts; breadth is the mean entropy over windows
@@ -295,11 +306,13 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
         hours = ((t % 86400.0) // 3600.0).astype(np.int64)
         out["hour_entropy"] = _entropy_bits(np.bincount(hours, minlength=24).astype(np.float64))
 
-    # The templated sub-stream, as an account of its own: every query whose prompt is in a
-    # template group (a script hidden in a busy account often speaks through several templates at
-    # once, e.g. an evolution loop's rewrite frames beside its reasoning asks).
+    # The largest templated sub-stream, as an account of its own.
     if substreams and n >= SUBSTREAM_MIN_QUERIES and templated_distinct.any():
-        mask = templated_distinct[query_distinct]
+        query_group = labels[query_distinct]
+        templated_queries = templated_distinct[query_distinct]
+        groups, counts = np.unique(query_group[templated_queries], return_counts=True)
+        best = groups[np.argmax(counts)]
+        mask = query_group == best
         if SUBSTREAM_MIN_SIZE <= mask.sum() <= SUBSTREAM_MAX_SHARE * n:
             sub = account_features(frame.iloc[np.flatnonzero(mask)], max_tokens_cap=max_tokens_cap, substreams=False)
             for name in BASE_FEATURES:

@@ -18,6 +18,9 @@ Two families of links:
   within ``WINDOW_S`` of the other's last request, as rotated accounts do). A shared target (the
   same capability area) adds to such a link. Campaigns drawing on one library at different
   times therefore stay apart; a swarm is linked by structure and timing together.
+* **queue groups** (batch only): a load-balanced swarm, one queue dealt over many accounts, has
+  no pair of members that the rules above can tell from two library users; it is found as a
+  group (:mod:`distillguard.detect.queue_groups`) and linked by ``queue`` links.
 
 Attribution confidence grows with how many independent kinds tie members together and how
 densely; each cluster also says which family of links carried it (``carried_by``).
@@ -27,11 +30,13 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 import networkx as nx
+
+from distillguard.detect.queue_groups import QUEUE_MIN, queue_groups
 
 # Link kinds and their weight. An edge needs two strong kinds, or one strong kind with enough
 # weak ones to reach EDGE_WEIGHT_ONE_STRONG: coincidences of one kind are common in organic traffic.
@@ -48,6 +53,8 @@ COACTIVE_JACCARD = 0.3       # shared slots / slots of either: synchronised acti
 SPARSE_SHARE = 0.5           # ... counted only for accounts active in at most this share of their span's slots
 WINDOW_S = 1800              # first/last requests this close: one window, or a hand-off
 TIMING = ("co_active", "same_window", "handoff")
+INFRASTRUCTURE = ("payment", "ip24", "email_pattern", "org", "user_agent", "created_burst")
+QUEUE = "queue"              # a group dealt from one queue (batch only; see queue_groups)
 BEHAVIOUR_WEIGHT = 2.5       # structure + timing: as strong as the infrastructure rule's edge
 _DIGITS = re.compile(r"\d")
 WEBMAIL = frozenset({"gmail.com", "outlook.com", "yahoo.com", "hotmail.com", "icloud.com", "proton.me",
@@ -71,6 +78,8 @@ class AccountIdentity:
     first: float | None = None            # first and last request (epoch seconds)
     last: float | None = None
     area: int | None = None               # top capability area (the shared-target link)
+    queries: int = 0                      # requests sent (a queue group's members are dealt alike)
+    script_keys: tuple[int, ...] = ()     # band keys in 2+ of its prompts (the queue-group test)
 
 
 def email_pattern(email: str | None) -> str | None:
@@ -125,7 +134,47 @@ def link_graph(identities: list[AccountIdentity]) -> nx.Graph:
             edge = behaviour_evidence(ia, ib, span)
         if edge is not None:
             graph.add_edge(ia.account, ib.account, weight=edge[0], kinds=edge[1])
+    groups = queue_groups(identities)
+    if groups:
+        # Pairwise synchronised timing (ten-minute slots) is finer than the group test: a group
+        # that holds a few members of another pairwise cluster does not take them (nor the rest of
+        # that cluster with them); one that holds most of a cluster takes it (a fragment of its own).
+        components = [c for c in nx.connected_components(graph) if len(c) >= MIN_CLUSTER]
+        cluster_of = {a: i for i, c in enumerate(components) for a in c}
+        # Infrastructure draws operators' boundaries: a candidate group whose members fall into two
+        # or more infrastructure teams (a shared card, network, e-mail series ...) is that many
+        # operators on one public script, not one queue; the group test links only accounts that
+        # infrastructure leaves unassigned.
+        infra = nx.Graph((a, b) for a, b, data in graph.edges(data=True)
+                         if any(k in INFRASTRUCTURE for k in data["kinds"]))
+        team_of = {a: i for i, c in enumerate(nx.connected_components(infra)) for a in c}
+        for group in groups:
+            members = [identities[i] for i in group]
+            if len({team_of[m.account] for m in members if m.account in team_of}) > 1:
+                members = [m for m in members if m.account not in team_of]
+                if len(members) < QUEUE_MIN:
+                    continue
+            seen = Counter(cluster_of[m.account] for m in members if m.account in cluster_of)
+            if len(seen) > 1:
+                main = seen.most_common(1)[0][0]
+                members = [m for m in members if m.account not in cluster_of or cluster_of[m.account] == main
+                           or seen[cluster_of[m.account]] >= 0.5 * len(components[cluster_of[m.account]])]
+            _add_queue_links(graph, members)
     return graph
+
+
+def _add_queue_links(graph: nx.Graph, members: list[AccountIdentity]) -> None:
+    """A queue group (:mod:`distillguard.detect.queue_groups`) as a clique of ``queue`` links:
+    one script and one queue dealt over its members (structure and timing, judged as a group)."""
+    for a, b in itertools.combinations(members, 2):
+        kinds = {"template", QUEUE}
+        if a.area is not None and a.area == b.area:
+            kinds.add("target")
+        if graph.has_edge(a.account, b.account):
+            data = graph.edges[a.account, b.account]
+            data["kinds"] = sorted(set(data["kinds"]) | kinds)
+        else:
+            graph.add_edge(a.account, b.account, weight=BEHAVIOUR_WEIGHT + 0.5 * (len(kinds) - 2), kinds=sorted(kinds))
 
 
 def _sparse(ident: AccountIdentity) -> bool:
@@ -171,9 +220,8 @@ def behaviour_evidence(a: AccountIdentity, b: AccountIdentity,
 
 def carried_by(counts: dict[str, int]) -> str:
     """Which family of links carried a cluster: infrastructure, behaviour, or both."""
-    infrastructure = any(counts.get(k) for k in ("payment", "ip24", "email_pattern", "org", "user_agent",
-                                                 "created_burst"))
-    behaviour = any(counts.get(k) for k in TIMING)
+    infrastructure = any(counts.get(k) for k in INFRASTRUCTURE)
+    behaviour = any(counts.get(k) for k in (*TIMING, QUEUE))
     if infrastructure and behaviour:
         return "infrastructure and behaviour"
     return "behaviour (shared prompt structure with synchronised timing)" if behaviour else "infrastructure"
@@ -223,7 +271,7 @@ def find_clusters(identities: list[AccountIdentity]) -> list[Cluster]:
                 counts[kind] += 1
             # Structure with timing counts as two independent kinds (what and when).
             strong_per_edge.append(sum(1 for k in data["kinds"] if k in STRONG)
-                                   + (1 if any(k in TIMING for k in data["kinds"]) else 0))
+                                   + (1 if any(k in TIMING or k == QUEUE for k in data["kinds"]) else 0))
         density = nx.density(sub)
         # Confidence grows with how many independent strong links tie members together and how
         # densely: two strong kinds on every edge of a dense component is near-certain.

@@ -234,19 +234,22 @@ def scan_store(store: EventStore, options: ScanOptions,
                progress: Callable[[str, int, int], None] | None = None) -> ScanResult:
     options.check()
     baseline = options.baseline or load_default()
+    script_keys: dict[str, list[int]] | None = None   # the Spark engine does not gather them
     if options.engine == "spark":
         from distillguard.detect.spark_engine import spark_features
 
         features, template_keys = spark_features(store, max_tokens_cap=baseline.max_tokens_cap)
     else:
+        script_keys = {}
         features, template_keys = local_features(
-            store, max_tokens_cap=baseline.max_tokens_cap, workers=options.workers,
+            store, max_tokens_cap=baseline.max_tokens_cap, workers=options.workers, script_keys=script_keys,
             progress=(lambda done, total: progress("features", done, total)) if progress else None)
-    return score_features(store, features, template_keys, baseline, options)
+    return score_features(store, features, template_keys, baseline, options, script_keys)
 
 
 def score_features(store: EventStore, features: pd.DataFrame, template_keys: dict[str, list[int]],
-                   baseline: Baseline, options: ScanOptions) -> ScanResult:
+                   baseline: Baseline, options: ScanOptions,
+                   script_keys: dict[str, list[int]] | None = None) -> ScanResult:
     totals = account_totals(store)
     is_end_user = features.index.str.contains(END_USER_SEP, regex=False)
     user_features = features[is_end_user]
@@ -265,7 +268,7 @@ def score_features(store: EventStore, features: pd.DataFrame, template_keys: dic
     clusters = []
     top_areas = {str(a): int(v) for a, v in features["top_area"].items()
                  if END_USER_SEP not in str(a) and np.isfinite(v)} if "top_area" in features else {}
-    for cluster in find_clusters(identities(store, template_keys, top_areas)):
+    for cluster in find_clusters(identities(store, template_keys, top_areas, script_keys)):
         members = list(cluster.accounts)
         feats = features_for(store, members, max_tokens_cap=baseline.max_tokens_cap)
         authorised = all(m in options.allowlist for m in members)

@@ -82,10 +82,11 @@ class Snapshot:
             # The scan's own steps (scan_store), keeping the template keys to redraw the link graph.
             options.check()
             baseline = options.baseline or load_default()
+            script_keys: dict[str, list[int]] = {}
             features, template_keys = local_features(store, max_tokens_cap=baseline.max_tokens_cap,
-                                                     workers=options.workers)
-            result = score_features(store, features, template_keys, baseline, options)
-            graph = link_graph(identities(store, template_keys)) if result.clusters else None
+                                                     workers=options.workers, script_keys=script_keys)
+            result = score_features(store, features, template_keys, baseline, options, script_keys)
+            graph = link_graph(identities(store, template_keys, script_keys=script_keys)) if result.clusters else None
             for name, sql in _AGGREGATES.items():
                 table = store.con.sql(sql).to_arrow_table()
                 mem.register("_t", table)
