@@ -15,6 +15,11 @@ and the cross-validated AUC of a logistic regression telling shaped answers from
         --student-steps 1000 --teacher-dir /tmp/shaping-multisum --keep-entropy --plausible 0.2 \
         --modes temperature,antidistillation,antidistillation-flipped --strengths 0,1,10 --temperatures 0.85
     nice -n 10 timeout 600 .venv/bin/python benchmarks/bench_shaping.py --cost --teacher-dir /tmp/shaping-teacher
+    nice -n 10 timeout 3000 .venv/bin/python benchmarks/bench_shaping.py --task multisum --seeds 3 --traces 300 \
+        --student-steps 1000 --teacher-dir /tmp/shaping-multisum --modes decoupled --anchor-counts 1,2,5 \
+        --anchor-temperature 1.5
+    nice -n 10 timeout 600 .venv/bin/python benchmarks/bench_shaping.py --cost --task multisum \
+        --teacher-dir /tmp/shaping-multisum --anchor-counts 1,2,5 --anchor-temperature 1.5
     nice -n 10 timeout 1800 .venv/bin/python benchmarks/bench_shaping.py --composition --seeds 2 --traces 300
     nice -n 10 timeout 1800 .venv/bin/python benchmarks/bench_shaping.py --radioactivity --seeds 3 \
         --strengths 0,0.3,1,2 --natural-dir /tmp/shaping-natural2 --natural-steps 259
@@ -100,6 +105,14 @@ def main() -> None:
     if args.cost:
         task = lab_task.get(args.task)
         teacher, _ = lab.teacher_from(args.teacher_dir, args.teacher_steps or task.teacher_steps, task)
+        if args.anchor_counts:        # decoupled reasoning, one request at a time as the model server answers
+            from distillguard.shaping import lab_decoupled
+
+            for a in (int(x) for x in args.anchor_counts.split(",") if x):
+                print(json.dumps({"anchors": a, "anchor_temperature": args.anchor_temperature,
+                                  **lab_decoupled.serving_cost(task, teacher, anchors=a,
+                                                               temperature=args.anchor_temperature)}))
+            return
         print(json.dumps(lab.generation_cost(teacher, task=task, plausible=args.plausible,
                                              keep_entropy=args.keep_entropy)))
         return

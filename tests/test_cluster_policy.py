@@ -56,15 +56,18 @@ def test_a_behaviour_cluster_is_limited_as_one_actor_then_blocked_once_its_flag_
         assert "1,000 more of the cluster's queries" in d.explanation
     assert actions == ["modify"] * 10 + ["throttle"] * 5          # the members share the bucket
     assert "rate_limit_cluster_requests" in d.codes
-    # Its first flag was at 100 of the cluster's queries: a long sitting within a day is not
-    # blocked, nor are days of fewer than 1,000 more queries (counted over all members).
+    # m2's first request under the flag was at 102 of the cluster's queries: a long sitting within
+    # a day is not blocked, nor are days of fewer than 1,000 more queries (counted over all members).
     assert policy.decide(_member("m1", "behaviour", 9000), now=1000.0 + 23 * 3600).action != "block"
-    assert policy.decide(_member("m2", "behaviour", 1099), now=1000.0 + 3 * DAY).action != "block"
-    d = policy.decide(_member("m2", "behaviour", 1101), now=1000.0 + 3 * DAY + 1)
+    assert policy.decide(_member("m2", "behaviour", 1101), now=1000.0 + 3 * DAY).action != "block"
+    d = policy.decide(_member("m2", "behaviour", 1103), now=1000.0 + 3 * DAY + 1)
     assert d.action == "block" and d.rule == "cluster_persistent" and d.codes == ["cluster_flagged"]
     assert "persisted past a day and 1,000 more of the cluster's queries" in d.explanation
-    # A new member of the cluster is blocked too: the flag and its start are the cluster's.
-    assert policy.decide(_member("m9", "behaviour", 1102, queries=1), now=1000.0 + 3 * DAY + 2).action == "block"
+    # An account that joins the cluster days after its flag is limited from its first request
+    # (the cluster's bucket) and counts its own day from there: not blocked on arrival.
+    d = policy.decide(_member("m9", "behaviour", 1104, queries=1), now=1000.0 + 3 * DAY + 2)
+    assert d.rule == "cluster_limited" and d.action in ("modify", "throttle")
+    assert policy.decide(_member("m9", "behaviour", 2105), now=1000.0 + 4 * DAY + 3).action == "block"
 
 
 def test_a_member_flagged_on_its_own_traffic_gets_the_single_account_ladder_first():

@@ -582,3 +582,51 @@ def test_organic_resellers_are_not_flagged(tmp_path):
     assert len(result.accounts) == 5
     assert [a.account for a in result.accounts if a.flagged or a.end_users] == []
     assert len(result.end_user_features) == 3 * 12        # resellers 0, 2 and 4 name their 12 customers
+
+
+def test_templated_substream_gathers_a_script_spread_over_several_templates(tmp_path):
+    """A proxy naming no end users hides an 11 % reasoning-harvest script that speaks through several
+    frames at once: the sub-stream judged on its own is every templated query, not the largest
+    template group alone (which held 42 of ~225 script queries on lab seed 7305 and was cleared)."""
+    import dataclasses
+
+    from distillguard.detect.features import account_features
+    from distillguard.events.jsonl import iter_jsonl
+    from distillguard.lab.evasive import ProxyMixed
+    from distillguard.lab.evasive_prompts import BUILDERS
+    from distillguard.lab.traffic import build_context
+
+    ctx = build_context(TrafficConfig(seed=47, accounts=0, days=5))
+    proxy = ProxyMixed(ctx, 0)
+    proxy.spec = dataclasses.replace(proxy.spec, per_day=400, extraction_share=0.11, end_user_ids=False)
+    builder = BUILDERS["slow_reasoning"](ctx, proxy.rng)
+    asked: set[str] = set()
+
+    def script_prompt(rng):
+        prompt = builder(rng)
+        asked.add(prompt.messages[-1]["content"])
+        return prompt
+
+    proxy.prompts = script_prompt
+    path = tmp_path / "proxy.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(ev) + b"\n" for ev in proxy.events()))
+    events = list(iter_jsonl(path))
+    script = {e.id for e in events if e.request["messages"][-1]["content"] in asked}
+    assert 150 < len(script) < 0.2 * len(events)
+    import pandas as pd
+
+    frame = pd.DataFrame({"t": [e.ts for e in events], "prompt": [e.request["messages"][-1]["content"] for e in events],
+                          "system": [e.request["messages"][0]["content"] for e in events],
+                          "n_turns": [sum(m["role"] == "user" for m in e.request["messages"]) for e in events],
+                          "n_messages": [len(e.request["messages"]) for e in events],
+                          "max_tokens": [e.request.get("max_tokens") for e in events], "logprobs": False,
+                          "has_tools": False, "temperature": 0.7,
+                          "completion_tokens": [float((e.response.get("usage") or {}).get("completion_tokens") or 0)
+                                                for e in events], "end_user": None})
+    feats = account_features(frame)
+    # the sub-stream is the script (give or take organic prompts that happen to share a template)
+    assert 0.5 * len(script) <= feats["sub_queries"] <= 1.3 * len(script)
+    result = scan_paths([path], ScanOptions())
+    (account,) = result.accounts
+    assert account.flagged
+    assert account.to_dict()["reasons"][0]["signal"] == "templated_substream"

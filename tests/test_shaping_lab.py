@@ -176,3 +176,27 @@ def test_selection_returns_the_sample_the_direction_rates_highest(multisum_proxy
         scores = lab.sequence_delta(task, proxy, direction, [task.prompt(row) + c for c in options])
         assert picked[1][i] == options[int(np.argmax(scores))]
         assert picked[-1][i] == options[int(np.argmin(scores))]
+
+
+@pytest.mark.slow
+def test_tiny_lab_run_with_decoupled_reasoning_keeps_the_unshaped_answers(tmp_path):
+    from distillguard.shaping import lab_decoupled
+
+    result = lab.run(task=T.MULTISUM, seeds=1, first_seed=3, n_traces=24, student_steps=3, teacher_steps=3,
+                     proxy_steps=3, strengths=(0.0,), temperatures=(), test_problems=16, modes=("decoupled",),
+                     anchor_counts=(0, 2), anchor_temperature=2.0, teacher_dir=str(tmp_path / "teacher"))
+    rows = {(r["mode"], r["level"]): r for r in result["rows"]}
+    assert set(rows) == {("unshaped", 0.0), ("decoupled", 0.0), ("decoupled", 2.0)}
+    assert all(r["seed"] == 3 for r in rows.values())
+    base = rows[("unshaped", 0.0)]
+    assert rows[("decoupled", 0.0)]["completions"] == base["completions"]        # strength 0: identity
+    shaped = rows[("decoupled", 2.0)]
+    pairs = T.MULTISUM.problems(24, np.random.default_rng(3))
+    for a, b in zip(shaped["completions"], base["completions"]):
+        if "]" in b and b.startswith("["):
+            assert a.split("]", 1)[1] == b.split("]", 1)[1]                   # the unshaped answer
+    assert shaped["teacher_accuracy"] == base["teacher_accuracy"]
+    assert shaped["invalid"] == lab_decoupled.invalid(T.MULTISUM, pairs, shaped["completions"])
+    assert 1.0 <= shaped["decoded_vs_unshaped"] <= 2.0
+    summary = {s["mode"] + str(s["level"]): s for s in lab.summarize(result)}
+    assert summary["decoupled2.0"]["verify_auc"] is not None and "check AUC" in lab.format_table(list(summary.values()))

@@ -54,7 +54,7 @@ BASE_FEATURES = (
     # a bounded set of requests and whole passes over it (evaluation re-runs)
     "prompt_space", "pass_share", "slot_novelty", "slot_word_novelty",
 )
-# The same features for an account's largest templated sub-stream (extraction hidden in a busy,
+# The same features for an account's templated sub-stream (extraction hidden in a busy,
 # otherwise organic account, such as a reseller's), judged as if it were an account of its own.
 SUBSTREAM_PREFIX = "sub_"
 SUBSTREAM_MIN_QUERIES = 200      # accounts this busy are searched for a sub-stream
@@ -306,13 +306,11 @@ def account_features(frame: pd.DataFrame, *, max_tokens_cap: int = DEFAULT_MAX_T
         hours = ((t % 86400.0) // 3600.0).astype(np.int64)
         out["hour_entropy"] = _entropy_bits(np.bincount(hours, minlength=24).astype(np.float64))
 
-    # The largest templated sub-stream, as an account of its own.
+    # The templated sub-stream, as an account of its own: every query whose prompt is in a
+    # template group (a script hidden in a busy account often speaks through several templates at
+    # once, e.g. an evolution loop's rewrite frames beside its reasoning asks).
     if substreams and n >= SUBSTREAM_MIN_QUERIES and templated_distinct.any():
-        query_group = labels[query_distinct]
-        templated_queries = templated_distinct[query_distinct]
-        groups, counts = np.unique(query_group[templated_queries], return_counts=True)
-        best = groups[np.argmax(counts)]
-        mask = query_group == best
+        mask = templated_distinct[query_distinct]
         if SUBSTREAM_MIN_SIZE <= mask.sum() <= SUBSTREAM_MAX_SHARE * n:
             sub = account_features(frame.iloc[np.flatnonzero(mask)], max_tokens_cap=max_tokens_cap, substreams=False)
             for name in BASE_FEATURES:

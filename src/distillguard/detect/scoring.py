@@ -405,7 +405,7 @@ _PRIVILEGED = {"cot_elicitation": "reasoning traces", "grading_prompts": "grades
 
 
 def _judge_substream(row: Any, baseline: Baseline, fpr: float, authorised: bool, verdict: Verdict) -> Verdict:
-    """Judge the account's largest templated sub-stream as an account of its own.
+    """Judge the account's templated sub-stream (every query in a template group) as an account of its own.
 
     Two tests per account now, so each runs at half the false-positive budget.
     """

@@ -133,8 +133,12 @@ def _anchored_search(search, text: str, anchors: tuple[str, ...], before: int = 
 
 def followup_opening(texts: list[str], max_chars: int = 300) -> np.ndarray:
     """Is each (short) prompt worded as a follow-up to an earlier answer?"""
-    match = FOLLOWUP_OPENING.match
-    return np.fromiter((len(t) <= max_chars and match(t) is not None for t in texts), dtype=bool, count=len(texts))
+    return np.fromiter((is_followup(t, max_chars) for t in texts), dtype=bool, count=len(texts))
+
+
+def is_followup(text: str, max_chars: int = 300) -> bool:
+    """:func:`followup_opening` of one prompt (the gateway's per-request form)."""
+    return len(text) <= max_chars and FOLLOWUP_OPENING.match(text) is not None
 
 
 # Marks of a person typing: first person, greetings and thanks, casual spelling.
@@ -149,9 +153,12 @@ def human_style(texts: list[str]) -> np.ndarray:
 
     A set intersection over the first 600 characters' words: four times faster than a regex.
     """
-    words = _LOWER_WORD.findall
-    return np.fromiter((not _HUMAN_WORDS.isdisjoint(words(t[:600].lower())) for t in texts), dtype=bool,
-                       count=len(texts))
+    return np.fromiter((is_human(t) for t in texts), dtype=bool, count=len(texts))
+
+
+def is_human(text: str) -> bool:
+    """:func:`human_style` of one prompt."""
+    return not _HUMAN_WORDS.isdisjoint(_LOWER_WORD.findall(text[:600].lower()))
 
 
 AREA_LIST: tuple[str, ...] = AREA_NAMES
@@ -409,8 +416,13 @@ def _words_of(head: str) -> frozenset[str]:
 def self_contained(texts: list[str]) -> np.ndarray:
     """Is each (lowercased) prompt a self-contained generative request: it asks for something and
     brings no material of its own (no code, document, record or data to work on)?"""
-    return np.fromiter((("?" in t[:600] or not INSTRUCTION_WORDS.isdisjoint(prompt_words(t)))
-                        and not carries_material(t[:4000]) for t in texts), dtype=bool, count=len(texts))
+    return np.fromiter((is_self_contained(t) for t in texts), dtype=bool, count=len(texts))
+
+
+def is_self_contained(text: str) -> bool:
+    """:func:`self_contained` of one (lowercased) prompt."""
+    return (("?" in text[:600] or not INSTRUCTION_WORDS.isdisjoint(prompt_words(text)))
+            and not carries_material(text[:4000]))
 
 
 FRAME_SHARE = 0.5   # words in at least this share of an account's prompts are its frame

@@ -160,7 +160,7 @@ def read_request(view: PromptView, max_tokens_cap: int) -> RequestFacts:
     chars = min(len(prompt), PROMPT_CHARS) + (min(len(system), SYSTEM_CHARS) if system and system != prompt else 0)
     has_system = view.system_prompt is not None
     single = view.n_turns <= 1
-    followup = bool(tx.followup_opening([prompt])[0])
+    followup = tx.is_followup(prompt)
     return RequestFacts(
         bloom_bits=bits, keys=keys, cot=privileged and cue.has(tx.COT_ELICITATION),
         grading=privileged and cue.has(tx.GRADING), identity=privileged and cue.has(tx.IDENTITY_PROBE),
@@ -169,9 +169,9 @@ def read_request(view: PromptView, max_tokens_cap: int) -> RequestFacts:
         open_loop_tools=view.has_tools and view.n_messages <= view.n_turns + has_system,
         orphan_followup=single and view.n_messages <= 1 + has_system and followup,
         near_cap=view.max_tokens is not None and view.max_tokens >= 0.9 * max_tokens_cap,
-        single_turn=single, impersonal=not bool(tx.human_style([prompt])[0]),
+        single_turn=single, impersonal=not tx.is_human(prompt),
         temperature0=view.temperature == 0.0, area=tx.area_index(prompt), end_user=view.end_user,
-        self_contained=bool(tx.self_contained([lowered])[0]), probe=probe,
+        self_contained=tx.is_self_contained(lowered), probe=probe,
         benchmark=tx.benchmark_format_one(cue), prompt_chars=chars,
         word_bits=word_bits, instruction_bits=instruction_bits,
         instruction_read=not tx.READABLE_WORDS.isdisjoint(words))
@@ -257,12 +257,15 @@ class AccountState:
         if facts.self_contained and not facts.probe:
             v[S["self_contained"]] += 1
         new_recurring: tuple[int, ...] = ()
-        keys = np.array(facts.keys, dtype=np.uint32)
-        if keys.any():
+        if any(facts.keys):
+            keys = np.array(facts.keys, dtype=np.uint32)
             fill = int(v[S["ring_fill"]])
             ring = self.ring[:fill]
-            matches = ((ring == keys[None, :]) & (keys[None, :] != 0)).any(axis=1)
-            matched = int(matches.sum())
+            same = ring == keys
+            if not all(facts.keys):
+                same &= keys != 0
+            matches = same.any(axis=1)
+            matched = np.count_nonzero(matches)
             # A new prompt joins a group of TEMPLATE_MIN_GROUP with that many minus one earlier
             # prompts; a repeat finds its own first copy in the ring too.
             if matched >= (TEMPLATE_MIN_GROUP if seen else TEMPLATE_MIN_GROUP - 1):

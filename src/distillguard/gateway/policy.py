@@ -96,12 +96,14 @@ class Rule:
 #   at the same time look like that, and behaviour links can join an account to an unrelated
 #   campaign's cluster. ``cluster_limited`` limits it like a single account's flag, with the rate
 #   limits on the *cluster* (one bucket shared by its members, so rotating accounts inside a linked
-#   swarm buys no extra rate), and ``cluster_persistent`` blocks it once its flag has held a day and
-#   over 1,000 more of the cluster's queries (summed over members). As the attacker: a swarm with no
-#   shared infrastructure gets, after its flag, what one flagged account gets (10 requests a minute
-#   for the whole swarm, capped, shaped, watermarked) until the flag has held a day and 1,000
-#   queries; adding accounts adds no rate; a member flagged on its own traffic gets the single
-#   account's rules first.
+#   swarm buys no extra rate), and ``cluster_persistent`` blocks a member once the cluster's flag
+#   has held a day and over 1,000 more of the cluster's queries (summed over members) since that
+#   member's first request under it. As the attacker: a swarm with no shared infrastructure gets,
+#   after its flag, what one flagged account gets (10 requests a minute for the whole swarm,
+#   capped, shaped, watermarked) until the flag has held a day and 1,000 queries; adding accounts
+#   adds no rate (a fresh account joining the flagged cluster is limited from its first request
+#   and waits its own day in the same bucket); a member flagged on its own traffic gets the
+#   single account's rules first.
 #
 # Peers' intel never blocks on its own: another organisation's word (about a card, an e-mail, a
 # network) can be wrong about our customer, so an account flagged on intel alone (intel score
@@ -350,9 +352,11 @@ class Policy:
         """Whether the flag ``rule`` rests on has held for ``sustained_s`` and over
         ``sustained_queries`` of the account's queries since it was first seen to hold here (it is
         held, so this is that moment or later). The start is kept when the flag lapses: pausing
-        or slowing down does not restart the count."""
+        or slowing down does not restart the count. A cluster's flag is counted from each
+        member's first request under it (its queries are the cluster's): an account that behaviour
+        links join to a cluster flagged days ago is not blocked on its first request there."""
         cluster = rule.when == "cluster_flagged"
-        subject = a.cluster if cluster else (a.end_user_key if a.end_user else a.account)
+        subject = f"{a.cluster}/{a.account}" if cluster else (a.end_user_key if a.end_user else a.account)
         queries = a.cluster_queries if cluster else a.queries     # a cluster's flag counts its members' queries
         key = _since_key(subject, rule.when, rule.evidence)
         start = self._since.get(key)

@@ -131,6 +131,9 @@ def run(*, seeds: int = 3, n_traces: int = 300, student_steps: int = 300, teache
                        if select_k and modes is not None and f"select{flip}" in modes]
         # decoupled reasoning: the unshaped answers, their reasoning perturbed at `a` anchor steps
         conditions += [("decoupled", float(a), [], base) for a in anchor_counts]
+        # ... and what a copier who checks the reasoning keeps: only the traces that add up
+        conditions += [("decoupled-filtered", float(a), [], base) for a in anchor_counts
+                       if modes is not None and "decoupled-filtered" in modes]
         unshaped: list[str] = []
         unshaped_seconds = 0.0
         if modes is not None:
@@ -138,7 +141,7 @@ def run(*, seeds: int = 3, n_traces: int = 300, student_steps: int = 300, teache
         for mode, level, procs, temp in conditions:
             start = time.perf_counter()
             extra: dict[str, Any] = {}
-            if mode == "decoupled":      # the unshaped pass is the one above; only the reasoning pass runs
+            if mode.startswith("decoupled"):   # the unshaped pass is the one above; only the reasoning pass runs
                 completions, stats, _ = LD.completions(task, teacher, pairs, unshaped, anchors=int(level),
                                                             temperature=anchor_temperature, seed=seed,
                                                             temperature_base=base)
@@ -153,13 +156,20 @@ def run(*, seeds: int = 3, n_traces: int = 300, student_steps: int = 300, teache
             tokens = sum(len(c) for c in completions)
             if mode == "unshaped":
                 unshaped, unshaped_seconds = completions, seconds
-            row = {**extra, "invalid": LD.invalid(task, pairs, completions), "seed": seed, "mode": mode, "level": level,
+            invalid = LD.invalid(task, pairs, completions)
+            keep = (np.flatnonzero(np.array(invalid) == 0) if mode == "decoupled-filtered" and invalid
+                    else np.arange(len(pairs)))
+            if mode == "decoupled-filtered":
+                extra["kept"] = int(len(keep))
+            row = {**extra, "invalid": invalid, "seed": seed, "mode": mode, "level": level,
                    "teacher_accuracy": T.accuracy(task, pairs, completions),
-                   "student_accuracy": student_accuracy(pairs, completions, test, seed, student_steps, task),
+                   "student_accuracy": student_accuracy(pairs[keep], [completions[i] for i in keep], test, seed,
+                                                        student_steps, task),
                    "ms_per_token": 1000 * seconds / max(1, tokens), "completions": completions}
             rows.append(row)
             say(f"seed {seed} {mode} {level}: teacher {row['teacher_accuracy']:.3f} "
-                f"student {row['student_accuracy']:.3f} ({row['ms_per_token']:.3f} ms/token)")
+                f"student {row['student_accuracy']:.3f} ({row['ms_per_token']:.3f} ms/token)"
+                + (f", kept {row['kept']}" if "kept" in row else ""))
         if modes is not None and "summary" not in modes:
             continue
         summarized = [summary_of(c) for c in unshaped]
@@ -231,7 +241,7 @@ def summarize(result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = result["rows"]
     keys = sorted({(r["mode"], r["level"]) for r in rows}, key=lambda k: (
         ["unshaped", "temperature", "antidistillation-raw", "antidistillation", "antidistillation-flipped", "select",
-         "select-flipped", "anchor", "decoupled", "summary"].index(k[0]), k[1]))
+         "select-flipped", "anchor", "decoupled", "decoupled-filtered", "summary"].index(k[0]), k[1]))
     base = {r["seed"]: r for r in rows if r["mode"] == "unshaped"}
     out = []
     for mode, level in keys:
