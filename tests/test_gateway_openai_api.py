@@ -6,6 +6,7 @@ when the output is fetched). Each exchange is logged, scored and stored."""
 from __future__ import annotations
 
 import io
+import time
 
 import httpx
 import openai
@@ -116,6 +117,7 @@ def test_batch_lines_are_judged_shaped_and_logged_when_fetched(tmp_path, upstrea
         assert [b.id for b in bob.batches.list().data] == [] and [b.id for b in client.batches.list().data] == [batch.id]
         out = client.files.content(batch.output_file_id).text
         assert out.count("custom_id") == 5
+        time.sleep(1.0)     # the loader (every 0.2 s) stores the first fetch before the second is logged
         client.files.content(batch.output_file_id)                      # fetched twice: stored once
     events = stored_events(tmp_path / "events.duckdb")
     answered = [e for e in events if e["endpoint"] == "/v1/chat/completions"]

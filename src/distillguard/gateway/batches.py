@@ -320,7 +320,7 @@ def _note_batch(gw: Gateway, account: str, batch: Any) -> None:
         fid = rec[key]
         if isinstance(fid, str) and b.owner("file", fid) is None:
             b.add(kind="file", id=fid, account=account, purpose="batch_output", batch=batch["id"],
-                  input_file=rec["input_file"])
+                  input_file=rec["input_file"], noted=time.time())
 
 
 async def _log_output(gw: Gateway, info, file_id: str, content: bytes, request: Request) -> None:
@@ -335,7 +335,11 @@ async def _log_output(gw: Gateway, info, file_id: str, content: bytes, request: 
         item = _json(raw)
         if isinstance(item, dict):
             requests[item.get("custom_id")] = item
-    ts = time.time()
+    # One time for every fetch of this file (when the gateway first saw it): an event's id and ts
+    # must repeat together, since the store's duplicate check only looks at rows from a batch's
+    # earliest ts on (a second fetch at a later ts stored the lines twice).
+    noted = meta.get("noted")
+    ts = float(noted) if isinstance(noted, (int, float)) and not isinstance(noted, bool) else time.time()
     ip, user_agent = client_ip(gw, request), request.headers.get("user-agent")
     for raw in content.splitlines():
         line = _json(raw)
