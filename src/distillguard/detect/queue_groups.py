@@ -38,14 +38,15 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Sequence
 
 import networkx as nx
 import numpy as np
 from scipy.special import chdtrc, ndtr
 
-if TYPE_CHECKING:  # hydra imports this module; the type is only named here
-    from distillguard.detect.hydra import AccountIdentity
+# What every function here reads: ``detect.hydra.AccountIdentity`` (hydra imports this module, so
+# the type is only named, not imported: no import cycle).
+AccountIdentity = Any
 
 KEY_JACCARD = 0.2        # template-key Jaccard between two members of one script
 WINDOW_JACCARD = 0.7     # activity-window Jaccard between two members of one queue

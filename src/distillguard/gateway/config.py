@@ -37,8 +37,9 @@ from urllib.parse import urlparse
 
 from distillguard.errors import BadInputError
 from distillguard.gateway.clientaddr import LOOPBACK, parse_trusted
-from distillguard.gateway.policy import (ACTIONS, CONDITIONS, DEFAULT_RULES, EVIDENCE, LINKS, STATUS_CONDITIONS,
-                                        Limits, PolicyConfig, Rule)
+from distillguard.gateway.policy import PolicyConfig
+from distillguard.gateway.rules import (ACTIONS, CONDITIONS, DEFAULT_RULES, EVIDENCE, LINKS, STATUS_CONDITIONS, Limits,
+                                       Rule)
 from distillguard.shaping import MODES as SHAPE_MODES
 
 

@@ -40,6 +40,17 @@ from transformers import StoppingCriteria
 from distillguard.errors import BadInputError
 
 
+def step_delimiters(tokenizer: Any) -> list[int]:
+    """Token ids that end a reasoning step for a tokenizer: those whose text holds a line break or
+    ends a sentence."""
+    out = []
+    for token_id in range(len(tokenizer)):
+        text = tokenizer.decode([token_id])
+        if "\n" in text or text.rstrip().endswith((".", "!", "?", ";")):
+            out.append(token_id)
+    return out
+
+
 @dataclass(frozen=True)
 class ReasoningFormat:
     """Where the reasoning is, in token ids: ``close`` ends it (required), ``open`` starts it (the
@@ -63,8 +74,6 @@ class ReasoningFormat:
                        delimiters: Sequence[int] | None = None) -> "ReasoningFormat":
         """Markers as the tokenizer writes them (a reasoning model's ``<think>`` tags are single
         special tokens); step delimiters: tokens whose text holds a line break or ends a sentence."""
-        from distillguard.shaping.serving import step_delimiters
-
         enc = lambda text: tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else ()  # noqa: E731
         never = {t for t in (getattr(tokenizer, "eos_token_id", None), getattr(tokenizer, "pad_token_id", None))
                  if t is not None}

@@ -23,22 +23,11 @@ from typing import Any
 
 from distillguard.errors import BadInputError
 from distillguard.shaping import MODES
-from distillguard.shaping.decoupled import DecoupledStats, ReasoningFormat, decoupled_generate
+from distillguard.shaping.decoupled import DecoupledStats, ReasoningFormat, decoupled_generate, step_delimiters
 from distillguard.shaping.processors import (AnchorPerturbationProcessor, AntidistillationProcessor,
                                              summarize_reasoning)
 
 HEADER = "x-distillguard-shape"
-
-
-def step_delimiters(tokenizer: Any) -> list[int]:
-    """Token ids that end a reasoning step for a tokenizer: those whose text holds a line break or
-    ends a sentence."""
-    out = []
-    for token_id in range(len(tokenizer)):
-        text = tokenizer.decode([token_id])
-        if "\n" in text or text.rstrip().endswith((".", "!", "?", ";")):
-            out.append(token_id)
-    return out
 
 
 class Shaper:
