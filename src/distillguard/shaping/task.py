@@ -196,7 +196,7 @@ def train(task: Task, model, texts: list[str] | Callable[[int], list[str]], *, s
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     return {"steps": len(losses), "seconds": round(time.monotonic() - start, 1),
             "final_loss": round(float(np.mean(losses[-20:])), 4) if losses else None}
